@@ -1,0 +1,69 @@
+"""The store: content-addressed files and the run records that point at them.
+
+    from wtb_conf.store import open_store
+    with open_store("sqlite:///data/wtb.db", "data/blobs") as store:
+        commit = store.commit_dir("out/", message="first")
+        store.restore(commit, "restored/")
+
+One SQLAlchemy database holds blobs up to `inline_max` bytes, trees, commits, runs,
+checkpoint links and events; larger blobs are files under `<blob_root>/objects/`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from wtb_conf.store.errors import (
+    ObjectCorrupted,
+    ObjectNotFound,
+    StoreError,
+    UnsafePath,
+)
+from wtb_conf.store.objects import CommitStats, Diff, Entry, ObjectStore
+from wtb_conf.store.records import RunRecords
+from wtb_conf.store.schema import create_store_engine, read_conn, setup
+
+# Measured in benchmarks/store_bench.py: below this size a row in SQLite beats a file.
+DEFAULT_INLINE_MAX = 64 * 1024
+
+__all__ = [
+    "CommitStats",
+    "Diff",
+    "Entry",
+    "ObjectCorrupted",
+    "ObjectNotFound",
+    "Store",
+    "StoreError",
+    "UnsafePath",
+    "open_store",
+]
+
+
+class Store(ObjectStore, RunRecords):
+    """Objects and run records over one database; close() or use as a context manager."""
+
+    def close(self) -> None:
+        if self.engine.dialect.name == "sqlite":
+            with read_conn(self.engine) as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_store(
+    db_url: str, blob_root: str | os.PathLike, inline_max: int = DEFAULT_INLINE_MAX
+) -> Store:
+    """Open (creating or migrating as needed) the store at `db_url` with blobs under `blob_root`.
+
+    `db_url` is an SQLAlchemy URL (`sqlite:///data/wtb.db`) or a plain path to a SQLite file.
+    """
+    if "://" not in db_url:
+        db_url = f"sqlite:///{os.path.abspath(db_url)}"
+    engine = create_store_engine(db_url)
+    setup(engine)
+    return Store(engine, blob_root, inline_max)

@@ -1,0 +1,17 @@
+"""Errors the store raises; each message names the object or path at fault."""
+
+
+class StoreError(Exception):
+    """Base class for store errors."""
+
+
+class ObjectNotFound(StoreError):
+    """A blob, commit, run or sweep that the store does not hold."""
+
+
+class ObjectCorrupted(StoreError):
+    """A blob whose bytes no longer hash to its id."""
+
+
+class UnsafePath(StoreError):
+    """A tree entry that would be written outside the restore target."""

@@ -1,0 +1,289 @@
+"""Run records: sweeps, runs, case threads, checkpoint links and the event log.
+
+Rows come back as plain dicts whose keys are the documented JSON of `wtb ... --json`
+(docs/cli.md); JSON columns are decoded here so callers never see encoded text.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+
+from wtb_conf.store.errors import ObjectNotFound
+from wtb_conf.store.objects import now_iso
+from wtb_conf.store.schema import read_conn
+
+RUN_STATUSES = ("running", "completed", "failed")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _event(conn: Connection, kind: str, data: dict, run_id=None, sweep_id=None) -> None:
+    conn.execute(
+        text(
+            "INSERT INTO events (at, sweep_id, run_id, kind, data) "
+            "VALUES (:at, :sweep_id, :run_id, :kind, :data)"
+        ),
+        {"at": now_iso(), "sweep_id": sweep_id, "run_id": run_id, "kind": kind,
+         "data": _dumps(data)},
+    )
+
+
+def _run_dict(row) -> dict[str, Any]:
+    return {
+        "run_id": row.id,
+        "sweep_id": row.sweep_id,
+        "job_num": row.job_num,
+        "status": row.status,
+        "overrides": json.loads(row.overrides),
+        "workflow": row.workflow,
+        "config_digest": row.config_digest,
+        "job_dir": row.job_dir,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "error": row.error,
+        "metrics": json.loads(row.metrics) if row.metrics else {},
+        "commit": row.commit_id,
+        "checkpoints": row.checkpoints,
+    }
+
+
+class RunRecords:
+    """Writes and queries of the run tables; mixed into Store beside ObjectStore."""
+
+    engine: Engine
+
+    # -- writes ------------------------------------------------------------------------
+
+    def create_sweep(self, argv: list[str], sweep_dir: str | None = None) -> str:
+        sweep_id = new_id()
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO sweeps (id, created_at, status, sweep_dir, argv) "
+                    "VALUES (:id, :at, 'running', :dir, :argv)"
+                ),
+                {"id": sweep_id, "at": now_iso(), "dir": sweep_dir, "argv": _dumps(argv)},
+            )
+            _event(conn, "sweep_started", {"argv": argv, "sweep_dir": sweep_dir}, sweep_id=sweep_id)
+        return sweep_id
+
+    def finish_sweep(self, sweep_id: str) -> str:
+        """Mark the sweep done; its status is 'failed' if any of its runs did not complete."""
+        with self.engine.begin() as conn:
+            bad = conn.execute(
+                text("SELECT count(*) FROM runs WHERE sweep_id = :s AND status != 'completed'"),
+                {"s": sweep_id},
+            ).scalar_one()
+            status = "failed" if bad else "completed"
+            conn.execute(
+                text("UPDATE sweeps SET status = :st, finished_at = :at WHERE id = :s"),
+                {"st": status, "at": now_iso(), "s": sweep_id},
+            )
+            _event(conn, "sweep_finished", {"status": status}, sweep_id=sweep_id)
+        return status
+
+    def start_run(
+        self,
+        sweep_id: str,
+        job_num: int,
+        overrides: list[str],
+        workflow: str | None,
+        config_yaml: str,
+        config_digest: str,
+        job_dir: str,
+    ) -> str:
+        run_id = new_id()
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO runs (id, sweep_id, job_num, status, overrides, workflow, "
+                    "config_yaml, config_digest, job_dir, started_at) VALUES (:id, :sweep_id, "
+                    ":job_num, 'running', :overrides, :workflow, :config_yaml, :config_digest, "
+                    ":job_dir, :at)"
+                ),
+                {"id": run_id, "sweep_id": sweep_id, "job_num": job_num,
+                 "overrides": _dumps(overrides), "workflow": workflow,
+                 "config_yaml": config_yaml, "config_digest": config_digest,
+                 "job_dir": job_dir, "at": now_iso()},
+            )
+            _event(conn, "run_started", {"job_num": job_num, "overrides": overrides},
+                   run_id=run_id, sweep_id=sweep_id)
+        return run_id
+
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        commit_id: str | None,
+        metrics: dict | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        if status not in RUN_STATUSES:
+            raise ValueError(f"run status {status!r} is not one of {RUN_STATUSES}")
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE runs SET status = :status, finished_at = :at, commit_id = :commit, "
+                    "metrics = :metrics, error = :error, traceback = :tb WHERE id = :id"
+                ),
+                {"status": status, "at": now_iso(), "commit": commit_id,
+                 "metrics": _dumps(metrics or {}), "error": error, "tb": traceback, "id": run_id},
+            )
+            _event(conn, f"run_{status}", {"commit": commit_id, "error": error}, run_id=run_id)
+
+    def start_thread(self, run_id: str, thread_id: str, case_name: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO threads (thread_id, run_id, case_name, status) "
+                    "VALUES (:t, :r, :c, 'running')"
+                ),
+                {"t": thread_id, "r": run_id, "c": case_name},
+            )
+
+    def finish_thread(
+        self, thread_id: str, status: str, final_state: dict | None, commit_id: str | None
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE threads SET status = :s, final_state = :fs, commit_id = :c "
+                    "WHERE thread_id = :t"
+                ),
+                {"s": status, "fs": _dumps(final_state) if final_state is not None else None,
+                 "c": commit_id, "t": thread_id},
+            )
+
+    def link_checkpoint(
+        self,
+        run_id: str,
+        thread_id: str,
+        checkpoint_ns: str,
+        checkpoint_id: str,
+        step: int,
+        source: str,
+        nodes: list[str],
+        commit_id: str,
+    ) -> None:
+        """Link a LangGraph checkpoint to the commit of its case directory, and log both."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO checkpoint_links (thread_id, checkpoint_ns, checkpoint_id, "
+                    "run_id, step, source, nodes, commit_id, created_at) VALUES (:t, :ns, :cp, "
+                    ":r, :step, :source, :nodes, :c, :at)"
+                ),
+                {"t": thread_id, "ns": checkpoint_ns, "cp": checkpoint_id, "r": run_id,
+                 "step": step, "source": source, "nodes": _dumps(nodes), "c": commit_id,
+                 "at": now_iso()},
+            )
+            data = {"thread_id": thread_id, "checkpoint_id": checkpoint_id, "step": step,
+                    "nodes": nodes}
+            _event(conn, "checkpoint", data, run_id=run_id)
+            _event(conn, "commit", {**data, "commit": commit_id}, run_id=run_id)
+
+    def log_event(self, kind: str, data: dict, run_id: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            _event(conn, kind, data, run_id=run_id)
+
+    # -- queries -----------------------------------------------------------------------
+
+    _RUNS = (
+        "SELECT runs.*, (SELECT count(*) FROM checkpoint_links l WHERE l.run_id = runs.id) "
+        "AS checkpoints FROM runs "
+    )
+
+    def runs(self, sweep_id: str | None = None) -> list[dict[str, Any]]:
+        """Runs of one sweep in job order, or all runs oldest first."""
+        with read_conn(self.engine) as conn:
+            if sweep_id is None:
+                rows = conn.execute(text(self._RUNS + "ORDER BY started_at, job_num"))
+            else:
+                rows = conn.execute(
+                    text(self._RUNS + "WHERE sweep_id = :s ORDER BY job_num"), {"s": sweep_id}
+                )
+            return [_run_dict(r) for r in rows]
+
+    def last_sweep(self) -> str:
+        with read_conn(self.engine) as conn:
+            row = conn.execute(
+                text("SELECT id FROM sweeps ORDER BY created_at DESC LIMIT 1")
+            ).first()
+        if row is None:
+            raise ObjectNotFound("the store holds no sweeps yet: run `python -m wtb_conf -m ...`")
+        return row.id
+
+    def resolve(self, table: str, ref: str) -> str:
+        """A full id from an id or a unique prefix of one (like git's short hashes)."""
+        if table not in ("runs", "sweeps", "commits"):
+            raise ValueError(table)
+        if not ref or not all(c in "0123456789abcdef" for c in ref.lower()):
+            raise ObjectNotFound(f"{ref!r} is not an id: ids are hexadecimal")
+        with read_conn(self.engine) as conn:
+            rows = conn.execute(
+                text(f"SELECT id FROM {table} WHERE id LIKE :p LIMIT 2"),
+                {"p": ref.lower() + "%"},
+            ).all()
+        kind = table[:-1]
+        if not rows:
+            raise ObjectNotFound(f"no {kind} matches {ref!r}")
+        if len(rows) > 1:
+            raise ObjectNotFound(f"{ref!r} matches several {table}: give more characters")
+        return rows[0].id
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        with read_conn(self.engine) as conn:
+            row = conn.execute(text(self._RUNS + "WHERE id = :id"), {"id": run_id}).first()
+            if row is None:
+                raise ObjectNotFound(f"run {run_id} is not in the store")
+            out = _run_dict(row)
+            out["traceback"] = row.traceback
+            out["config_yaml"] = row.config_yaml
+            return out
+
+    def threads(self, run_id: str) -> list[dict[str, Any]]:
+        with read_conn(self.engine) as conn:
+            rows = conn.execute(
+                text("SELECT * FROM threads WHERE run_id = :r ORDER BY case_name"), {"r": run_id}
+            )
+            return [
+                {"thread_id": r.thread_id, "case": r.case_name, "status": r.status,
+                 "final_state": json.loads(r.final_state) if r.final_state else None,
+                 "commit": r.commit_id}
+                for r in rows
+            ]
+
+    def checkpoints(self, run_id: str) -> list[dict[str, Any]]:
+        with read_conn(self.engine) as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT l.*, t.case_name FROM checkpoint_links l JOIN threads t "
+                    "ON t.thread_id = l.thread_id WHERE l.run_id = :r "
+                    "ORDER BY t.case_name, l.step"
+                ),
+                {"r": run_id},
+            )
+            return [
+                {"thread_id": r.thread_id, "case": r.case_name, "checkpoint_ns": r.checkpoint_ns,
+                 "checkpoint_id": r.checkpoint_id, "step": r.step, "source": r.source,
+                 "nodes": json.loads(r.nodes), "commit": r.commit_id}
+                for r in rows
+            ]
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        with read_conn(self.engine) as conn:
+            rows = conn.execute(
+                text("SELECT * FROM events WHERE run_id = :r ORDER BY id"), {"r": run_id}
+            )
+            return [{"at": r.at, "kind": r.kind, "data": json.loads(r.data)} for r in rows]

@@ -1,0 +1,160 @@
+"""The store's schema: an append-only list of migrations and the engine set-up.
+
+Never edit a migration that has shipped; append a new one. `setup()` applies the ones a
+database has not seen yet, in one write transaction, and records them in `wtb_migrations`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+
+MIGRATIONS: list[str] = [
+    # 1: content-addressed objects. A blob with data NULL lives as a file under objects/.
+    """
+    CREATE TABLE IF NOT EXISTS blobs (
+        id TEXT PRIMARY KEY,
+        size BIGINT NOT NULL,
+        data BLOB
+    );
+    CREATE TABLE IF NOT EXISTS commits (
+        id TEXT PRIMARY KEY,
+        tree TEXT NOT NULL REFERENCES blobs(id),
+        parent TEXT REFERENCES commits(id),
+        message TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS stat_cache (
+        root TEXT NOT NULL,
+        path TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        mtime_ns BIGINT NOT NULL,
+        ctime_ns BIGINT NOT NULL,
+        ino BIGINT NOT NULL,
+        mode INTEGER NOT NULL,
+        blob TEXT NOT NULL REFERENCES blobs(id),
+        PRIMARY KEY (root, path)
+    );
+    """,
+    # 2: run records and the audit trail.
+    """
+    CREATE TABLE IF NOT EXISTS sweeps (
+        id TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        finished_at TEXT,
+        status TEXT NOT NULL,
+        sweep_dir TEXT,
+        argv TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS runs (
+        id TEXT PRIMARY KEY,
+        sweep_id TEXT NOT NULL REFERENCES sweeps(id),
+        job_num INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        overrides TEXT NOT NULL,
+        workflow TEXT,
+        config_yaml TEXT NOT NULL,
+        config_digest TEXT NOT NULL,
+        job_dir TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        error TEXT,
+        traceback TEXT,
+        metrics TEXT,
+        commit_id TEXT REFERENCES commits(id)
+    );
+    CREATE INDEX IF NOT EXISTS runs_sweep ON runs (sweep_id, job_num);
+    CREATE TABLE IF NOT EXISTS threads (
+        thread_id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL REFERENCES runs(id),
+        case_name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        final_state TEXT,
+        commit_id TEXT REFERENCES commits(id)
+    );
+    CREATE INDEX IF NOT EXISTS threads_run ON threads (run_id);
+    CREATE TABLE IF NOT EXISTS checkpoint_links (
+        thread_id TEXT NOT NULL,
+        checkpoint_ns TEXT NOT NULL,
+        checkpoint_id TEXT NOT NULL,
+        run_id TEXT NOT NULL REFERENCES runs(id),
+        step INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        nodes TEXT NOT NULL,
+        commit_id TEXT NOT NULL REFERENCES commits(id),
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id)
+    );
+    CREATE INDEX IF NOT EXISTS links_run ON checkpoint_links (run_id, step);
+    CREATE TABLE IF NOT EXISTS events (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        sweep_id TEXT,
+        run_id TEXT,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS events_run ON events (run_id, id);
+    """,
+]
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    # The driver's own transaction handling is switched off (isolation_level=None) so that
+    # the "begin" hook below decides how a transaction starts.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA page_size=16384")  # only takes effect on a new file; fewer pages per blob
+    cur.execute("PRAGMA journal_mode=WAL")  # readers never block the one writer
+    cur.execute("PRAGMA synchronous=NORMAL")  # WAL stays atomic; fsync per checkpoint, not commit
+    # Copying the WAL back into the database costs ~100 ms per 10 MB here; checkpointing every
+    # 64 MB instead of SQLite's 4 MB keeps that out of most commits (Store.close() checkpoints).
+    cur.execute("PRAGMA wal_autocheckpoint=4096")
+    cur.execute("PRAGMA busy_timeout=60000")  # several job processes share one database
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _sqlite_begin(conn) -> None:
+    # IMMEDIATE takes the write lock up front: a deferred transaction that later needs to
+    # write fails with SQLITE_BUSY at once instead of waiting out the busy timeout.
+    if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_store_engine(db_url: str) -> Engine:
+    """An engine for `db_url`; for SQLite, the parent directory is created if missing."""
+    url = make_url(db_url)
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url)
+    if url.database and url.database != ":memory:":
+        from pathlib import Path
+
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def setup(engine: Engine) -> None:
+    """Create the schema or bring it up to date. Safe to call from many processes at once."""
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS wtb_migrations (v INTEGER PRIMARY KEY)"))
+        done = {row[0] for row in conn.execute(text("SELECT v FROM wtb_migrations"))}
+        if done and max(done) > len(MIGRATIONS):
+            raise RuntimeError(
+                f"{engine.url.render_as_string(hide_password=True)} has schema version "
+                f"{max(done)}, newer than this wtb_conf knows ({len(MIGRATIONS)}): upgrade wtb_conf"
+            )
+        for version, script in enumerate(MIGRATIONS, start=1):
+            if version in done:
+                continue
+            for statement in filter(str.strip, script.split(";")):
+                conn.execute(text(statement))
+            conn.execute(text("INSERT INTO wtb_migrations (v) VALUES (:v)"), {"v": version})
+
+
+def read_conn(engine: Engine) -> Connection:
+    """A connection for queries: autocommit, so reading never takes the write lock."""
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")

@@ -1,0 +1,88 @@
+"""The Hydra callback that brackets a sweep: opens its record, prints its table, sets the exit.
+
+Registered in the packaged config.yaml under `hydra.callbacks.wtb`. It runs in the driver,
+whatever launcher runs the jobs, and learns how the jobs went from the store.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from wtb_conf.job import SWEEP_ENV, open_store_for
+
+# Hydra turns exceptions raised by callbacks into warnings, so the callback leaves the exit
+# status here and `python -m wtb_conf` exits with it once Hydra returns.
+exit_status = 0
+
+
+def _short(value: Any, width: int = 12) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def print_table(runs: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    metric_names = sorted({k for r in runs for k in r["metrics"] if "/" not in k})
+    table = Table(title=title)
+    for col in ("job", "run", "overrides", "status", "checkpoints", "commit", *metric_names):
+        table.add_column(col)
+    for r in runs:
+        status = r["status"] if r["status"] != "failed" else f"[red]{r['status']}[/red]"
+        table.add_row(
+            str(r["job_num"]), r["run_id"][:8], " ".join(r["overrides"]), status,
+            str(r["checkpoints"]), (r["commit"] or "-")[:12],
+            *(_short(r["metrics"].get(m, "")) for m in metric_names),
+        )
+    Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+class SweepCallback(Callback):
+    def __init__(self) -> None:
+        self.sweep_id: str | None = None
+
+    def _start(self, config: DictConfig, sweep_dir: str | None) -> None:
+        store, _ = open_store_for(config, Path.cwd())
+        with store:
+            self.sweep_id = store.create_sweep(sys.argv[1:], sweep_dir)
+        os.environ[SWEEP_ENV] = self.sweep_id
+
+    def _end(self, config: DictConfig) -> None:
+        global exit_status
+        os.environ.pop(SWEEP_ENV, None)
+        if self.sweep_id is None:
+            return
+        with open_store_for(config, Path.cwd())[0] as store:
+            store.finish_sweep(self.sweep_id)
+            runs = store.runs(self.sweep_id)
+        print_table(runs, f"sweep {self.sweep_id[:8]} — `wtb runs --sweep {self.sweep_id[:8]}`")
+        failed = [r for r in runs if r["status"] != "completed"]
+        if failed:
+            lines = [
+                f"  job {r['job_num']} ({' '.join(r['overrides']) or 'no overrides'}): "
+                f"{r['error']} — `wtb show {r['run_id'][:8]}`"
+                for r in failed
+            ]
+            print(f"{len(failed)} of {len(runs)} jobs failed:", *lines, sep="\n", file=sys.stderr)
+            exit_status = 1
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._start(config, str(Path(config.hydra.sweep.dir).absolute()))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._end(config)
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._start(config, None)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._end(config)
