@@ -209,14 +209,14 @@ class ObjectStore:
         with read_conn(self.engine) as conn:
             # Plain tuples: this loop is the whole cost of an unchanged recommit.
             cache = {
-                r[0]: r[1:]
+                r[0]: tuple(r[1:])
                 for r in conn.execute(
                     text(
                         "SELECT path, size, mtime_ns, ctime_ns, ino, blob FROM stat_cache "
                         "WHERE root = :root"
                     ),
                     {"root": root},
-                ).tuples()
+                )
             }
         entries: dict[str, Entry] = {}
         blobs: dict[str, bytes] = {}

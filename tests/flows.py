@@ -1,0 +1,43 @@
+"""Node functions the tests' workflows point at (importable as `flows`: tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NOT_CALLABLE = 42
+
+
+def add(state: dict, amount: int = 1) -> dict:
+    Path(f"add-{state['x']}.txt").write_text(str(state["x"] + amount))
+    return {"x": state["x"] + amount, "trail": ["add"]}
+
+
+def double(state: dict) -> dict:
+    return {"x": state["x"] * 2, "trail": ["double"]}
+
+
+def boom(state: dict) -> dict:
+    raise ValueError(f"boom at x={state['x']}")
+
+
+def small_or_big(state: dict, limit: int = 3) -> str:
+    return "double" if state["x"] < limit else "END"
+
+
+def nowhere(state: dict) -> str:
+    return "teleport"
+
+
+def factory():
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+
+    class S(TypedDict):
+        x: int
+
+    g = StateGraph(S)
+    g.add_node("inc", lambda s: {"x": s["x"] + 10})
+    g.add_edge(START, "inc")
+    g.add_edge("inc", END)
+    return g

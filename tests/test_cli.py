@@ -1,0 +1,98 @@
+"""`wtb` against the store the demo sweep wrote: the --json shapes docs/cli.md promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from wtb_conf.cli import main
+
+RUN_KEYS = {"run_id", "sweep_id", "job_num", "status", "overrides", "workflow", "config_digest",
+            "job_dir", "started_at", "finished_at", "error", "metrics", "commit", "checkpoints"}
+
+
+@pytest.fixture
+def wtb(demo, monkeypatch, capsys):
+    monkeypatch.chdir(demo)
+
+    def call(*args: str, expect: int = 0):
+        code = main(list(args))
+        out = capsys.readouterr()
+        assert code == expect, out.err
+        return out
+
+    return call
+
+
+def jcall(wtb, *args):
+    return json.loads(wtb(*args, "--json").out)
+
+
+def test_runs_json(wtb):
+    runs = jcall(wtb, "runs", "--sweep", "last")
+    assert len(runs) == 4 and all(set(r) == RUN_KEYS for r in runs)
+    assert all(isinstance(r["checkpoints"], int) and r["checkpoints"] > 0 for r in runs)
+    assert jcall(wtb, "runs", "--sweep", runs[0]["sweep_id"][:6]) == runs
+
+
+def test_show_json_has_cases_checkpoints_and_final_state(wtb):
+    run_id = jcall(wtb, "runs")[0]["run_id"]
+    shown = jcall(wtb, "show", run_id[:8])
+    assert RUN_KEYS <= set(shown) and {"cases", "config_yaml", "traceback"} <= set(shown)
+    assert [c["case"] for c in shown["cases"]] == ["orders", "returns"]
+    orders = shown["cases"][0]
+    assert orders["final_state"]["rows_in"] == 12 and orders["final_state"]["log"][0] == "load"
+    assert set(orders["checkpoints"][0]) == {"checkpoint_ns", "checkpoint_id", "step", "source",
+                                             "nodes", "commit"}
+    assert sum(len(c["checkpoints"]) for c in shown["cases"]) == shown["checkpoints"]
+
+
+def test_restore_checkpoint_and_final(wtb, tmp_path):
+    shown = jcall(wtb, "show", "last")
+    cp = next(c for c in shown["cases"][1]["checkpoints"] if c["nodes"] == ["clean"])
+    out = wtb("restore", shown["run_id"], "--checkpoint", cp["checkpoint_id"][:13],
+              "--to", str(tmp_path / "cp"))
+    assert "restored 2 files" in out.out
+    assert sorted(p.name for p in (tmp_path / "cp").iterdir()) == ["clean.csv", "loaded.json"]
+    wtb("restore", shown["run_id"], "--to", str(tmp_path / "final"))
+    assert (tmp_path / "final/returns/report.md").is_file()
+    err = wtb("restore", shown["run_id"], "--to", str(tmp_path / "final"), expect=1).err
+    assert "not empty" in err
+
+
+def test_diff_runs_and_commits(wtb):
+    a, b = (r["run_id"] for r in jcall(wtb, "runs")[:2])
+    d = jcall(wtb, "diff", a, b)
+    assert set(d) == {"added", "removed", "changed"}
+    commit = jcall(wtb, "show", a)["commit"]
+    assert jcall(wtb, "diff", a, commit[:10]) == {"added": [], "removed": [], "changed": []}
+
+
+def test_log_json(wtb):
+    events = jcall(wtb, "log", "last")
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_completed"
+    assert {"node", "checkpoint", "commit"} <= set(kinds)
+    assert all(set(e) == {"at", "kind", "data"} for e in events)
+
+
+def test_bad_refs_are_clear_errors(wtb):
+    assert "no run matches" in wtb("show", "ffff0000", expect=1).err
+    assert "not an id" in wtb("show", "zz", expect=1).err
+    assert "checkpoints of run" in wtb("restore", "last", "--checkpoint", "nope", "--to", "x",
+                                       expect=1).err
+
+
+def test_missing_store_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["runs"]) == 2
+    assert "no store at data/wtb.db" in capsys.readouterr().err
+
+
+def test_console_script_runs(demo):
+    proc = subprocess.run([sys.executable, "-m", "wtb_conf.cli", "runs", "--json"], cwd=demo,
+                          capture_output=True, text=True, check=True)
+    assert len(json.loads(proc.stdout)) == 4

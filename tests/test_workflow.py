@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+from omegaconf import OmegaConf
+
+from wtb_conf.workflow import WorkflowError, build_graph
+
+
+def wf(**overrides):
+    base = {
+        "state": {"x": "int", "trail": {"type": "list", "reducer": "append"}},
+        "nodes": {"add": {"_target_": "flows.add", "amount": 2},
+                  "double": {"_target_": "flows.double"}},
+        "edges": [["START", "add"], ["double", "add"]],
+        "routes": {"add": {"router": {"_target_": "flows.small_or_big", "limit": 10},
+                           "to": ["double", "END"]}},
+    }
+    base.update(overrides)
+    return OmegaConf.create(base)
+
+
+def run(graph, x=0):
+    app = graph.compile(checkpointer=InMemorySaver())
+    return app.invoke({"x": x}, {"configurable": {"thread_id": "t"}})
+
+
+def test_builds_nodes_params_edges_routes_and_reducers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = run(build_graph(wf()))
+    # 0 +2=2 -> double 4 -> +2=6 -> double 12 -> +2=14 -> END
+    assert out["x"] == 14
+    assert out["trail"] == ["add", "double", "add", "double", "add"]
+
+
+def test_factory_escape_hatch():
+    out = run(build_graph(OmegaConf.create({"factory": {"_target_": "flows.factory"}})), x=1)
+    assert out == {"x": 11}
+
+
+def test_factory_and_nodes_together_is_an_error():
+    cfg = wf(factory={"_target_": "flows.factory"})
+    with pytest.raises(WorkflowError, match="workflow.factory: .*remove workflow.state"):
+        build_graph(cfg)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("flows.nope", r"workflow.nodes.add._target_: cannot import 'flows.nope': 'flows' has no "
+                       r"attribute 'nope'"),
+        ("no_such_pkg.mod.fn", r"workflow.nodes.add._target_: cannot import "
+                               r"'no_such_pkg.mod.fn': no module 'no_such_pkg'"),
+        ("flows.NOT_CALLABLE", r"workflow.nodes.add._target_: 'flows.NOT_CALLABLE' is a int"),
+        ("not a path!", r"workflow.nodes.add._target_: expected a dotted import path"),
+    ],
+)
+def test_bad_node_target_names_the_yaml_key(target, message):
+    cfg = wf()
+    cfg.nodes.add._target_ = target
+    with pytest.raises(WorkflowError, match=message):
+        build_graph(cfg)
+
+
+def test_node_without_target_names_the_key():
+    cfg = wf()
+    cfg.nodes.add = {"amount": 3}
+    with pytest.raises(WorkflowError, match=r"workflow.nodes.add: expected a mapping with a _target_"):
+        build_graph(cfg)
+
+
+def test_edge_to_unknown_node_lists_the_nodes():
+    with pytest.raises(WorkflowError, match=r"workflow.edges\[1\]: 'dubble' is not a node; nodes "
+                                            r"are \['add', 'double'\]"):
+        build_graph(wf(edges=[["START", "add"], ["dubble", "add"]]))
+
+
+def test_route_target_must_be_a_node():
+    cfg = wf()
+    cfg.routes.add.to = ["double", "somewhere"]
+    with pytest.raises(WorkflowError, match=r"workflow.routes.add.to: 'somewhere' is not a node"):
+        build_graph(cfg)
+
+
+def test_route_returning_unknown_node_fails_naming_the_route(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = wf()
+    cfg.routes.add.router = {"_target_": "flows.nowhere"}
+    with pytest.raises(WorkflowError, match=r"workflow.routes.add: the router from 'add' returned "
+                                            r"'teleport', which is not one of its targets"):
+        run(build_graph(cfg))
+
+
+def test_unknown_state_type_and_reducer():
+    with pytest.raises(WorkflowError, match=r"workflow.state.x.type: 'integer' is not one of"):
+        build_graph(wf(state={"x": "integer"}))
+    with pytest.raises(WorkflowError, match=r"workflow.state.x.reducer: 'sum' is not one of"):
+        build_graph(wf(state={"x": {"type": "int", "reducer": "sum"}}))
+
+
+def test_missing_entry_edge():
+    with pytest.raises(WorkflowError, match="no edge leaves START"):
+        build_graph(wf(edges=[["double", "add"]]))
