@@ -35,8 +35,9 @@ def test_demo_sweep_records_four_completed_runs(demo):
 def test_variants_and_params_change_the_outputs(demo):
     with store_of(demo) as store:
         runs = {tuple(r["overrides"][:2]): r for r in store.runs(store.last_sweep())}
-        drop_strict = runs[("variant=drop_invalid", "workflow.routes.validate.router.max_invalid=0.1")]
-        fill_strict = runs[("variant=fill_defaults", "workflow.routes.validate.router.max_invalid=0.1")]
+        strict = "workflow.routes.validate.router.max_invalid=0.1"
+        drop_strict = runs[("variant=drop_invalid", strict)]
+        fill_strict = runs[("variant=fill_defaults", strict)]
         assert drop_strict["metrics"]["orders/rows_out"] == 9
         assert fill_strict["metrics"]["orders/rows_out"] == 12
         # drop_invalid rejects 25% of orders: over 0.1 the route goes through quarantine
@@ -112,7 +113,8 @@ def user_project(tmp_path) -> Path:
     (tmp_path / "conf/workflow").mkdir(parents=True)
     (tmp_path / "conf/variant").mkdir()
     (tmp_path / "conf/workflow/mine.yaml").write_text(USER_WORKFLOW)
-    (tmp_path / "conf/variant/a.yaml").write_text("# @package workflow\nnodes: {step2: {by: 100}}\n")
+    (tmp_path / "conf/variant/a.yaml").write_text(
+        "# @package workflow\nnodes: {step2: {by: 100}}\n")
     (tmp_path / "conf/variant/b.yaml").write_text(
         "# @package workflow\nnodes: {step2: {_target_: mynodes.explode}}\n")
     (tmp_path / "conf/variant/typo.yaml").write_text(
@@ -137,9 +139,10 @@ def test_user_project_with_a_failing_variant(user_project):
     assert "variant=b" in proc.stderr and "RuntimeError: the b variant always fails" in proc.stderr
     with store_of(user_project) as store:
         a, b = store.runs(store.last_sweep())
-        assert a["status"] == "completed" and a["metrics"] == {"one/x": 102, "two/x": 103, "x": 102.5}
-        assert b["status"] == "failed" and "the b variant always fails" in store.run(b["run_id"])[
-            "traceback"]
+        assert a["status"] == "completed"
+        assert a["metrics"] == {"one/x": 102, "two/x": 103, "x": 102.5}
+        assert b["status"] == "failed"
+        assert "the b variant always fails" in store.run(b["run_id"])["traceback"]
         # what the failed run wrote before failing is kept, and so are its checkpoints
         assert "one/x2.txt" in store.tree(b["commit"])
         assert b["checkpoints"] >= 3

@@ -197,7 +197,8 @@ def test_corrupted_blob_is_detected_on_restore_and_nothing_is_written(store, tmp
         path.write_bytes(b"bitrot" + payload[6:])
     else:
         with store.engine.begin() as c:
-            c.execute(text("UPDATE blobs SET data = :d WHERE id = :i"), {"d": b"tampered", "i": blob})
+            c.execute(text("UPDATE blobs SET data = :d WHERE id = :i"),
+                      {"d": b"tampered", "i": blob})
     with pytest.raises(ObjectCorrupted, match=rf"blob {blob} \(file data/victim\) is corrupted"):
         store.restore(commit, tmp_path / "dest")
     assert not (tmp_path / "dest").exists()

@@ -65,7 +65,7 @@ def test_bad_node_target_names_the_yaml_key(target, message):
 def test_node_without_target_names_the_key():
     cfg = wf()
     cfg.nodes.add = {"amount": 3}
-    with pytest.raises(WorkflowError, match=r"workflow.nodes.add: expected a mapping with a _target_"):
+    with pytest.raises(WorkflowError, match=r"workflow.nodes.add: expected a mapping with a _tar"):
         build_graph(cfg)
 
 
