@@ -101,3 +101,8 @@ def test_unknown_state_type_and_reducer():
 def test_missing_entry_edge():
     with pytest.raises(WorkflowError, match="no edge leaves START"):
         build_graph(wf(edges=[["double", "add"]]))
+
+
+def test_unknown_top_level_key_is_named():
+    with pytest.raises(WorkflowError, match=r"workflow.egdes: unknown key; a workflow has name, "):
+        build_graph(wf(egdes=[]))

@@ -32,8 +32,8 @@ def _merge(a: dict, b: dict) -> dict:
 
 REDUCERS: dict[str, Callable[[Any, Any], Any]] = {"append": operator.add, "merge": _merge}
 ENDPOINTS = {"START": START, START: START, "END": END, END: END}
-# Keys of a workflow that are not part of the graph itself.
 _GRAPH_KEYS = ("state", "nodes", "edges", "routes")
+KEYS = ("name", "description", *_GRAPH_KEYS, "cases", "metrics", "factory")  # docs/config.md
 
 
 class WorkflowError(ValueError):
@@ -147,6 +147,9 @@ def _router(key: str, fn: Callable, source: str, targets: dict[str, str]) -> Cal
 
 def build_graph(workflow: Mapping[str, Any]) -> StateGraph:
     """Build the StateGraph that `workflow` describes (or that its `factory` returns)."""
+    for key in workflow:
+        if key not in KEYS:
+            raise WorkflowError(f"workflow.{key}: unknown key; a workflow has {', '.join(KEYS)}")
     if workflow.get("factory") is not None:
         clash = [k for k in _GRAPH_KEYS if workflow.get(k)]
         if clash:

@@ -1,0 +1,56 @@
+"""Docs are part of done: these fail when a command, flag or config key is undocumented."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wtb_conf.cli import parser
+from wtb_conf.workflow import KEYS
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI_MD = (ROOT / "docs/cli.md").read_text()
+CONFIG_MD = (ROOT / "docs/config.md").read_text()
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def section(md: str, heading: str) -> str:
+    match = re.search(rf"^### {re.escape(heading)}\n(.*?)(?=^#|\Z)", md, re.M | re.S)
+    assert match, f"docs/cli.md has no '### {heading}' section"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("name", sorted(subcommands()))
+def test_every_wtb_command_and_flag_is_documented(name):
+    text = section(CLI_MD, f"wtb {name}")
+    for action in subcommands()[name]._actions:
+        for flag in action.option_strings:
+            if flag not in ("-h", "--help"):
+                assert flag in text, f"wtb {name} {flag} is not in docs/cli.md"
+
+
+@pytest.mark.parametrize("group", ["env", "storage"])
+def test_every_packaged_config_key_is_documented(group):
+    cfg = yaml.safe_load((ROOT / f"wtb_conf/conf/{group}/default.yaml").read_text())
+    for key in cfg:
+        assert f"`{key}`" in CONFIG_MD, f"{group}.{key} is not in docs/config.md"
+
+
+def test_every_workflow_key_is_documented():
+    for key in KEYS:
+        assert f"| `{key}` |" in CONFIG_MD, f"workflow.{key} is not in docs/config.md"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    command = "pip install -e '.[test]' && python -m pytest"
+    assert command in readme
+    assert command in (ROOT / ".ci/run").read_text()
