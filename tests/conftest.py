@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -10,6 +12,32 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+RAY = str(Path(sys.executable).parent / "ray")  # the venv's, whether or not it is activated
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_cluster(tmp_path_factory):
+    """One Ray head for the whole test session; every launch (in-process or in a subprocess)
+    joins it through RAY_ADDRESS instead of paying Ray's start and stop each time.
+
+    Ray 2.60 turns token auth on and writes ~/.ray/auth_token on first start: the tests keep
+    token auth but hand Ray a token through the environment, so nothing lands in $HOME."""
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    os.environ.update(env)
+    temp = tmp_path_factory.mktemp("ray")
+    port = 6390 + secrets.randbelow(200)
+    subprocess.run(
+        [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+         f"--temp-dir={temp}", "--disable-usage-stats"],
+        check=True, capture_output=True, timeout=180,
+    )
+    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    yield os.environ["RAY_ADDRESS"]
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
 
 
 def run_bench(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

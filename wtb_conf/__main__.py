@@ -15,5 +15,8 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        sweep.close_open_sweep()  # when Hydra stopped before its on_multirun_end
     sys.exit(sweep.exit_status)  # non-zero when any job of the sweep failed

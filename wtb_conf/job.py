@@ -202,9 +202,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.error("run %s failed: %s", run_id, error)
         if out_dir.is_dir():  # keep what the failed run wrote
             commit = store.commit_dir(out_dir, message="final")
-        store.finish_run(run_id, "failed", commit, metrics_of(finals, None), error,
-                         traceback.format_exc())
+        metrics = {}
+        store.finish_run(run_id, "failed", commit, metrics, error, traceback.format_exc())
         status = "failed"
     finally:
         store.close()
-    return {"run_id": run_id, "status": status, "commit": commit, "error": error}
+    return {"run_id": run_id, "status": status, "commit": commit, "error": error,
+            "metrics": metrics}

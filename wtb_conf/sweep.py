@@ -12,13 +12,22 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from wtb_conf.job import SWEEP_ENV, open_store_for
 
 # Hydra turns exceptions raised by callbacks into warnings, so the callback leaves the exit
 # status here and `python -m wtb_conf` exits with it once Hydra returns.
 exit_status = 0
+# The sweep still open, if Hydra stopped before calling on_*_end (a job's exception re-raised
+# by the sweeper, Ctrl-C): `python -m wtb_conf` closes it on the way out.
+_open: tuple[SweepCallback, DictConfig] | None = None
+
+
+def close_open_sweep() -> None:
+    if _open is not None:
+        callback, config = _open
+        callback._end(config)
 
 
 def _short(value: Any, width: int = 12) -> str:
@@ -55,16 +64,25 @@ class SweepCallback(Callback):
         with store:
             self.sweep_id = store.create_sweep(sys.argv[1:], sweep_dir)
         os.environ[SWEEP_ENV] = self.sweep_id
+        global _open
+        _open = (self, config)
 
     def _end(self, config: DictConfig) -> None:
-        global exit_status
+        global exit_status, _open
+        _open = None
         os.environ.pop(SWEEP_ENV, None)
         if self.sweep_id is None:
             return
         with open_store_for(config, Path.cwd())[0] as store:
             store.finish_sweep(self.sweep_id)
-            runs = store.runs(self.sweep_id)
-        print_table(runs, f"sweep {self.sweep_id[:8]} — `wtb runs --sweep {self.sweep_id[:8]}`")
+            # a job retried after its actor died has several runs: the last one counts
+            runs = list({r["job_num"]: r for r in store.runs(self.sweep_id)}.values())
+        title = f"sweep {self.sweep_id[:8]} — `wtb runs --sweep {self.sweep_id[:8]}`"
+        if "WtbRayLauncher" in str(OmegaConf.select(config, "hydra.launcher._target_")):
+            done = sum(r["status"] == "completed" for r in runs)
+            print(f"{title}: {done} of {len(runs)} jobs completed")  # wtb_ray printed the table
+        else:
+            print_table(runs, title)
         failed = [r for r in runs if r["status"] != "completed"]
         if failed:
             lines = [

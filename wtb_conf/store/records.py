@@ -17,6 +17,7 @@ from wtb_conf.store.objects import now_iso
 from wtb_conf.store.schema import read_conn
 
 RUN_STATUSES = ("running", "completed", "failed")
+INTERRUPTED = "interrupted: the job's process ended before the run finished"
 
 
 def new_id() -> str:
@@ -78,8 +79,18 @@ class RunRecords:
         return sweep_id
 
     def finish_sweep(self, sweep_id: str) -> str:
-        """Mark the sweep done; its status is 'failed' if any of its runs did not complete."""
+        """Mark the sweep done; its status is 'failed' if any of its runs did not complete.
+
+        Runs still 'running' lost their process (killed, timed out, Ctrl-C): they are marked
+        failed here, so no run stays 'running' after its sweep ended."""
         with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE runs SET status = 'failed', finished_at = :at, error = :error "
+                    "WHERE sweep_id = :s AND status = 'running'"
+                ),
+                {"at": now_iso(), "s": sweep_id, "error": INTERRUPTED},
+            )
             bad = conn.execute(
                 text("SELECT count(*) FROM runs WHERE sweep_id = :s AND status != 'completed'"),
                 {"s": sweep_id},
@@ -211,7 +222,8 @@ class RunRecords:
                 rows = conn.execute(text(self._RUNS + "ORDER BY started_at, job_num"))
             else:
                 rows = conn.execute(
-                    text(self._RUNS + "WHERE sweep_id = :s ORDER BY job_num"), {"s": sweep_id}
+                    text(self._RUNS + "WHERE sweep_id = :s ORDER BY job_num, started_at"),
+                    {"s": sweep_id},
                 )
             return [_run_dict(r) for r in rows]
 

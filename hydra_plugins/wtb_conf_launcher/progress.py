@@ -1,0 +1,108 @@
+"""What the user sees while a wtb_ray sweep runs: a live view on a terminal, plain lines
+otherwise (CI logs), and a final table of the jobs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+
+def _outcome(ret: JobReturn) -> tuple[str, dict[str, Any]]:
+    """Status and metrics of a job. A task function that returns {"status": ..., "metrics":
+    {...}} (as wtb_conf's job does) reports its own; otherwise Hydra's status counts."""
+    if ret.status == JobStatus.FAILED:
+        return "failed", {}
+    value = ret._return_value
+    if isinstance(value, Mapping):
+        metrics = value.get("metrics")
+        metrics = {k: v for k, v in metrics.items() if "/" not in str(k)} if isinstance(
+            metrics, Mapping) else {}
+        return str(value.get("status", "completed")), metrics
+    return "completed", {}
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class Progress:
+    def __init__(self, overrides: list[list[str]], first_num: int, live: bool | None) -> None:
+        self.overrides = overrides
+        self.first_num = first_num
+        self.console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
+        self.live_enabled = sys.stdout.isatty() if live is None else live
+        self.status = ["pending"] * len(overrides)
+        self.seconds: list[float | None] = [None] * len(overrides)
+        self.metrics: list[dict[str, Any]] = [{} for _ in overrides]
+        self.t0 = time.monotonic()
+        self.live: Live | None = None
+
+    def __enter__(self) -> Progress:
+        self.t0 = time.monotonic()
+        if self.live_enabled:
+            self.live = Live(self._view(), console=self.console, refresh_per_second=4,
+                             transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+        if exc[0] is None:
+            self.console.print(self.table())
+
+    def _update(self) -> None:
+        if self.live is not None:
+            self.live.update(self._view())
+
+    def started(self, i: int) -> None:
+        self.status[i] = "running"
+        self._update()
+
+    def retrying(self, i: int) -> None:
+        self.status[i] = "retrying"
+        self._update()
+        if self.live is None:
+            print(f"[wtb_ray] job #{self.first_num + i} lost its actor; retrying", flush=True)
+
+    def finished(self, i: int, ret: JobReturn, seconds: float) -> None:
+        self.status[i], self.metrics[i] = _outcome(ret)
+        self.seconds[i] = seconds
+        self._update()
+        if self.live is None:
+            done = sum(s not in ("pending", "running", "retrying") for s in self.status)
+            print(f"[wtb_ray] {done}/{len(self.status)} job #{self.first_num + i} "
+                  f"{self.status[i]} in {seconds:.1f}s: {' '.join(self.overrides[i])}", flush=True)
+
+    def _view(self) -> Group:
+        done = sum(s not in ("pending", "running", "retrying") for s in self.status)
+        failed = self.status.count("failed")
+        running = self.status.count("running") + self.status.count("retrying")
+        elapsed = time.monotonic() - self.t0
+        eta = f"{elapsed / done * (len(self.status) - done):.0f}s" if done else "?"
+        head = Text(f"wtb_ray  done {done - failed}  failed {failed}  running {running}  "
+                    f"pending {self.status.count('pending')}  elapsed {elapsed:.0f}s  eta {eta}")
+        return Group(head, self.table(only_active=True))
+
+    def table(self, only_active: bool = False) -> Table:
+        names = sorted({k for m in self.metrics for k in m})[:6]
+        table = Table(title=None if only_active else "wtb_ray jobs")
+        for col in ("job", "overrides", "status", "duration", *names):
+            table.add_column(col)
+        for i, status in enumerate(self.status):
+            if only_active and status not in ("running", "retrying"):
+                continue
+            shown = f"[red]{status}[/red]" if status == "failed" else status
+            seconds = self.seconds[i]
+            table.add_row(str(self.first_num + i), " ".join(self.overrides[i]), shown,
+                          "-" if seconds is None else f"{seconds:.1f}s",
+                          *(_fmt(self.metrics[i].get(n, "")) for n in names))
+        return table

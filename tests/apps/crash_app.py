@@ -1,0 +1,30 @@
+"""A bare Hydra app for the launcher's failure tests: `mode` picks what job `x` does."""
+
+import os
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base=None, config_path=None)
+def main(cfg: DictConfig) -> int:
+    x, mode = cfg.x, cfg.mode
+    if x == cfg.get("bad", -1):
+        if mode == "raise":
+            raise ValueError(f"job x={x} raised on purpose")
+        if mode == "exit_once" and not Path(cfg.marker).exists():
+            Path(cfg.marker).write_text("died once")
+            os._exit(3)
+        if mode == "exit":
+            os._exit(3)
+        if mode == "sleep":
+            time.sleep(60)
+    Path(HydraConfig.get().runtime.output_dir, f"done-{x}").write_text(str(os.getpid()))
+    return x * 10
+
+
+if __name__ == "__main__":
+    main()
