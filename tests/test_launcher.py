@@ -42,7 +42,7 @@ class TestWtbRayLauncherIntegration(IntegrationTestSuite):
     pass
 
 
-def crash_sweep(tmp_path: Path, *overrides: str, xs: str = "0,1,2,3") -> subprocess.CompletedProcess:
+def crash_sweep(tmp_path: Path, *overrides: str, xs: str = "0,1,2,3"):
     return subprocess.run(
         [sys.executable, str(APP), "-m", "hydra/launcher=wtb_ray", f"+x={xs}", "+bad=2",
          f"hydra.sweep.dir={tmp_path}/sweep", "hydra.launcher.progress=false", *overrides],
