@@ -54,3 +54,14 @@ def test_ci_runs_the_readme_test_command():
     command = "pip install -e '.[test]' && python -m pytest"
     assert command in readme
     assert command in (ROOT / ".ci/run").read_text()
+
+
+def test_every_launcher_field_is_documented():
+    from dataclasses import fields
+
+    from hydra_plugins.wtb_conf_launcher.config import WtbRayLauncherConf
+
+    text = (ROOT / "docs/launcher.md").read_text()
+    for f in fields(WtbRayLauncherConf):
+        if f.name != "_target_":
+            assert f"| `{f.name}` |" in text, f"hydra.launcher.{f.name} is not in docs/launcher.md"

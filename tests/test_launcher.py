@@ -16,6 +16,7 @@ from hydra_plugins.wtb_conf_launcher.launcher import WtbRayLauncher
 from wtb_conf.store import open_store
 
 APP = Path(__file__).parent / "apps" / "crash_app.py"
+pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
 def test_discovery():

@@ -16,17 +16,19 @@ from rich.text import Text
 
 
 def _outcome(ret: JobReturn) -> tuple[str, dict[str, Any]]:
-    """Status and metrics of a job. A task function that returns {"status": ..., "metrics":
-    {...}} (as wtb_conf's job does) reports its own; otherwise Hydra's status counts."""
+    """Status and what to show of a job. A task function that returns a mapping with `status`,
+    `run_id` and `metrics` (as wtb_conf's job does) reports its own; otherwise Hydra's status
+    counts. Per-case metrics (`case/name`) are left to `wtb show`."""
     if ret.status == JobStatus.FAILED:
         return "failed", {}
     value = ret._return_value
-    if isinstance(value, Mapping):
-        metrics = value.get("metrics")
-        metrics = {k: v for k, v in metrics.items() if "/" not in str(k)} if isinstance(
-            metrics, Mapping) else {}
-        return str(value.get("status", "completed")), metrics
-    return "completed", {}
+    if not isinstance(value, Mapping):
+        return "completed", {}
+    shown = {"run": str(value["run_id"])[:8]} if "run_id" in value else {}
+    metrics = value.get("metrics")
+    if isinstance(metrics, Mapping):
+        shown.update((k, v) for k, v in metrics.items() if "/" not in str(k))
+    return str(value.get("status", "completed")), shown
 
 
 def _fmt(value: Any) -> str:
@@ -93,7 +95,8 @@ class Progress:
         return Group(head, self.table(only_active=True))
 
     def table(self, only_active: bool = False) -> Table:
-        names = sorted({k for m in self.metrics for k in m})[:6]
+        found = {k for m in self.metrics for k in m}
+        names = (["run"] if "run" in found else []) + sorted(found - {"run"})[:6]
         table = Table(title=None if only_active else "wtb_ray jobs")
         for col in ("job", "overrides", "status", "duration", *names):
             table.add_column(col)
