@@ -120,3 +120,16 @@ def test_wtb_job_whose_actor_dies_is_marked_interrupted(tmp_path):
     runs = runs_by_job(project)
     assert runs[1]["status"] == "completed"
     assert runs[0]["status"] == "failed" and "interrupted" in runs[0]["error"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("hydra.launcher.num_cpus=64", "hydra.launcher.num_cpus=64.0 but the Ray cluster has 2"),
+     ("hydra.launcher.num_actors=0", "hydra.launcher.num_actors=0 is out of range"),
+     ("hydra.launcher.max_retries=lots", "hydra.launcher.max_retries")],
+)
+def test_bad_launcher_settings_are_clear_errors(tmp_path, override, message):
+    proc = crash_sweep(tmp_path, "+mode=ok", override)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert done_jobs(tmp_path) == []

@@ -129,6 +129,18 @@ def _failed(overrides: Sequence[str], error: BaseException) -> JobReturn:
     return ret
 
 
+def _check(params: dict[str, Any]) -> None:
+    """Ranges the structured config's types cannot express; errors name the key."""
+    limits = {"num_actors": 1, "num_cpus": 0.01, "max_retries": 0, "timeout_s": 0.001,
+              "memory": 1}
+    for key, low in limits.items():
+        value = params.get(key)
+        if value is not None and value < low:
+            unset = " (or leave it unset)" if key in ("num_actors", "memory", "timeout_s") else ""
+            raise ValueError(f"hydra.launcher.{key}={value} is out of range: use at least {low}"
+                             + unset)
+
+
 class ActorPool:
     """Actors started on demand up to `size`, replaced when they die or time out."""
 
@@ -137,7 +149,13 @@ class ActorPool:
         self.launch_dir = launch_dir
         self.idle: list[Any] = []
         self.count = 0
-        cpus = ray.cluster_resources().get("CPU", 1)
+        _check(params)
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if params["num_cpus"] > cpus:  # Ray would wait forever for an infeasible actor
+            raise ValueError(
+                f"hydra.launcher.num_cpus={params['num_cpus']} but the Ray cluster has {cpus} "
+                "CPUs; ask for at most that many"
+            )
         self.size = params.get("num_actors") or max(1, int(cpus // params["num_cpus"]))
 
     def new_actor(self) -> Any:
