@@ -53,10 +53,10 @@ def _init_ray(params: dict[str, Any]) -> None:
 
 def start_ray_in_background(launcher: WtbRayLauncher) -> None:
     """Start (or join) Ray on a thread while the sweeper composes and validates the jobs."""
-    if getattr(launcher, "_ray_ready", None) is not None:
+    if launcher.ray_ready is not None:
         return
     ready: Future = Future()
-    launcher._ray_ready = ready
+    launcher.ray_ready = ready
     params = OmegaConf.to_container(OmegaConf.create(launcher.params), resolve=True)
 
     def target() -> None:
@@ -284,7 +284,7 @@ def launch(
     for i, overrides in enumerate(job_overrides):
         log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(overrides))}")
     try:
-        launcher._ray_ready.result(timeout=RAY_START_TIMEOUT_S)
+        launcher.ray_ready.result(timeout=RAY_START_TIMEOUT_S)
     except TimeoutError:
         raise RuntimeError(
             f"Ray did not start within {RAY_START_TIMEOUT_S} s "

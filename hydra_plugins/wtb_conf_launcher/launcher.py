@@ -15,6 +15,7 @@ class WtbRayLauncher(Launcher):
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
+        self.ray_ready: Any = None  # a Future, done once Ray is up (started in setup)
         self.pool: Any = None  # _core.ActorPool, created on first launch
 
     def setup(
