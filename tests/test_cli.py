@@ -11,7 +11,8 @@ import pytest
 from wtb_conf.cli import main
 
 RUN_KEYS = {"run_id", "sweep_id", "job_num", "status", "overrides", "workflow", "config_digest",
-            "job_dir", "started_at", "finished_at", "error", "metrics", "commit", "checkpoints"}
+            "job_dir", "started_at", "finished_at", "error", "metrics", "commit", "checkpoints",
+            "python", "env_id"}
 
 
 @pytest.fixture
@@ -41,7 +42,9 @@ def test_runs_json(wtb):
 def test_show_json_has_cases_checkpoints_and_final_state(wtb):
     run_id = jcall(wtb, "runs")[0]["run_id"]
     shown = jcall(wtb, "show", run_id[:8])
-    assert RUN_KEYS <= set(shown) and {"cases", "config_yaml", "traceback"} <= set(shown)
+    assert RUN_KEYS <= set(shown)
+    assert {"cases", "config_yaml", "traceback", "env_lock"} <= set(shown)
+    assert any(p.startswith("hydra-core==") for p in shown["env_lock"])
     assert [c["case"] for c in shown["cases"]] == ["orders", "returns"]
     orders = shown["cases"][0]
     assert orders["final_state"]["rows_in"] == 12 and orders["final_state"]["log"][0] == "load"

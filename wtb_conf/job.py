@@ -18,8 +18,10 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 import traceback
 from collections.abc import Iterator, Mapping
+from importlib.metadata import distributions
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,12 @@ log = logging.getLogger(__name__)
 
 SWEEP_ENV = "WTB_SWEEP_ID"  # set by the sweep callback in the driver; jobs file under it
 OUT_DIR = "out"
+
+
+def installed() -> list[str]:
+    """`name==version` of every distribution this interpreter can import: the env's lock."""
+    return sorted({f"{d.metadata['Name']}=={d.version}" for d in distributions()
+                   if d.metadata["Name"]})
 
 
 def storage_paths(storage: Mapping[str, Any], base: Path) -> dict[str, Any]:
@@ -176,6 +184,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
         config_digest=config_digest(cfg),
         job_dir=str(job_dir),
+        python=sys.executable,
+        env_id=os.environ.get("WTB_ENV_ID") or None,  # set by wtb_ray for a provisioned env
+        env_lock=installed(),
     )
     log.info("run %s: %s", run_id, " ".join(overrides) or "(no overrides)")
     commit = None

@@ -33,6 +33,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 from ray.exceptions import RayActorError, RayTaskError
 
+from ._envs import Interpreter, interpreters
 from .launcher import WtbRayLauncher
 from .progress import Progress
 
@@ -142,12 +143,13 @@ def _check(params: dict[str, Any]) -> None:
 
 
 class ActorPool:
-    """Actors started on demand up to `size`, replaced when they die or time out."""
+    """Actors started on demand, up to `size` in all, per interpreter ("" is the driver's own);
+    replaced when they die or time out, and moved between interpreters as jobs need them."""
 
     def __init__(self, params: dict[str, Any], launch_dir: str) -> None:
         self.params = params
         self.launch_dir = launch_dir
-        self.idle: list[Any] = []
+        self.idle: dict[str, list[Any]] = {}
         self.count = 0
         _check(params)
         cpus = ray.cluster_resources().get("CPU", 0)
@@ -158,28 +160,40 @@ class ActorPool:
             )
         self.size = params.get("num_actors") or max(1, int(cpus // params["num_cpus"]))
 
-    def new_actor(self) -> Any:
+    def new_actor(self, interp: Interpreter) -> Any:
         options: dict[str, Any] = {"num_cpus": self.params["num_cpus"]}
         # Workers of a cluster started elsewhere do not inherit the driver's environment; the
         # bench's own variables (WTB_*, e.g. the sweep id) must reach the jobs all the same.
         env = {k: v for k, v in os.environ.items() if k.startswith("WTB_")}
+        paths = [str(Path(p).absolute()) for p in self.params.get("code_paths") or []]
+        runtime_env: dict[str, Any] = {}
+        if interp.env_id:
+            env["WTB_ENV_ID"] = interp.env_id
+            # On the path before the worker starts: unpickling this very actor class needs it.
+            env["PYTHONPATH"] = interp.bench_path
+            runtime_env["py_executable"] = interp.python
         if env:
-            options["runtime_env"] = {"env_vars": env}
+            runtime_env["env_vars"] = env
+        if runtime_env:
+            options["runtime_env"] = runtime_env
         if self.params.get("memory"):
             options["memory"] = self.params["memory"]
         self.count += 1
-        code_paths = [str(Path(p).absolute()) for p in self.params.get("code_paths") or []]
-        return JobActor.options(**options).remote(self.launch_dir, code_paths)
+        return JobActor.options(**options).remote(self.launch_dir, paths)
 
-    def acquire(self, limit: int) -> Any | None:
-        if self.idle:
-            return self.idle.pop()
+    def acquire(self, interp: Interpreter, limit: int) -> Any | None:
+        if self.idle.get(interp.key):
+            return self.idle[interp.key].pop()
         if self.count < min(self.size, limit):
-            return self.new_actor()
+            return self.new_actor(interp)
+        for actors in self.idle.values():  # the pool is full: move an idle actor's CPU here
+            if actors:
+                self.discard(actors.pop())
+                return self.new_actor(interp)
         return None
 
-    def release(self, actor: Any) -> None:
-        self.idle.append(actor)
+    def release(self, actor: Any, interp: Interpreter) -> None:
+        self.idle.setdefault(interp.key, []).append(actor)
 
     def discard(self, actor: Any) -> None:
         self.count -= 1
@@ -190,8 +204,10 @@ class Scheduler:
     """Feeds one batch of jobs to the pool; results are taken as they finish, in any order."""
 
     def __init__(self, launcher: WtbRayLauncher, pool: ActorPool, params: dict[str, Any],
-                 job_overrides: Sequence[Sequence[str]], first_num: int) -> None:
+                 job_overrides: Sequence[Sequence[str]], first_num: int,
+                 interps: list[Interpreter]) -> None:
         self.pool, self.params, self.jobs, self.first_num = pool, params, job_overrides, first_num
+        self.interps = interps
         # Shipped once per batch, not once per job.
         self.shared = [ray.put(launcher.hydra_context), ray.put(launcher.config),
                        ray.put(launcher.task_function), ray.put(Singleton.get_state())]
@@ -223,10 +239,11 @@ class Scheduler:
 
     def submit(self) -> None:
         while self.todo and self.stop_reason is None:
-            actor = self.pool.acquire(limit=len(self.jobs))
+            i, attempt = self.todo[0]
+            actor = self.pool.acquire(self.interps[i], limit=len(self.jobs))
             if actor is None:
                 return
-            i, attempt = self.todo.popleft()
+            self.todo.popleft()
             ref = actor.run.remote(self.first_num + i, self.jobs[i], *self.shared)
             self.running[ref] = (i, attempt, actor, time.monotonic())
             self.progress.started(i)
@@ -238,7 +255,7 @@ class Scheduler:
         i, attempt, actor, t0 = self.running.pop(ref)
         try:
             ret, seconds = ray.get(ref)
-            self.pool.release(actor)
+            self.pool.release(actor, self.interps[i])
         except RayActorError as e:  # the worker process died: OOM kill, os._exit, lost node
             self.pool.discard(actor)
             if attempt < self.params["max_retries"]:
@@ -249,7 +266,7 @@ class Scheduler:
                 return
             ret, seconds = _failed(self.jobs[i], e), time.monotonic() - t0
         except RayTaskError as e:  # raised outside run_job, e.g. while composing the config
-            self.pool.release(actor)
+            self.pool.release(actor, self.interps[i])
             ret, seconds = _failed(self.jobs[i], e.as_instanceof_cause()), time.monotonic() - t0
         self.finish(i, ret, seconds)
 
@@ -283,13 +300,15 @@ def launch(
     log.info(f"wtb_ray: launching {len(job_overrides)} jobs, sweep output dir: {sweep_dir}")
     for i, overrides in enumerate(job_overrides):
         log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(overrides))}")
-    try:
-        launcher.ray_ready.result(timeout=RAY_START_TIMEOUT_S)
-    except TimeoutError:
-        raise RuntimeError(
-            f"Ray did not start within {RAY_START_TIMEOUT_S} s "
-            f"(hydra.launcher.address={params.get('address')!r}); is the cluster reachable?"
-        ) from None
-    if launcher.pool is None:
-        launcher.pool = ActorPool(params, os.getcwd())
-    return Scheduler(launcher, launcher.pool, params, job_overrides, initial_job_idx).run()
+    with interpreters(launcher, params, job_overrides, initial_job_idx) as interps:
+        try:
+            launcher.ray_ready.result(timeout=RAY_START_TIMEOUT_S)
+        except TimeoutError:
+            raise RuntimeError(
+                f"Ray did not start within {RAY_START_TIMEOUT_S} s "
+                f"(hydra.launcher.address={params.get('address')!r}); is the cluster reachable?"
+            ) from None
+        if launcher.pool is None:
+            launcher.pool = ActorPool(params, os.getcwd())
+        return Scheduler(launcher, launcher.pool, params, job_overrides, initial_job_idx,
+                         interps).run()

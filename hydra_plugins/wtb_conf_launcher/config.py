@@ -31,6 +31,12 @@ class WtbRayLauncherConf:
     code_paths: list[str] = field(default_factory=list)
     # extra keyword arguments for ray.init, e.g. {include_dashboard: true}
     init_kwargs: dict[str, Any] = field(default_factory=dict)
+    # venv manager for jobs whose `env` asks for packages: "host:port"; unset: start one here
+    venv_manager: str | None = None
+    # token of that venv manager (sent as `authorization: Bearer ...`)
+    venv_manager_token: str | None = None
+    # where an embedded venv manager keeps its envs and audit db (relative: launch dir)
+    venv_data: str = "data/venv_manager"
 
 
 ConfigStore.instance().store(

@@ -55,6 +55,8 @@ def _run_dict(row) -> dict[str, Any]:
         "metrics": json.loads(row.metrics) if row.metrics else {},
         "commit": row.commit_id,
         "checkpoints": row.checkpoints,
+        "python": row.python,
+        "env_id": row.env_id,
     }
 
 
@@ -112,20 +114,24 @@ class RunRecords:
         config_yaml: str,
         config_digest: str,
         job_dir: str,
+        python: str | None = None,
+        env_id: str | None = None,
+        env_lock: list[str] | None = None,
     ) -> str:
         run_id = new_id()
         with self.engine.begin() as conn:
             conn.execute(
                 text(
                     "INSERT INTO runs (id, sweep_id, job_num, status, overrides, workflow, "
-                    "config_yaml, config_digest, job_dir, started_at) VALUES (:id, :sweep_id, "
-                    ":job_num, 'running', :overrides, :workflow, :config_yaml, :config_digest, "
-                    ":job_dir, :at)"
+                    "config_yaml, config_digest, job_dir, started_at, python, env_id, env_lock) "
+                    "VALUES (:id, :sweep_id, :job_num, 'running', :overrides, :workflow, "
+                    ":config_yaml, :config_digest, :job_dir, :at, :python, :env_id, :env_lock)"
                 ),
                 {"id": run_id, "sweep_id": sweep_id, "job_num": job_num,
                  "overrides": _dumps(overrides), "workflow": workflow,
                  "config_yaml": config_yaml, "config_digest": config_digest,
-                 "job_dir": job_dir, "at": now_iso()},
+                 "job_dir": job_dir, "at": now_iso(), "python": python, "env_id": env_id,
+                 "env_lock": _dumps(env_lock) if env_lock is not None else None},
             )
             _event(conn, "run_started", {"job_num": job_num, "overrides": overrides},
                    run_id=run_id, sweep_id=sweep_id)
@@ -262,6 +268,7 @@ class RunRecords:
             out = _run_dict(row)
             out["traceback"] = row.traceback
             out["config_yaml"] = row.config_yaml
+            out["env_lock"] = json.loads(row.env_lock) if row.env_lock else []
             return out
 
     def threads(self, run_id: str) -> list[dict[str, Any]]:

@@ -96,6 +96,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS events_run ON events (run_id, id);
     """,
+    # 3: the interpreter a run ran in: its path, its venv_manager env (null: the driver's
+    # own interpreter) and the exact versions installed in it.
+    """
+    ALTER TABLE runs ADD COLUMN python TEXT;
+    ALTER TABLE runs ADD COLUMN env_id TEXT;
+    ALTER TABLE runs ADD COLUMN env_lock TEXT;
+    """,
 ]
 
 

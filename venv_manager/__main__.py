@@ -1,0 +1,61 @@
+"""`python -m venv_manager serve [--host 127.0.0.1] [--grpc-port 50051] [--rest-port 10900]
+[--data DIR] [--token T]`: the gRPC server and its REST mirror over one EnvStore."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from venv_manager.envs import EnvStore
+    from venv_manager.rest import app
+    from venv_manager.server import check_listen, grpc_server
+
+    token = args.token or os.environ.get("VENV_MANAGER_TOKEN") or None
+    check_listen(args.host, token)
+    store = EnvStore(args.data)
+    server, grpc_port = grpc_server(store, args.host, args.grpc_port, token)
+    rest = None
+    if args.rest_port >= 0:
+        rest = uvicorn.Server(uvicorn.Config(app(store, token), host=args.host,
+                                             port=args.rest_port, log_level="warning"))
+        threading.Thread(target=rest.run, daemon=True).start()
+        while not rest.started:  # so the line below only appears once both listen
+            threading.Event().wait(0.02)
+        rest_port = rest.servers[0].sockets[0].getsockname()[1]
+    # One machine-readable line: whoever started us (e.g. wtb_conf's launcher) reads the ports.
+    print(f"venv_manager listening grpc={args.host}:{grpc_port}"
+          + (f" rest={args.host}:{rest_port}" if rest else "") + f" data={store.root}",
+          flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    if rest:
+        rest.should_exit = True
+    server.stop(grace=5).wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m venv_manager")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the gRPC server and its REST mirror")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--grpc-port", type=int, default=50051, help="0 picks a free port")
+    p.add_argument("--rest-port", type=int, default=10900, help="0 picks a free port, -1: none")
+    p.add_argument("--data", default="data/venv_manager", help="envs and env_audit.db")
+    p.add_argument("--token", help="require 'authorization: Bearer T' (or $VENV_MANAGER_TOKEN)")
+    args = ap.parse_args(argv)
+    serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

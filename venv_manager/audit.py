@@ -1,0 +1,117 @@
+"""The audit database (`env_audit.db`): every operation, and what is known of each env."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, text
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS operations (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        env_id TEXT,
+        labels TEXT NOT NULL,
+        status TEXT NOT NULL,
+        stdout TEXT NOT NULL,
+        stderr TEXT NOT NULL,
+        exit_code INTEGER,
+        duration_s REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS operations_env ON operations (env_id, id)",
+    """CREATE TABLE IF NOT EXISTS envs (
+        env_id TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        python_version TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        last_used_at TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL
+    )""",
+]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+class Audit:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(f"sqlite:///{path}")
+
+        @event.listens_for(self.engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            dbapi_conn.execute("PRAGMA busy_timeout=30000")
+
+        with self.engine.begin() as conn:
+            for statement in SCHEMA:
+                conn.execute(text(statement))
+
+    def record(self, operation: str, env_id: str | None, labels: dict, status: str,
+               duration_s: float, stdout: str = "", stderr: str = "",
+               exit_code: int | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO operations (at, operation, env_id, labels, status, stdout, "
+                     "stderr, exit_code, duration_s) VALUES (:at, :op, :env, :labels, :status, "
+                     ":out, :err, :code, :dur)"),
+                {"at": now_iso(), "op": operation, "env": env_id,
+                 "labels": json.dumps(labels, sort_keys=True), "status": status, "out": stdout,
+                 "err": stderr, "code": exit_code, "dur": duration_s},
+            )
+
+    def history(self, env_id: str | None = None, label: tuple[str, str] | None = None,
+                status: str | None = None, limit: int = 100, before_id: int | None = None
+                ) -> list[dict[str, Any]]:
+        """Operations newest first, filtered; page with `before_id` (the last id seen)."""
+        where, params = ["1 = 1"], {"limit": limit}
+        if env_id:
+            where.append("env_id = :env")
+            params["env"] = env_id
+        if status:
+            where.append("status = :status")
+            params["status"] = status
+        if before_id:
+            where.append("id < :before")
+            params["before"] = before_id
+        with self.engine.connect() as conn:
+            rows = conn.execute(text(f"SELECT * FROM operations WHERE {' AND '.join(where)} "
+                                     "ORDER BY id DESC LIMIT :limit"), params).mappings().all()
+        out = [dict(r, labels=json.loads(r["labels"])) for r in rows]
+        if label:
+            out = [r for r in out if r["labels"].get(label[0]) == label[1]]
+        return out
+
+    def upsert_env(self, env_id: str, spec: dict, labels: dict, python_version: str,
+                   size_bytes: int) -> None:
+        at = now_iso()
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO envs (env_id, spec, labels, python_version, created_at, "
+                     "last_used_at, size_bytes) VALUES (:id, :spec, :labels, :py, :at, :at, "
+                     ":size) ON CONFLICT (env_id) DO UPDATE SET last_used_at = :at"),
+                {"id": env_id, "spec": json.dumps(spec, sort_keys=True),
+                 "labels": json.dumps(labels, sort_keys=True), "py": python_version, "at": at,
+                 "size": size_bytes},
+            )
+
+    def touch(self, env_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text("UPDATE envs SET last_used_at = :at WHERE env_id = :id"),
+                         {"at": now_iso(), "id": env_id})
+
+    def env_row(self, env_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(text("SELECT * FROM envs WHERE env_id = :id"),
+                               {"id": env_id}).mappings().first()
+        return dict(row) if row else None
+
+    def forget_env(self, env_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text("DELETE FROM envs WHERE env_id = :id"), {"id": env_id})

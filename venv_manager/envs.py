@@ -1,0 +1,265 @@
+"""Build, find, run in and remove environments. Every operation goes to the audit database.
+
+Layout under the data dir:
+
+    envs/<env_id>/venv/        the virtualenv (uv, relocatable, bytecode compiled)
+    envs/<env_id>/spec.json    its normalized spec; envs/<env_id>/lock.txt its exact versions
+    envs/.tmp-<env_id>-<rand>/ a build in progress: renamed into place only when complete
+    locks/<env_id>.lock        flock held while one process builds that env
+    env_audit.db
+
+An env directory exists only complete, so a crash mid-build never leaves a half env that
+gets served; the leftover .tmp- directory is ignored and removed by cleanup().
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from venv_manager.audit import Audit
+from venv_manager.spec import EnvSpec
+
+UV_TIMEOUT_S = 900  # a cold install of a large package set; past this, report and give up
+
+
+class EnvNotFound(KeyError):
+    def __str__(self) -> str:
+        return f"no env {self.args[0]!r}; list them with ListEnvs"
+
+
+class EnvInUse(RuntimeError):
+    pass
+
+
+class BuildFailed(RuntimeError):
+    """uv refused the spec (a conflict, a missing package or Python); stderr says why."""
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        super().__init__(message + (f"\n{stderr.strip()}" if stderr.strip() else ""))
+        self.stderr = stderr
+
+
+@dataclass
+class Env:
+    env_id: str
+    python_path: str
+    python_version: str
+    lock: list[str]
+    status: str
+    created_at: str
+    last_used_at: str
+    size_bytes: int
+    spec: dict
+    labels: dict
+
+
+@dataclass
+class RunResult:
+    stdout: str
+    stderr: str
+    exit_code: int
+    timed_out: bool
+
+
+def _uv() -> str:
+    from uv import find_uv_bin  # the `uv` PyPI package ships the binary
+
+    return find_uv_bin()
+
+
+def _size(path: Path) -> int:
+    return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_symlink())
+
+
+class EnvStore:
+    def __init__(self, data_dir: str | os.PathLike) -> None:
+        self.root = Path(data_dir).absolute()
+        (self.root / "envs").mkdir(parents=True, exist_ok=True)
+        (self.root / "locks").mkdir(exist_ok=True)
+        self.audit = Audit(self.root / "env_audit.db")
+        self.uv = _uv()
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._in_use: Counter[str] = Counter()
+        self.builds = 0  # builds this process ran (the single-flight test and benchmark read it)
+
+    def _dir(self, env_id: str) -> Path:
+        if not (len(env_id) == 64 and all(c in "0123456789abcdef" for c in env_id)):
+            raise EnvNotFound(env_id)  # ids are digests; anything else names no directory
+        return self.root / "envs" / env_id
+
+    @contextlib.contextmanager
+    def _single_flight(self, env_id: str) -> Iterator[None]:
+        """One build per env id: a thread lock within this process, flock across processes."""
+        with self._locks_guard:
+            lock = self._locks.setdefault(env_id, threading.Lock())
+        with lock, open(self.root / "locks" / f"{env_id}.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    def _load(self, env_id: str) -> Env:
+        path = self._dir(env_id)
+        if not (path / "spec.json").is_file():
+            raise EnvNotFound(env_id)
+        meta = json.loads((path / "spec.json").read_text())
+        row = self.audit.env_row(env_id) or {}
+        return Env(
+            env_id=env_id,
+            python_path=str(path / "venv" / "bin" / "python"),
+            python_version=meta["python_version"],
+            lock=(path / "lock.txt").read_text().split(),
+            status="in_use" if self._in_use[env_id] else "ready",
+            created_at=row.get("created_at", meta["created_at"]),
+            last_used_at=row.get("last_used_at", meta["created_at"]),
+            size_bytes=row.get("size_bytes", 0),
+            spec=meta["spec"],
+            labels=json.loads(row["labels"]) if row.get("labels") else {},
+        )
+
+    def _run_uv(self, args: list[str], what: str) -> subprocess.CompletedProcess:
+        # No shell: the arguments go to uv as a list, and every package string was validated.
+        env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}  # unreachable here: fail, not hang
+        proc = subprocess.run([self.uv, *args], capture_output=True, text=True, env=env,
+                              timeout=UV_TIMEOUT_S)
+        if proc.returncode != 0:
+            raise BuildFailed(f"{what} failed (uv exit {proc.returncode})", proc.stderr)
+        return proc
+
+    def _build(self, spec: EnvSpec) -> tuple[str, str]:
+        env_id = spec.env_id
+        tmp = Path(tempfile.mkdtemp(dir=self.root / "envs", prefix=f".tmp-{env_id}-"))
+        log = []
+        try:
+            venv = tmp / "venv"
+            log.append(self._run_uv(["venv", "--relocatable", "--python", spec.python, str(venv)],
+                                    f"creating a Python {spec.python} venv"))
+            python = str(venv / "bin" / "python")
+            if spec.packages:
+                args = ["pip", "install", "--python", python, "--compile-bytecode"]
+                if spec.index_url:
+                    args += ["--index-url", spec.index_url]
+                for url in spec.extra_index_urls:
+                    args += ["--extra-index-url", url]
+                if spec.constraints:
+                    (tmp / "constraints.txt").write_text("\n".join(spec.constraints) + "\n")
+                    args += ["--constraint", str(tmp / "constraints.txt")]
+                log.append(self._run_uv([*args, "--", *spec.packages],
+                                        f"installing {', '.join(spec.packages)}"))
+            lock = self._run_uv(["pip", "freeze", "--python", python], "freezing the lock")
+            version = subprocess.run(
+                [python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+                capture_output=True, text=True, check=True, timeout=60,
+            ).stdout.strip()
+            (tmp / "lock.txt").write_text(lock.stdout)
+            (tmp / "spec.json").write_text(json.dumps(
+                {"spec": spec.identity(), "python_version": version,
+                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
+            os.replace(tmp, self._dir(env_id))  # the env appears complete or not at all
+            self.builds += 1
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return "".join(p.stdout for p in log), "".join(p.stderr for p in log)
+
+    def ensure(self, spec: EnvSpec) -> Env:
+        """The env for `spec`, built once however many callers ask at the same time."""
+        t0 = time.perf_counter()
+        env_id = spec.env_id
+        status, out, err = "cached", "", ""
+        try:
+            if not (self._dir(env_id) / "spec.json").is_file():
+                with self._single_flight(env_id):
+                    if not (self._dir(env_id) / "spec.json").is_file():
+                        out, err = self._build(spec)
+                        status = "built"
+            env = self._load(env_id)
+            self.audit.upsert_env(env_id, spec.identity(), dict(spec.labels),
+                                  env.python_version, _size(self._dir(env_id)))
+        except BuildFailed as e:
+            self.audit.record("EnsureEnv", env_id, dict(spec.labels), "failed",
+                              time.perf_counter() - t0, out, e.stderr)
+            raise
+        self.audit.record("EnsureEnv", env_id, dict(spec.labels), status,
+                          time.perf_counter() - t0, out, err)
+        return self._load(env_id)
+
+    def get(self, env_id: str) -> Env:
+        return self._load(env_id)
+
+    def list(self) -> list[Env]:
+        ids = [p.name for p in (self.root / "envs").iterdir() if not p.name.startswith(".")]
+        return [self._load(i) for i in sorted(ids)]
+
+    @contextlib.contextmanager
+    def lease(self, env_id: str) -> Iterator[Env]:
+        """Mark the env in use while the block runs: cleanup() and delete() leave it alone."""
+        env = self._load(env_id)
+        self._in_use[env_id] += 1
+        try:
+            self.audit.touch(env_id)
+            yield env
+        finally:
+            self._in_use[env_id] -= 1
+
+    def delete(self, env_id: str) -> None:
+        t0 = time.perf_counter()
+        path = self._dir(env_id)
+        with self._single_flight(env_id):
+            if self._in_use[env_id]:
+                raise EnvInUse(f"env {env_id} is in use; delete it when its jobs are done")
+            if not path.is_dir():
+                raise EnvNotFound(env_id)
+            # Rename first: a crash mid-delete leaves a .tmp- dir, never a half env.
+            doomed = path.with_name(f".tmp-{env_id}-deleting")
+            os.replace(path, doomed)
+            shutil.rmtree(doomed)
+            self.audit.forget_env(env_id)
+        self.audit.record("DeleteEnv", env_id, {}, "deleted", time.perf_counter() - t0)
+
+    def export_lock(self, env_id: str) -> str:
+        return (self._dir(env_id) / "lock.txt").read_text() if self._load(env_id) else ""
+
+    def run_code(self, env_id: str, code: str, timeout_s: float = 30) -> RunResult:
+        """Run a Python snippet in the env (as `python -c`, no shell), with a timeout."""
+        t0 = time.perf_counter()
+        with self.lease(env_id) as env:
+            try:
+                proc = subprocess.run([env.python_path, "-c", code], capture_output=True,
+                                      text=True, timeout=timeout_s, cwd=self.root)
+                result = RunResult(proc.stdout, proc.stderr, proc.returncode, False)
+            except subprocess.TimeoutExpired as e:
+                result = RunResult(e.stdout or "", e.stderr or "", -1, True)
+        status = "timeout" if result.timed_out else ("ok" if result.exit_code == 0 else "error")
+        self.audit.record("RunCode", env_id, env.labels, status, time.perf_counter() - t0,
+                          str(result.stdout), str(result.stderr), result.exit_code)
+        return result
+
+    def cleanup(self, idle_s: float) -> list[str]:
+        """Remove envs unused for longer than idle_s (never one in use) and dead builds."""
+        removed = []
+        for stale in (self.root / "envs").glob(".tmp-*"):
+            with contextlib.suppress(OSError):
+                if time.time() - stale.stat().st_mtime > 3600:  # no live build is that old
+                    shutil.rmtree(stale)
+        cutoff = time.time() - idle_s
+        for env in self.list():
+            used = time.mktime(time.strptime(env.last_used_at[:19], "%Y-%m-%dT%H:%M:%S"))
+            used -= time.timezone  # the stamps are UTC
+            if used < cutoff and not self._in_use[env.env_id]:
+                with contextlib.suppress(EnvInUse, EnvNotFound):
+                    self.delete(env.env_id)
+                    removed.append(env.env_id)
+        self.audit.record("Cleanup", None, {}, "ok", 0.0, "\n".join(removed))
+        return removed

@@ -1,0 +1,138 @@
+"""Client side of the venv manager: one job's `env` config -> an EnvSpec -> an interpreter.
+
+The bench talks to venv_manager only over gRPC (the proto is all they share). With no address
+configured, `connect()` starts a manager of its own on a free loopback port and stops it after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from venv_manager.proto import venv_manager_pb2 as pb
+from venv_manager.proto import venv_manager_pb2_grpc as pb_grpc
+
+CONNECT_TIMEOUT_S = 10  # a configured manager that does not answer within this is an error
+START_TIMEOUT_S = 60
+ENSURE_TIMEOUT_S = 1800  # a cold build of ray and friends from PyPI
+
+# What an actor's interpreter needs besides the user's packages, pinned to the driver's
+# versions: Ray must match exactly, and the job code runs the same libraries as the driver.
+RUNTIME = ("ray", "hydra-core", "omegaconf", "langgraph", "langgraph-checkpoint-sqlite",
+           "sqlalchemy", "rich", "grpcio", "protobuf")
+
+
+class EnvError(RuntimeError):
+    """An env that cannot be provided; the message names the job and the packages."""
+
+
+def driver_python() -> str:
+    return f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def wants_env(env_cfg: Mapping[str, Any] | None) -> bool:
+    """Whether a job's env group asks for its own interpreter (the default env does not)."""
+    return bool(env_cfg) and bool(env_cfg.get("packages") or env_cfg.get("python"))
+
+
+def spec_for(env_cfg: Mapping[str, Any], labels: Mapping[str, str], job: str) -> pb.EnvSpec:
+    """The EnvSpec for a job: its packages plus the runtime at the driver's exact versions."""
+    python = str(env_cfg.get("python") or driver_python())
+    if python.split(".")[:2] != driver_python().split("."):
+        raise EnvError(
+            f"{job}: env.python={python} but the driver runs Python {driver_python()}; Ray needs "
+            f"the same minor version in every process: set env.python to {driver_python()} "
+            "(or leave it null)"
+        )
+    packages = [str(p) for p in env_cfg.get("packages") or []]
+    runtime = [f"{name}=={version(name)}" for name in RUNTIME]
+    return pb.EnvSpec(python=python, packages=[*packages, *runtime],
+                      index_url=str(env_cfg.get("index_url") or ""),
+                      extra_index_urls=[str(u) for u in env_cfg.get("extra_index_urls") or []],
+                      labels={k: str(v) for k, v in labels.items()})
+
+
+class VenvClient:
+    def __init__(self, address: str, token: str | None = None) -> None:
+        self.address = address
+        self.channel = grpc.insecure_channel(address)
+        self.metadata = [("authorization", f"Bearer {token}")] if token else []
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=CONNECT_TIMEOUT_S)
+        except grpc.FutureTimeoutError:
+            self.channel.close()
+            raise EnvError(f"the venv manager at {address} did not answer within "
+                           f"{CONNECT_TIMEOUT_S} s; is `python -m venv_manager serve` running "
+                           "there?") from None
+        self.stub = pb_grpc.VenvManagerStub(self.channel)
+
+    def ensure(self, spec: pb.EnvSpec, job: str) -> pb.Env:
+        try:
+            return self.stub.EnsureEnv(spec, metadata=self.metadata, timeout=ENSURE_TIMEOUT_S)
+        except grpc.RpcError as e:
+            raise EnvError(f"{job}: the venv manager could not provide an env with "
+                           f"{', '.join(spec.packages)}:\n{e.details()}") from None
+
+    def check_interpreter(self, env: pb.Env, job: str) -> str:
+        """Run `import ray` in the env: an actor whose interpreter lacks Ray hangs silently."""
+        reply = self.stub.RunCode(
+            pb.RunCodeRequest(env_id=env.env_id, timeout_s=120,
+                              code="import ray, sys; print(ray.__version__, sys.executable)"),
+            metadata=self.metadata, timeout=180)
+        found = reply.stdout.split()[0] if reply.stdout else ""
+        if reply.exit_code != 0 or found != version("ray"):
+            raise EnvError(f"{job}: env {env.env_id[:12]} ({env.python_path}) cannot run an "
+                           f"actor: it has Ray {found or 'missing'}, the driver "
+                           f"{version('ray')}\n{reply.stderr.strip()}")
+        return env.python_path
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+@contextlib.contextmanager
+def connect(address: str | None, token: str | None, data_dir: Path) -> Iterator[VenvClient]:
+    """A client for the manager at `address`, or for one started here (and stopped after)."""
+    if address:
+        client = VenvClient(address, token)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = open(data_dir / "manager.log", "a")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "venv_manager", "serve", "--grpc-port", "0", "--rest-port", "-1",
+         "--data", str(data_dir)],
+        stdout=subprocess.PIPE, stderr=log, text=True,
+        env={**os.environ, "VENV_MANAGER_TOKEN": ""},
+    )
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(START_TIMEOUT_S)
+    if not line or "grpc=" not in line[0]:
+        proc.kill()
+        log.close()
+        raise EnvError("the embedded venv manager did not start; see "
+                       f"{data_dir / 'manager.log'}:\n"
+                       + (data_dir / "manager.log").read_text()[-2000:])
+    address = line[0].split("grpc=")[1].split()[0]
+    client = VenvClient(address)
+    try:
+        yield client
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
