@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from hydra.errors import CompactHydraException
 
 from venv_manager.proto import venv_manager_pb2 as pb
 from venv_manager.proto import venv_manager_pb2_grpc as pb_grpc
@@ -31,8 +32,9 @@ RUNTIME = ("ray", "hydra-core", "omegaconf", "langgraph", "langgraph-checkpoint-
            "sqlalchemy", "rich", "grpcio", "protobuf")
 
 
-class EnvError(RuntimeError):
-    """An env that cannot be provided; the message names the job and the packages."""
+class EnvError(CompactHydraException):
+    """An env that cannot be provided; the message names the job and the packages. (Compact:
+    Hydra prints the message alone, without a stack trace.)"""
 
 
 def driver_python() -> str:
@@ -46,7 +48,11 @@ def wants_env(env_cfg: Mapping[str, Any] | None) -> bool:
 
 def spec_for(env_cfg: Mapping[str, Any], labels: Mapping[str, str], job: str) -> pb.EnvSpec:
     """The EnvSpec for a job: its packages plus the runtime at the driver's exact versions."""
-    python = str(env_cfg.get("python") or driver_python())
+    python = env_cfg.get("python") or driver_python()
+    if not isinstance(python, str):  # YAML and Hydra read 3.10 as the number 3.1
+        raise EnvError(f"{job}: env.python={python!r} is a number; write the version as a "
+                       f"string: python: \"{driver_python()}\" in YAML, "
+                       f"env.python='{driver_python()}' on the command line")
     if python.split(".")[:2] != driver_python().split("."):
         raise EnvError(
             f"{job}: env.python={python} but the driver runs Python {driver_python()}; Ray needs "

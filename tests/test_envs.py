@@ -1,0 +1,71 @@
+"""Per-job environments end to end: wtb_ray asks the venv manager (embedded, or named by
+address) for each job's env and runs that job's actors in it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import copy_project, run_bench
+from test_venv_manager import TOKEN, start_server, stop
+
+from wtb_conf.store import open_store
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+EXPECTED = {0: ("0.8.10", "grid"), 1: ("0.9.0", "simple_grid")}  # env=tabulate_08,tabulate_09
+
+
+def check_envs_demo(project: Path, envs_dir: Path) -> None:
+    with open_store(str(project / "data/wtb.db"), project / "data/blobs") as store:
+        runs = {r["job_num"]: store.run(r["run_id"]) for r in store.runs(store.last_sweep())}
+        assert sorted(runs) == [0, 1]
+        for num, (version, fmt) in EXPECTED.items():
+            run = runs[num]
+            assert run["status"] == "completed", run["error"]
+            # it really ran in its env: the interpreter, and the package version it imported
+            assert run["python"] == str(envs_dir / run["env_id"] / "venv" / "bin" / "python")
+            assert f"tabulate=={version}" in run["env_lock"]
+            assert run["metrics"]["orders/tabulate_version"] == version
+            assert run["metrics"]["orders/table_format"] == fmt
+        assert runs[0]["env_id"] != runs[1]["env_id"]
+        diff = store.diff(runs[0]["commit"], runs[1]["commit"])
+        assert diff.changed == ["orders/table.txt"]
+
+
+def test_envs_demo_with_the_embedded_manager(tmp_path):
+    project = copy_project(tmp_path)
+    run_bench(project, "-m", "+experiment=envs_demo")
+    check_envs_demo(project, project / "data/venv_manager/envs")
+
+
+def test_envs_demo_with_a_manager_named_by_address(tmp_path):
+    project = copy_project(tmp_path / "project")
+    proc, grpc_addr, _ = start_server(tmp_path / "manager", "--token", TOKEN)
+    try:
+        run_bench(project, "-m", "+experiment=envs_demo",
+                  f"hydra.launcher.venv_manager={grpc_addr}",
+                  f"hydra.launcher.venv_manager_token={TOKEN}")
+    finally:
+        stop(proc)
+    check_envs_demo(project, tmp_path / "manager" / "envs")
+    assert not (project / "data/venv_manager").exists()  # no embedded manager was started
+
+
+def test_an_env_python_other_than_the_drivers_is_a_clear_error(tmp_path):
+    project = copy_project(tmp_path)
+    other = f"{sys.version_info[0]}.{sys.version_info[1] - 1}"
+    proc = run_bench(project, "-m", "workflow=table_report", "env=tabulate_09",
+                     f"env.python='{other}'", check=False)
+    assert proc.returncode != 0
+    assert f"env.python={other} but the driver runs Python" in proc.stderr
+    assert "env=tabulate_09" in proc.stderr  # names the job
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_manager_address_that_does_not_answer_is_a_clear_error(tmp_path):
+    project = copy_project(tmp_path)
+    proc = run_bench(project, "-m", "workflow=table_report", "env=tabulate_09",
+                     "hydra.launcher.venv_manager=127.0.0.1:9", check=False)
+    assert proc.returncode != 0
+    assert "the venv manager at 127.0.0.1:9 did not answer" in proc.stderr
