@@ -47,6 +47,7 @@ class Audit:
         @event.listens_for(self.engine, "connect")
         def _pragmas(dbapi_conn, _record) -> None:
             dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            dbapi_conn.execute("PRAGMA synchronous=NORMAL")  # atomic still; no fsync per op
             dbapi_conn.execute("PRAGMA busy_timeout=30000")
 
         with self.engine.begin() as conn:
@@ -55,8 +56,12 @@ class Audit:
 
     def record(self, operation: str, env_id: str | None, labels: dict, status: str,
                duration_s: float, stdout: str = "", stderr: str = "",
-               exit_code: int | None = None) -> None:
+               exit_code: int | None = None, touch: bool = False) -> None:
+        """Log an operation; with touch, also mark the env used now (same transaction)."""
         with self.engine.begin() as conn:
+            if touch:
+                conn.execute(text("UPDATE envs SET last_used_at = :at WHERE env_id = :id"),
+                             {"at": now_iso(), "id": env_id})
             conn.execute(
                 text("INSERT INTO operations (at, operation, env_id, labels, status, stdout, "
                      "stderr, exit_code, duration_s) VALUES (:at, :op, :env, :labels, :status, "

@@ -93,6 +93,8 @@ class EnvStore:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._in_use: Counter[str] = Counter()
+        self._known: set[str] = set()  # envs this process has seen complete on disk
+        self._loaded: dict[str, tuple[dict, str]] = {}  # env_id -> (spec.json, lock.txt)
         self.builds = 0  # builds this process ran (the single-flight test and benchmark read it)
 
     def _dir(self, env_id: str) -> Path:
@@ -111,15 +113,18 @@ class EnvStore:
 
     def _load(self, env_id: str) -> Env:
         path = self._dir(env_id)
-        if not (path / "spec.json").is_file():
-            raise EnvNotFound(env_id)
-        meta = json.loads((path / "spec.json").read_text())
+        if env_id not in self._loaded:  # the files never change: read them once
+            if not (path / "spec.json").is_file():
+                raise EnvNotFound(env_id)
+            self._loaded[env_id] = (json.loads((path / "spec.json").read_text()),
+                                    (path / "lock.txt").read_text())
+        meta, lock = self._loaded[env_id]
         row = self.audit.env_row(env_id) or {}
         return Env(
             env_id=env_id,
             python_path=str(path / "venv" / "bin" / "python"),
             python_version=meta["python_version"],
-            lock=(path / "lock.txt").read_text().split(),
+            lock=lock.split(),
             status="in_use" if self._in_use[env_id] else "ready",
             created_at=row.get("created_at", meta["created_at"]),
             last_used_at=row.get("last_used_at", meta["created_at"]),
@@ -177,6 +182,11 @@ class EnvStore:
         """The env for `spec`, built once however many callers ask at the same time."""
         t0 = time.perf_counter()
         env_id = spec.env_id
+        labels = dict(spec.labels)
+        if env_id in self._known:  # the hot path: one small audit transaction
+            self.audit.record("EnsureEnv", env_id, labels, "cached", time.perf_counter() - t0,
+                              touch=True)
+            return self._load(env_id)
         status, out, err = "cached", "", ""
         try:
             if not (self._dir(env_id) / "spec.json").is_file():
@@ -184,15 +194,17 @@ class EnvStore:
                     if not (self._dir(env_id) / "spec.json").is_file():
                         out, err = self._build(spec)
                         status = "built"
-            env = self._load(env_id)
-            self.audit.upsert_env(env_id, spec.identity(), dict(spec.labels),
-                                  env.python_version, _size(self._dir(env_id)))
+            if self.audit.env_row(env_id) is None:
+                meta = json.loads((self._dir(env_id) / "spec.json").read_text())
+                self.audit.upsert_env(env_id, spec.identity(), labels, meta["python_version"],
+                                      _size(self._dir(env_id)))
         except BuildFailed as e:
-            self.audit.record("EnsureEnv", env_id, dict(spec.labels), "failed",
-                              time.perf_counter() - t0, out, e.stderr)
+            self.audit.record("EnsureEnv", env_id, labels, "failed", time.perf_counter() - t0,
+                              out, e.stderr)
             raise
-        self.audit.record("EnsureEnv", env_id, dict(spec.labels), status,
-                          time.perf_counter() - t0, out, err)
+        self.audit.record("EnsureEnv", env_id, labels, status, time.perf_counter() - t0, out,
+                          err, touch=True)
+        self._known.add(env_id)
         return self._load(env_id)
 
     def get(self, env_id: str) -> Env:
@@ -224,6 +236,8 @@ class EnvStore:
             # Rename first: a crash mid-delete leaves a .tmp- dir, never a half env.
             doomed = path.with_name(f".tmp-{env_id}-deleting")
             os.replace(path, doomed)
+            self._known.discard(env_id)
+            self._loaded.pop(env_id, None)
             shutil.rmtree(doomed)
             self.audit.forget_env(env_id)
         self.audit.record("DeleteEnv", env_id, {}, "deleted", time.perf_counter() - t0)
