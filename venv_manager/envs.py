@@ -208,10 +208,13 @@ class EnvStore:
         return self._load(env_id)
 
     def get(self, env_id: str) -> Env:
-        return self._load(env_id)
+        env = self._load(env_id)
+        self.audit.record("GetEnv", env_id, env.labels, "ok", 0.0)
+        return env
 
     def list(self) -> list[Env]:
         ids = [p.name for p in (self.root / "envs").iterdir() if not p.name.startswith(".")]
+        self.audit.record("ListEnvs", None, {}, "ok", 0.0, "\n".join(sorted(ids)))
         return [self._load(i) for i in sorted(ids)]
 
     @contextlib.contextmanager
@@ -243,7 +246,9 @@ class EnvStore:
         self.audit.record("DeleteEnv", env_id, {}, "deleted", time.perf_counter() - t0)
 
     def export_lock(self, env_id: str) -> str:
-        return (self._dir(env_id) / "lock.txt").read_text() if self._load(env_id) else ""
+        env = self._load(env_id)
+        self.audit.record("ExportLock", env_id, env.labels, "ok", 0.0)
+        return "\n".join(env.lock) + "\n"
 
     def run_code(self, env_id: str, code: str, timeout_s: float = 30) -> RunResult:
         """Run a Python snippet in the env (as `python -c`, no shell), with a timeout."""
