@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,6 +135,16 @@ def cmd_log(store: Store, args: argparse.Namespace) -> None:
         print(f"{e['at']}  {e['kind']:<15} {data}")
 
 
+def cmd_rerun(store: Store, args: argparse.Namespace) -> int:
+    """Run a sweep's command again: jobs that completed are cache hits, the rest run."""
+    sweep_id = store.last_sweep() if args.failed == "last" else store.resolve("sweeps", args.failed)
+    argv = store.sweep(sweep_id)["argv"]
+    failed = [r for r in store.runs(sweep_id) if r["status"] not in ("completed", "cached")]
+    print(f"rerunning sweep {sweep_id[:8]} ({len(failed)} failed or interrupted runs): "
+          f"python -m wtb_conf {' '.join(argv)}", flush=True)
+    return subprocess.run([sys.executable, "-m", "wtb_conf", *argv]).returncode
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="wtb", description="Inspect the runs wtb_conf recorded.")
     ap.add_argument("--db", default="data/wtb.db",
@@ -164,6 +175,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_diff)
 
+    p = sub.add_parser("rerun", help="rerun a sweep's failed and interrupted jobs")
+    p.add_argument("--failed", required=True, metavar="SWEEP",
+                   help="a sweep id (or prefix), or 'last': its command runs again, and the "
+                        "jobs that completed are reported as cached")
+    p.set_defaults(fn=cmd_rerun)
+
     p = sub.add_parser("log", help="the events of one run")
     p.add_argument("run", help="run id, unique prefix, or 'last'")
     p.add_argument("--json", action="store_true")
@@ -179,7 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         with open_store(args.db, args.blobs) as store:
-            args.fn(store, args)
+            code = args.fn(store, args)
+        if isinstance(code, int):
+            return code
     except (StoreError, FileExistsError) as e:
         print(f"wtb: error: {e}", file=sys.stderr)
         return 1

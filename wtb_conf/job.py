@@ -13,15 +13,15 @@ Layout of a job's outputs (inside Hydra's job dir, e.g. multirun/<date>/<time>/<
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import functools
 import json
 import logging
 import os
 import sqlite3
 import sys
+import time
 import traceback
 from collections.abc import Iterator, Mapping
-from importlib.metadata import distributions
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from omegaconf import DictConfig, OmegaConf
 
 import wtb_conf
+from wtb_conf.identity import code_digest, config_digest, env_digest, job_key
 from wtb_conf.store import Store, open_store
 from wtb_conf.workflow import WorkflowError, build_graph
 
@@ -39,10 +40,23 @@ SWEEP_ENV = "WTB_SWEEP_ID"  # set by the sweep callback in the driver; jobs file
 OUT_DIR = "out"
 
 
+@functools.cache
 def installed() -> list[str]:
-    """`name==version` of every distribution this interpreter can import: the env's lock."""
-    return sorted({f"{d.metadata['Name']}=={d.version}" for d in distributions()
-                   if d.metadata["Name"]})
+    """`name==version` of every distribution on sys.path: the job's env lock. Read from the
+    `.dist-info` / `.egg-info` directory names (importlib.metadata parses every METADATA file,
+    ~120 ms here, which a job-cache hit cannot afford); computed once per process."""
+    found = set()
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            stem, dot, kind = name.rpartition(".")
+            if dot and kind in ("dist-info", "egg-info") and "-" in stem:
+                dist, version = stem.split("-")[:2]
+                found.add(f"{dist.replace('_', '-').lower()}=={version}")
+    return sorted(found)
 
 
 def storage_paths(storage: Mapping[str, Any], base: Path) -> dict[str, Any]:
@@ -66,14 +80,6 @@ def storage_paths(storage: Mapping[str, Any], base: Path) -> dict[str, Any]:
 def open_store_for(cfg: DictConfig, base: Path) -> tuple[Store, dict[str, Any]]:
     paths = storage_paths(cfg.storage, base)
     return open_store(paths["db_url"], paths["blob_root"], paths["inline_max"]), paths
-
-
-def config_digest(cfg: DictConfig) -> str:
-    """SHA-256 of the resolved job config, storage location left out (it moves, outputs don't)."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(data, dict)
-    data.pop("storage", None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def json_values(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -169,6 +175,7 @@ def _plain(value: Any) -> Any:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The task function: run one job and record it. A failing workflow is recorded as a
     failed run and returned, not raised, so that the sweep goes on."""
+    started = time.perf_counter()
     hc = HydraConfig.get()
     launch_dir = Path(hc.runtime.cwd)
     job_dir = Path(hc.runtime.output_dir)
@@ -176,18 +183,31 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     store, paths = open_store_for(cfg, launch_dir)
     sweep_id = os.environ.get(SWEEP_ENV) or store.create_sweep(list(hc.overrides.task))
     overrides = list(hc.overrides.task)
+    lock = installed()
+    digests = {"config": config_digest(cfg), "env_digest": env_digest(lock),
+               "code_digest": code_digest(cfg.workflow)}
+    digests["job_key"] = job_key(digests["config"], digests["env_digest"], digests["code_digest"])
     run_id = store.start_run(
         sweep_id,
         job_num=hc.job.get("num") or 0,
         overrides=overrides,
         workflow=hc.runtime.choices.get("workflow"),
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
-        config_digest=config_digest(cfg),
+        config_digest=digests["config"],
         job_dir=str(job_dir),
         python=sys.executable,
         env_id=os.environ.get("WTB_ENV_ID") or None,  # set by wtb_ray for a provisioned env
-        env_lock=installed(),
+        env_lock=lock,
+        identity=digests,
     )
+    earlier = None if cfg.get("rerun") else store.cached_run(digests["job_key"])
+    if earlier is not None:
+        store.finish_cached(run_id, earlier)
+        store.close()
+        log.info("run %s: cached in %.0f ms, the same job completed as run %s", run_id,
+                 (time.perf_counter() - started) * 1e3, earlier["run_id"])
+        return {"run_id": run_id, "status": "cached", "commit": earlier["commit"],
+                "error": None, "metrics": earlier["metrics"], "cached_from": earlier["run_id"]}
     log.info("run %s: %s", run_id, " ".join(overrides) or "(no overrides)")
     commit = None
     finals: dict[str, dict] = {}

@@ -15,6 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from wtb_conf.job import SWEEP_ENV, open_store_for
+from wtb_conf.store.records import DONE
 
 # Hydra turns exceptions raised by callbacks into warnings, so the callback leaves the exit
 # status here and `python -m wtb_conf` exits with it once Hydra returns.
@@ -79,11 +80,13 @@ class SweepCallback(Callback):
             runs = list({r["job_num"]: r for r in store.runs(self.sweep_id)}.values())
         title = f"sweep {self.sweep_id[:8]} — `wtb runs --sweep {self.sweep_id[:8]}`"
         if "WtbRayLauncher" in str(OmegaConf.select(config, "hydra.launcher._target_")):
-            done = sum(r["status"] == "completed" for r in runs)
-            print(f"{title}: {done} of {len(runs)} jobs completed")  # wtb_ray printed the table
+            done = sum(r["status"] in DONE for r in runs)
+            cached = sum(r["status"] == "cached" for r in runs)
+            print(f"{title}: {done} of {len(runs)} jobs completed"  # wtb_ray printed the table
+                  + (f" ({cached} cached)" if cached else ""))
         else:
             print_table(runs, title)
-        failed = [r for r in runs if r["status"] != "completed"]
+        failed = [r for r in runs if r["status"] not in DONE]
         if failed:
             lines = [
                 f"  job {r['job_num']} ({' '.join(r['overrides']) or 'no overrides'}): "

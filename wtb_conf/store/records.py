@@ -16,7 +16,8 @@ from wtb_conf.store.errors import ObjectNotFound
 from wtb_conf.store.objects import now_iso
 from wtb_conf.store.schema import read_conn
 
-RUN_STATUSES = ("running", "completed", "failed")
+RUN_STATUSES = ("running", "completed", "failed", "cached")
+DONE = ("completed", "cached")  # statuses of a job that needs no rerun
 INTERRUPTED = "interrupted: the job's process ended before the run finished"
 
 
@@ -57,6 +58,8 @@ def _run_dict(row) -> dict[str, Any]:
         "checkpoints": row.checkpoints,
         "python": row.python,
         "env_id": row.env_id,
+        "job_key": row.job_key,
+        "cached_from": row.cached_from,
     }
 
 
@@ -94,7 +97,8 @@ class RunRecords:
                 {"at": now_iso(), "s": sweep_id, "error": INTERRUPTED},
             )
             bad = conn.execute(
-                text("SELECT count(*) FROM runs WHERE sweep_id = :s AND status != 'completed'"),
+                text("SELECT count(*) FROM runs WHERE sweep_id = :s "
+                     "AND status NOT IN ('completed', 'cached')"),
                 {"s": sweep_id},
             ).scalar_one()
             status = "failed" if bad else "completed"
@@ -117,21 +121,27 @@ class RunRecords:
         python: str | None = None,
         env_id: str | None = None,
         env_lock: list[str] | None = None,
+        identity: dict[str, str] | None = None,
     ) -> str:
+        """Record a run as running. `identity`: job_key, env_digest and code_digest."""
         run_id = new_id()
+        identity = identity or {}
         with self.engine.begin() as conn:
             conn.execute(
                 text(
                     "INSERT INTO runs (id, sweep_id, job_num, status, overrides, workflow, "
-                    "config_yaml, config_digest, job_dir, started_at, python, env_id, env_lock) "
-                    "VALUES (:id, :sweep_id, :job_num, 'running', :overrides, :workflow, "
-                    ":config_yaml, :config_digest, :job_dir, :at, :python, :env_id, :env_lock)"
+                    "config_yaml, config_digest, job_dir, started_at, python, env_id, env_lock, "
+                    "job_key, env_digest, code_digest) VALUES (:id, :sweep_id, :job_num, "
+                    "'running', :overrides, :workflow, :config_yaml, :config_digest, :job_dir, "
+                    ":at, :python, :env_id, :env_lock, :job_key, :env_digest, :code_digest)"
                 ),
                 {"id": run_id, "sweep_id": sweep_id, "job_num": job_num,
                  "overrides": _dumps(overrides), "workflow": workflow,
                  "config_yaml": config_yaml, "config_digest": config_digest,
                  "job_dir": job_dir, "at": now_iso(), "python": python, "env_id": env_id,
-                 "env_lock": _dumps(env_lock) if env_lock is not None else None},
+                 "env_lock": _dumps(env_lock) if env_lock is not None else None,
+                 "job_key": identity.get("job_key"), "env_digest": identity.get("env_digest"),
+                 "code_digest": identity.get("code_digest")},
             )
             _event(conn, "run_started", {"job_num": job_num, "overrides": overrides},
                    run_id=run_id, sweep_id=sweep_id)
@@ -158,6 +168,25 @@ class RunRecords:
                  "metrics": _dumps(metrics or {}), "error": error, "tb": traceback, "id": run_id},
             )
             _event(conn, f"run_{status}", {"commit": commit_id, "error": error}, run_id=run_id)
+
+    def cached_run(self, job_key: str) -> dict[str, Any] | None:
+        """The newest completed run with this job key, if any (what a cache hit reuses)."""
+        with read_conn(self.engine) as conn:
+            row = conn.execute(
+                text(self._RUNS + "WHERE job_key = :k AND status = 'completed' "
+                     "ORDER BY started_at DESC LIMIT 1"), {"k": job_key}).first()
+        return _run_dict(row) if row else None
+
+    def finish_cached(self, run_id: str, source: dict[str, Any]) -> None:
+        """Close a run as a cache hit of `source`: its commit and metrics, no work done."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE runs SET status = 'cached', finished_at = :at, commit_id = :c, "
+                     "metrics = :m, cached_from = :src WHERE id = :id"),
+                {"at": now_iso(), "c": source["commit"], "m": _dumps(source["metrics"]),
+                 "src": source["run_id"], "id": run_id})
+            _event(conn, "run_cached", {"from": source["run_id"], "commit": source["commit"]},
+                   run_id=run_id)
 
     def start_thread(self, run_id: str, thread_id: str, case_name: str) -> None:
         with self.engine.begin() as conn:
@@ -241,6 +270,16 @@ class RunRecords:
         if row is None:
             raise ObjectNotFound("the store holds no sweeps yet: run `python -m wtb_conf -m ...`")
         return row.id
+
+    def sweep(self, sweep_id: str) -> dict[str, Any]:
+        with read_conn(self.engine) as conn:
+            row = conn.execute(text("SELECT * FROM sweeps WHERE id = :id"),
+                               {"id": sweep_id}).first()
+        if row is None:
+            raise ObjectNotFound(f"sweep {sweep_id} is not in the store")
+        return {"sweep_id": row.id, "status": row.status, "created_at": row.created_at,
+                "finished_at": row.finished_at, "sweep_dir": row.sweep_dir,
+                "argv": json.loads(row.argv)}
 
     def resolve(self, table: str, ref: str) -> str:
         """A full id from an id or a unique prefix of one (like git's short hashes)."""

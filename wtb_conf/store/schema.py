@@ -103,6 +103,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN env_id TEXT;
     ALTER TABLE runs ADD COLUMN env_lock TEXT;
     """,
+    # 4: job identity (the job cache): digests of config, env lock and code, their combined
+    # key, and for a cache hit the run whose results it reuses.
+    """
+    ALTER TABLE runs ADD COLUMN job_key TEXT;
+    ALTER TABLE runs ADD COLUMN env_digest TEXT;
+    ALTER TABLE runs ADD COLUMN code_digest TEXT;
+    ALTER TABLE runs ADD COLUMN cached_from TEXT REFERENCES runs(id);
+    CREATE INDEX IF NOT EXISTS runs_job_key ON runs (job_key, status);
+    """,
 ]
 
 

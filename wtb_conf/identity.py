@@ -1,0 +1,77 @@
+"""A job's identity: what it ran (resolved config), with what (env lock) and which code (the
+sources of the modules its node targets come from). Equal identities give equal results for a
+deterministic workflow, so a completed identity need not run again (the job cache)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# Keys of the job config that say where or whether to run, not what: left out of the digest.
+NOT_IDENTITY = ("storage", "rerun")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def config_digest(cfg: DictConfig) -> str:
+    """SHA-256 of the resolved job config, without the keys in NOT_IDENTITY."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    for key in NOT_IDENTITY:
+        data.pop(key, None)
+    return _sha(json.dumps(data, sort_keys=True, default=str).encode())
+
+
+def env_digest(lock: list[str]) -> str:
+    return _sha("\n".join(sorted(lock)).encode())
+
+
+def _targets(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_" and isinstance(value, str):
+                yield value
+            else:
+                yield from _targets(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _targets(value)
+
+
+def _module(target: str) -> tuple[str, str] | None:
+    """(module name, source file) of the module a dotted target lives in."""
+    parts = target.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        name = ".".join(parts[:i])
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None and spec.origin and spec.origin.endswith(".py"):
+            return name, spec.origin
+        if spec is not None:
+            return None  # a compiled or namespace module: no source to hash
+    return None
+
+
+def code_digest(workflow: DictConfig) -> str:
+    """SHA-256 over the sources of the modules the workflow's `_target_`s live in, by module
+    name (not path), so that the same code in another checkout has the same digest."""
+    modules = sorted({m for t in _targets(OmegaConf.to_container(workflow, resolve=True))
+                      if (m := _module(t))})
+    h = hashlib.sha256()
+    for name, path in modules:
+        with open(path, "rb") as f:
+            h.update(name.encode() + b"\0" + f.read() + b"\0")
+    return h.hexdigest()
+
+
+def job_key(config: str, env: str, code: str) -> str:
+    return _sha(f"{config}\n{env}\n{code}".encode())
