@@ -75,3 +75,11 @@ def code_digest(workflow: DictConfig) -> str:
 
 def job_key(config: str, env: str, code: str) -> str:
     return _sha(f"{config}\n{env}\n{code}".encode())
+
+
+def identity_of(cfg: DictConfig, lock: list[str]) -> dict[str, str]:
+    """The digests recorded on a run: config, env_digest, code_digest and their job_key."""
+    out = {"config": config_digest(cfg), "env_digest": env_digest(lock),
+           "code_digest": code_digest(cfg.workflow)}
+    out["job_key"] = job_key(out["config"], out["env_digest"], out["code_digest"])
+    return out

@@ -30,7 +30,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from omegaconf import DictConfig, OmegaConf
 
 import wtb_conf
-from wtb_conf.identity import code_digest, config_digest, env_digest, job_key
+from wtb_conf.identity import identity_of
 from wtb_conf.store import Store, open_store
 from wtb_conf.workflow import WorkflowError, build_graph
 
@@ -180,13 +180,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     launch_dir = Path(hc.runtime.cwd)
     job_dir = Path(hc.runtime.output_dir)
     out_dir = job_dir / OUT_DIR
-    store, paths = open_store_for(cfg, launch_dir)
-    sweep_id = os.environ.get(SWEEP_ENV) or store.create_sweep(list(hc.overrides.task))
     overrides = list(hc.overrides.task)
+    store, paths = open_store_for(cfg, launch_dir)
+    sweep_id = os.environ.get(SWEEP_ENV) or store.create_sweep(overrides)
     lock = installed()
-    digests = {"config": config_digest(cfg), "env_digest": env_digest(lock),
-               "code_digest": code_digest(cfg.workflow)}
-    digests["job_key"] = job_key(digests["config"], digests["env_digest"], digests["code_digest"])
+    digests = identity_of(cfg, lock)
     run_id = store.start_run(
         sweep_id,
         job_num=hc.job.get("num") or 0,
