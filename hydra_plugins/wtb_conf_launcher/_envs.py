@@ -67,37 +67,37 @@ def interpreters(launcher: Any, params: dict[str, Any], job_overrides: Sequence[
         return
     from wtb_conf.envs import connect, spec_for, wants_env
 
-    specs: list[Any] = []
-    names: dict[bytes, str] = {}
+    keys: list[bytes | None] = []  # per job: its spec, serialized (None: the driver's)
+    distinct: dict[bytes, tuple[Any, str]] = {}  # spec -> (spec, the first job that wants it)
     for i, overrides in enumerate(job_overrides):
         if not wants_env(config.env) and not _touches_env(overrides):
-            specs.append(None)  # the default env, and no override changes it
+            keys.append(None)  # the default env, and no override changes it
             continue
         job_cfg = launcher.hydra_context.config_loader.load_sweep_config(config, list(overrides))
         env_cfg = OmegaConf.to_container(job_cfg.env, resolve=True) if "env" in job_cfg else {}
         if not wants_env(env_cfg):
-            specs.append(None)
+            keys.append(None)
             continue
         choices = job_cfg.hydra.runtime.choices
         labels = {k: choices[k] for k in ("workflow", "variant", "env") if choices.get(k)}
         name = f"job #{first_num + i} ({' '.join(overrides)})"
         spec = spec_for(env_cfg, labels, name)
-        names.setdefault(spec.SerializeToString(deterministic=True), name)
-        specs.append(spec)
-    if not names:
+        key = spec.SerializeToString(deterministic=True)
+        distinct.setdefault(key, (spec, name))
+        keys.append(key)
+    if not distinct:
         yield [DRIVER] * len(job_overrides)
         return
 
     data = Path(params.get("venv_data") or "data/venv_manager").absolute()
     with connect(params.get("venv_manager"), params.get("venv_manager_token"), data) as client, \
             _bench_path() as bench_path:
-        distinct = {k: next(s for s in specs if s and s.SerializeToString(deterministic=True) == k)
-                    for k in names}
 
-        def provide(key: bytes) -> Interpreter:
-            env = client.ensure(distinct[key], names[key])
-            return Interpreter(env.env_id, client.check_interpreter(env, names[key]), bench_path)
+        def provide(spec_and_job: tuple[Any, str]) -> Interpreter:
+            spec, job = spec_and_job
+            env = client.ensure(spec, job)
+            return Interpreter(env.env_id, client.check_interpreter(env, job), bench_path)
 
         with ThreadPoolExecutor(max_workers=len(distinct)) as pool:
-            found = dict(zip(distinct, pool.map(provide, distinct), strict=True))
-        yield [found[s.SerializeToString(deterministic=True)] if s else DRIVER for s in specs]
+            found = dict(zip(distinct, pool.map(provide, distinct.values()), strict=True))
+        yield [found[k] if k else DRIVER for k in keys]
