@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from venv_manager.audit import Audit
@@ -274,8 +275,7 @@ class EnvStore:
                     shutil.rmtree(stale)
         cutoff = time.time() - idle_s
         for env in self.list():
-            used = time.mktime(time.strptime(env.last_used_at[:19], "%Y-%m-%dT%H:%M:%S"))
-            used -= time.timezone  # the stamps are UTC
+            used = datetime.fromisoformat(env.last_used_at).timestamp()  # stamps carry their zone
             if used < cutoff and not self._in_use[env.env_id]:
                 with contextlib.suppress(EnvInUse, EnvNotFound):
                     self.delete(env.env_id)
