@@ -223,6 +223,9 @@ def test_a_build_killed_midway_leaves_no_half_env(tmp_path):
         env = stub.EnsureEnv(spec, timeout=600)
         r = stub.RunCode(pb.RunCodeRequest(env_id=env.env_id, code="import six"))
         assert r.exit_code == 0
+        # and Cleanup removes what is idle (here: everything) and nothing half-built remains
+        assert list(stub.Cleanup(pb.CleanupRequest(idle_seconds=0)).removed) == [env.env_id]
+        assert stub.ListEnvs(pb.ListEnvsRequest()).envs == []
     finally:
         stop(proc)
 
