@@ -29,7 +29,7 @@ ENSURE_TIMEOUT_S = 1800  # a cold build of ray and friends from PyPI
 # What an actor's interpreter needs besides the user's packages, pinned to the driver's
 # versions: Ray must match exactly, and the job code runs the same libraries as the driver.
 RUNTIME = ("ray", "hydra-core", "omegaconf", "langgraph", "langgraph-checkpoint-sqlite",
-           "sqlalchemy", "rich", "grpcio", "protobuf")
+           "sqlalchemy", "rich")
 
 
 class EnvError(CompactHydraException):

@@ -86,9 +86,6 @@ class JobActor:
         if os.path.isdir(launch_dir):
             os.chdir(launch_dir)
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def run(
         self,
         idx: int,

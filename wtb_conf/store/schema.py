@@ -6,6 +6,8 @@ database has not seen yet, in one write transaction, and records them in `wtb_mi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
@@ -144,8 +146,6 @@ def create_store_engine(db_url: str) -> Engine:
     if url.get_backend_name() != "sqlite":
         return create_engine(url)
     if url.database and url.database != ":memory:":
-        from pathlib import Path
-
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url)
     event.listen(engine, "connect", _sqlite_pragmas)
