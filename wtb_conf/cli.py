@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.table import Table
 
 from wtb_conf.store import Store, StoreError, open_store
-from wtb_conf.store.records import DONE
 
 console = Console()
 
@@ -140,7 +139,7 @@ def cmd_rerun(store: Store, args: argparse.Namespace) -> int:
     """Run a sweep's command again: jobs that completed are cache hits, the rest run."""
     sweep_id = store.last_sweep() if args.failed == "last" else store.resolve("sweeps", args.failed)
     argv = store.sweep(sweep_id)["argv"]
-    failed = [r for r in store.runs(sweep_id) if r["status"] not in DONE]
+    failed = [r for r in store.runs(sweep_id) if r["status"] == "failed"]
     print(f"rerunning sweep {sweep_id[:8]} ({len(failed)} failed or interrupted runs): "
           f"python -m wtb_conf {' '.join(argv)}", flush=True)
     return subprocess.run([sys.executable, "-m", "wtb_conf", *argv]).returncode

@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 # Keys of the job config that say where or whether to run, not what: left out of the digest.
-NOT_IDENTITY = ("storage", "rerun")
+NOT_IDENTITY = ("storage", "rerun", "share_prefixes")
 
 
 def _sha(data: bytes) -> str:

@@ -22,6 +22,7 @@ import sys
 import time
 import traceback
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,18 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from omegaconf import DictConfig, OmegaConf
 
 import wtb_conf
+from wtb_conf.fork import (
+    ForkError,
+    ForkPoint,
+    base_key,
+    copy_checkpoint,
+    plan,
+    prefix_key,
+    shared_point,
+)
 from wtb_conf.identity import identity_of
-from wtb_conf.store import Store, open_store
-from wtb_conf.workflow import WorkflowError, build_graph
+from wtb_conf.store import Store, StoreError, open_store
+from wtb_conf.workflow import WorkflowError, breakpoints, build_graph
 
 log = logging.getLogger(__name__)
 
@@ -130,46 +140,121 @@ def case_context(case_dir: Path, launch_dir: Path) -> Iterator[None]:
         wtb_conf._current.pop("output_dir", None)
 
 
-def run_case(
-    store: Store, run_id: str, graph: Any, case: str, inputs: Any, case_dir: Path, launch_dir: Path
-) -> dict[str, Any]:
-    """Run one input case as its own thread; commit and link after every checkpoint."""
-    thread_id = f"{run_id}/{case}"
-    store.start_thread(run_id, thread_id, case)
+@dataclass
+class Case:
+    """One input case of a job, and where its thread starts."""
+
+    name: str
+    inputs: Any
+    dir: Path  # its output dir
+    fork: ForkPoint | None = None  # start from this stored checkpoint instead of `inputs`
+    updates: dict[str, Any] = field(default_factory=dict)  # applied to the state after forking
+    pause: bool = False  # after forking, stop before running anything (rollback)
+    base_key: str | None = None  # shared prefixes: links get prefix keys under this base
+
+
+def run_case(store: Store, run_id: str, app: Any, case: Case, workflow: Mapping[str, Any],
+             launch_dir: Path) -> tuple[str, dict[str, Any]]:
+    """Run one input case as its own thread; commit and link after every checkpoint.
+    Returns its status (completed, or paused at a breakpoint) and final state."""
+    thread_id = f"{run_id}/{case.name}"
+    fork = case.fork
+    store.start_thread(run_id, thread_id, case.name, fork and vars(fork))
     config = {"configurable": {"thread_id": thread_id}}
-    parent: str | None = None
-    nodes: list[str] = []
+    path = list(fork.path) if fork else []
+    parent = fork.commit if fork else None
+    linked: set[str] = set()
     status = "failed"
+
+    def link(cp_id: str, step: int, source: str, nodes: list[str], commit: str) -> None:
+        keys = None
+        if case.base_key:
+            keys = (case.base_key, prefix_key(case.base_key, workflow, path))
+        store.link_checkpoint(run_id, thread_id, "", cp_id, step, source, nodes, commit, path,
+                              keys)
+        linked.add(cp_id)
+
     try:
-        with case_context(case_dir, launch_dir):
-            stream = graph.stream(
-                _plain(inputs), config, stream_mode=["updates", "checkpoints"], durability="sync"
+        stream_input = _plain(case.inputs)
+        if fork:
+            store.restore(fork.commit, case.dir)
+            copy_checkpoint(app.checkpointer, fork, thread_id)
+            link(fork.checkpoint_id, fork.step, "fork", [], fork.commit)
+            store.log_event("fork", {"thread_id": thread_id, "from_thread": fork.thread_id,
+                                     "checkpoint_id": fork.checkpoint_id}, run_id)
+            if case.updates:
+                app.update_state(config, case.updates)
+            stream_input = None  # continue from the copied checkpoint
+        with case_context(case.dir, launch_dir):
+            nodes: list[str] = []
+            stream = () if case.pause else app.stream(
+                stream_input, config, stream_mode=["updates", "checkpoints"], durability="sync"
             )
             for mode, data in stream:
                 if mode == "updates":
                     for node in data:
+                        if node.startswith("__"):  # __interrupt__: a breakpoint, not a node
+                            continue
                         nodes.append(node)
+                        path.append(node)
                         store.log_event("node", {"thread_id": thread_id, "node": node}, run_id)
                     continue
                 cp = data["config"]["configurable"]
+                if cp["checkpoint_id"] in linked:  # LangGraph re-emits the one it resumes from
+                    continue
                 meta = data["metadata"] or {}
                 step = meta.get("step", -1)
-                parent = store.commit_dir(case_dir, message=f"{case} step {step}", parent=parent)
-                store.link_checkpoint(
-                    run_id, thread_id, cp.get("checkpoint_ns", ""), cp["checkpoint_id"], step,
-                    meta.get("source", ""), nodes, parent,
-                )
+                parent = store.commit_dir(case.dir, message=f"{case.name} step {step}",
+                                          parent=parent)
+                link(cp["checkpoint_id"], step, meta.get("source", ""), nodes, parent)
                 nodes = []
-        status = "completed"
+        paused = case.pause or bool(app.get_state(config).next)
+        status = "paused" if paused else "completed"
     finally:
-        snapshot = graph.get_state(config)
+        snapshot = app.get_state(config)
         final = json_values(snapshot.values or {})
         store.finish_thread(thread_id, status, final, parent)
-    return final
+    return status, final
 
 
 def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _parent_of(store: Store, cfg: DictConfig) -> str | None:
+    """The run `fork.run` names, if it names one (plan() reports what is wrong otherwise)."""
+    fork = cfg.get("fork")
+    if not isinstance(fork, Mapping) or not fork.get("run"):
+        return None
+    try:
+        return store.resolve("runs", str(fork.get("run")))
+    except StoreError:
+        return None
+
+
+def _cases(store: Store, cfg: DictConfig, workflow: dict[str, Any], digests: dict[str, str],
+           out_dir: Path) -> list[Case]:
+    """The job's cases: `workflow.cases`, or for a fork the parent's cases at their fork
+    points; with shared prefixes on, a case starts from the deepest stored checkpoint that
+    the same configs produced."""
+    if cfg.get("fork") is not None:
+        spec = _plain(cfg.fork)
+        if not isinstance(spec, Mapping):
+            raise ForkError("fork: expected a mapping, e.g. +fork.run=RUN +fork.after=NODE")
+        state = workflow.get("state")
+        fork = plan(store, spec, list(state) if isinstance(state, Mapping) else None)
+        return [Case(name, None, out_dir / name, point, fork.updates, fork.pause)
+                for name, point in fork.points.items()]
+    cases = workflow.get("cases")
+    if not cases or not isinstance(cases, Mapping):
+        raise WorkflowError("workflow.cases: add at least one input case: `cases: {one: {}}`")
+    share = cfg.get("share_prefixes", True) and not cfg.get("rerun")
+    out = []
+    for name, inputs in cases.items():
+        base = base_key(workflow, inputs, digests["env_digest"], digests["code_digest"])
+        point = shared_point(store, base, workflow) if share else None
+        out.append(Case(name, inputs, out_dir / name, point, base_key=base))
+    return out
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -189,7 +274,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         sweep_id,
         job_num=hc.job.get("num") or 0,
         overrides=overrides,
-        workflow=hc.runtime.choices.get("workflow"),
+        workflow=hc.runtime.choices.get("workflow") or cfg.workflow.get("name"),
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
         config_digest=digests["config"],
         job_dir=str(job_dir),
@@ -197,6 +282,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         env_id=os.environ.get("WTB_ENV_ID") or None,  # set by wtb_ray for a provisioned env
         env_lock=lock,
         identity=digests,
+        parent_run=_parent_of(store, cfg),
+        launch_dir=str(launch_dir),
     )
     earlier = None if cfg.get("rerun") else store.cached_run(digests["job_key"])
     if earlier is not None:
@@ -209,23 +296,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("run %s: %s", run_id, " ".join(overrides) or "(no overrides)")
     commit = None
     finals: dict[str, dict] = {}
+    statuses: list[str] = []
     try:
         graph = build_graph(cfg.workflow)
-        cases = cfg.workflow.get("cases")
-        if not cases:
-            raise WorkflowError("workflow.cases: add at least one input case: `cases: {one: {}}`")
+        workflow = _plain(cfg.workflow)
+        cases = _cases(store, cfg, workflow, digests, out_dir)
         Path(paths["checkpoints"]).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(paths["checkpoints"], check_same_thread=False, timeout=60)
         with contextlib.closing(conn):
-            app = graph.compile(checkpointer=SqliteSaver(conn))
-            for case, inputs in cases.items():
-                finals[case] = run_case(
-                    store, run_id, app, case, inputs, out_dir / case, launch_dir
-                )
+            app = graph.compile(checkpointer=SqliteSaver(conn), **breakpoints(cfg.workflow))
+            for case in cases:
+                status, finals[case.name] = run_case(store, run_id, app, case, workflow,
+                                                     launch_dir)
+                statuses.append(status)
         commit = store.commit_dir(out_dir, message="final")
         metrics = metrics_of(finals, _plain(cfg.workflow.get("metrics")))
-        store.finish_run(run_id, "completed", commit, metrics)
-        status, error = "completed", None
+        status, error = ("paused" if "paused" in statuses else "completed"), None
+        store.finish_run(run_id, status, commit, metrics)
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         log.error("run %s failed: %s", run_id, error)

@@ -82,11 +82,13 @@ class SweepCallback(Callback):
         if "WtbRayLauncher" in str(OmegaConf.select(config, "hydra.launcher._target_")):
             done = sum(r["status"] in DONE for r in runs)
             cached = sum(r["status"] == "cached" for r in runs)
+            paused = sum(r["status"] == "paused" for r in runs)
             print(f"{title}: {done} of {len(runs)} jobs completed"  # wtb_ray printed the table
-                  + (f" ({cached} cached)" if cached else ""))
+                  + (f" ({cached} cached)" if cached else "")
+                  + (f", {paused} paused at a breakpoint (`wtb resume RUN`)" if paused else ""))
         else:
             print_table(runs, title)
-        failed = [r for r in runs if r["status"] not in DONE]
+        failed = [r for r in runs if r["status"] == "failed"]
         if failed:
             lines = [
                 f"  job {r['job_num']} ({' '.join(r['overrides']) or 'no overrides'}): "

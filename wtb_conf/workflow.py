@@ -33,7 +33,9 @@ def _merge(a: dict, b: dict) -> dict:
 REDUCERS: dict[str, Callable[[Any, Any], Any]] = {"append": operator.add, "merge": _merge}
 ENDPOINTS = {"START": START, START: START, "END": END, END: END}
 _GRAPH_KEYS = ("state", "nodes", "edges", "routes")
-KEYS = ("name", "description", *_GRAPH_KEYS, "cases", "metrics", "factory")  # docs/config.md
+BREAKPOINTS = ("interrupt_before", "interrupt_after")
+KEYS = ("name", "description", *_GRAPH_KEYS, "cases", "metrics", "factory", *BREAKPOINTS)
+# (every key is documented in docs/config.md)
 
 
 class WorkflowError(ValueError):
@@ -200,3 +202,24 @@ def build_graph(workflow: Mapping[str, Any]) -> StateGraph:
     if not has_entry:
         raise WorkflowError("workflow.edges: no edge leaves START; add [START, <first node>]")
     return graph
+
+
+def breakpoints(workflow: Mapping[str, Any]) -> dict[str, list[str]]:
+    """`interrupt_before` / `interrupt_after` for StateGraph.compile(): lists of node names."""
+    nodes = workflow.get("nodes") or {}
+    out = {}
+    for key in BREAKPOINTS:
+        names = _plain(workflow.get(key))
+        if names is None:
+            continue
+        if isinstance(names, str):
+            names = [names]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise WorkflowError(f"workflow.{key}: expected a list of node names")
+        for i, name in enumerate(names):
+            if nodes and name not in nodes:
+                raise WorkflowError(
+                    f"workflow.{key}[{i}]: {name!r} is not a node; nodes are {sorted(nodes)}"
+                )
+        out[key] = names
+    return out

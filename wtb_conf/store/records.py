@@ -16,8 +16,9 @@ from wtb_conf.store.errors import ObjectNotFound
 from wtb_conf.store.objects import now_iso
 from wtb_conf.store.schema import read_conn
 
-RUN_STATUSES = ("running", "completed", "failed", "cached")
-DONE = ("completed", "cached")  # statuses of a job that needs no rerun
+RUN_STATUSES = ("running", "completed", "failed", "cached", "paused")
+DONE = ("completed", "cached")  # statuses of a job that needs no rerun (the job cache)
+# A paused run stopped at a breakpoint on purpose: not a failure of its sweep.
 INTERRUPTED = "interrupted: the job's process ended before the run finished"
 
 
@@ -60,7 +61,16 @@ def _run_dict(row) -> dict[str, Any]:
         "env_id": row.env_id,
         "job_key": row.job_key,
         "cached_from": row.cached_from,
+        "parent_run": row.parent_run,
+        "launch_dir": row.launch_dir,
     }
+
+
+def _link_dict(r) -> dict[str, Any]:
+    return {"thread_id": r.thread_id, "checkpoint_ns": r.checkpoint_ns,
+            "checkpoint_id": r.checkpoint_id, "run_id": r.run_id, "step": r.step,
+            "source": r.source, "nodes": json.loads(r.nodes),
+            "path": json.loads(r.path) if r.path else [], "commit": r.commit_id}
 
 
 class RunRecords:
@@ -97,8 +107,7 @@ class RunRecords:
                 {"at": now_iso(), "s": sweep_id, "error": INTERRUPTED},
             )
             bad = conn.execute(
-                text("SELECT count(*) FROM runs WHERE sweep_id = :s "
-                     "AND status NOT IN ('completed', 'cached')"),
+                text("SELECT count(*) FROM runs WHERE sweep_id = :s AND status = 'failed'"),
                 {"s": sweep_id},
             ).scalar_one()
             status = "failed" if bad else "completed"
@@ -122,8 +131,11 @@ class RunRecords:
         env_id: str | None = None,
         env_lock: list[str] | None = None,
         identity: dict[str, str] | None = None,
+        parent_run: str | None = None,
+        launch_dir: str | None = None,
     ) -> str:
-        """Record a run as running. `identity`: job_key, env_digest and code_digest."""
+        """Record a run as running. `identity`: job_key, env_digest and code_digest;
+        `parent_run`: the run it forked from."""
         run_id = new_id()
         identity = identity or {}
         with self.engine.begin() as conn:
@@ -131,9 +143,10 @@ class RunRecords:
                 text(
                     "INSERT INTO runs (id, sweep_id, job_num, status, overrides, workflow, "
                     "config_yaml, config_digest, job_dir, started_at, python, env_id, env_lock, "
-                    "job_key, env_digest, code_digest) VALUES (:id, :sweep_id, :job_num, "
-                    "'running', :overrides, :workflow, :config_yaml, :config_digest, :job_dir, "
-                    ":at, :python, :env_id, :env_lock, :job_key, :env_digest, :code_digest)"
+                    "job_key, env_digest, code_digest, parent_run, launch_dir) VALUES (:id, "
+                    ":sweep_id, :job_num, 'running', :overrides, :workflow, :config_yaml, "
+                    ":config_digest, :job_dir, :at, :python, :env_id, :env_lock, :job_key, "
+                    ":env_digest, :code_digest, :parent_run, :launch_dir)"
                 ),
                 {"id": run_id, "sweep_id": sweep_id, "job_num": job_num,
                  "overrides": _dumps(overrides), "workflow": workflow,
@@ -141,7 +154,8 @@ class RunRecords:
                  "job_dir": job_dir, "at": now_iso(), "python": python, "env_id": env_id,
                  "env_lock": _dumps(env_lock) if env_lock is not None else None,
                  "job_key": identity.get("job_key"), "env_digest": identity.get("env_digest"),
-                 "code_digest": identity.get("code_digest")},
+                 "code_digest": identity.get("code_digest"), "parent_run": parent_run,
+                 "launch_dir": launch_dir},
             )
             _event(conn, "run_started", {"job_num": job_num, "overrides": overrides},
                    run_id=run_id, sweep_id=sweep_id)
@@ -188,14 +202,18 @@ class RunRecords:
             _event(conn, "run_cached", {"from": source["run_id"], "commit": source["commit"]},
                    run_id=run_id)
 
-    def start_thread(self, run_id: str, thread_id: str, case_name: str) -> None:
+    def start_thread(self, run_id: str, thread_id: str, case_name: str,
+                     fork: dict[str, Any] | None = None) -> None:
+        """`fork`: the link (thread_id, checkpoint_id, path) this thread was copied from."""
+        fork = fork or {}
         with self.engine.begin() as conn:
             conn.execute(
                 text(
-                    "INSERT INTO threads (thread_id, run_id, case_name, status) "
-                    "VALUES (:t, :r, :c, 'running')"
+                    "INSERT INTO threads (thread_id, run_id, case_name, status, parent_thread, "
+                    "parent_checkpoint, inherited) VALUES (:t, :r, :c, 'running', :pt, :pc, :i)"
                 ),
-                {"t": thread_id, "r": run_id, "c": case_name},
+                {"t": thread_id, "r": run_id, "c": case_name, "pt": fork.get("thread_id"),
+                 "pc": fork.get("checkpoint_id"), "i": _dumps(fork.get("path") or [])},
             )
 
     def finish_thread(
@@ -221,18 +239,26 @@ class RunRecords:
         source: str,
         nodes: list[str],
         commit_id: str,
+        path: list[str] | None = None,
+        keys: tuple[str, str] | None = None,
     ) -> None:
-        """Link a LangGraph checkpoint to the commit of its case directory, and log both."""
+        """Link a LangGraph checkpoint to the commit of its case directory, and log both.
+
+        `path`: every node run up to this checkpoint, inherited ones included; `keys`: its
+        (base key, prefix key) for shared prefixes (wtb_conf.fork)."""
+        base_key, prefix_key = keys or (None, None)
         with self.engine.begin() as conn:
             conn.execute(
                 text(
                     "INSERT INTO checkpoint_links (thread_id, checkpoint_ns, checkpoint_id, "
-                    "run_id, step, source, nodes, commit_id, created_at) VALUES (:t, :ns, :cp, "
-                    ":r, :step, :source, :nodes, :c, :at)"
+                    "run_id, step, source, nodes, commit_id, created_at, path, base_key, "
+                    "prefix_key) VALUES (:t, :ns, :cp, :r, :step, :source, :nodes, :c, :at, "
+                    ":path, :base, :prefix)"
                 ),
                 {"t": thread_id, "ns": checkpoint_ns, "cp": checkpoint_id, "r": run_id,
                  "step": step, "source": source, "nodes": _dumps(nodes), "c": commit_id,
-                 "at": now_iso()},
+                 "at": now_iso(), "path": _dumps(path or []), "base": base_key,
+                 "prefix": prefix_key},
             )
             data = {"thread_id": thread_id, "checkpoint_id": checkpoint_id, "step": step,
                     "nodes": nodes}
@@ -318,7 +344,9 @@ class RunRecords:
             return [
                 {"thread_id": r.thread_id, "case": r.case_name, "status": r.status,
                  "final_state": json.loads(r.final_state) if r.final_state else None,
-                 "commit": r.commit_id}
+                 "commit": r.commit_id, "parent_thread": r.parent_thread,
+                 "parent_checkpoint": r.parent_checkpoint,
+                 "inherited": json.loads(r.inherited) if r.inherited else []}
                 for r in rows
             ]
 
@@ -333,11 +361,16 @@ class RunRecords:
                 {"r": run_id},
             )
             return [
-                {"thread_id": r.thread_id, "case": r.case_name, "checkpoint_ns": r.checkpoint_ns,
-                 "checkpoint_id": r.checkpoint_id, "step": r.step, "source": r.source,
-                 "nodes": json.loads(r.nodes), "commit": r.commit_id}
-                for r in rows
+                _link_dict(r) | {"case": r.case_name} for r in rows
             ]
+
+    def shareable(self, base_key: str) -> list[dict[str, Any]]:
+        """Links with this base key, deepest first: checkpoints a job may fork from."""
+        with read_conn(self.engine) as conn:
+            rows = conn.execute(
+                text("SELECT * FROM checkpoint_links WHERE base_key = :b "
+                     "ORDER BY step DESC, created_at"), {"b": base_key})
+            return [_link_dict(r) | {"prefix_key": r.prefix_key} for r in rows]
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
         with read_conn(self.engine) as conn:

@@ -114,6 +114,21 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN cached_from TEXT REFERENCES runs(id);
     CREATE INDEX IF NOT EXISTS runs_job_key ON runs (job_key, status);
     """,
+    # 5: time travel. A run started from another run's checkpoint (fork, rollback, resume)
+    # names its parent; each of its case threads names the checkpoint it was copied from and
+    # the nodes it inherited. A link's prefix key says which configs produced its checkpoint,
+    # so that another job with the same prefix can fork from it (shared prefixes).
+    """
+    ALTER TABLE runs ADD COLUMN parent_run TEXT REFERENCES runs(id);
+    ALTER TABLE runs ADD COLUMN launch_dir TEXT;
+    ALTER TABLE threads ADD COLUMN parent_thread TEXT;
+    ALTER TABLE threads ADD COLUMN parent_checkpoint TEXT;
+    ALTER TABLE threads ADD COLUMN inherited TEXT;
+    ALTER TABLE checkpoint_links ADD COLUMN path TEXT;
+    ALTER TABLE checkpoint_links ADD COLUMN base_key TEXT;
+    ALTER TABLE checkpoint_links ADD COLUMN prefix_key TEXT;
+    CREATE INDEX IF NOT EXISTS links_base_key ON checkpoint_links (base_key, step);
+    """,
 ]
 
 

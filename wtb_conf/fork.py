@@ -1,0 +1,176 @@
+"""Time travel: start a case thread from a checkpoint that an earlier run stored.
+
+A fork copies the parent thread's LangGraph checkpoint into the new run's own thread (with
+the checkpointer's own put / put_writes, so LangGraph continues it as if it had stopped
+there) and restores the commit linked to that checkpoint into the case's output directory.
+Fork (`+fork.run=...`), rollback, resume and shared prefixes are this one operation with a
+different choice of checkpoint. The `fork:` config keys are documented in docs/config.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from wtb_conf.store import Store, StoreError
+
+FORK_KEYS = ("run", "checkpoint", "after", "set", "pause")
+
+
+class ForkError(ValueError):
+    """A `fork:` config that names no usable checkpoint; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ForkPoint:
+    """A stored checkpoint a case starts from."""
+
+    run_id: str
+    thread_id: str
+    checkpoint_id: str
+    step: int
+    commit: str
+    path: list[str]  # every node run up to the checkpoint, in order, inherited ones included
+
+
+@dataclass
+class Fork:
+    """What `fork:` asks for: a start point per case, state updates, and whether to stop."""
+
+    parent_run: str
+    points: dict[str, ForkPoint]
+    updates: dict[str, Any] = field(default_factory=dict)
+    pause: bool = False
+
+
+def _points(store: Store, run_id: str) -> list[tuple[str, ForkPoint]]:
+    """(case, point) for every checkpoint of a run, by case and step."""
+    threads = {t["thread_id"]: t for t in store.threads(run_id)}
+    out, path, current = [], [], None
+    for link in store.checkpoints(run_id):
+        if link["thread_id"] != current:
+            current, path = link["thread_id"], list(threads[current]["inherited"])
+        path = path + link["nodes"]
+        out.append((link["case"], ForkPoint(run_id, link["thread_id"], link["checkpoint_id"],
+                                            link["step"], link["commit"], path)))
+    return out
+
+
+def plan(store: Store, spec: Mapping[str, Any], state_fields: list[str] | None) -> Fork:
+    """Validate a `fork:` config against the store and pick each case's checkpoint."""
+    for key in spec:
+        if key not in FORK_KEYS:
+            raise ForkError(f"fork.{key}: unknown key; fork has {', '.join(FORK_KEYS)}")
+    if not spec.get("run"):
+        raise ForkError("fork.run: name the run to fork from, e.g. +fork.run=RUN (`wtb runs`)")
+    try:
+        run = store.run(store.resolve("runs", str(spec["run"])))
+    except StoreError as e:
+        raise ForkError(f"fork.run: {e}") from None
+    if run["status"] == "cached":  # a cache hit ran nothing: its source run has the threads
+        run = store.run(run["cached_from"])
+    if run["status"] == "running":
+        raise ForkError(f"fork.run: run {run['run_id'][:8]} is still running")
+    points = _points(store, run["run_id"])
+    if not points:
+        raise ForkError(f"fork.run: run {run['run_id'][:8]} stored no checkpoints to fork from")
+    chosen: dict[str, ForkPoint] = {}
+    cp, after = spec.get("checkpoint"), spec.get("after")
+    if cp is not None and after is not None:
+        raise ForkError("fork.checkpoint, fork.after: give one of them, not both")
+    if cp is not None:
+        matches = [(c, p) for c, p in points if p.checkpoint_id.startswith(str(cp))]
+        if len(matches) != 1:
+            raise ForkError(
+                f"fork.checkpoint: {len(matches) or 'no'} checkpoints of run "
+                f"{run['run_id'][:8]} match {cp!r}; list them with `wtb show {run['run_id'][:8]}`"
+            )
+        chosen = dict(matches)
+    elif after is not None:
+        for case, point in points:  # the first checkpoint whose last step ran `after`
+            if case not in chosen and after in point.path:
+                chosen[case] = point
+        missing = sorted({c for c, _ in points} - set(chosen))
+        if missing:
+            ran = next(p.path for c, p in reversed(points) if c == missing[0])
+            raise ForkError(f"fork.after: case {missing[0]!r} of run {run['run_id'][:8]} never "
+                            f"ran node {after!r}; it ran {ran}")
+    else:  # resume: each case from its newest checkpoint
+        chosen = dict(points)
+    updates = dict(spec.get("set") or {})
+    if state_fields is not None:
+        for key in updates:
+            if key not in state_fields:
+                raise ForkError(f"fork.set.{key}: not a state field; the state has "
+                                f"{', '.join(state_fields)}")
+    return Fork(run["run_id"], chosen, updates, bool(spec.get("pause", False)))
+
+
+def copy_checkpoint(saver: Any, point: ForkPoint, thread_id: str) -> None:
+    """Copy the checkpoint into `thread_id` of the same saver.
+
+    Its pending writes stay behind: they are what the parent's next step wrote (with
+    durability="sync" every finished task's writes are saved against the checkpoint it
+    started from), and copying them would make LangGraph skip those tasks in the fork."""
+    source = {"configurable": {"thread_id": point.thread_id, "checkpoint_ns": "",
+                               "checkpoint_id": point.checkpoint_id}}
+    tup = saver.get_tuple(source)
+    if tup is None:
+        raise ForkError(
+            f"fork: checkpoint {point.checkpoint_id} of run {point.run_id[:8]} is not in this "
+            "checkpointer; fork with the storage config (storage.checkpoints) the run used"
+        )
+    target = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    saver.put(target, tup.checkpoint, tup.metadata, tup.checkpoint["channel_versions"])
+
+
+# -- shared prefixes ---------------------------------------------------------------------
+
+
+def _sha(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def base_key(workflow: Mapping[str, Any], inputs: Any, env_digest: str, code_digest: str) -> str:
+    """What every checkpoint of a case depends on, whichever nodes have run: the state
+    schema, the case's input, breakpoints, a factory, the env and the code."""
+    graph_wide = {k: workflow.get(k) for k in ("state", "factory", "interrupt_before",
+                                                "interrupt_after")}
+    return _sha([graph_wide, inputs, env_digest, code_digest])
+
+
+def prefix_key(base: str, workflow: Mapping[str, Any], path: list[str]) -> str:
+    """The configs that decided a checkpoint reached by running `path`: the config of every
+    node on it and every edge and route leaving START or one of them (they chose the next
+    nodes). Two jobs with equal keys reach equal checkpoints, for deterministic nodes."""
+    ran = set(path)
+    sources = ran | {"START", "__start__"}
+    nodes = workflow.get("nodes") or {}
+    edges = [e for e in workflow.get("edges") or [] if e and e[0] in sources]
+    routes = {s: r for s, r in (workflow.get("routes") or {}).items() if s in sources}
+    return _sha([base, path, {n: nodes.get(n) for n in sorted(ran)}, edges, routes])
+
+
+def shared_point(store: Store, base: str, workflow: Mapping[str, Any]) -> ForkPoint | None:
+    """The deepest stored checkpoint this case would reach itself, if any."""
+    for link in store.shareable(base):
+        if link["path"] and link["prefix_key"] == prefix_key(base, workflow, link["path"]):
+            return ForkPoint(link["run_id"], link["thread_id"], link["checkpoint_id"],
+                             link["step"], link["commit"], link["path"])
+    return None
+
+
+def first_step_key(workflow: Mapping[str, Any], env: Any) -> str | None:
+    """For the launcher, from a composed job config: jobs with the same key share at least
+    their first step, so running one of them first lets the others fork from it."""
+    if workflow.get("factory") is not None:
+        return _sha([workflow, env])
+    starts = [e[1] for e in workflow.get("edges") or [] if e and e[0] in ("START", "__start__")]
+    routes = (workflow.get("routes") or {}).get("START")
+    if routes:
+        starts += list(routes.get("to") or [])
+    base = {k: workflow.get(k) for k in ("state", "cases", "interrupt_before", "interrupt_after")}
+    return prefix_key(_sha([base, env]), workflow, sorted(set(starts)))
