@@ -12,7 +12,7 @@ from wtb_conf.cli import main
 
 RUN_KEYS = {"run_id", "sweep_id", "job_num", "status", "overrides", "workflow", "config_digest",
             "job_dir", "started_at", "finished_at", "error", "metrics", "commit", "checkpoints",
-            "python", "env_id", "job_key", "cached_from"}
+            "python", "env_id", "job_key", "cached_from", "parent_run", "launch_dir"}
 
 
 @pytest.fixture
@@ -49,12 +49,13 @@ def test_show_json_has_cases_checkpoints_and_final_state(wtb):
     orders = shown["cases"][0]
     assert orders["final_state"]["rows_in"] == 12 and orders["final_state"]["log"][0] == "load"
     assert set(orders["checkpoints"][0]) == {"checkpoint_ns", "checkpoint_id", "step", "source",
-                                             "nodes", "commit"}
+                                             "nodes", "path", "commit"}
     assert sum(len(c["checkpoints"]) for c in shown["cases"]) == shown["checkpoints"]
 
 
 def test_restore_checkpoint_and_final(wtb, tmp_path):
-    shown = jcall(wtb, "show", "last")
+    # job 0 ran every node itself (the others may have inherited a shared prefix from it)
+    shown = jcall(wtb, "show", jcall(wtb, "runs", "--sweep", "last")[0]["run_id"])
     cp = next(c for c in shown["cases"][1]["checkpoints"] if c["nodes"] == ["clean"])
     out = wtb("restore", shown["run_id"], "--checkpoint", cp["checkpoint_id"][:13],
               "--to", str(tmp_path / "cp"))

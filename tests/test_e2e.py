@@ -29,8 +29,9 @@ def test_demo_sweep_records_four_completed_runs(demo):
         (f"variant={v}", f"workflow.routes.validate.router.max_invalid={t}")
         for v in ("drop_invalid", "fill_defaults") for t in ("0.1", "0.3")
     }
+    assert runs[0]["checkpoints"] >= 12  # the others may fork from its shared prefix
     for r in runs:
-        assert r["commit"] and r["checkpoints"] >= 12
+        assert r["commit"] and r["checkpoints"] > 0
         assert r["metrics"]["orders/rows_in"] == 12 and r["metrics"]["returns/rows_in"] == 8
 
 

@@ -104,8 +104,10 @@ def test_parity_with_the_basic_launcher(demo, tmp_path):
     for num, run in on_ray.items():
         other = on_basic[num]
         assert run["overrides"] == other["overrides"]
-        assert (run["status"], run["commit"], run["checkpoints"], run["config_digest"]) == (
-            other["status"], other["commit"], other["checkpoints"], other["config_digest"])
+        # checkpoint counts may differ: which prefix a job inherits depends on the order jobs
+        # finish in; the outputs may not
+        assert (run["status"], run["commit"], run["config_digest"]) == (
+            other["status"], other["commit"], other["config_digest"])
 
 
 def test_wtb_job_whose_actor_dies_is_marked_interrupted(tmp_path):

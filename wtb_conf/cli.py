@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -60,13 +61,17 @@ def cmd_runs(store: Store, args: argparse.Namespace) -> None:
 def _show(store: Store, run_id: str) -> dict[str, Any]:
     run = store.run(run_id)
     links = store.checkpoints(run_id)
-    run["cases"] = [
-        {**t, "checkpoints": [
-            {k: v for k, v in link.items() if k not in ("case", "thread_id")}
-            for link in links if link["thread_id"] == t["thread_id"]
-        ]}
-        for t in store.threads(run_id)
-    ]
+    run["cases"] = []
+    for t in store.threads(run_id):
+        own = [{k: v for k, v in link.items() if k not in ("case", "thread_id", "run_id")}
+               for link in links if link["thread_id"] == t["thread_id"]]
+        executed = [n for link in own for n in link["nodes"]]
+        run["cases"].append({**t, "checkpoints": own, "executed": executed})
+    lineage, parent = [], run["parent_run"]
+    while parent and parent not in lineage:  # the runs it forked from, nearest first
+        lineage.append(parent)
+        parent = store.run(parent)["parent_run"]
+    run["lineage"] = lineage
     return run
 
 
@@ -79,6 +84,8 @@ def cmd_show(store: Store, args: argparse.Namespace) -> None:
     console.print(f"overrides: {' '.join(run['overrides']) or '-'}")
     console.print(f"job dir:   {run['job_dir']}")
     console.print(f"commit:    {run['commit'] or '-'}")
+    if run["lineage"]:
+        console.print("forked from: " + " ← ".join(r[:8] for r in run["lineage"]))
     if run["metrics"]:
         console.print("metrics:   " + ", ".join(f"{k}={v}" for k, v in run["metrics"].items()))
     if run["error"]:
@@ -86,6 +93,11 @@ def cmd_show(store: Store, args: argparse.Namespace) -> None:
         console.print(run["traceback"] or "", markup=False, highlight=False)
     for case in run["cases"]:
         table = Table(title=f"case {case['case']} ({case['status']}) — thread {case['thread_id']}")
+        if case["parent_thread"]:
+            console.print(f"case {case['case']}: forked from thread {case['parent_thread']} at "
+                          f"checkpoint {case['parent_checkpoint']}; inherited "
+                          f"{', '.join(case['inherited']) or 'no nodes'}, executed "
+                          f"{', '.join(case['executed']) or 'no nodes'}")
         for col in ("step", "checkpoint", "source", "nodes", "commit"):
             table.add_column(col)
         for cp in case["checkpoints"]:
@@ -135,8 +147,65 @@ def cmd_log(store: Store, args: argparse.Namespace) -> None:
         print(f"{e['at']}  {e['kind']:<15} {data}")
 
 
+def _report(store: Store, before: set[str], code: int) -> int:
+    new = [r for r in store.runs() if r["run_id"] not in before]
+    for r in new:
+        print(f"wtb: run {r['run_id'][:8]} {r['status']}"
+              + (f": {r['error']}" if r["error"] else "") + f" — `wtb show {r['run_id'][:8]}`")
+    return code
+
+
+def _replay(store: Store, run_id: str, overrides: list[str], drop_fork: bool) -> int:
+    from wtb_conf.replay import replay
+
+    before = {r["run_id"] for r in store.runs()}
+    return _report(store, before, replay(store, run_id, overrides, drop_fork))
+
+
+def cmd_resume(store: Store, args: argparse.Namespace) -> int:
+    """A new run that continues RUN from each case's newest checkpoint."""
+    run = store.run(_resolve_run(store, args.run))
+    if run["status"] not in ("paused", "failed"):
+        raise StoreError(
+            f"run {run['run_id'][:8]} is {run['status']}: only paused and failed runs resume; "
+            f"to go back to one of its checkpoints, `wtb rollback {run['run_id'][:8]} "
+            "--checkpoint CP`"
+        )
+    state = OmegaConf.select(OmegaConf.create(run["config_yaml"]), "workflow.state") or {}
+    sets = []
+    for item in args.set or []:
+        key, eq, value = item.partition("=")
+        if not eq or (state and key not in state):
+            raise StoreError(f"--set {item!r}: expected KEY=VALUE with KEY one of the state "
+                             f"fields {', '.join(state)}")
+        sets.append(f"+fork.set.{key}={value}")
+    return _replay(store, run["run_id"], [f"+fork.run={run['run_id']}", *sets, *args.overrides],
+                   drop_fork=True)
+
+
+def cmd_rollback(store: Store, args: argparse.Namespace) -> int:
+    """A new run, paused, whose state and files are RUN's at the checkpoint."""
+    run_id = _resolve_run(store, args.run)
+    matches = [c for c in store.checkpoints(run_id)
+               if c["checkpoint_id"].startswith(args.checkpoint)]
+    if len(matches) != 1:
+        raise StoreError(
+            f"--checkpoint: {len(matches) or 'no'} checkpoints of run {run_id[:8]} match "
+            f"{args.checkpoint!r}; list them with `wtb show {run_id[:8]}`"
+        )
+    fork = [f"+fork.run={run_id}", f"+fork.checkpoint={matches[0]['checkpoint_id']}",
+            "+fork.pause=true"]
+    return _replay(store, run_id, [*fork, *args.overrides], drop_fork=True)
+
+
 def cmd_rerun(store: Store, args: argparse.Namespace) -> int:
-    """Run a sweep's command again: jobs that completed are cache hits, the rest run."""
+    """`wtb rerun RUN`: one run again from its stored config, bypassing the job cache.
+    `wtb rerun --failed SWEEP`: a sweep's command again; jobs that completed are cache hits."""
+    if (args.run is None) == (args.failed is None):
+        raise StoreError("give a run to rerun, or --failed SWEEP, not both")
+    if args.run is not None:
+        return _replay(store, _resolve_run(store, args.run), ["rerun=true", *args.overrides],
+                       drop_fork=False)
     sweep_id = store.last_sweep() if args.failed == "last" else store.resolve("sweeps", args.failed)
     argv = store.sweep(sweep_id)["argv"]
     failed = [r for r in store.runs(sweep_id) if r["status"] == "failed"]
@@ -175,11 +244,32 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_diff)
 
-    p = sub.add_parser("rerun", help="rerun a sweep's failed and interrupted jobs")
-    p.add_argument("--failed", required=True, metavar="SWEEP",
+    overrides = {"nargs": "*", "metavar": "OVERRIDE",
+                 "help": "more Hydra overrides for the new run, e.g. hydra/launcher=basic"}
+    p = sub.add_parser("rerun", help="rerun one run from its stored config, or a sweep's "
+                                     "failed and interrupted jobs")
+    p.add_argument("run", nargs="?", help="run id, unique prefix, or 'last': runs again from "
+                                          "the config it stored, bypassing the job cache")
+    p.add_argument("--failed", metavar="SWEEP",
                    help="a sweep id (or prefix), or 'last': its command runs again, and the "
                         "jobs that completed are reported as cached")
+    p.add_argument("overrides", **overrides)
     p.set_defaults(fn=cmd_rerun)
+
+    p = sub.add_parser("resume", help="continue a paused (or failed) run in a new run")
+    p.add_argument("run", help="run id, unique prefix, or 'last'")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="change a state field before continuing (repeatable); VALUE is YAML")
+    p.add_argument("overrides", **overrides)
+    p.set_defaults(fn=cmd_resume)
+
+    p = sub.add_parser("rollback", help="a new paused run with a run's state and files at "
+                                        "one of its checkpoints")
+    p.add_argument("run", help="run id, unique prefix, or 'last'")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint id (or unique prefix) of one of its cases")
+    p.add_argument("overrides", **overrides)
+    p.set_defaults(fn=cmd_rollback)
 
     p = sub.add_parser("log", help="the events of one run")
     p.add_argument("run", help="run id, unique prefix, or 'last'")
@@ -189,7 +279,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    # Hydra overrides may come anywhere after the run (argparse stops collecting positionals
+    # at the first option), so the extra words are taken as overrides where a command has them.
+    args, extra = ap.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
+            ap.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
     if "://" not in args.db and not Path(args.db).exists():
         print(f"wtb: error: no store at {args.db}: run `python -m wtb_conf -m ...` here first, "
               "or pass --db", file=sys.stderr)

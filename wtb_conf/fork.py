@@ -52,7 +52,8 @@ def _points(store: Store, run_id: str) -> list[tuple[str, ForkPoint]]:
     out, path, current = [], [], None
     for link in store.checkpoints(run_id):
         if link["thread_id"] != current:
-            current, path = link["thread_id"], list(threads[current]["inherited"])
+            current = link["thread_id"]
+            path = list(threads[current]["inherited"])
         path = path + link["nodes"]
         out.append((link["case"], ForkPoint(run_id, link["thread_id"], link["checkpoint_id"],
                                             link["step"], link["commit"], path)))

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ray.exceptions import RayActorError, RayTaskError
 
 from ._envs import Interpreter, interpreters
+from ._prefixes import leaders
 from .launcher import WtbRayLauncher
 from .progress import Progress
 
@@ -202,9 +203,10 @@ class Scheduler:
 
     def __init__(self, launcher: WtbRayLauncher, pool: ActorPool, params: dict[str, Any],
                  job_overrides: Sequence[Sequence[str]], first_num: int,
-                 interps: list[Interpreter]) -> None:
+                 interps: list[Interpreter], waits_for: list[int | None]) -> None:
         self.pool, self.params, self.jobs, self.first_num = pool, params, job_overrides, first_num
         self.interps = interps
+        self.waits_for = waits_for  # job -> the job that must finish before it starts
         # Shipped once per batch, not once per job.
         self.shared = [ray.put(launcher.hydra_context), ray.put(launcher.config),
                        ray.put(launcher.task_function), ray.put(Singleton.get_state())]
@@ -234,13 +236,23 @@ class Scheduler:
         if ret.status == JobStatus.FAILED and self.params["fail_fast"] and not self.stop_reason:
             self.stop_reason = f"fail_fast: job #{self.first_num + i} failed"
 
+    def _next(self) -> tuple[int, int] | None:
+        for item in self.todo:
+            leader = self.waits_for[item[0]]
+            if leader is None or self.results[leader] is not None:
+                return item
+        return None
+
     def submit(self) -> None:
         while self.todo and self.stop_reason is None:
-            i, attempt = self.todo[0]
+            item = self._next()
+            if item is None:
+                return  # every job left waits for a job that is running
+            i, attempt = item
             actor = self.pool.acquire(self.interps[i], limit=len(self.jobs))
             if actor is None:
                 return
-            self.todo.popleft()
+            self.todo.remove(item)
             ref = actor.run.remote(self.first_num + i, self.jobs[i], *self.shared)
             self.running[ref] = (i, attempt, actor, time.monotonic())
             self.progress.started(i)
@@ -297,6 +309,7 @@ def launch(
     log.info(f"wtb_ray: launching {len(job_overrides)} jobs, sweep output dir: {sweep_dir}")
     for i, overrides in enumerate(job_overrides):
         log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(overrides))}")
+    waits_for = leaders(launcher, job_overrides)  # shared prefixes: docs/launcher.md
     with interpreters(launcher, params, job_overrides, initial_job_idx) as interps:
         try:
             launcher.ray_ready.result(timeout=RAY_START_TIMEOUT_S)
@@ -308,4 +321,4 @@ def launch(
         if launcher.pool is None:
             launcher.pool = ActorPool(params, os.getcwd())
         return Scheduler(launcher, launcher.pool, params, job_overrides, initial_job_idx,
-                         interps).run()
+                         interps, waits_for).run()
