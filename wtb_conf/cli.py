@@ -165,12 +165,6 @@ def _replay(store: Store, run_id: str, overrides: list[str], drop_fork: bool) ->
 def cmd_resume(store: Store, args: argparse.Namespace) -> int:
     """A new run that continues RUN from each case's newest checkpoint."""
     run = store.run(_resolve_run(store, args.run))
-    if run["status"] not in ("paused", "failed"):
-        raise StoreError(
-            f"run {run['run_id'][:8]} is {run['status']}: only paused and failed runs resume; "
-            f"to go back to one of its checkpoints, `wtb rollback {run['run_id'][:8]} "
-            "--checkpoint CP`"
-        )
     state = OmegaConf.select(OmegaConf.create(run["config_yaml"]), "workflow.state") or {}
     sets = []
     for item in args.set or []:
@@ -179,6 +173,12 @@ def cmd_resume(store: Store, args: argparse.Namespace) -> int:
             raise StoreError(f"--set {item!r}: expected KEY=VALUE with KEY one of the state "
                              f"fields {', '.join(state)}")
         sets.append(f"+fork.set.{key}={value}")
+    if run["status"] not in ("paused", "failed"):
+        raise StoreError(
+            f"run {run['run_id'][:8]} is {run['status']}: only paused and failed runs resume; "
+            f"to go back to one of its checkpoints, `wtb rollback {run['run_id'][:8]} "
+            "--checkpoint CP`"
+        )
     return _replay(store, run["run_id"], [f"+fork.run={run['run_id']}", *sets, *args.overrides],
                    drop_fork=True)
 

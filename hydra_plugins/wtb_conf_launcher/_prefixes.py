@@ -28,13 +28,14 @@ def leaders(launcher: Any, job_overrides: Sequence[Sequence[str]]) -> list[int |
         if not cfg.get("share_prefixes", True) or cfg.get("rerun") or cfg.get("fork"):
             out.append(None)
             continue
-        try:
-            plain = OmegaConf.to_container(cfg, resolve=True)
+        try:  # not the whole config: its hydra node only resolves inside a job
+            workflow = OmegaConf.to_container(cfg.workflow, resolve=True)
+            env = OmegaConf.to_container(cfg.env, resolve=True) if "env" in cfg else None
         except Exception:  # the job reports its own config errors when it runs
             out.append(None)
             continue
-        assert isinstance(plain, dict)
-        key = first_step_key(plain.get("workflow") or {}, plain.get("env"))
+        assert isinstance(workflow, dict)
+        key = first_step_key(workflow, env)
         if key in first:
             out.append(first[key])
         else:
