@@ -190,6 +190,11 @@ class ActorPool:
                 return self.new_actor(interp)
         return None
 
+    def warm(self, interp: Interpreter, limit: int) -> None:
+        """Start an actor for a job that cannot start yet, so it is up when the job can."""
+        if self.count < min(self.size, limit) and not self.idle.get(interp.key):
+            self.release(self.new_actor(interp), interp)
+
     def release(self, actor: Any, interp: Interpreter) -> None:
         self.idle.setdefault(interp.key, []).append(actor)
 
@@ -246,8 +251,10 @@ class Scheduler:
     def submit(self) -> None:
         while self.todo and self.stop_reason is None:
             item = self._next()
-            if item is None:
-                return  # every job left waits for a job that is running
+            if item is None:  # every job left waits for a running one: get actors ready
+                for i, _ in self.todo:
+                    self.pool.warm(self.interps[i], limit=len(self.jobs))
+                return
             i, attempt = item
             actor = self.pool.acquire(self.interps[i], limit=len(self.jobs))
             if actor is None:
