@@ -12,7 +12,8 @@ from wtb_conf.cli import main
 
 RUN_KEYS = {"run_id", "sweep_id", "job_num", "status", "overrides", "workflow", "config_digest",
             "job_dir", "started_at", "finished_at", "error", "metrics", "commit", "checkpoints",
-            "python", "env_id", "job_key", "cached_from", "parent_run", "launch_dir"}
+            "python", "env_id", "job_key", "cached_from", "parent_run", "launch_dir",
+            "inputs_commit"}
 
 
 @pytest.fixture

@@ -65,3 +65,13 @@ def test_every_launcher_field_is_documented():
     for f in fields(WtbRayLauncherConf):
         if f.name != "_target_":
             assert f"| `{f.name}` |" in text, f"hydra.launcher.{f.name} is not in docs/launcher.md"
+
+
+def test_every_top_level_and_fork_key_is_documented():
+    from wtb_conf.fork import FORK_KEYS
+
+    cfg = yaml.safe_load((ROOT / "wtb_conf/conf/config.yaml").read_text())
+    for key in set(cfg) - {"defaults", "hydra"}:
+        assert f"| `{key}` |" in CONFIG_MD, f"{key} is not in docs/config.md"
+    for key in FORK_KEYS:
+        assert f"| `fork.{key}` |" in CONFIG_MD, f"fork.{key} is not in docs/config.md"

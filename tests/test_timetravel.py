@@ -151,3 +151,26 @@ def test_resume_and_rollback_refuse_bad_input(project, base):
     assert proc.returncode == 1 and "--checkpoint: no checkpoints of run" in proc.stderr
     proc = wtb(project, "resume", "last", "--set", "nope=1", check=False)
     assert proc.returncode == 1 and "KEY one of the state fields input_csv" in proc.stderr
+
+
+def test_input_files_are_stored_identity_and_replayed(project, base):
+    """Last in this module: it changes an input file of the project."""
+    run = show(project, base[0]["run_id"])
+    assert run["inputs_commit"]
+    orders = project / "experiments/file_processing/data/orders.csv"
+    original = orders.read_text()
+    orders.write_text(original + "99,north,widget,1000\n")
+    # a changed input file: not a job cache hit, and no prefix is shared with the old runs
+    run_bench(project, *DEMO, "variant=drop_invalid")
+    fresh = show(project, "last")
+    assert fresh["status"] == "completed" and fresh["cached_from"] is None
+    assert fresh["inputs_commit"] != run["inputs_commit"]
+    assert all(c["inherited"] == [] for c in fresh["cases"])
+    assert case(fresh, "orders")["final_state"]["rows_in"] == 13
+    # `wtb rerun` reads the files as the run stored them
+    proc = wtb(project, "rerun", run["run_id"][:8])
+    assert "changed since it ran" in proc.stdout
+    again = show(project, new_run(proc))
+    assert case(again, "orders")["final_state"]["rows_in"] == 12
+    assert case(again, "returns")["commit"] == case(run, "returns")["commit"]
+    assert orders.read_text() == original + "99,north,widget,1000\n"  # the project untouched

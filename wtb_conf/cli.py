@@ -155,11 +155,12 @@ def _report(store: Store, before: set[str], code: int) -> int:
     return code
 
 
-def _replay(store: Store, run_id: str, overrides: list[str], drop_fork: bool) -> int:
+def _replay(store: Store, run_id: str, overrides: list[str], drop_fork: bool,
+            inputs: bool = False) -> int:
     from wtb_conf.replay import replay
 
     before = {r["run_id"] for r in store.runs()}
-    return _report(store, before, replay(store, run_id, overrides, drop_fork))
+    return _report(store, before, replay(store, run_id, overrides, drop_fork, inputs))
 
 
 def cmd_resume(store: Store, args: argparse.Namespace) -> int:
@@ -205,7 +206,7 @@ def cmd_rerun(store: Store, args: argparse.Namespace) -> int:
         raise StoreError("give a run to rerun, or --failed SWEEP, not both")
     if args.run is not None:
         return _replay(store, _resolve_run(store, args.run), ["rerun=true", *args.overrides],
-                       drop_fork=False)
+                       drop_fork=False, inputs=True)
     sweep_id = store.last_sweep() if args.failed == "last" else store.resolve("sweeps", args.failed)
     argv = store.sweep(sweep_id)["argv"]
     failed = [r for r in store.runs(sweep_id) if r["status"] == "failed"]

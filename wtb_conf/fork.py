@@ -137,7 +137,8 @@ def _sha(data: Any) -> str:
 
 def base_key(workflow: Mapping[str, Any], inputs: Any, env_digest: str, code_digest: str) -> str:
     """What every checkpoint of a case depends on, whichever nodes have run: the state
-    schema, the case's input, breakpoints, a factory, the env and the code."""
+    schema, the case's input (with the input files' commit), breakpoints, a factory, the env
+    and the code."""
     graph_wide = {k: workflow.get(k) for k in ("state", "factory", "interrupt_before",
                                                 "interrupt_after")}
     return _sha([graph_wide, inputs, env_digest, code_digest])

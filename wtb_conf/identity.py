@@ -1,6 +1,7 @@
-"""A job's identity: what it ran (resolved config), with what (env lock) and which code (the
-sources of the modules its node targets come from). Equal identities give equal results for a
-deterministic workflow, so a completed identity need not run again (the job cache)."""
+"""A job's identity: what it ran (resolved config), with what (env lock), which code (the
+sources of the modules its node targets come from) and on which input files. Equal
+identities give equal results for a deterministic workflow, so a completed identity need not
+run again (the job cache)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import importlib.util
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -73,13 +75,40 @@ def code_digest(workflow: DictConfig) -> str:
     return h.hexdigest()
 
 
-def job_key(config: str, env: str, code: str) -> str:
-    return _sha(f"{config}\n{env}\n{code}".encode())
+def job_key(config: str, env: str, code: str, inputs: str | None = None) -> str:
+    return _sha(f"{config}\n{env}\n{code}\n{inputs or ''}".encode())
 
 
-def identity_of(cfg: DictConfig, lock: list[str]) -> dict[str, str]:
-    """The digests recorded on a run: config, env_digest, code_digest and their job_key."""
+def input_files(cases: Any, launch_dir: Path) -> list[str]:
+    """The files the cases' inputs name: every string value that is the path of a regular
+    file inside the launch dir (relative to it, or absolute), as a path relative to it."""
+    root = launch_dir.resolve()
+    found = set()
+
+    def visit(value: Any) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, list):
+            for v in value:
+                visit(v)
+        elif isinstance(value, str) and value and len(value) < 4096 and "\n" not in value:
+            try:
+                path = (root / value).resolve()
+                if path.is_file() and path.is_relative_to(root):
+                    found.add(path.relative_to(root).as_posix())
+            except (OSError, ValueError):
+                pass
+
+    visit(cases)
+    return sorted(found)
+
+
+def identity_of(cfg: DictConfig, lock: list[str], inputs: str | None = None) -> dict[str, str]:
+    """The digests recorded on a run: config, env_digest, code_digest and their job_key
+    (with `inputs`, the commit of the case input files, when the cases name files)."""
     out = {"config": config_digest(cfg), "env_digest": env_digest(lock),
            "code_digest": code_digest(cfg.workflow)}
-    out["job_key"] = job_key(out["config"], out["env_digest"], out["code_digest"])
+    out["job_key"] = job_key(out["config"], out["env_digest"], out["code_digest"], inputs)
+    out["inputs"] = inputs or ""
     return out

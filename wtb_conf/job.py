@@ -40,7 +40,7 @@ from wtb_conf.fork import (
     prefix_key,
     shared_point,
 )
-from wtb_conf.identity import identity_of
+from wtb_conf.identity import identity_of, input_files
 from wtb_conf.store import Store, StoreError, open_store
 from wtb_conf.workflow import WorkflowError, breakpoints, build_graph
 
@@ -251,7 +251,8 @@ def _cases(store: Store, cfg: DictConfig, workflow: dict[str, Any], digests: dic
     share = cfg.get("share_prefixes", True) and not cfg.get("rerun")
     out = []
     for name, inputs in cases.items():
-        base = base_key(workflow, inputs, digests["env_digest"], digests["code_digest"])
+        base = base_key(workflow, [inputs, digests["inputs"]], digests["env_digest"],
+                        digests["code_digest"])
         point = shared_point(store, base, workflow) if share else None
         out.append(Case(name, inputs, out_dir / name, point, base_key=base))
     return out
@@ -269,7 +270,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     store, paths = open_store_for(cfg, launch_dir)
     sweep_id = os.environ.get(SWEEP_ENV) or store.create_sweep(overrides)
     lock = installed()
-    digests = identity_of(cfg, lock)
+    files = input_files(_plain(cfg.workflow.get("cases")), launch_dir)
+    inputs = store.commit_dir(launch_dir, message="inputs", files=files) if files else None
+    digests = identity_of(cfg, lock, inputs)
     run_id = store.start_run(
         sweep_id,
         job_num=hc.job.get("num") or 0,
@@ -284,6 +287,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         identity=digests,
         parent_run=_parent_of(store, cfg),
         launch_dir=str(launch_dir),
+        inputs_commit=inputs,
     )
     earlier = None if cfg.get("rerun") else store.cached_run(digests["job_key"])
     if earlier is not None:

@@ -34,12 +34,47 @@ def primary_config(config_yaml: str, drop_fork: bool) -> Any:
     return cfg
 
 
-def replay(store: Store, run_id: str, overrides: Sequence[str], drop_fork: bool) -> int:
-    """Run `run_id`'s stored config as a one-job sweep with `overrides`; the exit status."""
+def stored_inputs(store: Store, run: dict[str, Any], cfg: Any) -> None:
+    """If the input files the run's cases named changed since, restore the stored copies
+    (under `.wtb/inputs/` of the launch dir) and point the cases at them."""
+    launch = Path(run["launch_dir"] or ".").resolve()
+    tree = store.tree(run["inputs_commit"])
+    present = [rel for rel in tree if (launch / rel).is_file()]
+    if len(present) == len(tree) and run["inputs_commit"] == store.commit_dir(
+            launch, message="inputs", files=present):
+        return  # unchanged: the cases read them where they are, as the run did
+    dest = launch / ".wtb" / "inputs" / run["inputs_commit"][:16]
+    if not dest.exists():
+        store.restore(run["inputs_commit"], dest)
+    print(f"wtb: the input files of run {run['run_id'][:8]} changed since it ran; its cases "
+          f"read the stored copies in {dest}", flush=True)
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: swap(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [swap(v) for v in value]
+        if isinstance(value, str) and "\n" not in value:
+            path = (launch / value).resolve()
+            if path.is_relative_to(launch) and path.relative_to(launch).as_posix() in tree:
+                return str(dest / path.relative_to(launch))
+        return value
+
+    cases = OmegaConf.to_container(cfg.workflow.cases, resolve=True)
+    cfg.workflow.cases = swap(cases)
+
+
+def replay(store: Store, run_id: str, overrides: Sequence[str], drop_fork: bool,
+           inputs: bool = False) -> int:
+    """Run `run_id`'s stored config as a one-job sweep with `overrides`; the exit status.
+    `inputs`: read the case input files as the run stored them, if they changed since."""
     run = store.run(run_id)
     cwd = run["launch_dir"] or "."
+    cfg = primary_config(run["config_yaml"], drop_fork)
+    if inputs and run["inputs_commit"]:
+        stored_inputs(store, run, cfg)
     with tempfile.TemporaryDirectory(prefix="wtb-replay-") as tmp:
-        OmegaConf.save(primary_config(run["config_yaml"], drop_fork), Path(tmp, "replay.yaml"))
+        OmegaConf.save(cfg, Path(tmp, "replay.yaml"))
         argv = [sys.executable, "-m", "wtb_conf", "-m", "--config-path", tmp,
                 "--config-name", "replay", *overrides]
         print(f"wtb: replaying run {run_id[:8]} from its stored config in {cwd}: "

@@ -217,9 +217,11 @@ class ObjectStore:
         return {p: Entry(b, s, m) for p, b, s, m in doc["entries"]}
 
     def commit_dir(
-        self, path: str | os.PathLike, message: str = "", parent: str | None = None
+        self, path: str | os.PathLike, message: str = "", parent: str | None = None,
+        files: Iterable[str] | None = None,
     ) -> str:
-        """Commit every regular file under `path` (recursively) and return the commit id.
+        """Commit every regular file under `path` (recursively), or only `files` (relative
+        paths of regular files under it), and return the commit id.
 
         Files whose (size, mtime, ctime, inode) match the stat cache are not read again.
         """
@@ -241,7 +243,10 @@ class ObjectStore:
         entries: dict[str, Entry] = {}
         blobs: dict[str, bytes] = {}
         fresh: list[tuple[str, os.stat_result, str]] = []  # hashed files to cache
-        for rel, st in _walk(root):
+        if files is not None:
+            files = set(files)
+            found = [(rel, os.lstat(os.path.join(root, rel))) for rel in sorted(files)]
+        for rel, st in found if files is not None else _walk(root):
             c = cache.get(rel)
             if c is not None and c[:4] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
                 entries[rel] = Entry(c[4], c[0], st.st_mode & 0o7777)
@@ -279,7 +284,8 @@ class ObjectStore:
                 {"id": commit_id, "tree": tree_id, "parent": parent, "message": message,
                  "at": now_iso()},
             )
-            cache = self._update_stat_cache(conn, root, cache, entries, fresh, racy_after)
+            cache = self._update_stat_cache(conn, root, cache, entries, fresh, racy_after,
+                                            files)
         self._stat_memo[root] = cache
         self.last_commit = stats
         return commit_id
@@ -291,7 +297,8 @@ class ObjectStore:
         marker.touch()
         return marker.stat().st_mtime_ns
 
-    def _update_stat_cache(self, conn, root, cache, entries, fresh, racy_after) -> dict:
+    def _update_stat_cache(self, conn, root, cache, entries, fresh, racy_after,
+                           files=None) -> dict:
         # A file whose mtime is not older than the filesystem clock after the scan could be
         # rewritten within the same timestamp tick without its stat changing ("racy git"):
         # leave it out of the cache so the next commit reads it again.
@@ -302,7 +309,8 @@ class ObjectStore:
             for rel, st, blob_id in fresh
             if st.st_mtime_ns < racy_after and st.st_ctime_ns < racy_after
         ]
-        gone = [p for p in cache if p not in entries] + [
+        # (a commit of some files of a root says nothing about its other files)
+        gone = [p for p in cache if p not in entries and (files is None or p in files)] + [
             rel for rel, _, _ in fresh if rel in cache
         ]
         if gone:
@@ -311,7 +319,8 @@ class ObjectStore:
                 [{"root": root, "path": p} for p in gone],
             )
         executemany(conn, "stat_cache", rows)
-        cache = {p: c for p, c in cache.items() if p in entries and p not in gone}
+        cache = {p: c for p, c in cache.items() if p not in gone
+                 and (p in entries or files is not None)}
         for r in rows:
             cache[r["path"]] = (r["size"], r["mtime_ns"], r["ctime_ns"], r["ino"], r["blob"])
         return cache

@@ -63,6 +63,7 @@ def _run_dict(row) -> dict[str, Any]:
         "cached_from": row.cached_from,
         "parent_run": row.parent_run,
         "launch_dir": row.launch_dir,
+        "inputs_commit": row.inputs_commit,
     }
 
 
@@ -133,9 +134,10 @@ class RunRecords:
         identity: dict[str, str] | None = None,
         parent_run: str | None = None,
         launch_dir: str | None = None,
+        inputs_commit: str | None = None,
     ) -> str:
         """Record a run as running. `identity`: job_key, env_digest and code_digest;
-        `parent_run`: the run it forked from."""
+        `parent_run`: the run it forked from; `inputs_commit`: its cases' input files."""
         run_id = new_id()
         identity = identity or {}
         with self.engine.begin() as conn:
@@ -143,10 +145,10 @@ class RunRecords:
                 text(
                     "INSERT INTO runs (id, sweep_id, job_num, status, overrides, workflow, "
                     "config_yaml, config_digest, job_dir, started_at, python, env_id, env_lock, "
-                    "job_key, env_digest, code_digest, parent_run, launch_dir) VALUES (:id, "
-                    ":sweep_id, :job_num, 'running', :overrides, :workflow, :config_yaml, "
-                    ":config_digest, :job_dir, :at, :python, :env_id, :env_lock, :job_key, "
-                    ":env_digest, :code_digest, :parent_run, :launch_dir)"
+                    "job_key, env_digest, code_digest, parent_run, launch_dir, inputs_commit) "
+                    "VALUES (:id, :sweep_id, :job_num, 'running', :overrides, :workflow, "
+                    ":config_yaml, :config_digest, :job_dir, :at, :python, :env_id, :env_lock, "
+                    ":job_key, :env_digest, :code_digest, :parent_run, :launch_dir, :inputs)"
                 ),
                 {"id": run_id, "sweep_id": sweep_id, "job_num": job_num,
                  "overrides": _dumps(overrides), "workflow": workflow,
@@ -155,7 +157,7 @@ class RunRecords:
                  "env_lock": _dumps(env_lock) if env_lock is not None else None,
                  "job_key": identity.get("job_key"), "env_digest": identity.get("env_digest"),
                  "code_digest": identity.get("code_digest"), "parent_run": parent_run,
-                 "launch_dir": launch_dir},
+                 "launch_dir": launch_dir, "inputs": inputs_commit},
             )
             _event(conn, "run_started", {"job_num": job_num, "overrides": overrides},
                    run_id=run_id, sweep_id=sweep_id)

@@ -116,11 +116,14 @@ MIGRATIONS: list[str] = [
     """,
     # 5: time travel. A run started from another run's checkpoint (fork, rollback, resume)
     # names its parent; each of its case threads names the checkpoint it was copied from and
-    # the nodes it inherited. A link's prefix key says which configs produced its checkpoint,
-    # so that another job with the same prefix can fork from it (shared prefixes).
+    # the nodes it inherited. A run keeps where it was launched and a commit of the input
+    # files its cases name, so that it can be replayed. A link's prefix key says which
+    # configs produced its checkpoint, so that another job with the same prefix can fork from
+    # it (shared prefixes).
     """
     ALTER TABLE runs ADD COLUMN parent_run TEXT REFERENCES runs(id);
     ALTER TABLE runs ADD COLUMN launch_dir TEXT;
+    ALTER TABLE runs ADD COLUMN inputs_commit TEXT REFERENCES commits(id);
     ALTER TABLE threads ADD COLUMN parent_thread TEXT;
     ALTER TABLE threads ADD COLUMN parent_checkpoint TEXT;
     ALTER TABLE threads ADD COLUMN inherited TEXT;
