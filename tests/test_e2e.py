@@ -146,9 +146,11 @@ def test_user_project_with_a_failing_variant(user_project):
         assert a["metrics"] == {"one/x": 102, "two/x": 103, "x": 102.5}
         assert b["status"] == "failed"
         assert "the b variant always fails" in store.run(b["run_id"])["traceback"]
-        # what the failed run wrote before failing is kept, and so are its checkpoints
+        # what the failed run wrote before failing is kept, and so are its checkpoints: here
+        # the one it forked from, as step1 is a prefix it shares with variant a
         assert "one/x2.txt" in store.tree(b["commit"])
-        assert b["checkpoints"] >= 3
+        assert b["checkpoints"] >= 1
+        assert store.threads(b["run_id"])[0]["inherited"] == ["step1"]
 
 
 def test_bad_target_is_a_recorded_failure_naming_the_key(user_project):

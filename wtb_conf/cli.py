@@ -108,18 +108,23 @@ def cmd_show(store: Store, args: argparse.Namespace) -> None:
                       markup=False, highlight=False)
 
 
+def _checkpoint(store: Store, run_id: str, ref: str) -> dict[str, Any]:
+    """The one checkpoint of the run whose id starts with `ref`."""
+    matches = [c for c in store.checkpoints(run_id) if c["checkpoint_id"].startswith(ref)]
+    if len(matches) != 1:
+        raise StoreError(
+            f"--checkpoint: {len(matches) or 'no'} checkpoints of run {run_id[:8]} match "
+            f"{ref!r}; list them with `wtb show {run_id[:8]}`"
+        )
+    return matches[0]
+
+
 def cmd_restore(store: Store, args: argparse.Namespace) -> None:
     run_id = _resolve_run(store, args.run)
     if args.checkpoint:
-        matches = [c for c in store.checkpoints(run_id)
-                   if c["checkpoint_id"].startswith(args.checkpoint)]
-        if len(matches) != 1:
-            raise StoreError(
-                f"{len(matches) or 'no'} checkpoints of run {run_id[:8]} match "
-                f"{args.checkpoint!r}; list them with `wtb show {run_id[:8]}`"
-            )
-        commit = matches[0]["commit"]
-        what = f"checkpoint {matches[0]['checkpoint_id']} (case {matches[0]['case']})"
+        cp = _checkpoint(store, run_id, args.checkpoint)
+        commit = cp["commit"]
+        what = f"checkpoint {cp['checkpoint_id']} (case {cp['case']})"
     else:
         commit = _resolve_commit(store, run_id)
         what = "the final commit"
@@ -187,15 +192,8 @@ def cmd_resume(store: Store, args: argparse.Namespace) -> int:
 def cmd_rollback(store: Store, args: argparse.Namespace) -> int:
     """A new run, paused, whose state and files are RUN's at the checkpoint."""
     run_id = _resolve_run(store, args.run)
-    matches = [c for c in store.checkpoints(run_id)
-               if c["checkpoint_id"].startswith(args.checkpoint)]
-    if len(matches) != 1:
-        raise StoreError(
-            f"--checkpoint: {len(matches) or 'no'} checkpoints of run {run_id[:8]} match "
-            f"{args.checkpoint!r}; list them with `wtb show {run_id[:8]}`"
-        )
-    fork = [f"+fork.run={run_id}", f"+fork.checkpoint={matches[0]['checkpoint_id']}",
-            "+fork.pause=true"]
+    cp = _checkpoint(store, run_id, args.checkpoint)
+    fork = [f"+fork.run={run_id}", f"+fork.checkpoint={cp['checkpoint_id']}", "+fork.pause=true"]
     return _replay(store, run_id, [*fork, *args.overrides], drop_fork=True)
 
 

@@ -35,19 +35,22 @@ def primary_config(config_yaml: str, drop_fork: bool) -> Any:
 
 
 def stored_inputs(store: Store, run: dict[str, Any], cfg: Any) -> None:
-    """If the input files the run's cases named changed since, restore the stored copies
-    (under `.wtb/inputs/` of the launch dir) and point the cases at them."""
+    """If input files the run's cases named changed since, restore the stored copies (under
+    `.wtb/inputs/` of the launch dir) and point the cases at those; unchanged files are read
+    where they are, as the run read them."""
     launch = Path(run["launch_dir"] or ".").resolve()
     tree = store.tree(run["inputs_commit"])
     present = [rel for rel in tree if (launch / rel).is_file()]
-    if len(present) == len(tree) and run["inputs_commit"] == store.commit_dir(
-            launch, message="inputs", files=present):
-        return  # unchanged: the cases read them where they are, as the run did
+    now = store.tree(store.commit_dir(launch, message="inputs", files=present))
+    changed = {rel for rel, entry in tree.items()
+               if rel not in now or now[rel].blob != entry.blob}
+    if not changed:
+        return
     dest = launch / ".wtb" / "inputs" / run["inputs_commit"][:16]
     if not dest.exists():
         store.restore(run["inputs_commit"], dest)
-    print(f"wtb: the input files of run {run['run_id'][:8]} changed since it ran; its cases "
-          f"read the stored copies in {dest}", flush=True)
+    print(f"wtb: {', '.join(sorted(changed))} changed since run {run['run_id'][:8]} ran; its "
+          f"cases read the stored copies in {dest}", flush=True)
 
     def swap(value: Any) -> Any:
         if isinstance(value, dict):
@@ -56,7 +59,7 @@ def stored_inputs(store: Store, run: dict[str, Any], cfg: Any) -> None:
             return [swap(v) for v in value]
         if isinstance(value, str) and "\n" not in value:
             path = (launch / value).resolve()
-            if path.is_relative_to(launch) and path.relative_to(launch).as_posix() in tree:
+            if path.is_relative_to(launch) and path.relative_to(launch).as_posix() in changed:
                 return str(dest / path.relative_to(launch))
         return value
 

@@ -272,6 +272,13 @@ class ObjectStore:
         racy_after = self._fs_now()
         rows = self._stage_blobs(blobs)
         stats.new_blobs = len(rows)
+        stale = any(p not in entries for p in cache if files is None or p in files)
+        if not rows and not fresh and not stale:  # nothing new: no write transaction
+            with read_conn(self.engine) as conn:
+                if self._has_commit(conn, commit_id):
+                    self._stat_memo[root] = cache
+                    self.last_commit = stats
+                    return commit_id
         with self.engine.begin() as conn:
             if parent is not None and not self._has_commit(conn, parent):
                 raise ObjectNotFound(f"parent commit {parent} is not in the store")
