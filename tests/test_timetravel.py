@@ -169,7 +169,7 @@ def test_input_files_are_stored_identity_and_replayed(project, base):
     assert case(fresh, "orders")["final_state"]["rows_in"] == 13
     # `wtb rerun` reads the files as the run stored them
     proc = wtb(project, "rerun", run["run_id"][:8])
-    assert "changed since it ran" in proc.stdout
+    assert "file_processing/data/orders.csv changed since run" in proc.stdout
     again = show(project, new_run(proc))
     assert case(again, "orders")["final_state"]["rows_in"] == 12
     assert case(again, "returns")["commit"] == case(run, "returns")["commit"]

@@ -221,6 +221,18 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
+def _commit_inputs(store: Store, cfg: DictConfig, launch_dir: Path) -> str | None:
+    """Commit the input files the cases name (part of the job's identity), if any."""
+    files = input_files(_plain(cfg.workflow.get("cases")), launch_dir)
+    if not files:
+        return None
+    try:
+        return store.commit_dir(launch_dir, message="inputs", files=files)
+    except OSError as e:  # unreadable or gone meanwhile: the nodes will say what they make of it
+        log.warning("input files not stored, so not part of the job's identity: %s", e)
+        return None
+
+
 def _parent_of(store: Store, cfg: DictConfig) -> str | None:
     """The run `fork.run` names, if it names one (plan() reports what is wrong otherwise)."""
     fork = cfg.get("fork")
@@ -270,8 +282,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     store, paths = open_store_for(cfg, launch_dir)
     sweep_id = os.environ.get(SWEEP_ENV) or store.create_sweep(overrides)
     lock = installed()
-    files = input_files(_plain(cfg.workflow.get("cases")), launch_dir)
-    inputs = store.commit_dir(launch_dir, message="inputs", files=files) if files else None
+    inputs = _commit_inputs(store, cfg, launch_dir)
     digests = identity_of(cfg, lock, inputs)
     run_id = store.start_run(
         sweep_id,

@@ -325,7 +325,11 @@ class ObjectStore:
                 text("DELETE FROM stat_cache WHERE root = :root AND path = :path"),
                 [{"root": root, "path": p} for p in gone],
             )
-        executemany(conn, "stat_cache", rows)
+        # Jobs running at once commit the same input files (of their shared launch dir).
+        executemany(conn, "stat_cache", rows,
+                    "ON CONFLICT (root, path) DO UPDATE SET size = excluded.size, "
+                    "mtime_ns = excluded.mtime_ns, ctime_ns = excluded.ctime_ns, "
+                    "ino = excluded.ino, mode = excluded.mode, blob = excluded.blob")
         cache = {p: c for p, c in cache.items() if p not in gone
                  and (p in entries or files is not None)}
         for r in rows:
