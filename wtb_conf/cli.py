@@ -86,6 +86,8 @@ def cmd_show(store: Store, args: argparse.Namespace) -> None:
     console.print(f"commit:    {run['commit'] or '-'}")
     if run["lineage"]:
         console.print("forked from: " + " ← ".join(r[:8] for r in run["lineage"]))
+    if run["status"] == "paused":
+        console.print(f"paused: continue with `wtb resume {run['run_id'][:8]}`")
     if run["metrics"]:
         console.print("metrics:   " + ", ".join(f"{k}={v}" for k, v in run["metrics"].items()))
     if run["error"]:
