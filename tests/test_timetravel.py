@@ -129,7 +129,7 @@ def test_rollback_then_resume(project, base, tmp_path):
 def test_breakpoint_pauses_and_resume_sets_state(project):
     proc = run_bench(project, *DEMO, "variant=drop_invalid",
                      "+workflow.interrupt_before=[summarize]")
-    assert "paused at a breakpoint" in proc.stdout
+    assert "1 paused (`wtb resume RUN` continues)" in proc.stdout
     paused = json.loads(wtb(project, "runs", "--sweep", "last", "--json").stdout)[0]
     shown = show(project, paused["run_id"])
     assert shown["status"] == "paused"

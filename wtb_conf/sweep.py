@@ -85,7 +85,7 @@ class SweepCallback(Callback):
             paused = sum(r["status"] == "paused" for r in runs)
             print(f"{title}: {done} of {len(runs)} jobs completed"  # wtb_ray printed the table
                   + (f" ({cached} cached)" if cached else "")
-                  + (f", {paused} paused at a breakpoint (`wtb resume RUN`)" if paused else ""))
+                  + (f", {paused} paused (`wtb resume RUN` continues)" if paused else ""))
         else:
             print_table(runs, title)
         failed = [r for r in runs if r["status"] == "failed"]
