@@ -106,8 +106,9 @@ def test_parity_with_the_basic_launcher(demo, tmp_path):
         assert run["overrides"] == other["overrides"]
         # checkpoint counts may differ: which prefix a job inherits depends on the order jobs
         # finish in; the outputs may not
-        assert (run["status"], run["commit"], run["config_digest"]) == (
-            other["status"], other["commit"], other["config_digest"])
+        # and the same job key: a job run on one launcher is a cache hit on the other
+        assert (run["status"], run["commit"], run["config_digest"], run["job_key"]) == (
+            other["status"], other["commit"], other["config_digest"], other["job_key"])
 
 
 def test_wtb_job_whose_actor_dies_is_marked_interrupted(tmp_path):

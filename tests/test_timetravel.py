@@ -135,11 +135,14 @@ def test_breakpoint_pauses_and_resume_sets_state(project):
     assert shown["status"] == "paused"
     assert all(c["status"] == "paused" and "summarize" not in c["executed"]
                for c in shown["cases"])
-    proc = wtb(project, "resume", paused["run_id"][:8], "--set", "quarantined=99")
+    proc = wtb(project, "resume", paused["run_id"][:8], "--set", "quarantined=99",
+               "--set", "log=[x, y]")  # YAML, and its comma does not make a sweep
+    assert proc.stdout.count("wtb: run ") == 1
     resumed = show(project, new_run(proc))
     assert resumed["status"] == "completed"
     for c in resumed["cases"]:
         assert c["executed"] == ["summarize"] and c["final_state"]["quarantined"] == 99
+        assert c["final_state"]["log"][-3:] == ["x", "y", "summarize"]  # `log` appends
         assert "rows_out" in c["final_state"]
 
 
@@ -151,6 +154,15 @@ def test_resume_and_rollback_refuse_bad_input(project, base):
     assert proc.returncode == 1 and "--checkpoint: no checkpoints of run" in proc.stderr
     proc = wtb(project, "resume", "last", "--set", "nope=1", check=False)
     assert proc.returncode == 1 and "KEY one of the state fields input_csv" in proc.stderr
+    proc = wtb(project, "rerun", check=False)
+    assert proc.returncode == 1 and "give one run to rerun (wtb rerun RUN)" in proc.stderr
+    # a cache hit (in-process, no Ray needed) has no checkpoints of its own
+    run_bench(project, *DEMO, "variant=drop_invalid", "hydra/launcher=basic")
+    cached = show(project, "last")
+    assert cached["status"] == "cached"
+    proc = wtb(project, "rollback", "last", "--checkpoint", "1", check=False)
+    assert proc.returncode == 1
+    assert f"is a cache hit of run {cached['cached_from'][:8]}" in proc.stderr
 
 
 def test_input_files_are_stored_identity_and_replayed(project, base):

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -162,51 +163,69 @@ def _report(store: Store, before: set[str], code: int) -> int:
     return code
 
 
-def _replay(store: Store, run_id: str, overrides: list[str], drop_fork: bool,
-            inputs: bool = False) -> int:
+def _replay(store: Store, run_id: str, overrides: list[str],
+            fork: dict[str, Any] | None = None, inputs: bool = False) -> int:
     from wtb_conf.replay import replay
 
     before = {r["run_id"] for r in store.runs()}
-    return _report(store, before, replay(store, run_id, overrides, drop_fork, inputs))
+    return _report(store, before, replay(store, run_id, overrides, fork, inputs))
+
+
+def _with_checkpoints(store: Store, run_id: str) -> str:
+    """A cache hit ran nothing: its checkpoints are those of the run it reused."""
+    run = store.run(run_id)
+    if run["status"] == "cached":
+        raise StoreError(f"run {run_id[:8]} is a cache hit of run {run['cached_from'][:8]}, "
+                         f"which holds the checkpoints: use {run['cached_from'][:8]}")
+    return run_id
 
 
 def cmd_resume(store: Store, args: argparse.Namespace) -> int:
     """A new run that continues RUN from each case's newest checkpoint."""
     run = store.run(_resolve_run(store, args.run))
     state = OmegaConf.select(OmegaConf.create(run["config_yaml"]), "workflow.state") or {}
-    sets = []
+    sets = {}
     for item in args.set or []:
         key, eq, value = item.partition("=")
         if not eq or (state and key not in state):
             raise StoreError(f"--set {item!r}: expected KEY=VALUE with KEY one of the state "
                              f"fields {', '.join(state)}")
-        sets.append(f"+fork.set.{key}={value}")
+        try:
+            sets[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise StoreError(f"--set {item!r}: VALUE is not YAML: {e}") from None
     if run["status"] not in ("paused", "failed"):
         raise StoreError(
             f"run {run['run_id'][:8]} is {run['status']}: only paused and failed runs resume; "
             f"to go back to one of its checkpoints, `wtb rollback {run['run_id'][:8]} "
             "--checkpoint CP`"
         )
-    return _replay(store, run["run_id"], [f"+fork.run={run['run_id']}", *sets, *args.overrides],
-                   drop_fork=True)
+    # --set values go in the replayed config, not on Hydra's command line, where a comma
+    # would make a sweep of them.
+    return _replay(store, run["run_id"], [f"+fork.run={run['run_id']}", *args.overrides],
+                   fork={"set": sets} if sets else {})
 
 
 def cmd_rollback(store: Store, args: argparse.Namespace) -> int:
     """A new run, paused, whose state and files are RUN's at the checkpoint."""
-    run_id = _resolve_run(store, args.run)
+    run_id = _with_checkpoints(store, _resolve_run(store, args.run))
     cp = _checkpoint(store, run_id, args.checkpoint)
     fork = [f"+fork.run={run_id}", f"+fork.checkpoint={cp['checkpoint_id']}", "+fork.pause=true"]
-    return _replay(store, run_id, [*fork, *args.overrides], drop_fork=True)
+    return _replay(store, run_id, [*fork, *args.overrides], fork={})
 
 
 def cmd_rerun(store: Store, args: argparse.Namespace) -> int:
     """`wtb rerun RUN`: one run again from its stored config, bypassing the job cache.
     `wtb rerun --failed SWEEP`: a sweep's command again; jobs that completed are cache hits."""
     if (args.run is None) == (args.failed is None):
-        raise StoreError("give a run to rerun, or --failed SWEEP, not both")
+        raise StoreError("give one run to rerun (wtb rerun RUN) or one sweep to finish "
+                         "(wtb rerun --failed SWEEP)")
     if args.run is not None:
         return _replay(store, _resolve_run(store, args.run), ["rerun=true", *args.overrides],
-                       drop_fork=False, inputs=True)
+                       inputs=True)
+    if args.overrides:
+        raise StoreError(f"--failed reruns the sweep's own command; extra overrides "
+                         f"{' '.join(args.overrides)} would make it another sweep")
     sweep_id = store.last_sweep() if args.failed == "last" else store.resolve("sweeps", args.failed)
     argv = store.sweep(sweep_id)["argv"]
     failed = [r for r in store.runs(sweep_id) if r["status"] == "failed"]

@@ -101,13 +101,22 @@ def plan(store: Store, spec: Mapping[str, Any], state_fields: list[str] | None) 
                             f"ran node {after!r}; it ran {ran}")
     else:  # resume: each case from its newest checkpoint
         chosen = dict(points)
-    updates = dict(spec.get("set") or {})
-    if state_fields is not None:
-        for key in updates:
-            if key not in state_fields:
-                raise ForkError(f"fork.set.{key}: not a state field; the state has "
-                                f"{', '.join(state_fields)}")
-    return Fork(run["run_id"], chosen, updates, bool(spec.get("pause", False)))
+    updates = spec.get("set") or {}
+    if not isinstance(updates, Mapping):
+        raise ForkError(f"fork.set: expected a mapping of state fields to values, e.g. "
+                        f"+fork.set.FIELD=VALUE; got {updates!r}")
+    for key in updates:
+        if state_fields is not None and key not in state_fields:
+            raise ForkError(f"fork.set.{key}: not a state field; the state has "
+                            f"{', '.join(state_fields)}")
+    if updates and any(not p.path for p in chosen.values()):
+        raise ForkError("fork.set: a checkpoint before any node ran holds the case's input, "
+                        "not a state to change; fork from a later checkpoint, or change the "
+                        "input (workflow.cases)")
+    pause = spec.get("pause", False)
+    if not isinstance(pause, bool):
+        raise ForkError(f"fork.pause: expected true or false, got {pause!r}")
+    return Fork(run["run_id"], chosen, dict(updates), pause)
 
 
 def copy_checkpoint(saver: Any, point: ForkPoint, thread_id: str) -> None:

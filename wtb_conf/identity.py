@@ -76,7 +76,9 @@ def code_digest(workflow: DictConfig) -> str:
 
 
 def job_key(config: str, env: str, code: str, inputs: str | None = None) -> str:
-    return _sha(f"{config}\n{env}\n{code}\n{inputs or ''}".encode())
+    # (inputs joined only when there are some: job keys from before input files counted stay)
+    parts = [config, env, code] + ([inputs] if inputs else [])
+    return _sha("\n".join(parts).encode())
 
 
 def input_files(cases: Any, launch_dir: Path) -> list[str]:

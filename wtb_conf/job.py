@@ -57,6 +57,10 @@ def installed() -> list[str]:
     ~120 ms here, which a job-cache hit cannot afford); computed once per process."""
     found = set()
     for entry in sys.path:
+        # Ray workers put Ray's vendored packages (psutil, colorama) on sys.path; they are Ray's
+        # insides, not the job's env, and would make a job's identity depend on the launcher.
+        if entry.replace(os.sep, "/").endswith("/ray/thirdparty_files"):
+            continue
         try:
             names = os.listdir(entry or ".")
         except OSError:
@@ -182,8 +186,8 @@ def run_case(store: Store, run_id: str, app: Any, case: Case, workflow: Mapping[
             link(fork.checkpoint_id, fork.step, "fork", [], fork.commit)
             store.log_event("fork", {"thread_id": thread_id, "from_thread": fork.thread_id,
                                      "checkpoint_id": fork.checkpoint_id}, run_id)
-            if case.updates:
-                app.update_state(config, case.updates)
+            if case.updates:  # as the node that ran last, so the next ones stay the same
+                app.update_state(config, case.updates, as_node=fork.path[-1])
             stream_input = None  # continue from the copied checkpoint
         with case_context(case.dir, launch_dir):
             nodes: list[str] = []
@@ -255,12 +259,21 @@ def _cases(store: Store, cfg: DictConfig, workflow: dict[str, Any], digests: dic
             raise ForkError("fork: expected a mapping, e.g. +fork.run=RUN +fork.after=NODE")
         state = workflow.get("state")
         fork = plan(store, spec, list(state) if isinstance(state, Mapping) else None)
-        return [Case(name, None, out_dir / name, point, fork.updates, fork.pause)
-                for name, point in fork.points.items()]
+        out = [Case(name, None, out_dir / name, point, fork.updates, fork.pause)
+               for name, point in fork.points.items()]
+        if spec.get("checkpoint") is None and spec.get("after") is None:
+            # resume: cases the parent never started (it failed before) start from their input
+            out += [Case(name, inputs, out_dir / name)
+                    for name, inputs in (workflow.get("cases") or {}).items()
+                    if name not in fork.points]
+        return out
     cases = workflow.get("cases")
     if not cases or not isinstance(cases, Mapping):
         raise WorkflowError("workflow.cases: add at least one input case: `cases: {one: {}}`")
-    share = cfg.get("share_prefixes", True) and not cfg.get("rerun")
+    # A job with breakpoints is not shared: continuing from a stored checkpoint is a resume to
+    # LangGraph, which would run past the breakpoint the other job stopped at.
+    share = (cfg.get("share_prefixes", True) and not cfg.get("rerun")
+             and not breakpoints(workflow))
     out = []
     for name, inputs in cases.items():
         base = base_key(workflow, [inputs, digests["inputs"]], digests["env_digest"],

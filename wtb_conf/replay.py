@@ -18,16 +18,19 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from wtb_conf.store import Store
+from wtb_conf.store import Store, StoreError
 
 PACKAGED = Path(__file__).parent / "conf" / "config.yaml"
 
 
-def primary_config(config_yaml: str, drop_fork: bool) -> Any:
-    """The stored config as a primary config, with the packaged config's Hydra settings."""
+def primary_config(config_yaml: str, fork: dict[str, Any] | None) -> Any:
+    """The stored config as a primary config, with the packaged config's Hydra settings;
+    `fork` (None: keep the stored one) replaces its `fork:`."""
     cfg = OmegaConf.create(config_yaml)
-    if drop_fork:
+    if fork is not None:
         cfg.pop("fork", None)
+        if fork:
+            cfg.fork = fork
     packaged = OmegaConf.load(PACKAGED)
     cfg.defaults = [{"override hydra/launcher": "wtb_ray"}, "_self_"]
     cfg.hydra = packaged.hydra
@@ -38,7 +41,7 @@ def stored_inputs(store: Store, run: dict[str, Any], cfg: Any) -> None:
     """If input files the run's cases named changed since, restore the stored copies (under
     `.wtb/inputs/` of the launch dir) and point the cases at those; unchanged files are read
     where they are, as the run read them."""
-    launch = Path(run["launch_dir"] or ".").resolve()
+    launch = Path(run["launch_dir"]).resolve()
     tree = store.tree(run["inputs_commit"])
     present = [rel for rel in tree if (launch / rel).is_file()]
     now = store.tree(store.commit_dir(launch, message="inputs", files=present))
@@ -67,13 +70,19 @@ def stored_inputs(store: Store, run: dict[str, Any], cfg: Any) -> None:
     cfg.workflow.cases = swap(cases)
 
 
-def replay(store: Store, run_id: str, overrides: Sequence[str], drop_fork: bool,
-           inputs: bool = False) -> int:
+def replay(store: Store, run_id: str, overrides: Sequence[str],
+           fork: dict[str, Any] | None = None, inputs: bool = False) -> int:
     """Run `run_id`'s stored config as a one-job sweep with `overrides`; the exit status.
     `inputs`: read the case input files as the run stored them, if they changed since."""
     run = store.run(run_id)
-    cwd = run["launch_dir"] or "."
-    cfg = primary_config(run["config_yaml"], drop_fork)
+    cwd = run["launch_dir"]
+    if not cwd:
+        raise StoreError(f"run {run_id[:8]} was recorded by a wtb_conf that did not keep the "
+                         "launch directory; run its command again with `python -m wtb_conf`")
+    if not Path(cwd).is_dir():
+        raise StoreError(f"run {run_id[:8]} was launched from {cwd}, which is gone; replays "
+                         "run there (its conf, code and input files)")
+    cfg = primary_config(run["config_yaml"], fork)
     if inputs and run["inputs_commit"]:
         stored_inputs(store, run, cfg)
     with tempfile.TemporaryDirectory(prefix="wtb-replay-") as tmp:
