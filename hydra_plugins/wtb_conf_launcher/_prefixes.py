@@ -20,15 +20,17 @@ def leaders(launcher: Any, job_overrides: Sequence[Sequence[str]]) -> list[int |
     if "workflow" not in config or len(job_overrides) < 2:
         return [None] * len(job_overrides)  # not a wtb_conf app, or nothing to share
     from wtb_conf.fork import first_step_key
+    from wtb_conf.workflow import BREAKPOINTS
 
     first: dict[str, int] = {}
     out: list[int | None] = []
     for i, overrides in enumerate(job_overrides):
-        cfg = launcher.hydra_context.config_loader.load_sweep_config(config, list(overrides))
-        if not cfg.get("share_prefixes", True) or cfg.get("rerun") or cfg.get("fork"):
-            out.append(None)
-            continue
         try:  # not the whole config: its hydra node only resolves inside a job
+            cfg = launcher.hydra_context.config_loader.load_sweep_config(config, list(overrides))
+            if (not cfg.get("share_prefixes", True) or cfg.get("rerun") or cfg.get("fork")
+                    or any(cfg.workflow.get(k) for k in BREAKPOINTS)):  # jobs that never share
+                out.append(None)
+                continue
             workflow = OmegaConf.to_container(cfg.workflow, resolve=True)
             env = OmegaConf.to_container(cfg.env, resolve=True) if "env" in cfg else None
         except Exception:  # the job reports its own config errors when it runs
