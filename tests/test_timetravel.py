@@ -122,6 +122,7 @@ def test_rollback_then_resume(project, base, tmp_path):
     resumed = show(project, new_run(proc))
     assert resumed["status"] == "completed"
     assert resumed["lineage"] == [rolled["run_id"], drop["run_id"]]
+    assert [c["case"] for c in resumed["cases"]] == ["orders"]  # the case rolled back, only
     assert case(resumed, "orders")["executed"][0] == "validate"
     assert case(resumed, "orders")["commit"] == case(drop, "orders")["commit"]
 
