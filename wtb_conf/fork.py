@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from wtb_conf.store import Store, StoreError
 
 FORK_KEYS = ("run", "checkpoint", "after", "set", "pause")
@@ -44,6 +46,9 @@ class Fork:
     points: dict[str, ForkPoint]
     updates: dict[str, Any] = field(default_factory=dict)
     pause: bool = False
+    # a resume of a run meant to run every case (not a one-case rollback): the cases it never
+    # started (it failed before them) start from their input
+    unstarted_from_input: bool = False
 
 
 def _points(store: Store, run_id: str) -> list[tuple[str, ForkPoint]]:
@@ -116,7 +121,9 @@ def plan(store: Store, spec: Mapping[str, Any], state_fields: list[str] | None) 
     pause = spec.get("pause", False)
     if not isinstance(pause, bool):
         raise ForkError(f"fork.pause: expected true or false, got {pause!r}")
-    return Fork(run["run_id"], chosen, dict(updates), pause)
+    resume = cp is None and after is None
+    every_case = OmegaConf.select(OmegaConf.create(run["config_yaml"]), "fork.checkpoint") is None
+    return Fork(run["run_id"], chosen, dict(updates), pause, resume and every_case)
 
 
 def copy_checkpoint(saver: Any, point: ForkPoint, thread_id: str) -> None:

@@ -261,11 +261,7 @@ def _cases(store: Store, cfg: DictConfig, workflow: dict[str, Any], digests: dic
         fork = plan(store, spec, list(state) if isinstance(state, Mapping) else None)
         out = [Case(name, None, out_dir / name, point, fork.updates, fork.pause)
                for name, point in fork.points.items()]
-        parent = OmegaConf.create(store.run(fork.parent_run)["config_yaml"])
-        if (spec.get("checkpoint") is None and spec.get("after") is None
-                and OmegaConf.select(parent, "fork.checkpoint") is None):
-            # resume of a run meant to run every case (not a one-case rollback): the cases it
-            # never started (it failed before) start from their input
+        if fork.unstarted_from_input:
             out += [Case(name, inputs, out_dir / name)
                     for name, inputs in (workflow.get("cases") or {}).items()
                     if name not in fork.points]
