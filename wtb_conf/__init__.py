@@ -7,6 +7,9 @@ started from, where a project's input files live.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 __version__ = "0.1.0"
@@ -27,6 +30,21 @@ def output_dir() -> Path:
 def launch_dir() -> Path:
     """The directory `python -m wtb_conf` was started from (the project directory)."""
     return _current.get("launch_dir") or Path.cwd()
+
+
+@contextlib.contextmanager
+def case_context(case_dir: Path, launch_dir: Path) -> Iterator[None]:
+    """Nodes and evaluators run with the case's output dir as working directory and as
+    output_dir()."""
+    case_dir.mkdir(parents=True, exist_ok=True)
+    old = os.getcwd()
+    _current.update(output_dir=case_dir, launch_dir=launch_dir)
+    os.chdir(case_dir)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+        _current.pop("output_dir", None)
 
 
 __all__ = ["launch_dir", "output_dir"]

@@ -14,8 +14,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-# Keys of the job config that say where or whether to run, not what: left out of the digest.
-NOT_IDENTITY = ("storage", "rerun", "share_prefixes")
+# Keys of the job config that say where or whether to run, or how to judge the outcome, not
+# what runs: left out of the digest (the scoring keys of a workflow too, see wtb_conf.scoring).
+NOT_IDENTITY = ("storage", "rerun", "share_prefixes", "compare")
+SCORING_KEYS = ("evaluators", "expected")
 
 
 def _sha(data: bytes) -> str:
@@ -28,6 +30,8 @@ def config_digest(cfg: DictConfig) -> str:
     assert isinstance(data, dict)
     for key in NOT_IDENTITY:
         data.pop(key, None)
+    for key in SCORING_KEYS:
+        (data.get("workflow") or {}).pop(key, None)
     return _sha(json.dumps(data, sort_keys=True, default=str).encode())
 
 
@@ -63,16 +67,23 @@ def _module(target: str) -> tuple[str, str] | None:
     return None
 
 
-def code_digest(workflow: DictConfig) -> str:
-    """SHA-256 over the sources of the modules the workflow's `_target_`s live in, by module
+def sources_digest(node: Any) -> str:
+    """SHA-256 over the sources of the modules the `_target_`s in `node` live in, by module
     name (not path), so that the same code in another checkout has the same digest."""
-    modules = sorted({m for t in _targets(OmegaConf.to_container(workflow, resolve=True))
-                      if (m := _module(t))})
+    modules = sorted({m for t in _targets(node) if (m := _module(t))})
     h = hashlib.sha256()
     for name, path in modules:
         with open(path, "rb") as f:
             h.update(name.encode() + b"\0" + f.read() + b"\0")
     return h.hexdigest()
+
+
+def code_digest(workflow: DictConfig) -> str:
+    """The digest of the workflow's code. The evaluators' code is not part of it: it judges
+    the outcome, and wtb_conf.scoring digests it on its own."""
+    data = OmegaConf.to_container(workflow, resolve=True)
+    assert isinstance(data, dict)
+    return sources_digest({k: v for k, v in data.items() if k not in SCORING_KEYS})
 
 
 def job_key(config: str, env: str, code: str, inputs: str | None = None) -> str:

@@ -21,7 +21,7 @@ import sqlite3
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from langgraph.checkpoint.sqlite import SqliteSaver
 from omegaconf import DictConfig, OmegaConf
 
-import wtb_conf
+from wtb_conf import case_context
 from wtb_conf.fork import (
     ForkError,
     ForkPoint,
@@ -41,6 +41,7 @@ from wtb_conf.fork import (
     shared_point,
 )
 from wtb_conf.identity import identity_of, input_files
+from wtb_conf.scoring import check_compare, eval_key, evaluators_of, rescore, score_run
 from wtb_conf.store import Store, StoreError, open_store
 from wtb_conf.workflow import WorkflowError, breakpoints, build_graph
 
@@ -130,20 +131,6 @@ def metrics_of(finals: dict[str, dict], spec: Mapping[str, str] | None) -> dict[
     return out
 
 
-@contextlib.contextmanager
-def case_context(case_dir: Path, launch_dir: Path) -> Iterator[None]:
-    """Nodes run with the case's output dir as working directory and as output_dir()."""
-    case_dir.mkdir(parents=True, exist_ok=True)
-    old = os.getcwd()
-    wtb_conf._current.update(output_dir=case_dir, launch_dir=launch_dir)
-    os.chdir(case_dir)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-        wtb_conf._current.pop("output_dir", None)
-
-
 @dataclass
 class Case:
     """One input case of a job, and where its thread starts."""
@@ -169,6 +156,7 @@ def run_case(store: Store, run_id: str, app: Any, case: Case, workflow: Mapping[
     parent = fork.commit if fork else None
     linked: set[str] = set()
     status = "failed"
+    failure: dict[str, Any] = {}
 
     def link(cp_id: str, step: int, source: str, nodes: list[str], commit: str) -> None:
         keys = None
@@ -214,10 +202,15 @@ def run_case(store: Store, run_id: str, app: Any, case: Case, workflow: Mapping[
                 nodes = []
         paused = case.pause or bool(app.get_state(config).next)
         status = "paused" if paused else "completed"
+    except Exception as e:
+        failure = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        raise
     finally:
         snapshot = app.get_state(config)
         final = json_values(snapshot.values or {})
-        store.finish_thread(thread_id, status, final, parent)
+        if failure:  # the tasks still due at the newest checkpoint are the ones that failed
+            failure["failed_node"] = ", ".join(snapshot.next) or None
+        store.finish_thread(thread_id, status, final, parent, **failure)
     return status, final
 
 
@@ -282,6 +275,28 @@ def _cases(store: Store, cfg: DictConfig, workflow: dict[str, Any], digests: dic
     return out
 
 
+def _score_cached(store: Store, earlier: dict[str, Any], cfg: DictConfig,
+                  launch_dir: Path) -> dict[str, Any] | None:
+    """The evaluation of a cache hit: the earlier run's newest one if the same evaluators
+    made it, else its stored cases scored again (nothing runs). None when the evaluators'
+    config is wrong: the job then runs as usual and reports the error itself."""
+    workflow = _plain(cfg.workflow)
+    try:
+        compare = check_compare(_plain(cfg.get("compare")), workflow)
+        key = eval_key(workflow)
+        newest = next(iter(store.evaluations(earlier["run_id"])), None)
+        if newest is not None and newest["eval_key"] == key:
+            cases, summary, source = newest["cases"], newest["summary"], "cache"
+        else:
+            cases, summary = rescore(store, earlier["run_id"], workflow, launch_dir)
+            source = "evaluate"
+    except WorkflowError as e:
+        log.warning("not a cache hit: %s", e)
+        return None
+    return {"source": source, "eval_key": key, "compare": compare, "cases": cases,
+            "summary": summary}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The task function: run one job and record it. A failing workflow is recorded as a
     failed run and returned, not raised, so that the sweep goes on."""
@@ -313,33 +328,57 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         inputs_commit=inputs,
     )
     earlier = None if cfg.get("rerun") else store.cached_run(digests["job_key"])
-    if earlier is not None:
+    scores = _score_cached(store, earlier, cfg, launch_dir) if earlier else None
+    if earlier is not None and scores is not None:
         store.finish_cached(run_id, earlier)
+        store.add_evaluation(run_id, **scores)
         store.close()
         log.info("run %s: cached in %.0f ms, the same job completed as run %s", run_id,
                  (time.perf_counter() - started) * 1e3, earlier["run_id"])
         return {"run_id": run_id, "status": "cached", "commit": earlier["commit"],
-                "error": None, "metrics": earlier["metrics"], "cached_from": earlier["run_id"]}
+                "error": None, "metrics": earlier["metrics"], "cached_from": earlier["run_id"],
+                "scores": scores["summary"]["scores"]}
     log.info("run %s: %s", run_id, " ".join(overrides) or "(no overrides)")
     commit = None
     finals: dict[str, dict] = {}
     statuses: list[str] = []
+    scores = None
     try:
         graph = build_graph(cfg.workflow)
         workflow = _plain(cfg.workflow)
+        evaluators = evaluators_of(workflow)
+        compare = check_compare(_plain(cfg.get("compare")), workflow)
         cases = _cases(store, cfg, workflow, digests, out_dir)
         Path(paths["checkpoints"]).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(paths["checkpoints"], check_same_thread=False, timeout=60)
+        first_failure: tuple[str, BaseException, str] | None = None
         with contextlib.closing(conn):
             app = graph.compile(checkpointer=SqliteSaver(conn), **breakpoints(cfg.workflow))
-            for case in cases:
-                status, finals[case.name] = run_case(store, run_id, app, case, workflow,
-                                                     launch_dir)
+            for case in cases:  # a failing case is recorded on its thread; the others still run
+                try:
+                    status, finals[case.name] = run_case(store, run_id, app, case, workflow,
+                                                         launch_dir)
+                except Exception as e:
+                    log.error("run %s: case %s failed: %s: %s", run_id, case.name,
+                              type(e).__name__, e)
+                    first_failure = first_failure or (case.name, e, traceback.format_exc())
+                    status = "failed"
                 statuses.append(status)
         commit = store.commit_dir(out_dir, message="final")
         metrics = metrics_of(finals, _plain(cfg.workflow.get("metrics")))
-        status, error = ("paused" if "paused" in statuses else "completed"), None
-        store.finish_run(run_id, status, commit, metrics)
+        threads = store.threads(run_id)
+        case_scores, summary = score_run(evaluators, workflow, threads, out_dir.joinpath,
+                                         launch_dir)
+        store.add_evaluation(run_id, "run", eval_key(workflow), compare, case_scores, summary)
+        scores = summary
+        if first_failure is not None:
+            name, exc, tb = first_failure
+            error = f"{type(exc).__name__}: {exc}"
+            status = "failed"
+            store.finish_run(run_id, status, commit, metrics, error, f"case {name}:\n{tb}")
+        else:
+            status, error = ("paused" if "paused" in statuses else "completed"), None
+            store.finish_run(run_id, status, commit, metrics)
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         log.error("run %s failed: %s", run_id, error)
@@ -351,4 +390,4 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         store.close()
     return {"run_id": run_id, "status": status, "commit": commit, "error": error,
-            "metrics": metrics}
+            "metrics": metrics, "scores": scores and scores["scores"]}

@@ -34,7 +34,8 @@ REDUCERS: dict[str, Callable[[Any, Any], Any]] = {"append": operator.add, "merge
 ENDPOINTS = {"START": START, START: START, "END": END, END: END}
 _GRAPH_KEYS = ("state", "nodes", "edges", "routes")
 BREAKPOINTS = ("interrupt_before", "interrupt_after")
-KEYS = ("name", "description", *_GRAPH_KEYS, "cases", "metrics", "factory", *BREAKPOINTS)
+KEYS = ("name", "description", *_GRAPH_KEYS, "cases", "metrics", "factory", *BREAKPOINTS,
+        "evaluators", "expected")
 # (every key is documented in docs/config.md)
 
 

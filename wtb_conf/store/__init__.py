@@ -19,6 +19,7 @@ from wtb_conf.store.errors import (
     StoreError,
     UnsafePath,
 )
+from wtb_conf.store.evaluations import EvaluationRecords
 from wtb_conf.store.objects import CommitStats, Diff, Entry, ObjectStore
 from wtb_conf.store.records import RunRecords
 from wtb_conf.store.schema import create_store_engine, read_conn, setup
@@ -39,8 +40,9 @@ __all__ = [
 ]
 
 
-class Store(ObjectStore, RunRecords):
-    """Objects and run records over one database; close() or use as a context manager."""
+class Store(ObjectStore, RunRecords, EvaluationRecords):
+    """Objects, run records and evaluations over one database; close() or use as a context
+    manager."""
 
     def close(self) -> None:
         if self.engine.dialect.name == "sqlite":

@@ -219,16 +219,19 @@ class RunRecords:
             )
 
     def finish_thread(
-        self, thread_id: str, status: str, final_state: dict | None, commit_id: str | None
+        self, thread_id: str, status: str, final_state: dict | None, commit_id: str | None,
+        error: str | None = None, traceback: str | None = None, failed_node: str | None = None,
     ) -> None:
+        """`failed_node`: for a failed case, the node(s) that were running when it failed."""
         with self.engine.begin() as conn:
             conn.execute(
                 text(
-                    "UPDATE threads SET status = :s, final_state = :fs, commit_id = :c "
-                    "WHERE thread_id = :t"
+                    "UPDATE threads SET status = :s, final_state = :fs, commit_id = :c, "
+                    "error = :e, traceback = :tb, failed_node = :fn WHERE thread_id = :t"
                 ),
                 {"s": status, "fs": _dumps(final_state) if final_state is not None else None,
-                 "c": commit_id, "t": thread_id},
+                 "c": commit_id, "e": error, "tb": traceback, "fn": failed_node,
+                 "t": thread_id},
             )
 
     def link_checkpoint(
@@ -348,7 +351,8 @@ class RunRecords:
                  "final_state": json.loads(r.final_state) if r.final_state else None,
                  "commit": r.commit_id, "parent_thread": r.parent_thread,
                  "parent_checkpoint": r.parent_checkpoint,
-                 "inherited": json.loads(r.inherited) if r.inherited else []}
+                 "inherited": json.loads(r.inherited) if r.inherited else [],
+                 "error": r.error, "traceback": r.traceback, "failed_node": r.failed_node}
                 for r in rows
             ]
 

@@ -132,6 +132,27 @@ MIGRATIONS: list[str] = [
     ALTER TABLE checkpoint_links ADD COLUMN prefix_key TEXT;
     CREATE INDEX IF NOT EXISTS links_base_key ON checkpoint_links (base_key, step);
     """,
+    # 6: judging runs. A case that failed keeps its own error, traceback and the node it
+    # failed in (the other cases still run). An evaluation is one scoring of a run's cases by
+    # its evaluators; a run can be scored again later (`wtb evaluate`) without running, so a
+    # run has a history of evaluations and the newest counts. `eval_key` is the digest of
+    # what scored (evaluators, expected values, their code): equal keys, equal scores.
+    """
+    ALTER TABLE threads ADD COLUMN error TEXT;
+    ALTER TABLE threads ADD COLUMN traceback TEXT;
+    ALTER TABLE threads ADD COLUMN failed_node TEXT;
+    CREATE TABLE IF NOT EXISTS evaluations (
+        id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL REFERENCES runs(id),
+        created_at TEXT NOT NULL,
+        source TEXT NOT NULL,
+        eval_key TEXT NOT NULL,
+        compare TEXT NOT NULL,
+        cases TEXT NOT NULL,
+        summary TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS evaluations_run ON evaluations (run_id, created_at);
+    """,
 ]
 
 

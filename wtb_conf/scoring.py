@@ -1,0 +1,202 @@
+"""Evaluators: score each case of a run after it ends, aggregate the scores per run.
+
+`workflow.evaluators: {NAME: {_target_: dotted.path, **params}}` are called like nodes,
+`fn(state, **params)`, with the case's final state and its output directory as working
+directory; a function that takes `expected` gets `workflow.expected.CASE`. A score is a number,
+a bool (pass/fail) or a dict of those (`NAME.KEY`). An evaluator that raises or returns
+anything else is that evaluator's error on that case: recorded, shown, never fatal.
+
+The same code scores a job when it ends (wtb_conf.job), a cache hit whose evaluators changed,
+and stored runs (`wtb evaluate`). docs/compare.md has the user's view.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wtb_conf import case_context
+from wtb_conf.identity import SCORING_KEYS, sources_digest
+from wtb_conf.workflow import WorkflowError, _callable
+
+COMPARE_KEYS = ("objective", "mode")
+MODES = ("max", "min")
+RATES = ("success_rate", "pass_rate")  # per run, beside the evaluators' own scores
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    name: str
+    fn: Callable[..., Any]
+    expected: inspect.Parameter | None  # the function's `expected` parameter, if it has one
+
+
+def evaluators_of(workflow: Mapping[str, Any]) -> list[Evaluator]:
+    """The workflow's evaluators, imported; errors name the YAML key."""
+    specs = workflow.get("evaluators") or {}
+    if not isinstance(specs, Mapping):
+        raise WorkflowError("workflow.evaluators: expected a mapping NAME: {_target_: ...}")
+    expected = workflow.get("expected")
+    if expected is not None and not isinstance(expected, Mapping):
+        raise WorkflowError("workflow.expected: expected a mapping CASE: reference value")
+    cases = workflow.get("cases") or {}
+    for case in expected or {}:
+        if cases and case not in cases:
+            raise WorkflowError(f"workflow.expected.{case}: not a case; cases are "
+                                f"{sorted(cases)}")
+    out = []
+    for name, spec in specs.items():
+        if not isinstance(name, str) or "/" in name:
+            raise WorkflowError(f"workflow.evaluators.{name}: names may not contain '/'")
+        fn = _callable(f"workflow.evaluators.{name}", spec)
+        target = getattr(fn, "func", fn)
+        try:
+            param = inspect.signature(target).parameters.get("expected")
+        except (TypeError, ValueError):  # a builtin without a signature: no `expected`
+            param = None
+        out.append(Evaluator(name, fn, param))
+    return out
+
+
+def check_compare(compare: Any, workflow: Mapping[str, Any]) -> dict[str, Any]:
+    """`compare: {objective, mode}`, checked against the workflow's metrics and evaluators."""
+    compare = dict(compare or {})
+    for key in compare:
+        if key not in COMPARE_KEYS:
+            raise WorkflowError(f"compare.{key}: unknown key; compare has "
+                                f"{', '.join(COMPARE_KEYS)}")
+    mode = compare.setdefault("mode", "max")
+    if mode not in MODES:
+        raise WorkflowError(f"compare.mode: {mode!r} is not one of {', '.join(MODES)}")
+    objective = compare.setdefault("objective", None)
+    if objective is None:
+        return compare
+    metrics = list(workflow.get("metrics") or {})
+    scores = list(workflow.get("evaluators") or {})
+    if not isinstance(objective, str) or not (
+            objective in metrics or objective in RATES
+            or objective.split(".")[0] in scores):
+        raise WorkflowError(
+            f"compare.objective: {objective!r} is not a metric or a score of this workflow; "
+            f"valid: {', '.join([*metrics, *scores, *RATES])} (or NAME.KEY of an evaluator "
+            "that returns a dict)")
+    return compare
+
+
+def _sha(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def eval_key(workflow: Mapping[str, Any]) -> str:
+    """What scored: the evaluators' config, the expected values and their code."""
+    scoring = {k: workflow.get(k) for k in SCORING_KEYS}
+    return _sha([scoring, sources_digest(scoring["evaluators"])])
+
+
+def _check(name: str, value: Any) -> dict[str, float | bool]:
+    """A score, or the error that says what an evaluator must return."""
+    if isinstance(value, bool):
+        return {name: value}
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"returned {value!r}; a score must be a finite number")
+        return {name: value}
+    if isinstance(value, Mapping) and value:
+        out: dict[str, float | bool] = {}
+        for key, item in value.items():
+            out.update(_check(f"{name}.{key}", item))
+        return out
+    raise TypeError(f"returned {type(value).__name__} {value!r:.80}; an evaluator returns a "
+                    "number, a bool (pass/fail) or a dict of those")
+
+
+def score_case(evaluators: list[Evaluator], case: str, state: Mapping[str, Any],
+               case_dir: Path, launch_dir: Path,
+               expected: Mapping[str, Any] | None) -> dict[str, Any]:
+    """{"scores": {NAME[.KEY]: value}, "errors": {NAME: "Type: message"}} for one case."""
+    scores: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    with case_context(case_dir, launch_dir):
+        for ev in evaluators:
+            kwargs = {}
+            if ev.expected is not None:
+                if expected is not None and case in expected:
+                    kwargs["expected"] = expected[case]
+                elif ev.expected.default is inspect.Parameter.empty:
+                    errors[ev.name] = (f"KeyError: workflow.expected.{case}: no reference value "
+                                       f"for case {case!r}, and evaluator {ev.name!r} takes "
+                                       "`expected`")
+                    continue
+            try:
+                scores.update(_check(ev.name, ev.fn(dict(state), **kwargs)))
+            except Exception as e:
+                errors[ev.name] = f"{type(e).__name__}: {e}"
+    return {"scores": scores, "errors": errors}
+
+
+def summarize(cases: Mapping[str, Mapping[str, Any]], statuses: Mapping[str, str]) -> dict:
+    """A run's aggregates: per score the mean (numbers) or pass rate (bools), the pass rate
+    over every bool score, the success rate (completed cases / cases) and error counts."""
+    values: dict[str, list[Any]] = {}
+    errors: dict[str, int] = {}
+    for case in cases.values():
+        for name, value in case["scores"].items():
+            values.setdefault(name, []).append(value)
+        for name in case["errors"]:
+            errors[name] = errors.get(name, 0) + 1
+    scores, kinds = {}, {}
+    for name, vals in sorted(values.items()):
+        scores[name] = sum(float(v) for v in vals) / len(vals)
+        kinds[name] = "pass_rate" if all(isinstance(v, bool) for v in vals) else "mean"
+    checks = [v for vals in values.values() for v in vals if isinstance(v, bool)]
+    done = sum(s == "completed" for s in statuses.values())
+    return {
+        "scores": scores,
+        "kinds": kinds,
+        "errors": errors,
+        "pass_rate": sum(checks) / len(checks) if checks else None,
+        "success_rate": done / len(statuses) if statuses else None,
+        "cases": len(statuses),
+    }
+
+
+def score_run(evaluators: list[Evaluator], workflow: Mapping[str, Any],
+              threads: list[dict[str, Any]], case_dir: Callable[[str], Path],
+              launch_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Score every completed case of a run: (cases, summary). `threads`: the run's cases with
+    `case`, `status` and `final_state`; `case_dir(case)`: where that case's files are."""
+    expected = workflow.get("expected")
+    cases = {}
+    for t in threads:
+        if t["status"] == "completed" and not evaluators:  # nothing to score: no files needed
+            cases[t["case"]] = {"scores": {}, "errors": {}}
+        elif t["status"] == "completed":
+            cases[t["case"]] = score_case(evaluators, t["case"], t["final_state"] or {},
+                                          case_dir(t["case"]), launch_dir, expected)
+    statuses = {t["case"]: t["status"] for t in threads}
+    return cases, summarize(cases, statuses)
+
+
+def rescore(store: Any, run_id: str, workflow: Mapping[str, Any], launch_dir: Path,
+            threads_of: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Score a stored run without running it: each case's final state from the store, its
+    files restored from its last commit into a temporary directory. `threads_of`: the run
+    that holds the cases (a cache hit's source)."""
+    evaluators = evaluators_of(workflow)
+    threads = store.threads(threads_of or run_id)
+    with tempfile.TemporaryDirectory(prefix="wtb-evaluate-") as tmp:
+        def case_dir(case: str) -> Path:
+            commit = next(t["commit"] for t in threads if t["case"] == case)
+            path = Path(tmp, case)
+            if commit:
+                store.restore(commit, path)
+            return path
+
+        return score_run(evaluators, workflow, threads, case_dir, launch_dir)

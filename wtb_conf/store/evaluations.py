@@ -1,0 +1,93 @@
+"""Evaluations: the scores a run's evaluators gave its cases, kept as a history per run.
+
+A run is scored when it ends and may be scored again later (`wtb evaluate`) without running
+anything; every scoring is a new row and the newest one counts. What an evaluation holds is
+described in docs/compare.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from wtb_conf.store.objects import now_iso
+from wtb_conf.store.records import _dumps, _event, new_id
+from wtb_conf.store.schema import read_conn
+
+EVALUATION_SOURCES = ("run", "cache", "evaluate")  # scored when it ran, copied, or re-scored
+
+
+def _evaluation_dict(row) -> dict[str, Any]:
+    return {"evaluation_id": row.id, "run_id": row.run_id, "created_at": row.created_at,
+            "source": row.source, "eval_key": row.eval_key, "compare": json.loads(row.compare),
+            "cases": json.loads(row.cases), "summary": json.loads(row.summary)}
+
+
+class EvaluationRecords:
+    """Writes and queries of evaluations; mixed into Store."""
+
+    engine: Engine
+
+    def add_evaluation(self, run_id: str, source: str, eval_key: str, compare: dict[str, Any],
+                       cases: dict[str, Any], summary: dict[str, Any]) -> str:
+        """Record one scoring of a run. `cases`: {case: {"scores": {...}, "errors": {...}}};
+        `summary`: the run's aggregates (scoring.summarize); `compare`: objective and mode."""
+        if source not in EVALUATION_SOURCES:
+            raise ValueError(f"evaluation source {source!r} is not one of {EVALUATION_SOURCES}")
+        evaluation_id = new_id()
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO evaluations (id, run_id, created_at, source, eval_key, "
+                     "compare, cases, summary) VALUES (:id, :r, :at, :src, :k, :cmp, :cases, "
+                     ":summary)"),
+                {"id": evaluation_id, "r": run_id, "at": now_iso(), "src": source,
+                 "k": eval_key, "cmp": _dumps(compare), "cases": _dumps(cases),
+                 "summary": _dumps(summary)})
+            _event(conn, "evaluated", {"evaluation_id": evaluation_id, "source": source,
+                                       "scores": summary.get("scores")}, run_id=run_id)
+        return evaluation_id
+
+    def evaluations(self, run_id: str) -> list[dict[str, Any]]:
+        """Every evaluation of a run, newest first."""
+        with read_conn(self.engine) as conn:
+            rows = conn.execute(
+                text("SELECT * FROM evaluations WHERE run_id = :r "
+                     "ORDER BY created_at DESC, id"), {"r": run_id})
+            return [_evaluation_dict(r) for r in rows]
+
+    def latest_evaluations(self, sweep_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The newest evaluation of every run of these sweeps, by run id."""
+        ids = list(sweep_ids)
+        params = {f"s{i}": s for i, s in enumerate(ids)}
+        marks = ", ".join(f":s{i}" for i in range(len(ids)))
+        out: dict[str, dict[str, Any]] = {}
+        with read_conn(self.engine) as conn:
+            rows = conn.execute(
+                text("SELECT e.* FROM evaluations e JOIN runs r ON r.id = e.run_id "
+                     f"WHERE r.sweep_id IN ({marks}) ORDER BY e.created_at, e.id"), params)
+            for row in rows:  # oldest first: the newest one stays
+                out[row.run_id] = _evaluation_dict(row)
+        return out
+
+    def compare_runs(self, sweep_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """What `wtb compare` needs of the runs of these sweeps, in one query (it must stay
+        fast on a store of 10,000 runs): no configs, no checkpoint counts."""
+        ids = list(sweep_ids)
+        params = {f"s{i}": s for i, s in enumerate(ids)}
+        marks = ", ".join(f":s{i}" for i in range(len(ids)))
+        with read_conn(self.engine) as conn:
+            rows = conn.execute(
+                text("SELECT id, sweep_id, job_num, status, overrides, workflow, started_at, "
+                     "finished_at, error, metrics, commit_id, cached_from, parent_run "
+                     f"FROM runs WHERE sweep_id IN ({marks}) ORDER BY started_at, job_num"),
+                params)
+            return [{"run_id": r.id, "sweep_id": r.sweep_id, "job_num": r.job_num,
+                     "status": r.status, "overrides": json.loads(r.overrides),
+                     "workflow": r.workflow, "started_at": r.started_at,
+                     "finished_at": r.finished_at, "error": r.error,
+                     "metrics": json.loads(r.metrics) if r.metrics else {},
+                     "commit": r.commit_id, "cached_from": r.cached_from,
+                     "parent_run": r.parent_run} for r in rows]
