@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -234,6 +235,87 @@ def cmd_rerun(store: Store, args: argparse.Namespace) -> int:
     return subprocess.run([sys.executable, "-m", "wtb_conf", *argv]).returncode
 
 
+def _sweeps(store: Store, refs: Sequence[str]) -> list[str]:
+    """Sweep ids from ids, prefixes or `last` (no refs: the last sweep)."""
+    out = [store.last_sweep() if ref == "last" else store.resolve("sweeps", ref)
+           for ref in refs or ["last"]]
+    return list(dict.fromkeys(out))
+
+
+def _run_or_sweep(store: Store, ref: str) -> tuple[str, str]:
+    """("run", id) or ("sweep", id) for an id or prefix that names one of them; `last` is
+    the last sweep."""
+    if ref == "last":
+        return "sweep", store.last_sweep()
+    found = []
+    for kind in ("runs", "sweeps"):
+        try:
+            found.append((kind[:-1], store.resolve(kind, ref)))
+        except StoreError as e:
+            error = e
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise StoreError(f"{ref!r} names both a run and a sweep: give more characters")
+    raise StoreError(f"{ref!r} is neither a run nor a sweep ({error})")
+
+
+def cmd_compare(store: Store, args: argparse.Namespace) -> None:
+    from wtb_conf import compare
+
+    sweeps = _sweeps(store, args.sweeps)
+    rows, note = compare.rows(store, sweeps, cases=args.cases)
+    if args.baseline:
+        kind, ref = _run_or_sweep(store, args.baseline)
+        sweep = store.run(ref)["sweep_id"] if kind == "run" else ref
+        base = [r for r in compare.rows(store, [sweep], cases=args.cases)[0]
+                if kind == "sweep" or r["run_id"] == ref]
+        if not base:
+            raise StoreError(f"--baseline {args.baseline}: run {ref[:8]} is not the newest run "
+                             "of its job; name that one")
+        compare.add_baseline(rows, base)
+    if args.sort:
+        rows = compare.sort_rows(rows, args.sort)
+    if args.json:
+        return _print_json(rows)
+    if args.csv:
+        return print(compare.to_csv(rows), end="")
+    title = "sweep " + ", ".join(s[:8] for s in sweeps)
+    compare.print_rows(rows, title + (f" — baseline {args.baseline}" if args.baseline else ""),
+                       note)
+
+
+def cmd_evaluate(store: Store, args: argparse.Namespace) -> None:
+    from wtb_conf import compare
+    from wtb_conf.scoring import evaluate_stored
+
+    args.overrides += [r for r in args.refs if "=" in r]
+    run_ids, sweeps = [], []
+    for ref in [r for r in args.refs if "=" not in r] or ["last"]:
+        kind, found = _run_or_sweep(store, ref)
+        if kind == "run":
+            run_ids.append(found)
+            sweeps.append(store.run(found)["sweep_id"])
+        else:
+            run_ids += [r["run_id"] for r in compare.rows(store, [found])[0]]
+            sweeps.append(found)
+    for run_id in dict.fromkeys(run_ids):
+        summary = evaluate_stored(store, run_id, args.overrides)
+        print(f"wtb: run {run_id[:8]} scored again: " + (", ".join(
+            f"{k}={compare._fmt(v)}" for k, v in summary["scores"].items()) or "no evaluators"))
+    sweeps = list(dict.fromkeys(sweeps))
+    rows, note = compare.rows(store, sweeps)
+    compare.print_rows(rows, "sweep " + ", ".join(s[:8] for s in sweeps), note)
+
+
+def cmd_report(store: Store, args: argparse.Namespace) -> None:
+    from wtb_conf.report import write_report
+
+    sweeps = _sweeps(store, args.sweeps)
+    path = write_report(store, sweeps, Path(args.out))
+    print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB): open it in a browser")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="wtb", description="Inspect the runs wtb_conf recorded.")
     ap.add_argument("--db", default="data/wtb.db",
@@ -291,6 +373,35 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", **overrides)
     p.set_defaults(fn=cmd_rollback)
 
+    p = sub.add_parser("compare", help="one row per job: varying params, status, metrics, "
+                                       "scores, the best job (read-only)")
+    p.add_argument("sweeps", nargs="*", metavar="SWEEP",
+                   help="sweep ids (or prefixes), or 'last' (the default)")
+    p.add_argument("--cases", action="store_true", help="one row per job and case")
+    p.add_argument("--sort", metavar="KEY", help="sort by a column (-KEY: descending)")
+    p.add_argument("--baseline", metavar="RUN|SWEEP",
+                   help="add each number's difference to this run, or to the same job of "
+                        "this sweep")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+    p.set_defaults(fn=cmd_compare, readonly=True)
+
+    p = sub.add_parser("evaluate", help="score stored runs again with their evaluators (or "
+                                        "changed ones); nothing runs")
+    p.add_argument("refs", nargs="*", metavar="SWEEP|RUN|OVERRIDE",
+                   help="sweeps or runs (ids, prefixes; 'last', the default, is the last "
+                        "sweep), and Hydra overrides of their stored configs (words with "
+                        "'='), e.g. workflow.evaluators.total_ok.abs_tol=1")
+    p.set_defaults(fn=cmd_evaluate, overrides=[])
+
+    p = sub.add_parser("report", help="a self-contained HTML report of sweeps (read-only)")
+    p.add_argument("sweeps", nargs="*", metavar="SWEEP",
+                   help="sweep ids (or prefixes), or 'last' (the default)")
+    p.add_argument("--out", default="report.html", help="the HTML file to write "
+                                                         "(default: report.html)")
+    p.set_defaults(fn=cmd_report, readonly=True)
+
     p = sub.add_parser("log", help="the events of one run")
     p.add_argument("run", help="run id, unique prefix, or 'last'")
     p.add_argument("--json", action="store_true")
@@ -299,6 +410,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `wtb compare --csv | head` ends quietly
     ap = parser()
     # Hydra overrides may come anywhere after the run (argparse stops collecting positionals
     # at the first option), so the extra words are taken as overrides where a command has them.
@@ -312,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "or pass --db", file=sys.stderr)
         return 2
     try:
-        with open_store(args.db, args.blobs) as store:
+        with open_store(args.db, args.blobs, readonly=getattr(args, "readonly", False)) as store:
             code = args.fn(store, args)
         if isinstance(code, int):
             return code

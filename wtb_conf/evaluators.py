@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+
 def _value(state: Mapping[str, Any], key: str) -> Any:
     value: Any = state
     for part in key.split("."):

@@ -200,3 +200,48 @@ def rescore(store: Any, run_id: str, workflow: Mapping[str, Any], launch_dir: Pa
             return path
 
         return score_run(evaluators, workflow, threads, case_dir, launch_dir)
+
+
+def stored_config(config_yaml: str, overrides: list[str]) -> dict[str, Any]:
+    """A run's stored config with Hydra overrides applied by Hydra's own parser and
+    composer (`+key=value` to add, `key=value` to change, `~key` to remove)."""
+    from omegaconf import OmegaConf
+
+    if not overrides:
+        return OmegaConf.to_container(OmegaConf.create(config_yaml), resolve=True)
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    with tempfile.TemporaryDirectory(prefix="wtb-evaluate-") as tmp:
+        Path(tmp, "stored.yaml").write_text(config_yaml)
+        try:
+            with initialize_config_dir(config_dir=tmp, version_base="1.3"):
+                cfg = compose(config_name="stored", overrides=list(overrides))
+        except HydraException as e:
+            raise WorkflowError(f"override {' '.join(overrides)}: {e}") from None
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def evaluate_stored(store: Any, run_id: str, overrides: list[str]) -> dict[str, Any]:
+    """`wtb evaluate`: score a stored run with its config's evaluators (after `overrides`)
+    and record the evaluation; nothing runs. Returns the run's new summary."""
+    import sys
+
+    from wtb_conf.store import StoreError
+
+    run = store.run(run_id)
+    if run["status"] == "running":
+        raise StoreError(f"run {run_id[:8]} is still running: score it when it has ended")
+    try:
+        cfg = stored_config(run["config_yaml"], overrides)
+        workflow = cfg.get("workflow") or {}
+        compare = check_compare(cfg.get("compare"), workflow)
+        launch = Path(run["launch_dir"] or ".").resolve()
+        if str(launch) not in sys.path:  # the evaluators' modules import as in the sweep
+            sys.path.insert(0, str(launch))
+        cases, summary = rescore(store, run_id, workflow, launch,
+                                 threads_of=run["cached_from"])
+    except WorkflowError as e:
+        raise StoreError(f"run {run_id[:8]}: {e}") from None
+    store.add_evaluation(run_id, "evaluate", eval_key(workflow), compare, cases, summary)
+    return summary

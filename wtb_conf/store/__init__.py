@@ -22,7 +22,7 @@ from wtb_conf.store.errors import (
 from wtb_conf.store.evaluations import EvaluationRecords
 from wtb_conf.store.objects import CommitStats, Diff, Entry, ObjectStore
 from wtb_conf.store.records import RunRecords
-from wtb_conf.store.schema import create_store_engine, read_conn, setup
+from wtb_conf.store.schema import check_version, create_store_engine, read_conn, setup
 
 # Measured in benchmarks/store_bench.py: below this size a row in SQLite beats a file.
 DEFAULT_INLINE_MAX = 64 * 1024
@@ -45,7 +45,7 @@ class Store(ObjectStore, RunRecords, EvaluationRecords):
     manager."""
 
     def close(self) -> None:
-        if self.engine.dialect.name == "sqlite":
+        if self.engine.dialect.name == "sqlite" and not self.readonly:
             with read_conn(self.engine) as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
         self.engine.dispose()
@@ -58,14 +58,20 @@ class Store(ObjectStore, RunRecords, EvaluationRecords):
 
 
 def open_store(
-    db_url: str, blob_root: str | os.PathLike, inline_max: int = DEFAULT_INLINE_MAX
+    db_url: str, blob_root: str | os.PathLike, inline_max: int = DEFAULT_INLINE_MAX,
+    readonly: bool = False,
 ) -> Store:
     """Open (creating or migrating as needed) the store at `db_url` with blobs under `blob_root`.
 
     `db_url` is an SQLAlchemy URL (`sqlite:///data/wtb.db`) or a plain path to a SQLite file.
+    `readonly`: open an existing store for queries only: no migration, no write lock.
     """
     if "://" not in db_url:
         db_url = f"sqlite:///{os.path.abspath(db_url)}"
-    engine = create_store_engine(db_url)
-    setup(engine)
-    return Store(engine, blob_root, inline_max)
+    engine = create_store_engine(db_url, readonly)
+    try:
+        check_version(engine) if readonly else setup(engine)
+    except RuntimeError as e:
+        engine.dispose()
+        raise StoreError(str(e)) from None
+    return Store(engine, blob_root, inline_max, readonly)

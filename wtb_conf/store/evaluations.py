@@ -26,6 +26,12 @@ def _evaluation_dict(row) -> dict[str, Any]:
             "cases": json.loads(row.cases), "summary": json.loads(row.summary)}
 
 
+def _bound(ids: Iterable[str]) -> tuple[str, dict[str, str]]:
+    """`:s0, :s1, ...` and their values, for `IN (...)` with bound parameters."""
+    params = {f"s{i}": v for i, v in enumerate(ids)}
+    return ", ".join(f":{k}" for k in params) or "NULL", params
+
+
 class EvaluationRecords:
     """Writes and queries of evaluations; mixed into Store."""
 
@@ -60,9 +66,7 @@ class EvaluationRecords:
 
     def latest_evaluations(self, sweep_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The newest evaluation of every run of these sweeps, by run id."""
-        ids = list(sweep_ids)
-        params = {f"s{i}": s for i, s in enumerate(ids)}
-        marks = ", ".join(f":s{i}" for i in range(len(ids)))
+        marks, params = _bound(sweep_ids)
         out: dict[str, dict[str, Any]] = {}
         with read_conn(self.engine) as conn:
             rows = conn.execute(
@@ -75,9 +79,7 @@ class EvaluationRecords:
     def compare_runs(self, sweep_ids: Iterable[str]) -> list[dict[str, Any]]:
         """What `wtb compare` needs of the runs of these sweeps, in one query (it must stay
         fast on a store of 10,000 runs): no configs, no checkpoint counts."""
-        ids = list(sweep_ids)
-        params = {f"s{i}": s for i, s in enumerate(ids)}
-        marks = ", ".join(f":s{i}" for i in range(len(ids)))
+        marks, params = _bound(sweep_ids)
         with read_conn(self.engine) as conn:
             rows = conn.execute(
                 text("SELECT id, sweep_id, job_num, status, overrides, workflow, started_at, "
@@ -91,3 +93,16 @@ class EvaluationRecords:
                      "metrics": json.loads(r.metrics) if r.metrics else {},
                      "commit": r.commit_id, "cached_from": r.cached_from,
                      "parent_run": r.parent_run} for r in rows]
+
+    def compare_cases(self, sweep_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """Every case thread of the runs of these sweeps: status, error, the node it failed
+        in (`wtb compare --cases`)."""
+        marks, params = _bound(sweep_ids)
+        with read_conn(self.engine) as conn:
+            rows = conn.execute(
+                text("SELECT t.run_id, t.case_name, t.status, t.error, t.failed_node, "
+                     "t.commit_id FROM threads t JOIN runs r ON r.id = t.run_id "
+                     f"WHERE r.sweep_id IN ({marks}) ORDER BY t.case_name"), params)
+            return [{"run_id": r.run_id, "case": r.case_name, "status": r.status,
+                     "error": r.error, "failed_node": r.failed_node, "commit": r.commit_id}
+                    for r in rows]

@@ -142,8 +142,10 @@ def safe_target(dest: Path, rel: str) -> Path:
 class ObjectStore:
     """Blobs, trees and commits over one engine and one blob directory."""
 
-    def __init__(self, engine: Engine, blob_root: str | os.PathLike, inline_max: int) -> None:
+    def __init__(self, engine: Engine, blob_root: str | os.PathLike, inline_max: int,
+                 readonly: bool = False) -> None:
         self.engine = engine
+        self.readonly = readonly
         self.blob_root = Path(blob_root).resolve()
         self.inline_max = inline_max
         self.last_commit = CommitStats()

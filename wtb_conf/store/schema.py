@@ -172,6 +172,11 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def _sqlite_readonly(dbapi_conn, _record) -> None:
+    dbapi_conn.isolation_level = None
+    dbapi_conn.execute("PRAGMA busy_timeout=60000")
+
+
 def _sqlite_begin(conn) -> None:
     # IMMEDIATE takes the write lock up front: a deferred transaction that later needs to
     # write fails with SQLITE_BUSY at once instead of waiting out the busy timeout.
@@ -179,17 +184,42 @@ def _sqlite_begin(conn) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_store_engine(db_url: str) -> Engine:
-    """An engine for `db_url`; for SQLite, the parent directory is created if missing."""
+def create_store_engine(db_url: str, readonly: bool = False) -> Engine:
+    """An engine for `db_url`; for SQLite, the parent directory is created if missing.
+    `readonly`: SQLite opens the file read-only and nothing takes the write lock."""
     url = make_url(db_url)
     if url.get_backend_name() != "sqlite":
         return create_engine(url)
+    if readonly and url.database and url.database != ":memory:":
+        engine = create_engine(url.set(database=f"file:{url.database}",
+                                       query={"mode": "ro", "uri": "true"}))
+        event.listen(engine, "connect", _sqlite_readonly)
+        return engine
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url)
     event.listen(engine, "connect", _sqlite_pragmas)
     event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def check_version(engine: Engine) -> None:
+    """For a store opened read-only: its schema must be the one this code knows."""
+    where = engine.url.render_as_string(hide_password=True)
+    with read_conn(engine) as conn:
+        try:
+            done = {row[0] for row in conn.execute(text("SELECT v FROM wtb_migrations"))}
+        except Exception as e:
+            raise RuntimeError(f"{where} is not a wtb_conf store ({e.__class__.__name__}: "
+                               f"{str(e).splitlines()[0]})") from None
+    version = max(done, default=0)
+    if version > len(MIGRATIONS):
+        raise RuntimeError(f"{where} has schema version {version}, newer than this wtb_conf "
+                           f"knows ({len(MIGRATIONS)}): upgrade wtb_conf")
+    if version < len(MIGRATIONS):
+        raise RuntimeError(f"{where} has schema version {version}, older than this wtb_conf's "
+                           f"({len(MIGRATIONS)}); a read-only command does not migrate it: run "
+                           "a sweep or `wtb evaluate` on it once")
 
 
 def setup(engine: Engine) -> None:

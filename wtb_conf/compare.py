@@ -1,0 +1,286 @@
+"""The comparison of jobs: what `wtb compare`, `wtb report` and the end-of-sweep table show.
+
+One row per job (the newest run of each job number of each sweep: a retried job counts
+once), or per job and case. A row's `params` are the job's overrides as a dict; tables show
+only the params that vary across the rows. `best` marks the completed job with the best value
+of `compare.objective` (docs/compare.md). Rows are plain dicts: the documented JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from wtb_conf.store import Store, StoreError
+
+DONE = ("completed", "cached")
+RATES = ("pass_rate", "success_rate")
+
+
+def params_of(overrides: Iterable[str]) -> dict[str, str]:
+    """`variant=a +x.y=1` -> {"variant": "a", "x.y": "1"} (a deletion `~k` has no value)."""
+    out = {}
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if eq:
+            out[key.lstrip("+~")] = value
+    return out
+
+
+def _seconds(run: dict[str, Any]) -> float | None:
+    if not run["finished_at"]:
+        return None
+    delta = datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(
+        run["started_at"])
+    return round(delta.total_seconds(), 3)
+
+
+def _row(run: dict[str, Any], evaluation: dict[str, Any] | None) -> dict[str, Any]:
+    summary = evaluation["summary"] if evaluation else {}
+    return {
+        "run_id": run["run_id"], "sweep_id": run["sweep_id"], "job_num": run["job_num"],
+        "params": params_of(run["overrides"]), "status": run["status"],
+        "duration_s": _seconds(run),
+        "metrics": {k: v for k, v in run["metrics"].items() if "/" not in k},
+        "scores": summary.get("scores", {}), "score_errors": summary.get("errors", {}),
+        "pass_rate": summary.get("pass_rate"), "success_rate": summary.get("success_rate"),
+        "objective": (evaluation or {}).get("compare", {}).get("objective"),
+        "mode": (evaluation or {}).get("compare", {}).get("mode", "max"),
+        "error": run["error"], "commit": run["commit"], "cached_from": run["cached_from"],
+        "parent_run": run["parent_run"], "best": False,
+    }
+
+
+def value_of(row: dict[str, Any], name: str) -> Any:
+    """A row's value for a column name: a score, a metric, a rate, a param or a field."""
+    for group in ("scores", "metrics", "params"):
+        if name in row.get(group, {}):
+            return row[group][name]
+    return row.get(name)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+        else None
+
+
+def rows(store: Store, sweep_ids: list[str],
+         cases: bool = False) -> tuple[list[dict[str, Any]], str | None]:
+    """The comparison rows of these sweeps, in sweep and job order, with `best` marked, and a
+    note when no best job can be named although an objective is set."""
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    for run in store.compare_runs(sweep_ids):  # oldest first: a retry replaces its job's run
+        latest[(run["sweep_id"], run["job_num"])] = run
+    evaluations = store.latest_evaluations(sweep_ids)
+    order = {s: i for i, s in enumerate(sweep_ids)}
+    out = [_row(run, evaluations.get(run["run_id"]))
+           for _, run in sorted(latest.items(), key=lambda kv: (order[kv[0][0]], kv[0][1]))]
+    note = mark_best(out)
+    if cases:
+        runs = {run["run_id"]: run for run in latest.values()}
+        out = _case_rows(store, sweep_ids, out, runs, evaluations)
+    return out, note
+
+
+def _case_rows(store: Store, sweep_ids: list[str], jobs: list[dict[str, Any]],
+               runs: dict[str, dict[str, Any]],
+               evaluations: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    threads: dict[str, list[dict[str, Any]]] = {}
+    for t in store.compare_cases(sweep_ids):
+        threads.setdefault(t["run_id"], []).append(t)
+    out = []
+    for job in jobs:
+        # a cache hit ran nothing: its cases are those of the run it reused
+        source = job["cached_from"] or job["run_id"]
+        scored = (evaluations.get(job["run_id"]) or {}).get("cases", {})
+        metrics = runs[job["run_id"]]["metrics"]
+        for t in threads.get(source) or store.threads(source):
+            prefix = f"{t['case']}/"
+            out.append({
+                **job,
+                "case": t["case"], "status": "cached" if job["cached_from"] else t["status"],
+                "error": t["error"], "failed_node": t["failed_node"],
+                "metrics": {k[len(prefix):]: v for k, v in metrics.items()
+                            if k.startswith(prefix)},
+                "scores": scored.get(t["case"], {}).get("scores", {}),
+                "score_errors": scored.get(t["case"], {}).get("errors", {}),
+                "pass_rate": None, "success_rate": None,
+            })
+    return out
+
+
+def mark_best(rows: list[dict[str, Any]]) -> str | None:
+    """Mark the completed row with the best objective value; a note when none can be."""
+    objectives = {(r["objective"], r["mode"]) for r in rows if r["objective"]}
+    if not objectives:
+        return None
+    if len(objectives) > 1:
+        return ("no best job: the rows have different objectives "
+                f"({', '.join(sorted(f'{o} ({m})' for o, m in objectives))})")
+    (objective, mode), = objectives
+    scored = [(v, i) for i, r in enumerate(rows)
+              if r["status"] in DONE and (v := _number(value_of(r, objective))) is not None]
+    if not scored:
+        return f"no best job: no completed job has a value for {objective}"
+    sign = 1 if mode == "max" else -1
+    # ties go to the first job, so the same store always names the same best job
+    _, best = max(scored, key=lambda vi: (sign * vi[0], -vi[1]))
+    rows[best]["best"] = True
+    return None
+
+
+def add_baseline(rows: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> None:
+    """`delta` per row: each numeric metric, score and rate minus the baseline's. One
+    baseline row (a run) applies to every row; several (a sweep) are matched by params."""
+    by_params = {json.dumps(b["params"], sort_keys=True): b for b in baseline}
+    for row in rows:
+        base = baseline[0] if len(baseline) == 1 else by_params.get(
+            json.dumps(row["params"], sort_keys=True))
+        if base is not None and "case" in row and len(baseline) == 1 and "case" in base:
+            base = next((b for b in baseline if b["case"] == row["case"]), None)
+        row["delta"] = {} if base is None else {
+            name: v - b for name in numeric_columns([row, base])
+            if (v := _number(value_of(row, name))) is not None
+            and (b := _number(value_of(base, name))) is not None}
+        row["baseline_run"] = base and base["run_id"]
+
+
+def numeric_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Metric, score and rate names, in table order."""
+    metrics = sorted({k for r in rows for k in r["metrics"]})
+    scores = sorted({k for r in rows for k in r["scores"]})
+    rates = [k for k in RATES if any(r.get(k) is not None for r in rows)]
+    return metrics + [s for s in scores if s not in metrics] + rates
+
+
+def varying_params(rows: list[dict[str, Any]]) -> list[str]:
+    keys = list(dict.fromkeys(k for r in rows for k in r["params"]))
+    return [k for k in keys if len({r["params"].get(k) for r in rows}) > 1]
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """Each dotted key by its shortest unique suffix: `workflow.routes.v.max_invalid` ->
+    `max_invalid` (headers that fit a terminal)."""
+    out = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            label = ".".join(parts[-n:])
+            if sum(k == label or k.endswith("." + label) for k in keys) == 1:
+                break
+        out[key] = label
+    return out
+
+
+def sort_rows(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """Sorted by a column (`-KEY`: descending); rows without a value go last."""
+    name, reverse = key.lstrip("-"), key.startswith("-")
+    if not any(value_of(r, name) is not None for r in rows):
+        known = ["job_num", "status", "duration_s", *varying_params(rows),
+                 *numeric_columns(rows)]
+        raise StoreError(f"--sort {key}: no row has a {name!r}; sort by one of "
+                         f"{', '.join(known)}")
+    have = [r for r in rows if value_of(r, name) is not None]
+    have.sort(key=lambda r: (_number(value_of(r, name)) is None,
+                             _number(value_of(r, name)) or 0, str(value_of(r, name))),
+              reverse=reverse)
+    return have + [r for r in rows if value_of(r, name) is None]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def table(rows: list[dict[str, Any]], title: str) -> Any:
+    """The comparison as a rich Table: varying params, status, duration, numbers, best."""
+    from rich.table import Table
+
+    params = varying_params(rows)
+    numbers = numeric_columns(rows)
+    several = len({r["sweep_id"] for r in rows}) > 1
+    cases = any("case" in r for r in rows)
+    out = Table(title=title)
+    labels = short_names(params)
+    for col in (["sweep"] if several else []) + ["job", "run", *params] + \
+            (["case"] if cases else []) + ["status", "duration", *numbers, "best"]:
+        if col in numbers:  # long names fold in the header; numbers are short
+            out.add_column(labels.get(col, col), justify="right", overflow="fold")
+        else:
+            out.add_column(labels.get(col, col), no_wrap=True)
+    for r in rows:
+        status = f"[red]{r['status']}[/red]" if r["status"] == "failed" else r["status"]
+        cells = [_fmt(value_of(r, n)) + _delta(r, n) for n in numbers]
+        out.add_row(*([r["sweep_id"][:8]] if several else []), str(r["job_num"]),
+                    r["run_id"][:8], *(r["params"].get(p, "") for p in params),
+                    *([r["case"]] if cases else []), status,
+                    "" if r["duration_s"] is None else f"{r['duration_s']:.1f}s", *cells,
+                    "[bold green]★ best[/bold green]" if r["best"] else "")
+    return out
+
+
+def _delta(row: dict[str, Any], name: str) -> str:
+    d = row.get("delta", {}).get(name)
+    return "" if d is None else f" ({d:+.3g})"
+
+
+def failures(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per failed row (and per evaluator error): why, where, and what to look at."""
+    lines = []
+    for r in rows:
+        where = f"job {r['job_num']}" + (f" case {r['case']}" if "case" in r else "")
+        if r["status"] == "failed":
+            node = f" in node {r['failed_node']}" if r.get("failed_node") else ""
+            lines.append(f"{where} failed{node}: {r['error']} — `wtb show {r['run_id'][:8]}`")
+        for name, n in r["score_errors"].items():
+            what = n if isinstance(n, str) else f"failed on {n} case(s)"
+            lines.append(f"{where}: evaluator {name} {what}")
+    return lines
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    params = list(dict.fromkeys(k for r in rows for k in r["params"]))
+    numbers = numeric_columns(rows)
+    deltas = sorted({k for r in rows for k in r.get("delta", {})})
+    cases = any("case" in r for r in rows)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["run_id", "sweep_id", "job_num", *params, *(["case"] if cases else []),
+                     "status", "duration_s", *numbers, *(f"delta.{d}" for d in deltas),
+                     "best", "error"])
+    for r in rows:
+        writer.writerow([r["run_id"], r["sweep_id"], r["job_num"],
+                         *(r["params"].get(p, "") for p in params),
+                         *([r["case"]] if cases else []), r["status"], r["duration_s"],
+                         *(_fmt(value_of(r, n)) for n in numbers),
+                         *(r.get("delta", {}).get(d, "") for d in deltas), r["best"],
+                         r["error"] or ""])
+    return buf.getvalue()
+
+
+def print_rows(rows: list[dict[str, Any]], title: str, note: str | None = None) -> None:
+    """The comparison table, then the best job and the failures, on stdout."""
+    from rich.console import Console
+
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
+    console.print(table(rows, title))
+    best = next((r for r in rows if r["best"]), None)
+    if best is not None:
+        params = " ".join(f"{k}={best['params'][k]}" for k in varying_params(rows)
+                          if k in best["params"])
+        value = "" if "case" in best else f" = {_fmt(value_of(best, best['objective']))}"
+        console.print(f"best: job {best['job_num']} (run {best['run_id'][:8]}) {params}: "
+                      f"{best['objective']}{value} ({best['mode']})", markup=False,
+                      highlight=False)
+    if note:
+        console.print(note, markup=False, highlight=False)
+    for line in failures(rows):
+        console.print(line, markup=False, highlight=False)
