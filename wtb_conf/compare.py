@@ -232,7 +232,7 @@ def _delta(row: dict[str, Any], name: str) -> str:
     return "" if d is None else f" ({d:+.3g})"
 
 
-def failures(rows: list[dict[str, Any]]) -> list[str]:
+def failure_lines(rows: list[dict[str, Any]]) -> list[str]:
     """One line per failed row (and per evaluator error): why, where, and what to look at."""
     lines = []
     for r in rows:
@@ -266,8 +266,9 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def print_rows(rows: list[dict[str, Any]], title: str, note: str | None = None) -> None:
-    """The comparison table, then the best job and the failures, on stdout."""
+def print_rows(rows: list[dict[str, Any]], title: str, note: str | None = None,
+               failures: bool = True) -> None:
+    """The comparison table, then the best job and (`failures`) why jobs failed, on stdout."""
     from rich.console import Console
 
     console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
@@ -282,5 +283,5 @@ def print_rows(rows: list[dict[str, Any]], title: str, note: str | None = None) 
                       highlight=False)
     if note:
         console.print(note, markup=False, highlight=False)
-    for line in failures(rows):
+    for line in failure_lines(rows) if failures else []:
         console.print(line, markup=False, highlight=False)

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from wtb_conf import compare
 from wtb_conf.job import SWEEP_ENV, open_store_for
 from wtb_conf.store.records import DONE
 
@@ -78,16 +79,17 @@ class SweepCallback(Callback):
             store.finish_sweep(self.sweep_id)
             # a job retried after its actor died has several runs: the last one counts
             runs = list({r["job_num"]: r for r in store.runs(self.sweep_id)}.values())
-        title = f"sweep {self.sweep_id[:8]} — `wtb runs --sweep {self.sweep_id[:8]}`"
-        if "WtbRayLauncher" in str(OmegaConf.select(config, "hydra.launcher._target_")):
-            done = sum(r["status"] in DONE for r in runs)
-            cached = sum(r["status"] == "cached" for r in runs)
-            paused = sum(r["status"] == "paused" for r in runs)
-            print(f"{title}: {done} of {len(runs)} jobs completed"  # wtb_ray printed the table
-                  + (f" ({cached} cached)" if cached else "")
-                  + (f", {paused} paused (`wtb resume RUN` continues)" if paused else ""))
-        else:
-            print_table(runs, title)
+            rows, note = compare.rows(store, [self.sweep_id])
+        short = self.sweep_id[:8]
+        compare.print_rows(rows, f"sweep {short} — `wtb compare {short}`", note,
+                           failures=False)  # the failed jobs are listed on stderr below
+        done = sum(r["status"] in DONE for r in runs)
+        cached = sum(r["status"] == "cached" for r in runs)
+        paused = sum(r["status"] == "paused" for r in runs)
+        print(f"sweep {short}: {done} of {len(runs)} jobs completed"
+              + (f" ({cached} cached)" if cached else "")
+              + (f", {paused} paused (`wtb resume RUN` continues)" if paused else "")
+              + f"; `wtb report {short}` writes an HTML report")
         failed = [r for r in runs if r["status"] == "failed"]
         if failed:
             lines = [
