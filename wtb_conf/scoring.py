@@ -136,8 +136,9 @@ def score_case(evaluators: list[Evaluator], case: str, state: Mapping[str, Any],
                     continue
             try:
                 scores.update(_check(ev.name, ev.fn(dict(state), **kwargs)))
-            except Exception as e:
-                errors[ev.name] = f"{type(e).__name__}: {e}"
+            except Exception as e:  # (a KeyError's str() is its key, quoted: take the text)
+                text = e.args[0] if isinstance(e, KeyError) and e.args else e
+                errors[ev.name] = f"{type(e).__name__}: {text}"
     return {"scores": scores, "errors": errors}
 
 
