@@ -1,0 +1,199 @@
+"""`wtb report`, the way a person sees it: the CLI writes the file, a real headless Chromium
+opens it from file://, and the test reads, clicks and measures what is on the page."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import run_bench
+
+from wtb_conf import compare
+from wtb_conf.report import node_durations
+from wtb_conf.store import open_store
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        why = f"{CHROMIUM} is missing: apt-get install chromium to run the report's browser tests"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's own browser download is not used: the system's Chromium is
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def report(project: Path, out: Path, *sweeps: str) -> str:
+    """`wtb report` in the project directory, as a user runs it; the HTML it wrote."""
+    proc = subprocess.run([sys.executable, "-m", "wtb_conf.cli", "report", *sweeps, "--out",
+                           str(out)], cwd=project, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"wrote {out}" in proc.stdout
+    assert not list(out.parent.glob(f".{out.name}.*"))  # the temporary file was renamed
+    return out.read_text()
+
+
+def assert_self_contained(html: str) -> None:
+    for loads in ('src="http', "src='http", 'href="http', "<script src", '<link rel="stylesheet"',
+                  "@import", "url(http"):
+        assert loads not in html, loads
+
+
+def open_page(browser, path: Path):
+    """The report in a new page, and the list of every URL the page requested."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(30_000)
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(path.as_uri())
+    return page, requests
+
+
+def job_order(page) -> list[int]:
+    return [int(t) for t in page.locator("#comparison tbody tr td:first-child").all_inner_texts()]
+
+
+def test_demo_report_in_a_browser(demo, tmp_path, browser):
+    with open_store(str(demo / "data/wtb.db"), demo / "data/blobs", readonly=True) as store:
+        sweep = store.runs()[0]["sweep_id"]  # the demo sweep (other tests may add sweeps)
+        rows, _ = compare.rows(store, [sweep])
+    out = tmp_path / "report.html"
+    html = report(demo, out, sweep)
+    assert_self_contained(html)
+    assert out.stat().st_size < 1_000_000
+
+    page, requests = open_page(browser, out)
+    assert requests == [out.as_uri()]  # nothing fetched: no CDN, no fonts, no scripts
+    best = next(r for r in rows if r["best"])
+    title = page.title()
+    assert sweep[:8] in title and best["objective"] in title and best["run_id"][:8] in title
+
+    assert page.locator("#comparison tbody tr").count() == len(rows) == 4
+    assert job_order(page) == [0, 1, 2, 3]
+    star = page.locator("#comparison tbody tr", has_text="★")
+    assert star.count() == 1 and star.first.get_attribute("data-run") == best["run_id"]
+
+    # sort by the objective: ascending, ties in job order; a second click reverses
+    objective = best["objective"]
+    ascending = [r["job_num"] for r in sorted(rows, key=lambda r: compare.value_of(r, objective))]
+    assert ascending != [0, 1, 2, 3]
+    header = page.locator(f'#comparison th[title="{objective}"]')
+    header.click()
+    assert job_order(page) == ascending
+    assert header.get_attribute("aria-sort") == "ascending"
+    page.locator('#comparison th[title="job"]').click()
+    page.locator('#comparison th[title="job"]').click()
+    assert job_order(page) == [3, 2, 1, 0]
+
+    # a chart per numeric column, and the node durations; each drawn with a real size
+    svgs = page.locator("svg")
+    assert svgs.count() == len(compare.numeric_columns(rows)) + 1
+    for i in range(svgs.count()):
+        box = svgs.nth(i).bounding_box()
+        assert box and box["width"] > 100 and box["height"] > 50, (i, box)
+    chart_text = page.locator("#charts ~ .charts").first.inner_text()
+    assert objective in chart_text and "drop_invalid" in chart_text  # text stays text
+
+    durations = page.locator("#durations ~ .charts table").inner_text()
+    assert all(node in durations for node in ("load", "clean", "validate", "summarize"))
+    assert "No failures" in page.locator("#failures + p").inner_text()
+    first = page.locator(f"#run-{rows[0]['run_id'][:8]}")
+    short = rows[0]["run_id"][:8]
+    assert f"wtb restore {short} --to run-{short}" in first.inner_text()
+    files = first.locator("details")
+    assert "orders/summary.json" not in files.inner_text()  # collapsed until clicked
+    files.locator("summary").click()
+    assert "orders/summary.json" in files.inner_text()
+    forked = [r for r in rows[1:] if f"{short}/orders, inherited load" in
+              page.locator(f"#run-{r['run_id'][:8]}").inner_text()]
+    assert forked  # the shared prefix: later jobs forked from job 0's checkpoints
+
+    shot = tmp_path / "report.png"
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000
+    page.close()
+
+
+FLAKY = """
+state:
+  x: int
+nodes:
+  add: {_target_: flows.add, amount: 1}
+  step: {_target_: flows.boom}
+edges: [[START, add], [add, step], [step, END]]
+cases:
+  one: {x: 1}
+  two: {x: 5}
+metrics: {x: x}
+evaluators:
+  has_y: {_target_: wtb_conf.evaluators.contains, key: y, text: "1"}
+"""
+
+
+def test_failures_are_shown_with_traceback_node_and_red_row(tmp_path, browser, monkeypatch):
+    project = tmp_path / "flaky"
+    (project / "conf/workflow").mkdir(parents=True)
+    (project / "conf/workflow/flaky.yaml").write_text(textwrap.dedent(FLAKY))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]))  # `flows` imports
+    proc = run_bench(project, "-m", "workflow=flaky", "compare.objective=x",
+                     "workflow.nodes.step._target_=flows.boom,flows.double",
+                     "hydra/launcher=basic", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    with open_store(str(project / "data/wtb.db"), project / "data/blobs") as store:
+        failed, ok = store.runs(store.last_sweep())
+        threads = store.threads(failed["run_id"])
+    assert failed["status"] == "failed" and ok["status"] == "completed"
+
+    out = tmp_path / "out" / "flaky.html"  # a directory that does not exist yet
+    html = report(project, out)
+    assert_self_contained(html)
+    page, requests = open_page(browser, out)
+    assert requests == [out.as_uri()]
+
+    red = page.locator(f'#comparison tr[data-run="{failed["run_id"]}"]')
+    assert "failed" in (red.get_attribute("class") or "")
+    color = red.locator("td").first.evaluate("td => getComputedStyle(td).backgroundColor")
+    assert color == "rgb(248, 215, 218)"
+    assert "★" in page.locator(f'#comparison tr[data-run="{ok["run_id"]}"]').inner_text()
+
+    text = page.locator("body").inner_text()
+    for t in threads:
+        assert t["status"] == "failed" and t["failed_node"] == "step"
+        assert f"case {t['case']} failed in node step: {t['error']}" in text
+        assert t["traceback"].strip() in text  # the whole traceback, as recorded
+    assert 'raise ValueError(f"boom at x={state[\'x\']}")' in text
+    assert "evaluator has_y KeyError" in text  # the evaluator's error, per case
+    assert f"{failed['run_id'][:8]}" in page.locator("#failures ~ h3.bad").first.inner_text()
+    assert page.locator("svg").count() >= 2  # x and success_rate, the failed job's bar empty
+    page.close()
+
+
+def test_node_durations_are_the_gaps_to_the_previous_event_of_the_same_case():
+    def ev(at: str, kind: str, thread: str | None, node: str | None = None) -> dict:
+        data = {"thread_id": thread, "node": node} if thread else {}
+        return {"at": f"2026-01-01T00:00:{at}+00:00", "kind": kind, "data": data}
+
+    events = [ev("00.000", "run_started", None), ev("00.100", "commit", "r/a"),
+              ev("00.200", "commit", "r/b"), ev("00.400", "node", "r/a", "load"),
+              ev("00.500", "commit", "r/a"), ev("01.000", "node", "r/b", "load"),
+              ev("01.250", "node", "r/a", "clean"), ev("02.000", "run_completed", None)]
+    got = node_durations(events)
+    assert got.keys() == {"load", "clean"}
+    assert [round(s, 3) for s in got["load"]] == [0.3, 0.8]
+    assert [round(s, 3) for s in got["clean"]] == [0.75]
