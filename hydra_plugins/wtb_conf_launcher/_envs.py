@@ -38,19 +38,18 @@ def _touches_env(overrides: Sequence[str]) -> bool:
 
 @contextlib.contextmanager
 def _bench_path() -> Iterator[str]:
-    """wtb_conf and its Hydra plugins, linked into a directory of their own: an env's actors
-    get these on their path without the driver's site-packages (and its other packages)."""
-    import hydra_plugins.wtb_conf_launcher as launcher_pkg
-    import hydra_plugins.wtb_conf_searchpath as searchpath_pkg
+    """wtb_conf and its Hydra plugins (every `hydra_plugins/wtb_*`: the job's pickled Hydra
+    state names them all), linked into a directory of their own: an env's actors get these on
+    their path without the driver's site-packages (and its other packages)."""
     import wtb_conf
 
+    plugins = Path(__file__).parent.parent  # the hydra_plugins directory this one is in
     root = Path(tempfile.mkdtemp(prefix="wtb-bench-path-"))
     try:
         (root / "hydra_plugins").mkdir()
         (root / "wtb_conf").symlink_to(Path(wtb_conf.__file__).parent)
-        for pkg in (launcher_pkg, searchpath_pkg):
-            path = Path(pkg.__file__).parent
-            (root / "hydra_plugins" / path.name).symlink_to(path)
+        for path in sorted(plugins.glob("wtb_*/__init__.py")):
+            (root / "hydra_plugins" / path.parent.name).symlink_to(path.parent)
         yield str(root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
