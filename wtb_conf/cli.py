@@ -302,7 +302,7 @@ def cmd_evaluate(store: Store, args: argparse.Namespace) -> None:
     for run_id in dict.fromkeys(run_ids):
         summary = evaluate_stored(store, run_id, args.overrides)
         print(f"wtb: run {run_id[:8]} scored again: " + (", ".join(
-            f"{k}={compare._fmt(v)}" for k, v in summary["scores"].items()) or "no evaluators"))
+            f"{k}={compare.fmt(v)}" for k, v in summary["scores"].items()) or "no evaluators"))
     sweeps = list(dict.fromkeys(sweeps))
     rows, note = compare.rows(store, sweeps)
     compare.print_rows(rows, "sweep " + ", ".join(s[:8] for s in sweeps), note)

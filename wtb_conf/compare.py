@@ -64,7 +64,7 @@ def value_of(row: dict[str, Any], name: str) -> Any:
     return row.get(name)
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
         else None
 
@@ -124,7 +124,7 @@ def mark_best(rows: list[dict[str, Any]]) -> str | None:
                 f"({', '.join(sorted(f'{o} ({m})' for o, m in objectives))})")
     (objective, mode), = objectives
     scored = [(v, i) for i, r in enumerate(rows)
-              if r["status"] in DONE and (v := _number(value_of(r, objective))) is not None]
+              if r["status"] in DONE and (v := number(value_of(r, objective))) is not None]
     if not scored:
         return f"no best job: no completed job has a value for {objective}"
     sign = 1 if mode == "max" else -1
@@ -145,8 +145,8 @@ def add_baseline(rows: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> 
             base = next((b for b in baseline if b["case"] == row["case"]), None)
         row["delta"] = {} if base is None else {
             name: v - b for name in numeric_columns([row, base])
-            if (v := _number(value_of(row, name))) is not None
-            and (b := _number(value_of(base, name))) is not None}
+            if (v := number(value_of(row, name))) is not None
+            and (b := number(value_of(base, name))) is not None}
         row["baseline_run"] = base and base["run_id"]
 
 
@@ -186,13 +186,13 @@ def sort_rows(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
         raise StoreError(f"--sort {key}: no row has a {name!r}; sort by one of "
                          f"{', '.join(known)}")
     have = [r for r in rows if value_of(r, name) is not None]
-    have.sort(key=lambda r: (_number(value_of(r, name)) is None,
-                             _number(value_of(r, name)) or 0, str(value_of(r, name))),
+    have.sort(key=lambda r: (number(value_of(r, name)) is None,
+                             number(value_of(r, name)) or 0, str(value_of(r, name))),
               reverse=reverse)
     return have + [r for r in rows if value_of(r, name) is None]
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
@@ -218,7 +218,7 @@ def table(rows: list[dict[str, Any]], title: str) -> Any:
             out.add_column(labels.get(col, col), no_wrap=True)
     for r in rows:
         status = f"[red]{r['status']}[/red]" if r["status"] == "failed" else r["status"]
-        cells = [_fmt(value_of(r, n)) + _delta(r, n) for n in numbers]
+        cells = [fmt(value_of(r, n)) + _delta(r, n) for n in numbers]
         out.add_row(*([r["sweep_id"][:8]] if several else []), str(r["job_num"]),
                     r["run_id"][:8], *(r["params"].get(p, "") for p in params),
                     *([r["case"]] if cases else []), status,
@@ -260,7 +260,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
         writer.writerow([r["run_id"], r["sweep_id"], r["job_num"],
                          *(r["params"].get(p, "") for p in params),
                          *([r["case"]] if cases else []), r["status"], r["duration_s"],
-                         *(_fmt(value_of(r, n)) for n in numbers),
+                         *(fmt(value_of(r, n)) for n in numbers),
                          *(r.get("delta", {}).get(d, "") for d in deltas), r["best"],
                          r["error"] or ""])
     return buf.getvalue()
@@ -277,7 +277,7 @@ def print_rows(rows: list[dict[str, Any]], title: str, note: str | None = None,
     if best is not None:
         params = " ".join(f"{k}={best['params'][k]}" for k in varying_params(rows)
                           if k in best["params"])
-        value = "" if "case" in best else f" = {_fmt(value_of(best, best['objective']))}"
+        value = "" if "case" in best else f" = {fmt(value_of(best, best['objective']))}"
         console.print(f"best: job {best['job_num']} (run {best['run_id'][:8]}) {params}: "
                       f"{best['objective']}{value} ({best['mode']})", markup=False,
                       highlight=False)

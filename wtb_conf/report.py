@@ -70,14 +70,6 @@ DURATION_NOTE = (
     "cache hit shows the durations of the run it reused.")
 
 
-def _number(value: Any) -> float | None:
-    return None if isinstance(value, bool) or not isinstance(value, int | float) else value
-
-
-def _fmt(value: Any) -> str:
-    return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
@@ -176,7 +168,7 @@ def _charts(rows: list[dict[str, Any]], labels: list[str], jobs: list[str]) -> l
     colors = [BEST_BAR if r["best"] else FAILED_BAR if r["status"] == "failed" else BAR
               for r in rows]
     for name in compare.numeric_columns(rows):
-        values = [_number(compare.value_of(r, name)) for r in rows]
+        values = [compare.number(compare.value_of(r, name)) for r in rows]
         present = [v for v in values if v is not None]
         if not present:  # a metric that is text, not a number
             continue
@@ -236,8 +228,8 @@ def _table(rows: list[dict[str, Any]], params: list[str], numbers: list[str],
                      f'{"" if d is None else f"{d:.2f} s"}</td>')
         for name in numbers:
             v = compare.value_of(r, name)
-            key = "" if _number(v) is None else repr(_number(v))
-            cells.append(f'<td class="n" data-v="{escape(key)}">{escape(_fmt(v))}</td>')
+            key = "" if compare.number(v) is None else repr(compare.number(v))
+            cells.append(f'<td class="n" data-v="{escape(key)}">{escape(compare.fmt(v))}</td>')
         cells.append('<td data-v="1"><span class="star">★</span> best</td>' if r["best"]
                      else '<td data-v=""></td>')
         cls = "failed" if r["status"] == "failed" else "best" if r["best"] else ""
@@ -354,7 +346,7 @@ def _headline(rows: list[dict[str, Any]], sweep_ids: list[str], params: list[str
     if best is not None:
         chosen = " ".join(f"{k}={best['params'][k]}" for k in params if k in best["params"])
         sub += (f"; best: ★ job {best['job_num']} (run {_short(best['run_id'])}) {chosen} = "
-                f"{_fmt(compare.value_of(best, best['objective']))}")
+                f"{compare.fmt(compare.value_of(best, best['objective']))}")
     return heading, sub + (f"; {note}" if note else "")
 
 
