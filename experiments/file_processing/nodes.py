@@ -54,6 +54,17 @@ def drop_invalid(state: dict) -> dict:
     return {"clean": clean, "rejected": rejected, "log": ["drop_invalid"]}
 
 
+def strict_amounts(state: dict) -> dict:
+    """Variant `strict_amounts`: like drop_invalid, but a negative amount is taken for a data
+    error and stops the case (it fails on the `returns` case: a variant that breaks)."""
+    for row in state["rows"]:
+        amount = _amount(row["amount"])
+        if amount is not None and amount < 0:
+            raise ValueError(f"row {row['id']}: amount {row['amount']} is negative; "
+                             "strict_amounts accepts sales only")
+    return drop_invalid(state)
+
+
 def fill_defaults(state: dict, default_region: str) -> dict:
     """Variant `fill_defaults`: fill a missing region and amount; reject rows with no product."""
     settings = state["settings"]
