@@ -12,14 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-from omegaconf import OmegaConf
-from rich.console import Console
-from rich.table import Table
-
 from wtb_conf.store import Store, StoreError, open_store
-
-console = Console()
 
 
 def _resolve_run(store: Store, ref: str) -> str:
@@ -55,9 +48,32 @@ def cmd_runs(store: Store, args: argparse.Namespace) -> None:
     runs = store.runs(sweep)
     if args.json:
         return _print_json(runs)
-    from wtb_conf.sweep import print_table
+    _print_runs(runs, f"sweep {sweep[:8]}" if sweep else "all runs")
 
-    print_table(runs, f"sweep {sweep[:8]}" if sweep else "all runs")
+
+def _print_runs(runs: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    metric_names = sorted({k for r in runs for k in r["metrics"] if "/" not in k})
+    table = Table(title=title)
+    for col in ("job", "run", "overrides", "status", "checkpoints", "commit", *metric_names):
+        table.add_column(col)
+    for r in runs:
+        status = r["status"] if r["status"] != "failed" else f"[red]{r['status']}[/red]"
+        table.add_row(
+            str(r["job_num"]), r["run_id"][:8], " ".join(r["overrides"]), status,
+            str(r["checkpoints"]), (r["commit"] or "-")[:12],
+            *(_short(r["metrics"].get(m, "")) for m in metric_names),
+        )
+    Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+def _short(value: Any, width: int = 12) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _show(store: Store, run_id: str) -> dict[str, Any]:
@@ -81,6 +97,10 @@ def cmd_show(store: Store, args: argparse.Namespace) -> None:
     run = _show(store, _resolve_run(store, args.run))
     if args.json:
         return _print_json(run)
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
     console.print(f"[bold]run {run['run_id']}[/bold]  job {run['job_num']} of sweep "
                   f"{run['sweep_id'][:8]}  [bold]{run['status']}[/bold]")
     console.print(f"overrides: {' '.join(run['overrides']) or '-'}")
@@ -183,6 +203,9 @@ def _with_checkpoints(store: Store, run_id: str) -> str:
 
 def cmd_resume(store: Store, args: argparse.Namespace) -> int:
     """A new run that continues RUN from each case's newest checkpoint."""
+    import yaml
+    from omegaconf import OmegaConf
+
     run = store.run(_resolve_run(store, args.run))
     state = OmegaConf.select(OmegaConf.create(run["config_yaml"]), "workflow.state") or {}
     sets = {}

@@ -76,7 +76,7 @@ def rows(store: Store, sweep_ids: list[str],
     latest: dict[tuple[str, int], dict[str, Any]] = {}
     for run in store.compare_runs(sweep_ids):  # oldest first: a retry replaces its job's run
         latest[(run["sweep_id"], run["job_num"])] = run
-    evaluations = store.latest_evaluations(sweep_ids)
+    evaluations = store.latest_evaluations(sweep_ids, cases=cases)
     order = {s: i for i, s in enumerate(sweep_ids)}
     out = [_row(run, evaluations.get(run["run_id"]))
            for _, run in sorted(latest.items(), key=lambda kv: (order[kv[0][0]], kv[0][1]))]
@@ -200,30 +200,35 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def table(rows: list[dict[str, Any]], title: str) -> Any:
-    """The comparison as a rich Table: varying params, status, duration, numbers, best."""
-    from rich.table import Table
-
+def table_lines(rows: list[dict[str, Any]], title: str, color: bool = False) -> list[str]:
+    """The comparison as aligned plain text: varying params, status, duration, numbers, best.
+    Plain, not rich: rich measures and renders every cell, seconds for thousands of rows."""
     params = varying_params(rows)
     numbers = numeric_columns(rows)
     several = len({r["sweep_id"] for r in rows}) > 1
     cases = any("case" in r for r in rows)
-    out = Table(title=title)
     labels = short_names(params)
-    for col in (["sweep"] if several else []) + ["job", "run", *params] + \
-            (["case"] if cases else []) + ["status", "duration", *numbers, "best"]:
-        if col in numbers:  # long names fold in the header; numbers are short
-            out.add_column(labels.get(col, col), justify="right", overflow="fold")
-        else:
-            out.add_column(labels.get(col, col), no_wrap=True)
-    for r in rows:
-        status = f"[red]{r['status']}[/red]" if r["status"] == "failed" else r["status"]
-        cells = [fmt(value_of(r, n)) + _delta(r, n) for n in numbers]
-        out.add_row(*([r["sweep_id"][:8]] if several else []), str(r["job_num"]),
-                    r["run_id"][:8], *(r["params"].get(p, "") for p in params),
-                    *([r["case"]] if cases else []), status,
-                    "" if r["duration_s"] is None else f"{r['duration_s']:.1f}s", *cells,
-                    "[bold green]★ best[/bold green]" if r["best"] else "")
+    cols = (["sweep"] if several else []) + ["job", "run", *params] + \
+        (["case"] if cases else []) + ["status", "duration", *numbers, "best"]
+    right = [c in numbers for c in cols]
+    body = [[*([r["sweep_id"][:8]] if several else []), str(r["job_num"]), r["run_id"][:8],
+             *(str(r["params"].get(p, "")) for p in params), *([r["case"]] if cases else []),
+             r["status"], "" if r["duration_s"] is None else f"{r['duration_s']:.1f}s",
+             *(fmt(value_of(r, n)) + _delta(r, n) for n in numbers),
+             "★ best" if r["best"] else ""] for r in rows]
+    head = [labels.get(c, c) for c in cols]
+    widths = [max([len(h), *(len(b[i]) for b in body)]) for i, h in enumerate(head)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if r else c.ljust(w)
+                         for c, w, r in zip(cells, widths, right, strict=True)).rstrip()
+
+    out = [title, line(head)]
+    for cells, r in zip(body, rows, strict=True):
+        text = line(cells)
+        if color and r["status"] == "failed":
+            text = text.replace("failed", "\x1b[31mfailed\x1b[0m", 1)
+        out.append(text)
     return out
 
 
@@ -269,19 +274,15 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 def print_rows(rows: list[dict[str, Any]], title: str, note: str | None = None,
                failures: bool = True) -> None:
     """The comparison table, then the best job and (`failures`) why jobs failed, on stdout."""
-    from rich.console import Console
-
-    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
-    console.print(table(rows, title))
+    lines = table_lines(rows, title, color=sys.stdout.isatty())
     best = next((r for r in rows if r["best"]), None)
     if best is not None:
         params = " ".join(f"{k}={best['params'][k]}" for k in varying_params(rows)
                           if k in best["params"])
         value = "" if "case" in best else f" = {fmt(value_of(best, best['objective']))}"
-        console.print(f"best: job {best['job_num']} (run {best['run_id'][:8]}) {params}: "
-                      f"{best['objective']}{value} ({best['mode']})", markup=False,
-                      highlight=False)
+        lines.append(f"best: job {best['job_num']} (run {best['run_id'][:8]}) {params}: "
+                     f"{best['objective']}{value} ({best['mode']})")
     if note:
-        console.print(note, markup=False, highlight=False)
-    for line in failure_lines(rows) if failures else []:
-        console.print(line, markup=False, highlight=False)
+        lines.append(note)
+    lines += failure_lines(rows) if failures else []
+    sys.stdout.write("\n".join(lines) + "\n")

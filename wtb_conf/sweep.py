@@ -32,31 +32,6 @@ def close_open_sweep() -> None:
         callback._end(config)
 
 
-def _short(value: Any, width: int = 12) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    text = str(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def print_table(runs: list[dict], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    metric_names = sorted({k for r in runs for k in r["metrics"] if "/" not in k})
-    table = Table(title=title)
-    for col in ("job", "run", "overrides", "status", "checkpoints", "commit", *metric_names):
-        table.add_column(col)
-    for r in runs:
-        status = r["status"] if r["status"] != "failed" else f"[red]{r['status']}[/red]"
-        table.add_row(
-            str(r["job_num"]), r["run_id"][:8], " ".join(r["overrides"]), status,
-            str(r["checkpoints"]), (r["commit"] or "-")[:12],
-            *(_short(r["metrics"].get(m, "")) for m in metric_names),
-        )
-    Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None).print(table)
-
-
 class SweepCallback(Callback):
     def __init__(self) -> None:
         self.sweep_id: str | None = None

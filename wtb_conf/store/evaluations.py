@@ -64,17 +64,25 @@ class EvaluationRecords:
                      "ORDER BY created_at DESC, id"), {"r": run_id})
             return [_evaluation_dict(r) for r in rows]
 
-    def latest_evaluations(self, sweep_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """The newest evaluation of every run of these sweeps, by run id."""
+    def latest_evaluations(self, sweep_ids: Iterable[str],
+                           cases: bool = True) -> dict[str, dict[str, Any]]:
+        """The newest evaluation of every run of these sweeps, by run id; `cases=False`
+        leaves the per-case scores out (a comparison of jobs does not need them)."""
         marks, params = _bound(sweep_ids)
-        out: dict[str, dict[str, Any]] = {}
+        newest = {}
         with read_conn(self.engine) as conn:
             rows = conn.execute(
-                text("SELECT e.* FROM evaluations e JOIN runs r ON r.id = e.run_id "
-                     f"WHERE r.sweep_id IN ({marks}) ORDER BY e.created_at, e.id"), params)
-            for row in rows:  # oldest first: the newest one stays
-                out[row.run_id] = _evaluation_dict(row)
-        return out
+                text("SELECT e.run_id, e.id, e.created_at, e.source, e.eval_key, e.compare, "
+                     f"e.summary{', e.cases' if cases else ''} FROM evaluations e "
+                     f"JOIN runs r ON r.id = e.run_id WHERE r.sweep_id IN ({marks}) "
+                     "ORDER BY e.created_at, e.id"), params)
+            for row in rows:  # oldest first: the newest one stays, and only it is decoded
+                newest[row[0]] = row
+        loads = json.loads
+        return {run_id: {"evaluation_id": r[1], "run_id": run_id, "created_at": r[2],
+                         "source": r[3], "eval_key": r[4], "compare": loads(r[5]),
+                         "summary": loads(r[6]), "cases": loads(r[7]) if cases else {}}
+                for run_id, r in newest.items()}
 
     def compare_runs(self, sweep_ids: Iterable[str]) -> list[dict[str, Any]]:
         """What `wtb compare` needs of the runs of these sweeps, in one query (it must stay
@@ -86,13 +94,12 @@ class EvaluationRecords:
                      "finished_at, error, metrics, commit_id, cached_from, parent_run "
                      f"FROM runs WHERE sweep_id IN ({marks}) ORDER BY started_at, job_num"),
                 params)
-            return [{"run_id": r.id, "sweep_id": r.sweep_id, "job_num": r.job_num,
-                     "status": r.status, "overrides": json.loads(r.overrides),
-                     "workflow": r.workflow, "started_at": r.started_at,
-                     "finished_at": r.finished_at, "error": r.error,
-                     "metrics": json.loads(r.metrics) if r.metrics else {},
-                     "commit": r.commit_id, "cached_from": r.cached_from,
-                     "parent_run": r.parent_run} for r in rows]
+            loads = json.loads  # by position, not by name: SQLAlchemy's named access costs
+            return [{"run_id": i, "sweep_id": s, "job_num": j, "status": st,
+                     "overrides": loads(o), "workflow": w, "started_at": sa,
+                     "finished_at": fa, "error": e, "metrics": loads(m) if m else {},
+                     "commit": c, "cached_from": cf, "parent_run": p}
+                    for i, s, j, st, o, w, sa, fa, e, m, c, cf, p in rows]
 
     def compare_cases(self, sweep_ids: Iterable[str]) -> list[dict[str, Any]]:
         """Every case thread of the runs of these sweeps: status, error, the node it failed
