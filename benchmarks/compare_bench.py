@@ -426,6 +426,14 @@ def main() -> None:
                                                           ("rows()", 7), ("output", 8))]
             print(f"{name:24}{m['rows']:6.0f}{one:9.2f}s{star}{script:7.2f}s{star}"
                   f"{one / TARGET:6.1f}x{''.join(ms)}{work_s:8.2f}s", flush=True)
+
+        # The report of the same sweep: the issue bounds its size (5 MB for 200 runs). These
+        # runs commit no files, so the per-run file lists are empty here.
+        out = Path(tmp) / "report.html"
+        seconds = timed([*py, "-m", "wtb_conf.cli", "--db", str(db), "--blobs", str(blobs),
+                         "report", "last", "--out", str(out)], env)
+        print(f"\n`wtb report last` ({args.jobs} jobs): {seconds:.2f}s, "
+              f"{out.stat().st_size / 1e6:.2f} MB (bound: 5 MB)", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

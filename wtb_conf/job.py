@@ -278,8 +278,9 @@ def _cases(store: Store, cfg: DictConfig, workflow: dict[str, Any], digests: dic
 def _score_cached(store: Store, earlier: dict[str, Any], cfg: DictConfig,
                   launch_dir: Path) -> dict[str, Any] | None:
     """The evaluation of a cache hit: the earlier run's newest one if the same evaluators
-    made it, else its stored cases scored again (nothing runs). None when the evaluators'
-    config is wrong: the job then runs as usual and reports the error itself."""
+    made it, else its stored cases scored again (nothing runs). None when that fails (the
+    evaluators' config is wrong, a stored case cannot be restored): the job then runs as
+    usual, and reports a config error itself."""
     workflow = _plain(cfg.workflow)
     try:
         compare = check_compare(_plain(cfg.get("compare")), workflow)
@@ -290,8 +291,8 @@ def _score_cached(store: Store, earlier: dict[str, Any], cfg: DictConfig,
         else:
             cases, summary = rescore(store, earlier["run_id"], workflow, launch_dir)
             source = "evaluate"
-    except WorkflowError as e:
-        log.warning("not a cache hit: %s", e)
+    except Exception as e:
+        log.warning("not a cache hit: %s: %s", type(e).__name__, e)
         return None
     return {"source": source, "eval_key": key, "compare": compare, "cases": cases,
             "summary": summary}
@@ -328,16 +329,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         inputs_commit=inputs,
     )
     earlier = None if cfg.get("rerun") else store.cached_run(digests["job_key"])
-    scores = _score_cached(store, earlier, cfg, launch_dir) if earlier else None
-    if earlier is not None and scores is not None:
+    evaluation = _score_cached(store, earlier, cfg, launch_dir) if earlier else None
+    if earlier is not None and evaluation is not None:
         store.finish_cached(run_id, earlier)
-        store.add_evaluation(run_id, **scores)
+        store.add_evaluation(run_id, **evaluation)
         store.close()
         log.info("run %s: cached in %.0f ms, the same job completed as run %s", run_id,
                  (time.perf_counter() - started) * 1e3, earlier["run_id"])
         return {"run_id": run_id, "status": "cached", "commit": earlier["commit"],
                 "error": None, "metrics": earlier["metrics"], "cached_from": earlier["run_id"],
-                "scores": scores["summary"]["scores"]}
+                "scores": evaluation["summary"]["scores"]}
     log.info("run %s: %s", run_id, " ".join(overrides) or "(no overrides)")
     commit = None
     finals: dict[str, dict] = {}
