@@ -101,19 +101,40 @@ def test_a_retried_job_counts_once_and_varying_params_leave_fixed_ones_out(store
     assert compare.numeric_columns(rows) == ["f1", "success_rate"]
 
 
-def test_cases_rows_carry_the_failed_node(store):
+def test_failures_say_the_case_and_node_in_job_and_case_rows(store):
     sweep = store.create_sweep([])
-    add_run(store, sweep, 0, ["a=1"], "failed", error="ValueError: bad row")
+    run = add_run(store, sweep, 0, ["a=1"], "failed", error="ValueError: bad row")
+    line = f"job 0 case one failed in node clean: ValueError: bad row — `wtb show {run[:8]}`"
     rows, _ = compare.rows(store, [sweep], cases=True)
     assert [(r["case"], r["status"], r["failed_node"]) for r in rows] == [
         ("one", "failed", "clean")]
+    assert compare.failure_lines(rows) == [line]
+    assert compare.failure_lines(compare.rows(store, [sweep])[0]) == [line]
+
+
+def test_a_job_that_failed_before_its_cases_keeps_its_row_per_case(store):
+    sweep = store.create_sweep([])
+    run = store.start_run(sweep, 0, ["a=1"], "wf", "{}", "d", "/tmp/job")
+    store.finish_run(run, "failed", None, {}, "WorkflowError: workflow.nodes.x: bad")
+    rows, _ = compare.rows(store, [sweep], cases=True)
+    assert [(r["case"], r["status"]) for r in rows] == [(None, "failed")]
     assert compare.failure_lines(rows) == [
-        f"job 0 case one failed in node clean: ValueError: bad row — `wtb show "
-        f"{rows[0]['run_id'][:8]}`"]
+        f"job 0 failed: WorkflowError: workflow.nodes.x: bad — `wtb show {run[:8]}`"]
+    assert "failed" in compare.table_lines(rows, "t")[2]
+
+
+def test_a_dict_evaluator_as_objective_names_its_keys(store):
+    sweep = store.create_sweep([])
+    add_run(store, sweep, 0, ["a=1"], scores={"kept.f1": 1.0, "kept.recall": 0.5},
+            objective="kept")
+    assert compare.rows(store, [sweep])[1] == (
+        "no best job: no completed job has a value for kept; its evaluator returns a dict: "
+        "name one of kept.f1, kept.recall")
 
 
 SORT = [
     ("f1", [2, 0, 1]),
+    ("-limit", [2, 1, 0]),  # a param by its column label
     ("-f1", [1, 0, 2]),
     ("a", [0, 1, 2]),
     ("-job_num", [2, 1, 0]),
@@ -124,7 +145,7 @@ SORT = [
 def test_sort_rows(store, key, order):
     sweep = store.create_sweep([])
     for i, v in enumerate([0.5, 0.9, 0.1]):
-        add_run(store, sweep, i, [f"a={i}"], scores={"f1": v})
+        add_run(store, sweep, i, [f"a={i}", f"x.limit={i}"], scores={"f1": v})
     rows, _ = compare.rows(store, [sweep])
     assert [r["job_num"] for r in compare.sort_rows(rows, key)] == order
 
@@ -147,18 +168,27 @@ def test_baseline_run_and_sweep(store):
     add_run(store, new, 1, ["a=2"], scores={"f1": 0.5}, metrics={"n": 12})
     rows, _ = compare.rows(store, [new])
     base, _ = compare.rows(store, [old])
-    compare.add_baseline(rows, base)  # a sweep: the job with the same params
+    compare.add_baseline(rows, base, by_params=True)  # a sweep: the job with the same params
     assert rows[0]["delta"] == {"f1": 0.25, "n": 2, "success_rate": 0.0}
     assert rows[1]["delta"] == {} and rows[1]["baseline_run"] is None
-    compare.add_baseline(rows, base[1:])  # a run: every row against it
+    compare.add_baseline(rows, base[1:], by_params=False)  # a run: every row against it
     assert rows[1]["delta"]["f1"] == pytest.approx(-0.1)
+    # per case: case against case, of the same job (a sweep) or of the run
+    cases, _ = compare.rows(store, [new], cases=True)
+    base_cases, _ = compare.rows(store, [old], cases=True)
+    compare.add_baseline(cases, base_cases, by_params=True)
+    assert [(r["case"], r["baseline_run"]) for r in cases] == [
+        ("one", base[0]["run_id"]), ("one", None)]
+    compare.add_baseline(cases, base_cases[1:], by_params=False)
+    assert {r["baseline_run"] for r in cases} == {base[1]["run_id"]}
 
 
 def test_csv_has_a_column_per_param_number_and_delta(store):
     sweep = store.create_sweep([])
     add_run(store, sweep, 0, ["a=0"], scores={"f1": 0.5})
     rows, _ = compare.rows(store, [sweep])
-    compare.add_baseline(rows, rows[:1])
+    compare.add_baseline(rows, rows[:1], by_params=False)
     table = list(csv.DictReader(io.StringIO(compare.to_csv(rows))))
     assert table[0]["a"] == "0" and table[0]["f1"] == "0.5" and table[0]["delta.f1"] == "0.0"
+    assert table[0]["success_rate"] == "1.0"  # values as stored, not rounded for a screen
     assert table[0]["best"] == "True"

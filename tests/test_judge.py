@@ -85,10 +85,14 @@ def test_wtb_evaluate_rescores_stored_runs_without_running_a_node(demo, tmp_path
         "KeyError: the expected value has no 'rows_out'")
     text = wtb(project, "compare").stdout
     assert "evaluator rows_ok failed on 2 case(s)" in text
+    # `~` removes an evaluator (from the stored config: the rows_ok above is gone too)
+    wtb(project, "evaluate", "~workflow.evaluators.report_written", rows[0]["run_id"][:8])
+    one = next(r for r in compare_json(project) if r["run_id"] == rows[0]["run_id"])
+    assert "report_written" not in one["scores"] and "rows_ok" not in one["score_errors"]
     # a bad override names itself; nothing is recorded
     bad = wtb(project, "evaluate", "last", "compare.objective=nope", code=1)
     assert "compare.objective: 'nope' is not a metric or a score" in bad.stderr
-    assert len(evaluations(project, rows[0]["run_id"])) == 2
+    assert len(evaluations(project, rows[0]["run_id"])) == 3
 
 
 def test_a_cached_sweep_with_changed_evaluators_rescores_instead_of_running(demo, tmp_path):

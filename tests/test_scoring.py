@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -33,6 +34,9 @@ RETURNS = [
     ({"a": "x"}, {}, "TypeError: returned str 'x';"),
     (math.nan, {}, "ValueError: returned nan; a score must be a finite number"),
     (math.inf, {}, "ValueError: returned inf; a score must be a finite number"),
+    (np.float32(0.5), {"e": 0.5}, None),  # numpy scalars are plain numbers and bools
+    (np.bool_(True), {"e": True}, None),
+    ({"n": np.int64(3)}, {"e.n": 3}, None),
 ]
 
 
@@ -109,6 +113,10 @@ BAD_CONFIG = [
     ({"expected": [1]}, "workflow.expected: expected a mapping CASE: reference value"),
     ({"cases": {"one": {}}, "expected": {"uno": 1}},
      "workflow.expected.uno: not a case; cases are ['one']"),
+    ({"metrics": {"rows": "rows_out"}, "evaluators": {"rows": {"_target_": "x.y"}}},
+     "workflow.evaluators.rows: a metric (or rate) has that name already"),
+    ({"evaluators": {"pass_rate": {"_target_": "x.y"}}},
+     "workflow.evaluators.pass_rate: a metric (or rate) has that name already"),
 ]
 
 
@@ -128,7 +136,7 @@ COMPARE = [
     ({"mode": "best"}, None, "compare.mode: 'best' is not one of max, min"),
     ({"goal": "x"}, None, "compare.goal: unknown key; compare has objective, mode"),
     ({"objective": "acc"}, None, "compare.objective: 'acc' is not a metric or a score of this "
-                                 "workflow; valid: rows, kept, success_rate, pass_rate"),
+                                 "workflow; valid: rows, kept, pass_rate, success_rate"),
 ]
 
 
@@ -150,6 +158,10 @@ def test_summary_means_pass_rates_success_rate_and_error_counts():
     assert summary == {
         "scores": {"f1": 0.75, "ok": 0.5}, "kinds": {"f1": "mean", "ok": "pass_rate"},
         "errors": {"judge": 1}, "pass_rate": 0.5, "success_rate": 2 / 3, "cases": 3}
+    mixed = summarize({"a": {"scores": {"m": True}, "errors": {}},
+                       "b": {"scores": {"m": 0.2}, "errors": {}}}, {"a": "completed",
+                                                                    "b": "completed"})
+    assert mixed["kinds"] == {"m": "mean"} and mixed["pass_rate"] is None  # not a check
     empty = summarize({}, {"a": "failed"})
     assert empty["pass_rate"] is None and empty["success_rate"] == 0
 

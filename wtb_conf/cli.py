@@ -90,6 +90,7 @@ def _show(store: Store, run_id: str) -> dict[str, Any]:
         lineage.append(parent)
         parent = store.run(parent)["parent_run"]
     run["lineage"] = lineage
+    run["evaluations"] = store.evaluations(run_id)  # newest first
     return run
 
 
@@ -112,6 +113,17 @@ def cmd_show(store: Store, args: argparse.Namespace) -> None:
         console.print(f"paused: continue with `wtb resume {run['run_id'][:8]}`")
     if run["metrics"]:
         console.print("metrics:   " + ", ".join(f"{k}={v}" for k, v in run["metrics"].items()))
+    if run["evaluations"]:
+        newest = run["evaluations"][0]
+        summary = newest["summary"]
+        console.print("scores:    " + (", ".join(f"{k}={v:.4g}" for k, v in
+                                                  summary["scores"].items()) or "-")
+                      + f" (success_rate={summary['success_rate']}, {newest['source']} "
+                      f"{newest['created_at'][:19]}; {len(run['evaluations'])} evaluation(s))",
+                      markup=False, highlight=False)
+        for case, scored in newest["cases"].items():
+            for name, error in scored["errors"].items():
+                console.print(f"[red]evaluator {name} on case {case}: {error}[/red]")
     if run["error"]:
         console.print(f"[red]error: {run['error']}[/red]")
         console.print(run["traceback"] or "", markup=False, highlight=False)
@@ -296,7 +308,7 @@ def cmd_compare(store: Store, args: argparse.Namespace) -> None:
         if not base:
             raise StoreError(f"--baseline {args.baseline}: run {ref[:8]} is not the newest run "
                              "of its job; name that one")
-        compare.add_baseline(rows, base)
+        compare.add_baseline(rows, base, by_params=kind == "sweep")
     if args.sort:
         rows = compare.sort_rows(rows, args.sort)
     if args.json:
@@ -308,13 +320,16 @@ def cmd_compare(store: Store, args: argparse.Namespace) -> None:
                        note)
 
 
-def cmd_evaluate(store: Store, args: argparse.Namespace) -> None:
+def cmd_evaluate(store: Store, args: argparse.Namespace) -> int:
     from wtb_conf import compare
     from wtb_conf.scoring import evaluate_stored
 
-    args.overrides += [r for r in args.refs if "=" in r]
+    def is_override(word: str) -> bool:
+        return "=" in word or word.startswith(("~", "+"))
+
+    args.overrides += [w for w in args.refs if is_override(w)]
     run_ids, sweeps = [], []
-    for ref in [r for r in args.refs if "=" not in r] or ["last"]:
+    for ref in [w for w in args.refs if not is_override(w)] or ["last"]:
         kind, found = _run_or_sweep(store, ref)
         if kind == "run":
             run_ids.append(found)
@@ -322,13 +337,20 @@ def cmd_evaluate(store: Store, args: argparse.Namespace) -> None:
         else:
             run_ids += [r["run_id"] for r in compare.rows(store, [found])[0]]
             sweeps.append(found)
-    for run_id in dict.fromkeys(run_ids):
-        summary = evaluate_stored(store, run_id, args.overrides)
+    failed = 0
+    for run_id in dict.fromkeys(run_ids):  # one run that cannot be scored stops no other
+        try:
+            summary = evaluate_stored(store, run_id, args.overrides)
+        except StoreError as e:
+            print(f"wtb: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
         print(f"wtb: run {run_id[:8]} scored again: " + (", ".join(
             f"{k}={compare.fmt(v)}" for k, v in summary["scores"].items()) or "no evaluators"))
     sweeps = list(dict.fromkeys(sweeps))
     rows, note = compare.rows(store, sweeps)
     compare.print_rows(rows, "sweep " + ", ".join(s[:8] for s in sweeps), note)
+    return 1 if failed else 0
 
 
 def cmd_report(store: Store, args: argparse.Namespace) -> None:

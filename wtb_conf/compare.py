@@ -17,9 +17,9 @@ from datetime import datetime
 from typing import Any
 
 from wtb_conf.store import Store, StoreError
+from wtb_conf.store.records import DONE
 
-DONE = ("completed", "cached")
-RATES = ("pass_rate", "success_rate")
+RATES = ("pass_rate", "success_rate")  # per run, beside the evaluators' own scores
 
 
 def params_of(overrides: Iterable[str]) -> dict[str, str]:
@@ -84,6 +84,13 @@ def rows(store: Store, sweep_ids: list[str],
     if cases:
         runs = {run["run_id"]: run for run in latest.values()}
         out = _case_rows(store, sweep_ids, out, runs, evaluations)
+    elif any(r["status"] == "failed" for r in out):  # where each failed job failed
+        failed: dict[str, list[dict[str, Any]]] = {}
+        for t in store.compare_cases(sweep_ids, failed_only=True):
+            failed.setdefault(t["run_id"], []).append(t)
+        for r in out:
+            r["failed_cases"] = [{k: t[k] for k in ("case", "failed_node", "error")}
+                                 for t in failed.get(r["run_id"], [])]
     return out, note
 
 
@@ -99,7 +106,10 @@ def _case_rows(store: Store, sweep_ids: list[str], jobs: list[dict[str, Any]],
         source = job["cached_from"] or job["run_id"]
         scored = (evaluations.get(job["run_id"]) or {}).get("cases", {})
         metrics = runs[job["run_id"]]["metrics"]
-        for t in threads.get(source) or store.threads(source):
+        found = threads.get(source) or store.threads(source)
+        if not found:  # it failed before any case started: the job's own row says why
+            out.append({**job, "case": None, "failed_node": None})
+        for t in found:
             prefix = f"{t['case']}/"
             out.append({
                 **job,
@@ -126,7 +136,10 @@ def mark_best(rows: list[dict[str, Any]]) -> str | None:
     scored = [(v, i) for i, r in enumerate(rows)
               if r["status"] in DONE and (v := number(value_of(r, objective))) is not None]
     if not scored:
-        return f"no best job: no completed job has a value for {objective}"
+        keys = sorted({k for r in rows for k in r["scores"] if k.startswith(objective + ".")})
+        return (f"no best job: no completed job has a value for {objective}"
+                + (f"; its evaluator returns a dict: name one of {', '.join(keys)}"
+                   if keys else ""))
     sign = 1 if mode == "max" else -1
     # ties go to the first job, so the same store always names the same best job
     _, best = max(scored, key=lambda vi: (sign * vi[0], -vi[1]))
@@ -134,15 +147,19 @@ def mark_best(rows: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def add_baseline(rows: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> None:
-    """`delta` per row: each numeric metric, score and rate minus the baseline's. One
-    baseline row (a run) applies to every row; several (a sweep) are matched by params."""
-    by_params = {json.dumps(b["params"], sort_keys=True): b for b in baseline}
+def add_baseline(rows: list[dict[str, Any]], baseline: list[dict[str, Any]],
+                 by_params: bool) -> None:
+    """`delta` per row: each numeric metric, score and rate minus the baseline's. The
+    baseline is one run's rows (`by_params` false: every row against it) or a sweep's
+    (matched by params); per case rows are matched case to case."""
+
+    def key(row: dict[str, Any]) -> tuple[str, Any]:
+        return (json.dumps(row["params"], sort_keys=True) if by_params else "",
+                row.get("case"))
+
+    bases = {key(b): b for b in baseline}
     for row in rows:
-        base = baseline[0] if len(baseline) == 1 else by_params.get(
-            json.dumps(row["params"], sort_keys=True))
-        if base is not None and "case" in row and len(baseline) == 1 and "case" in base:
-            base = next((b for b in baseline if b["case"] == row["case"]), None)
+        base = bases.get(key(row))
         row["delta"] = {} if base is None else {
             name: v - b for name in numeric_columns([row, base])
             if (v := number(value_of(row, name))) is not None
@@ -180,6 +197,8 @@ def short_names(keys: list[str]) -> dict[str, str]:
 def sort_rows(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     """Sorted by a column (`-KEY`: descending); rows without a value go last."""
     name, reverse = key.lstrip("-"), key.startswith("-")
+    labels = {label: param for param, label in short_names(varying_params(rows)).items()}
+    name = name if any(value_of(r, name) is not None for r in rows) else labels.get(name, name)
     if not any(value_of(r, name) is not None for r in rows):
         known = ["job_num", "status", "duration_s", *varying_params(rows),
                  *numeric_columns(rows)]
@@ -212,7 +231,8 @@ def table_lines(rows: list[dict[str, Any]], title: str, color: bool = False) -> 
         (["case"] if cases else []) + ["status", "duration", *numbers, "best"]
     right = [c in numbers for c in cols]
     body = [[*([r["sweep_id"][:8]] if several else []), str(r["job_num"]), r["run_id"][:8],
-             *(str(r["params"].get(p, "")) for p in params), *([r["case"]] if cases else []),
+             *(str(r["params"].get(p, "")) for p in params),
+             *([r["case"] or ""] if cases else []),
              r["status"], "" if r["duration_s"] is None else f"{r['duration_s']:.1f}s",
              *(fmt(value_of(r, n)) + _delta(r, n) for n in numbers),
              "★ best" if r["best"] else ""] for r in rows]
@@ -241,10 +261,14 @@ def failure_lines(rows: list[dict[str, Any]]) -> list[str]:
     """One line per failed row (and per evaluator error): why, where, and what to look at."""
     lines = []
     for r in rows:
-        where = f"job {r['job_num']}" + (f" case {r['case']}" if "case" in r else "")
-        if r["status"] == "failed":
+        where = f"job {r['job_num']}" + (f" case {r['case']}" if r.get("case") else "")
+        show = f" — `wtb show {r['run_id'][:8]}`"
+        for case in r.get("failed_cases") or []:  # a job row: each failed case
+            node = f" in node {case['failed_node']}" if case["failed_node"] else ""
+            lines.append(f"{where} case {case['case']} failed{node}: {case['error']}{show}")
+        if r["status"] == "failed" and not r.get("failed_cases"):
             node = f" in node {r['failed_node']}" if r.get("failed_node") else ""
-            lines.append(f"{where} failed{node}: {r['error']} — `wtb show {r['run_id'][:8]}`")
+            lines.append(f"{where} failed{node}: {r['error']}{show}")
         for name, n in r["score_errors"].items():
             what = n if isinstance(n, str) else f"failed on {n} case(s)"
             lines.append(f"{where}: evaluator {name} {what}")
@@ -264,8 +288,8 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         writer.writerow([r["run_id"], r["sweep_id"], r["job_num"],
                          *(r["params"].get(p, "") for p in params),
-                         *([r["case"]] if cases else []), r["status"], r["duration_s"],
-                         *(fmt(value_of(r, n)) for n in numbers),
+                         *([r["case"] or ""] if cases else []), r["status"], r["duration_s"],
+                         *("" if (v := value_of(r, n)) is None else v for n in numbers),
                          *(r.get("delta", {}).get(d, "") for d in deltas), r["best"],
                          r["error"] or ""])
     return buf.getvalue()

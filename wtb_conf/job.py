@@ -285,9 +285,11 @@ def _score_cached(store: Store, earlier: dict[str, Any], cfg: DictConfig,
     try:
         compare = check_compare(_plain(cfg.get("compare")), workflow)
         key = eval_key(workflow)
-        newest = next(iter(store.evaluations(earlier["run_id"])), None)
-        if newest is not None and newest["eval_key"] == key:
-            cases, summary, source = newest["cases"], newest["summary"], "cache"
+        # any earlier scoring by the same evaluators will do (an LLM judge costs money)
+        same = next((e for e in store.evaluations(earlier["run_id"]) if e["eval_key"] == key),
+                    None)
+        if same is not None:
+            cases, summary, source = same["cases"], same["summary"], "cache"
         else:
             cases, summary = rescore(store, earlier["run_id"], workflow, launch_dir)
             source = "evaluate"
@@ -343,7 +345,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     commit = None
     finals: dict[str, dict] = {}
     statuses: list[str] = []
-    scores = None
+    summary = None
     try:
         graph = build_graph(cfg.workflow)
         workflow = _plain(cfg.workflow)
@@ -367,11 +369,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 statuses.append(status)
         commit = store.commit_dir(out_dir, message="final")
         metrics = metrics_of(finals, _plain(cfg.workflow.get("metrics")))
-        threads = store.threads(run_id)
-        case_scores, summary = score_run(evaluators, workflow, threads, out_dir.joinpath,
-                                         launch_dir)
-        store.add_evaluation(run_id, "run", eval_key(workflow), compare, case_scores, summary)
-        scores = summary
+        try:  # evaluators' own errors are values; this guards the run against the rest
+            case_scores, summary = score_run(evaluators, workflow, store.threads(run_id),
+                                             out_dir.joinpath, launch_dir)
+            store.add_evaluation(run_id, "run", eval_key(workflow), compare, case_scores,
+                                 summary)
+        except Exception as e:
+            log.error("run %s: not scored (`wtb evaluate %s` scores it again): %s: %s", run_id,
+                      run_id[:8], type(e).__name__, e)
         if first_failure is not None:
             name, exc, tb = first_failure
             error = f"{type(exc).__name__}: {exc}"
@@ -391,4 +396,4 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         store.close()
     return {"run_id": run_id, "status": status, "commit": commit, "error": error,
-            "metrics": metrics, "scores": scores and scores["scores"]}
+            "metrics": metrics, "scores": summary and summary["scores"]}

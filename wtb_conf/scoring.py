@@ -16,6 +16,7 @@ import hashlib
 import inspect
 import json
 import math
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from wtb_conf import case_context
+from wtb_conf.compare import RATES
 from wtb_conf.identity import SCORING_KEYS, sources_digest
+from wtb_conf.store import Store, StoreError
 from wtb_conf.workflow import WorkflowError, _callable
 
 COMPARE_KEYS = ("objective", "mode")
 MODES = ("max", "min")
-RATES = ("success_rate", "pass_rate")  # per run, beside the evaluators' own scores
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ def evaluators_of(workflow: Mapping[str, Any]) -> list[Evaluator]:
     if expected is not None and not isinstance(expected, Mapping):
         raise WorkflowError("workflow.expected: expected a mapping CASE: reference value")
     cases = workflow.get("cases") or {}
+    taken = [*(workflow.get("metrics") or {}), *RATES]
     for case in expected or {}:
         if cases and case not in cases:
             raise WorkflowError(f"workflow.expected.{case}: not a case; cases are "
@@ -55,6 +58,10 @@ def evaluators_of(workflow: Mapping[str, Any]) -> list[Evaluator]:
     for name, spec in specs.items():
         if not isinstance(name, str) or "/" in name:
             raise WorkflowError(f"workflow.evaluators.{name}: names may not contain '/'")
+        if name in taken:  # one column of the comparison per name
+            raise WorkflowError(f"workflow.evaluators.{name}: a metric (or rate) has that name "
+                                f"already; name the evaluator otherwise ({', '.join(taken)} "
+                                "are taken)")
         fn = _callable(f"workflow.evaluators.{name}", spec)
         target = getattr(fn, "func", fn)
         try:
@@ -102,6 +109,8 @@ def eval_key(workflow: Mapping[str, Any]) -> str:
 
 def _check(name: str, value: Any) -> dict[str, float | bool]:
     """A score, or the error that says what an evaluator must return."""
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):  # np.float64, np.bool_
+        value = value.item()
     if isinstance(value, bool):
         return {name: value}
     if isinstance(value, int | float):
@@ -156,7 +165,8 @@ def summarize(cases: Mapping[str, Mapping[str, Any]], statuses: Mapping[str, str
     for name, vals in sorted(values.items()):
         scores[name] = sum(float(v) for v in vals) / len(vals)
         kinds[name] = "pass_rate" if all(isinstance(v, bool) for v in vals) else "mean"
-    checks = [v for vals in values.values() for v in vals if isinstance(v, bool)]
+    # an evaluator that returned a number on some case is a mean, not a check
+    checks = [v for name, vals in values.items() if kinds[name] == "pass_rate" for v in vals]
     done = sum(s == "completed" for s in statuses.values())
     return {
         "scores": scores,
@@ -185,7 +195,7 @@ def score_run(evaluators: list[Evaluator], workflow: Mapping[str, Any],
     return cases, summarize(cases, statuses)
 
 
-def rescore(store: Any, run_id: str, workflow: Mapping[str, Any], launch_dir: Path,
+def rescore(store: Store, run_id: str, workflow: Mapping[str, Any], launch_dir: Path,
             threads_of: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score a stored run without running it: each case's final state from the store, its
     files restored from its last commit into a temporary directory. `threads_of`: the run
@@ -223,23 +233,22 @@ def stored_config(config_yaml: str, overrides: list[str]) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def evaluate_stored(store: Any, run_id: str, overrides: list[str]) -> dict[str, Any]:
+def evaluate_stored(store: Store, run_id: str, overrides: list[str]) -> dict[str, Any]:
     """`wtb evaluate`: score a stored run with its config's evaluators (after `overrides`)
     and record the evaluation; nothing runs. Returns the run's new summary."""
-    import sys
-
-    from wtb_conf.store import StoreError
-
     run = store.run(run_id)
     if run["status"] == "running":
-        raise StoreError(f"run {run_id[:8]} is still running: score it when it has ended")
+        raise StoreError(f"run {run_id[:8]} is running (or its process died and nothing "
+                         "marked it): not scored")
     try:
         cfg = stored_config(run["config_yaml"], overrides)
         workflow = cfg.get("workflow") or {}
         compare = check_compare(cfg.get("compare"), workflow)
         launch = Path(run["launch_dir"] or ".").resolve()
-        if str(launch) not in sys.path:  # the evaluators' modules import as in the sweep
-            sys.path.insert(0, str(launch))
+        # the evaluators' modules import as in the sweep, or from here if the project moved
+        for path in (str(Path.cwd()), str(launch)):
+            if path not in sys.path:
+                sys.path.insert(0, path)
         cases, summary = rescore(store, run_id, workflow, launch,
                                  threads_of=run["cached_from"])
     except WorkflowError as e:

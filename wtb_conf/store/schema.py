@@ -7,6 +7,7 @@ database has not seen yet, in one write transaction, and records them in `wtb_mi
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
@@ -191,7 +192,8 @@ def create_store_engine(db_url: str, readonly: bool = False) -> Engine:
     if url.get_backend_name() != "sqlite":
         return create_engine(url)
     if readonly and url.database and url.database != ":memory:":
-        engine = create_engine(url.set(database=f"file:{url.database}",
+        # an SQLite URI: a path with '#' or '?' in it must be quoted
+        engine = create_engine(url.set(database=f"file:{quote(url.database)}",
                                        query={"mode": "ro", "uri": "true"}))
         event.listen(engine, "connect", _sqlite_readonly)
         return engine
@@ -205,7 +207,7 @@ def create_store_engine(db_url: str, readonly: bool = False) -> Engine:
 
 def check_version(engine: Engine) -> None:
     """For a store opened read-only: its schema must be the one this code knows."""
-    where = engine.url.render_as_string(hide_password=True)
+    where = unquote(engine.url.database.removeprefix("file:"))
     with read_conn(engine) as conn:
         try:
             done = {row[0] for row in conn.execute(text("SELECT v FROM wtb_migrations"))}
@@ -218,8 +220,8 @@ def check_version(engine: Engine) -> None:
                            f"knows ({len(MIGRATIONS)}): upgrade wtb_conf")
     if version < len(MIGRATIONS):
         raise RuntimeError(f"{where} has schema version {version}, older than this wtb_conf's "
-                           f"({len(MIGRATIONS)}); a read-only command does not migrate it: run "
-                           "a sweep or `wtb evaluate` on it once")
+                           f"({len(MIGRATIONS)}); a read-only command does not migrate it: "
+                           "any other command (`wtb runs`) or a sweep upgrades it")
 
 
 def setup(engine: Engine) -> None:
