@@ -297,8 +297,10 @@ def _run_section(r: dict[str, Any], label: str, threads: list[dict[str, Any]],
     parts = [f'<div class="run" id="run-{short}"><h3{cls}>{escape(label)} — run '
              f'<code>{short}</code> {escape(r["status"])}</h3>']
     lineage = []
-    if r["parent_run"]:
-        lineage.append(f"forked from run {_run_link(r['parent_run'], known)}")
+    if r["parent_run"]:  # the fork.* overrides say which kind of time travel made it
+        how = ("rolled back from" if "fork.pause" in r["params"] else "forked from"
+               if {"fork.checkpoint", "fork.after"} & set(r["params"]) else "resumed from")
+        lineage.append(f"{how} run {_run_link(r['parent_run'], known)}")
     if r["cached_from"]:
         lineage.append(f"cache hit of run {_run_link(r['cached_from'], known)}: its cases, "
                        "events and files are that run's")
