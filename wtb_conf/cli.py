@@ -6,28 +6,19 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from wtb_conf.replay import cmd_rerun, cmd_resume, cmd_rollback
 from wtb_conf.store import Store, StoreError, open_store
-
-
-def _resolve_run(store: Store, ref: str) -> str:
-    if ref == "last":
-        runs = store.runs()
-        if not runs:
-            raise StoreError("the store holds no runs yet: run `python -m wtb_conf -m ...`")
-        return runs[-1]["run_id"]
-    return store.resolve("runs", ref)
 
 
 def _resolve_commit(store: Store, ref: str) -> str:
     """A run (its final commit) or a commit, by id or unique prefix."""
     try:
-        run = store.run(_resolve_run(store, ref))
+        run = store.run(store.resolve("runs", ref))
     except StoreError:
         return store.resolve("commits", ref)
     if run["commit"] is None:
@@ -95,7 +86,7 @@ def _show(store: Store, run_id: str) -> dict[str, Any]:
 
 
 def cmd_show(store: Store, args: argparse.Namespace) -> None:
-    run = _show(store, _resolve_run(store, args.run))
+    run = _show(store, store.resolve("runs", args.run))
     if args.json:
         return _print_json(run)
     from rich.console import Console
@@ -144,21 +135,10 @@ def cmd_show(store: Store, args: argparse.Namespace) -> None:
                       markup=False, highlight=False)
 
 
-def _checkpoint(store: Store, run_id: str, ref: str) -> dict[str, Any]:
-    """The one checkpoint of the run whose id starts with `ref`."""
-    matches = [c for c in store.checkpoints(run_id) if c["checkpoint_id"].startswith(ref)]
-    if len(matches) != 1:
-        raise StoreError(
-            f"--checkpoint: {len(matches) or 'no'} checkpoints of run {run_id[:8]} match "
-            f"{ref!r}; list them with `wtb show {run_id[:8]}`"
-        )
-    return matches[0]
-
-
 def cmd_restore(store: Store, args: argparse.Namespace) -> None:
-    run_id = _resolve_run(store, args.run)
+    run_id = store.resolve("runs", args.run)
     if args.checkpoint:
-        cp = _checkpoint(store, run_id, args.checkpoint)
+        cp = store.checkpoint(run_id, args.checkpoint)
         commit = cp["commit"]
         what = f"checkpoint {cp['checkpoint_id']} (case {cp['case']})"
     else:
@@ -180,7 +160,7 @@ def cmd_diff(store: Store, args: argparse.Namespace) -> None:
 
 
 def cmd_log(store: Store, args: argparse.Namespace) -> None:
-    events = store.events(_resolve_run(store, args.run))
+    events = store.events(store.resolve("runs", args.run))
     if args.json:
         return _print_json(events)
     for e in events:
@@ -188,92 +168,9 @@ def cmd_log(store: Store, args: argparse.Namespace) -> None:
         print(f"{e['at']}  {e['kind']:<15} {data}")
 
 
-def _report(store: Store, before: set[str], code: int) -> int:
-    new = [r for r in store.runs() if r["run_id"] not in before]
-    for r in new:
-        print(f"wtb: run {r['run_id'][:8]} {r['status']}"
-              + (f": {r['error']}" if r["error"] else "") + f" — `wtb show {r['run_id'][:8]}`")
-    return code
-
-
-def _replay(store: Store, run_id: str, overrides: list[str],
-            fork: dict[str, Any] | None = None, inputs: bool = False) -> int:
-    from wtb_conf.replay import replay
-
-    before = {r["run_id"] for r in store.runs()}
-    return _report(store, before, replay(store, run_id, overrides, fork, inputs))
-
-
-def _with_checkpoints(store: Store, run_id: str) -> str:
-    """A cache hit ran nothing: its checkpoints are those of the run it reused."""
-    run = store.run(run_id)
-    if run["status"] == "cached":
-        raise StoreError(f"run {run_id[:8]} is a cache hit of run {run['cached_from'][:8]}, "
-                         f"which holds the checkpoints: use {run['cached_from'][:8]}")
-    return run_id
-
-
-def cmd_resume(store: Store, args: argparse.Namespace) -> int:
-    """A new run that continues RUN from each case's newest checkpoint."""
-    import yaml
-    from omegaconf import OmegaConf
-
-    run = store.run(_resolve_run(store, args.run))
-    state = OmegaConf.select(OmegaConf.create(run["config_yaml"]), "workflow.state") or {}
-    sets = {}
-    for item in args.set or []:
-        key, eq, value = item.partition("=")
-        if not eq or (state and key not in state):
-            raise StoreError(f"--set {item!r}: expected KEY=VALUE with KEY one of the state "
-                             f"fields {', '.join(state)}")
-        try:
-            sets[key] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise StoreError(f"--set {item!r}: VALUE is not YAML: {e}") from None
-    if run["status"] not in ("paused", "failed"):
-        raise StoreError(
-            f"run {run['run_id'][:8]} is {run['status']}: only paused and failed runs resume; "
-            f"to go back to one of its checkpoints, `wtb rollback {run['run_id'][:8]} "
-            "--checkpoint CP`"
-        )
-    # --set values go in the replayed config, not on Hydra's command line, where a comma
-    # would make a sweep of them.
-    return _replay(store, run["run_id"], [f"+fork.run={run['run_id']}", *args.overrides],
-                   fork={"set": sets} if sets else {})
-
-
-def cmd_rollback(store: Store, args: argparse.Namespace) -> int:
-    """A new run, paused, whose state and files are RUN's at the checkpoint."""
-    run_id = _with_checkpoints(store, _resolve_run(store, args.run))
-    cp = _checkpoint(store, run_id, args.checkpoint)
-    fork = [f"+fork.run={run_id}", f"+fork.checkpoint={cp['checkpoint_id']}", "+fork.pause=true"]
-    return _replay(store, run_id, [*fork, *args.overrides], fork={})
-
-
-def cmd_rerun(store: Store, args: argparse.Namespace) -> int:
-    """`wtb rerun RUN`: one run again from its stored config, bypassing the job cache.
-    `wtb rerun --failed SWEEP`: a sweep's command again; jobs that completed are cache hits."""
-    if (args.run is None) == (args.failed is None):
-        raise StoreError("give one run to rerun (wtb rerun RUN) or one sweep to finish "
-                         "(wtb rerun --failed SWEEP)")
-    if args.run is not None:
-        return _replay(store, _resolve_run(store, args.run), ["rerun=true", *args.overrides],
-                       inputs=True)
-    if args.overrides:
-        raise StoreError(f"--failed reruns the sweep's own command; extra overrides "
-                         f"{' '.join(args.overrides)} would make it another sweep")
-    sweep_id = store.last_sweep() if args.failed == "last" else store.resolve("sweeps", args.failed)
-    argv = store.sweep(sweep_id)["argv"]
-    failed = [r for r in store.runs(sweep_id) if r["status"] == "failed"]
-    print(f"rerunning sweep {sweep_id[:8]} ({len(failed)} failed or interrupted runs): "
-          f"python -m wtb_conf {' '.join(argv)}", flush=True)
-    return subprocess.run([sys.executable, "-m", "wtb_conf", *argv]).returncode
-
-
 def _sweeps(store: Store, refs: Sequence[str]) -> list[str]:
     """Sweep ids from ids, prefixes or `last` (no refs: the last sweep)."""
-    out = [store.last_sweep() if ref == "last" else store.resolve("sweeps", ref)
-           for ref in refs or ["last"]]
+    out = [store.resolve("sweeps", ref) for ref in refs or ["last"]]
     return list(dict.fromkeys(out))
 
 

@@ -1,5 +1,5 @@
 """Run a stored run again through `python -m wtb_conf`: `wtb rerun RUN`, `wtb resume`,
-`wtb rollback`.
+`wtb rollback` (and `wtb rerun --failed SWEEP`), the commands and what they share.
 
 The config is the resolved config the run recorded, not the conf/ files as they are now, so a
 replay runs what the run ran. It goes through the normal entry point as a one-job sweep
@@ -9,14 +9,13 @@ what the replay adds (`+fork.*`, `rerun=true`) are overrides, and show up as suc
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from omegaconf import OmegaConf
 
 from wtb_conf.store import Store, StoreError
 
@@ -26,6 +25,8 @@ PACKAGED = Path(__file__).parent / "conf" / "config.yaml"
 def primary_config(config_yaml: str, fork: dict[str, Any] | None) -> Any:
     """The stored config as a primary config, with the packaged config's Hydra settings;
     `fork` (None: keep the stored one) replaces its `fork:`."""
+    from omegaconf import OmegaConf  # (here, not at the top: `wtb compare` stays fast)
+
     cfg = OmegaConf.create(config_yaml)
     if fork is not None:
         cfg.pop("fork", None)
@@ -41,6 +42,8 @@ def stored_inputs(store: Store, run: dict[str, Any], cfg: Any) -> None:
     """If input files the run's cases named changed since, restore the stored copies (under
     `.wtb/inputs/` of the launch dir) and point the cases at those; unchanged files are read
     where they are, as the run read them."""
+    from omegaconf import OmegaConf
+
     launch = Path(run["launch_dir"]).resolve()
     tree = store.tree(run["inputs_commit"])
     present = [rel for rel in tree if (launch / rel).is_file()]
@@ -74,6 +77,8 @@ def replay(store: Store, run_id: str, overrides: Sequence[str],
            fork: dict[str, Any] | None = None, inputs: bool = False) -> int:
     """Run `run_id`'s stored config as a one-job sweep with `overrides`; the exit status.
     `inputs`: read the case input files as the run stored them, if they changed since."""
+    from omegaconf import OmegaConf
+
     run = store.run(run_id)
     cwd = run["launch_dir"]
     if not cwd:
@@ -92,3 +97,86 @@ def replay(store: Store, run_id: str, overrides: Sequence[str],
         print(f"wtb: replaying run {run_id[:8]} from its stored config in {cwd}: "
               f"{' '.join(overrides) or '(no overrides)'}", flush=True)
         return subprocess.run(argv, cwd=cwd).returncode
+
+
+# -- the commands ----------------------------------------------------------------------
+
+
+def _report(store: Store, before: set[str], code: int) -> int:
+    new = [r for r in store.runs() if r["run_id"] not in before]
+    for r in new:
+        print(f"wtb: run {r['run_id'][:8]} {r['status']}"
+              + (f": {r['error']}" if r["error"] else "") + f" — `wtb show {r['run_id'][:8]}`")
+    return code
+
+
+def _replay(store: Store, run_id: str, overrides: list[str],
+            fork: dict[str, Any] | None = None, inputs: bool = False) -> int:
+    before = {r["run_id"] for r in store.runs()}
+    return _report(store, before, replay(store, run_id, overrides, fork, inputs))
+
+
+def _with_checkpoints(store: Store, run_id: str) -> str:
+    """A cache hit ran nothing: its checkpoints are those of the run it reused."""
+    run = store.run(run_id)
+    if run["status"] == "cached":
+        raise StoreError(f"run {run_id[:8]} is a cache hit of run {run['cached_from'][:8]}, "
+                         f"which holds the checkpoints: use {run['cached_from'][:8]}")
+    return run_id
+
+
+def cmd_resume(store: Store, args: argparse.Namespace) -> int:
+    """A new run that continues RUN from each case's newest checkpoint."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    run = store.run(store.resolve("runs", args.run))
+    state = OmegaConf.select(OmegaConf.create(run["config_yaml"]), "workflow.state") or {}
+    sets = {}
+    for item in args.set or []:
+        key, eq, value = item.partition("=")
+        if not eq or (state and key not in state):
+            raise StoreError(f"--set {item!r}: expected KEY=VALUE with KEY one of the state "
+                             f"fields {', '.join(state)}")
+        try:
+            sets[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise StoreError(f"--set {item!r}: VALUE is not YAML: {e}") from None
+    if run["status"] not in ("paused", "failed"):
+        raise StoreError(
+            f"run {run['run_id'][:8]} is {run['status']}: only paused and failed runs resume; "
+            f"to go back to one of its checkpoints, `wtb rollback {run['run_id'][:8]} "
+            "--checkpoint CP`"
+        )
+    # --set values go in the replayed config, not on Hydra's command line, where a comma
+    # would make a sweep of them.
+    return _replay(store, run["run_id"], [f"+fork.run={run['run_id']}", *args.overrides],
+                   fork={"set": sets} if sets else {})
+
+
+def cmd_rollback(store: Store, args: argparse.Namespace) -> int:
+    """A new run, paused, whose state and files are RUN's at the checkpoint."""
+    run_id = _with_checkpoints(store, store.resolve("runs", args.run))
+    cp = store.checkpoint(run_id, args.checkpoint)
+    fork = [f"+fork.run={run_id}", f"+fork.checkpoint={cp['checkpoint_id']}", "+fork.pause=true"]
+    return _replay(store, run_id, [*fork, *args.overrides], fork={})
+
+
+def cmd_rerun(store: Store, args: argparse.Namespace) -> int:
+    """`wtb rerun RUN`: one run again from its stored config, bypassing the job cache.
+    `wtb rerun --failed SWEEP`: a sweep's command again; jobs that completed are cache hits."""
+    if (args.run is None) == (args.failed is None):
+        raise StoreError("give one run to rerun (wtb rerun RUN) or one sweep to finish "
+                         "(wtb rerun --failed SWEEP)")
+    if args.run is not None:
+        return _replay(store, store.resolve("runs", args.run), ["rerun=true", *args.overrides],
+                       inputs=True)
+    if args.overrides:
+        raise StoreError(f"--failed reruns the sweep's own command; extra overrides "
+                         f"{' '.join(args.overrides)} would make it another sweep")
+    sweep_id = store.resolve("sweeps", args.failed)
+    argv = store.sweep(sweep_id)["argv"]
+    failed = [r for r in store.runs(sweep_id) if r["status"] == "failed"]
+    print(f"rerunning sweep {sweep_id[:8]} ({len(failed)} failed or interrupted runs): "
+          f"python -m wtb_conf {' '.join(argv)}", flush=True)
+    return subprocess.run([sys.executable, "-m", "wtb_conf", *argv]).returncode

@@ -313,9 +313,20 @@ class RunRecords:
                 "argv": json.loads(row.argv)}
 
     def resolve(self, table: str, ref: str) -> str:
-        """A full id from an id or a unique prefix of one (like git's short hashes)."""
+        """A full id from an id or a unique prefix of one (like git's short hashes); `last`
+        is the newest run or sweep."""
         if table not in ("runs", "sweeps", "commits"):
             raise ValueError(table)
+        if ref == "last" and table == "sweeps":
+            return self.last_sweep()
+        if ref == "last" and table == "runs":
+            with read_conn(self.engine) as conn:
+                row = conn.execute(text("SELECT id FROM runs ORDER BY started_at DESC, "
+                                        "job_num DESC LIMIT 1")).first()
+            if row is None:
+                raise ObjectNotFound("the store holds no runs yet: run `python -m wtb_conf -m "
+                                     "...`")
+            return row.id
         if not ref or not all(c in "0123456789abcdef" for c in ref.lower()):
             raise ObjectNotFound(f"{ref!r} is not an id: ids are hexadecimal")
         with read_conn(self.engine) as conn:
@@ -369,6 +380,15 @@ class RunRecords:
             return [
                 _link_dict(r) | {"case": r.case_name} for r in rows
             ]
+
+    def checkpoint(self, run_id: str, ref: str) -> dict[str, Any]:
+        """The one checkpoint of the run whose id starts with `ref` (`--checkpoint`)."""
+        matches = [c for c in self.checkpoints(run_id) if c["checkpoint_id"].startswith(ref)]
+        if len(matches) != 1:
+            raise ObjectNotFound(
+                f"--checkpoint: {len(matches) or 'no'} checkpoints of run {run_id[:8]} match "
+                f"{ref!r}; list them with `wtb show {run_id[:8]}`")
+        return matches[0]
 
     def shareable(self, base_key: str) -> list[dict[str, Any]]:
         """Links with this base key, deepest first: checkpoints a job may fork from."""
