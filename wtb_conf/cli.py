@@ -55,12 +55,12 @@ def _print_runs(runs: list[dict], title: str) -> None:
         table.add_row(
             str(r["job_num"]), r["run_id"][:8], " ".join(r["overrides"]), status,
             str(r["checkpoints"]), (r["commit"] or "-")[:12],
-            *(_short(r["metrics"].get(m, "")) for m in metric_names),
+            *(_cell(r["metrics"].get(m, "")) for m in metric_names),
         )
     Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None).print(table)
 
 
-def _short(value: Any, width: int = 12) -> str:
+def _cell(value: Any, width: int = 12) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     text = str(value)

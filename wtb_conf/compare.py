@@ -100,13 +100,17 @@ def _case_rows(store: Store, sweep_ids: list[str], jobs: list[dict[str, Any]],
     threads: dict[str, list[dict[str, Any]]] = {}
     for t in store.compare_cases(sweep_ids):
         threads.setdefault(t["run_id"], []).append(t)
+    # cache hits of runs of other sweeps: their cases, in one more query
+    elsewhere = {j["cached_from"] for j in jobs if j["cached_from"]} - set(threads)
+    for t in store.compare_cases(run_ids=elsewhere) if elsewhere else []:
+        threads.setdefault(t["run_id"], []).append(t)
     out = []
     for job in jobs:
         # a cache hit ran nothing: its cases are those of the run it reused
         source = job["cached_from"] or job["run_id"]
         scored = (evaluations.get(job["run_id"]) or {}).get("cases", {})
         metrics = runs[job["run_id"]]["metrics"]
-        found = threads.get(source) or store.threads(source)
+        found = threads.get(source, [])
         if not found:  # it failed before any case started: the job's own row says why
             out.append({**job, "case": None, "failed_node": None})
         for t in found:

@@ -101,17 +101,22 @@ class EvaluationRecords:
                      "commit": c, "cached_from": cf, "parent_run": p}
                     for i, s, j, st, o, w, sa, fa, e, m, c, cf, p in rows]
 
-    def compare_cases(self, sweep_ids: Iterable[str],
-                      failed_only: bool = False) -> list[dict[str, Any]]:
-        """Every case thread of the runs of these sweeps (or only the failed ones): status,
-        error, the node it failed in (`wtb compare`)."""
-        marks, params = _bound(sweep_ids)
+    def compare_cases(self, sweep_ids: Iterable[str] = (), failed_only: bool = False,
+                      run_ids: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """Every case thread of the runs of these sweeps, or of these runs (or only the failed
+        ones): status, error, the node it failed in (`wtb compare`)."""
+        if run_ids:
+            marks, params = _bound(run_ids)
+            where = f"t.run_id IN ({marks})"
+        else:
+            marks, params = _bound(sweep_ids)
+            where = f"r.sweep_id IN ({marks})"
         failed = " AND t.status = 'failed'" if failed_only else ""
         with read_conn(self.engine) as conn:
             rows = conn.execute(
                 text("SELECT t.run_id, t.case_name, t.status, t.error, t.failed_node, "
                      "t.commit_id FROM threads t JOIN runs r ON r.id = t.run_id "
-                     f"WHERE r.sweep_id IN ({marks}){failed} ORDER BY t.case_name"), params)
+                     f"WHERE {where}{failed} ORDER BY t.case_name"), params)
             return [{"run_id": r.run_id, "case": r.case_name, "status": r.status,
                      "error": r.error, "failed_node": r.failed_node, "commit": r.commit_id}
                     for r in rows]
