@@ -9,14 +9,13 @@ different choice of checkpoint. The `fork:` config keys are documented in docs/c
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import OmegaConf
 
+from wtb_conf.identity import json_digest
 from wtb_conf.store import Store, StoreError
 
 FORK_KEYS = ("run", "checkpoint", "after", "set", "pause")
@@ -147,17 +146,13 @@ def copy_checkpoint(saver: Any, point: ForkPoint, thread_id: str) -> None:
 # -- shared prefixes ---------------------------------------------------------------------
 
 
-def _sha(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def base_key(workflow: Mapping[str, Any], inputs: Any, env_digest: str, code_digest: str) -> str:
     """What every checkpoint of a case depends on, whichever nodes have run: the state
     schema, the case's input (with the input files' commit), breakpoints, a factory, the env
     and the code."""
     graph_wide = {k: workflow.get(k) for k in ("state", "factory", "interrupt_before",
                                                 "interrupt_after")}
-    return _sha([graph_wide, inputs, env_digest, code_digest])
+    return json_digest([graph_wide, inputs, env_digest, code_digest])
 
 
 def prefix_key(base: str, workflow: Mapping[str, Any], path: list[str]) -> str:
@@ -169,7 +164,7 @@ def prefix_key(base: str, workflow: Mapping[str, Any], path: list[str]) -> str:
     nodes = workflow.get("nodes") or {}
     edges = [e for e in workflow.get("edges") or [] if e and e[0] in sources]
     routes = {s: r for s, r in (workflow.get("routes") or {}).items() if s in sources}
-    return _sha([base, path, {n: nodes.get(n) for n in sorted(ran)}, edges, routes])
+    return json_digest([base, path, {n: nodes.get(n) for n in sorted(ran)}, edges, routes])
 
 
 def shared_point(store: Store, base: str, workflow: Mapping[str, Any]) -> ForkPoint | None:
@@ -185,10 +180,10 @@ def first_step_key(workflow: Mapping[str, Any], env: Any) -> str | None:
     """For the launcher, from a composed job config: jobs with the same key share at least
     their first step, so running one of them first lets the others fork from it."""
     if workflow.get("factory") is not None:
-        return _sha([workflow, env])
+        return json_digest([workflow, env])
     starts = [e[1] for e in workflow.get("edges") or [] if e and e[0] in ("START", "__start__")]
     routes = (workflow.get("routes") or {}).get("START")
     if routes:
         starts += list(routes.get("to") or [])
     base = {k: workflow.get(k) for k in ("state", "cases", "interrupt_before", "interrupt_after")}
-    return prefix_key(_sha([base, env]), workflow, sorted(set(starts)))
+    return prefix_key(json_digest([base, env]), workflow, sorted(set(starts)))

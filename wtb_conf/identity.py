@@ -24,6 +24,11 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def json_digest(data: Any) -> str:
+    """SHA-256 of `data` as sorted-key JSON (what every config-derived key is made of)."""
+    return _sha(json.dumps(data, sort_keys=True, default=str).encode())
+
+
 def config_digest(cfg: DictConfig) -> str:
     """SHA-256 of the resolved job config, without the keys in NOT_IDENTITY."""
     data = OmegaConf.to_container(cfg, resolve=True)
@@ -32,7 +37,7 @@ def config_digest(cfg: DictConfig) -> str:
         data.pop(key, None)
     for key in SCORING_KEYS:
         (data.get("workflow") or {}).pop(key, None)
-    return _sha(json.dumps(data, sort_keys=True, default=str).encode())
+    return json_digest(data)
 
 
 def env_digest(lock: list[str]) -> str:

@@ -12,9 +12,7 @@ and stored runs (`wtb evaluate`). docs/compare.md has the user's view.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import math
 import sys
 import tempfile
@@ -25,7 +23,7 @@ from typing import Any
 
 from wtb_conf import case_context
 from wtb_conf.compare import RATES
-from wtb_conf.identity import SCORING_KEYS, sources_digest
+from wtb_conf.identity import SCORING_KEYS, json_digest, sources_digest
 from wtb_conf.store import Store, StoreError
 from wtb_conf.workflow import WorkflowError, _callable
 
@@ -97,14 +95,10 @@ def check_compare(compare: Any, workflow: Mapping[str, Any]) -> dict[str, Any]:
     return compare
 
 
-def _sha(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def eval_key(workflow: Mapping[str, Any]) -> str:
     """What scored: the evaluators' config, the expected values and their code."""
     scoring = {k: workflow.get(k) for k in SCORING_KEYS}
-    return _sha([scoring, sources_digest(scoring["evaluators"])])
+    return json_digest([scoring, sources_digest(scoring["evaluators"])])
 
 
 def _check(name: str, value: Any) -> dict[str, float | bool]:
