@@ -3,10 +3,19 @@
 import sys
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from wtb_conf import sweep
 from wtb_conf.job import run
+
+# `hydra/launcher=wtb` (the default): the wtb_ray launcher with wtb_conf's planner. Stored
+# here rather than in conf/, so that replays, whose primary config is elsewhere, find it too.
+ConfigStore.instance().store(
+    group="hydra/launcher", name="wtb", provider="wtb_conf",
+    node={"defaults": ["wtb_ray"], "planner": {"_target_": "wtb_conf.planner.Planner"},
+          "summary": False},  # the sweep callback prints the comparison
+)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -7,6 +7,7 @@ configured, `connect()` starts a manager of its own on a free loopback port and 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -88,18 +89,20 @@ class VenvClient:
             raise EnvError(f"{job}: the venv manager could not provide an env with "
                            f"{', '.join(spec.packages)}:\n{e.details()}") from None
 
-    def check_interpreter(self, env: pb.Env, job: str) -> str:
-        """Run `import ray` in the env: an actor whose interpreter lacks Ray hangs silently."""
+    def check_interpreter(self, env: pb.Env, job: str) -> list[str]:
+        """Run `import ray` in the env (an actor whose interpreter lacks Ray hangs silently);
+        its sys.path, from which a planner reads the env's lock."""
         reply = self.stub.RunCode(
             pb.RunCodeRequest(env_id=env.env_id, timeout_s=120,
-                              code="import ray, sys; print(ray.__version__, sys.executable)"),
+                              code="import json, ray, sys; print(ray.__version__); "
+                                   "print(json.dumps(sys.path))"),
             metadata=self.metadata, timeout=180)
         found = reply.stdout.split()[0] if reply.stdout else ""
         if reply.exit_code != 0 or found != version("ray"):
             raise EnvError(f"{job}: env {env.env_id[:12]} ({env.python_path}) cannot run an "
                            f"actor: it has Ray {found or 'missing'}, the driver "
                            f"{version('ray')}\n{reply.stderr.strip()}")
-        return env.python_path
+        return json.loads(reply.stdout.splitlines()[1])
 
     def close(self) -> None:
         self.channel.close()

@@ -48,16 +48,17 @@ from wtb_conf.workflow import WorkflowError, breakpoints, build_graph
 log = logging.getLogger(__name__)
 
 SWEEP_ENV = "WTB_SWEEP_ID"  # set by the sweep callback in the driver; jobs file under it
+ENV_ID = "WTB_ENV_ID"  # set by the planner for a job that runs in a venv_manager env
 OUT_DIR = "out"
 
 
 @functools.cache
-def installed() -> list[str]:
-    """`name==version` of every distribution on sys.path: the job's env lock. Read from the
-    `.dist-info` / `.egg-info` directory names (importlib.metadata parses every METADATA file,
-    ~120 ms here, which a job-cache hit cannot afford); computed once per process."""
+def installed(path: tuple[str, ...] | None = None) -> list[str]:
+    """`name==version` of every distribution on `path` (default: sys.path): the job's env
+    lock. Read from the `.dist-info` / `.egg-info` directory names (importlib.metadata parses
+    every METADATA file, ~120 ms here, which a job-cache hit cannot afford); cached."""
     found = set()
-    for entry in sys.path:
+    for entry in sys.path if path is None else path:
         # Ray workers put Ray's vendored packages (psutil, colorama) on sys.path; they are Ray's
         # insides, not the job's env, and would make a job's identity depend on the launcher.
         if entry.replace(os.sep, "/").endswith("/ray/thirdparty_files"):
@@ -259,9 +260,7 @@ def _cases(store: Store, cfg: DictConfig, workflow: dict[str, Any], digests: dic
                     for name, inputs in (workflow.get("cases") or {}).items()
                     if name not in fork.points]
         return out
-    cases = workflow.get("cases")
-    if not cases or not isinstance(cases, Mapping):
-        raise WorkflowError("workflow.cases: add at least one input case: `cases: {one: {}}`")
+    cases = workflow["cases"]  # check_job made sure there are some
     # A job with breakpoints is not shared: continuing from a stored checkpoint is a resume to
     # LangGraph, which would run past the breakpoint the other job stopped at.
     share = (cfg.get("share_prefixes", True) and not cfg.get("rerun")
@@ -300,58 +299,125 @@ def _score_cached(store: Store, earlier: dict[str, Any], cfg: DictConfig,
             "summary": summary}
 
 
+@dataclass
+class Opened:
+    """A job about to be recorded: where it runs from, its store and its identity."""
+
+    store: Store
+    paths: dict[str, Any]
+    launch_dir: Path
+    job_dir: Path
+    overrides: list[str]
+    sweep_id: str
+    lock: list[str]
+    inputs: str | None
+    digests: dict[str, str]
+
+
+def open_job(cfg: DictConfig, hc: DictConfig, lock: list[str] | None = None) -> Opened:
+    """The store and identity of the job `cfg` (its task config) with Hydra config `hc`.
+    `lock`: the env the job runs in, when it is not this process's."""
+    launch_dir = Path(hc.runtime.cwd)
+    # a planner sees the job before Hydra's run_job has set its output dir
+    job_dir = Path(OmegaConf.select(hc, "runtime.output_dir", default=None)
+                   or os.path.abspath(os.path.join(hc.sweep.dir, str(hc.sweep.subdir))))
+    overrides = list(hc.overrides.task)
+    store, paths = open_store_for(cfg, launch_dir)
+    sweep_id = os.environ.get(SWEEP_ENV) or store.create_sweep(overrides)
+    lock = installed() if lock is None else lock
+    inputs = _commit_inputs(store, cfg, launch_dir)
+    return Opened(store, paths, launch_dir, job_dir, overrides, sweep_id, lock, inputs,
+                  identity_of(cfg, lock, inputs))
+
+
+def record_start(job: Opened, cfg: DictConfig, hc: DictConfig, python: str = sys.executable,
+                 env_id: str | None = None) -> str:
+    return job.store.start_run(
+        job.sweep_id,
+        job_num=hc.job.get("num") or 0,
+        overrides=job.overrides,
+        workflow=hc.runtime.choices.get("workflow") or cfg.workflow.get("name"),
+        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+        config_digest=job.digests["config"],
+        job_dir=str(job.job_dir),
+        python=python,
+        env_id=env_id,
+        env_lock=job.lock,
+        identity=job.digests,
+        parent_run=_parent_of(job.store, cfg),
+        launch_dir=str(job.launch_dir),
+        inputs_commit=job.inputs,
+    )
+
+
+def cache_hit(job: Opened, cfg: DictConfig) -> tuple[dict, dict] | None:
+    """The earlier run this job would repeat, and its evaluation; None: the job must run."""
+    if cfg.get("rerun"):
+        return None
+    earlier = job.store.cached_run(job.digests["job_key"])
+    evaluation = _score_cached(job.store, earlier, cfg, job.launch_dir) if earlier else None
+    return (earlier, evaluation) if evaluation is not None else None
+
+
+def record_cached(job: Opened, run_id: str, earlier: dict, evaluation: dict) -> dict[str, Any]:
+    job.store.finish_cached(run_id, earlier)
+    job.store.add_evaluation(run_id, **evaluation)
+    return {"run_id": run_id, "status": "cached", "commit": earlier["commit"], "error": None,
+            "metrics": earlier["metrics"], "cached_from": earlier["run_id"],
+            "scores": evaluation["summary"]["scores"]}
+
+
+def check_job(cfg: DictConfig) -> tuple[Any, dict[str, Any], dict, dict | None]:
+    """What a job needs before it runs anything: its graph, plain workflow, evaluators and
+    compare config. Raises the config error the job would fail with."""
+    graph = build_graph(cfg.workflow)
+    workflow = _plain(cfg.workflow)
+    evaluators = evaluators_of(workflow)
+    compare = check_compare(_plain(cfg.get("compare")), workflow)
+    cases = workflow.get("cases")
+    if cfg.get("fork") is None and (not cases or not isinstance(cases, Mapping)):
+        raise WorkflowError("workflow.cases: add at least one input case: `cases: {one: {}}`")
+    return graph, workflow, evaluators, compare
+
+
+def record_failure(job: Opened, run_id: str, error: BaseException, out_dir: Path | None = None,
+                   ) -> dict[str, Any]:
+    """Close a run as failed with `error` (raised just now); keep what it wrote to `out_dir`."""
+    message = f"{type(error).__name__}: {error}"
+    log.error("run %s failed: %s", run_id, message)
+    commit = None
+    if out_dir is not None and out_dir.is_dir():  # keep what the failed run wrote
+        commit = job.store.commit_dir(out_dir, message="final")
+    job.store.finish_run(run_id, "failed", commit, {}, message, traceback.format_exc())
+    return {"run_id": run_id, "status": "failed", "commit": commit, "error": message,
+            "metrics": {}, "scores": None}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The task function: run one job and record it. A failing workflow is recorded as a
     failed run and returned, not raised, so that the sweep goes on."""
     started = time.perf_counter()
     hc = HydraConfig.get()
-    launch_dir = Path(hc.runtime.cwd)
-    job_dir = Path(hc.runtime.output_dir)
-    out_dir = job_dir / OUT_DIR
-    overrides = list(hc.overrides.task)
-    store, paths = open_store_for(cfg, launch_dir)
-    sweep_id = os.environ.get(SWEEP_ENV) or store.create_sweep(overrides)
-    lock = installed()
-    inputs = _commit_inputs(store, cfg, launch_dir)
-    digests = identity_of(cfg, lock, inputs)
-    run_id = store.start_run(
-        sweep_id,
-        job_num=hc.job.get("num") or 0,
-        overrides=overrides,
-        workflow=hc.runtime.choices.get("workflow") or cfg.workflow.get("name"),
-        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
-        config_digest=digests["config"],
-        job_dir=str(job_dir),
-        python=sys.executable,
-        env_id=os.environ.get("WTB_ENV_ID") or None,  # set by wtb_ray for a provisioned env
-        env_lock=lock,
-        identity=digests,
-        parent_run=_parent_of(store, cfg),
-        launch_dir=str(launch_dir),
-        inputs_commit=inputs,
-    )
-    earlier = None if cfg.get("rerun") else store.cached_run(digests["job_key"])
-    evaluation = _score_cached(store, earlier, cfg, launch_dir) if earlier else None
-    if earlier is not None and evaluation is not None:
-        store.finish_cached(run_id, earlier)
-        store.add_evaluation(run_id, **evaluation)
+    job = open_job(cfg, hc)
+    # set by a planner for a job it provisioned an env for (wtb_conf.planner)
+    run_id = record_start(job, cfg, hc, env_id=os.environ.get(ENV_ID) or None)
+    store, paths, launch_dir, overrides = job.store, job.paths, job.launch_dir, job.overrides
+    out_dir = job.job_dir / OUT_DIR
+    hit = cache_hit(job, cfg)
+    if hit is not None:
+        result = record_cached(job, run_id, *hit)
         store.close()
         log.info("run %s: cached in %.0f ms, the same job completed as run %s", run_id,
-                 (time.perf_counter() - started) * 1e3, earlier["run_id"])
-        return {"run_id": run_id, "status": "cached", "commit": earlier["commit"],
-                "error": None, "metrics": earlier["metrics"], "cached_from": earlier["run_id"],
-                "scores": evaluation["summary"]["scores"]}
+                 (time.perf_counter() - started) * 1e3, hit[0]["run_id"])
+        return result
     log.info("run %s: %s", run_id, " ".join(overrides) or "(no overrides)")
     commit = None
     finals: dict[str, dict] = {}
     statuses: list[str] = []
     summary = None
     try:
-        graph = build_graph(cfg.workflow)
-        workflow = _plain(cfg.workflow)
-        evaluators = evaluators_of(workflow)
-        compare = check_compare(_plain(cfg.get("compare")), workflow)
-        cases = _cases(store, cfg, workflow, digests, out_dir)
+        graph, workflow, evaluators, compare = check_job(cfg)
+        cases = _cases(store, cfg, workflow, job.digests, out_dir)
         Path(paths["checkpoints"]).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(paths["checkpoints"], check_same_thread=False, timeout=60)
         first_failure: tuple[str, BaseException, str] | None = None
@@ -386,13 +452,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             status, error = ("paused" if "paused" in statuses else "completed"), None
             store.finish_run(run_id, status, commit, metrics)
     except Exception as e:
-        error = f"{type(e).__name__}: {e}"
-        log.error("run %s failed: %s", run_id, error)
-        if out_dir.is_dir():  # keep what the failed run wrote
-            commit = store.commit_dir(out_dir, message="final")
-        metrics = {}
-        store.finish_run(run_id, "failed", commit, metrics, error, traceback.format_exc())
-        status = "failed"
+        return record_failure(job, run_id, e, out_dir)
     finally:
         store.close()
     return {"run_id": run_id, "status": status, "commit": commit, "error": error,

@@ -33,7 +33,7 @@ def primary_config(config_yaml: str, fork: dict[str, Any] | None) -> Any:
         if fork:
             cfg.fork = fork
     packaged = OmegaConf.load(PACKAGED)
-    cfg.defaults = [{"override hydra/launcher": "wtb_ray"}, "_self_"]
+    cfg.defaults = [{"override hydra/launcher": "wtb"}, "_self_"]
     cfg.hydra = packaged.hydra
     return cfg
 

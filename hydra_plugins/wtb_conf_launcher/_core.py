@@ -1,134 +1,34 @@
-"""The Ray side of `hydra/launcher=wtb_ray`: an actor pool that runs Hydra jobs with `run_job`.
+"""The driver side of `hydra/launcher=wtb_ray`: compose each job once, ask the planner, then
+feed the jobs to a pool of local workers and Ray actors. docs/launcher.md tells the story.
 
-Imported lazily by launcher.py, so Ray costs nothing to Hydra apps that do not launch with it.
+Imported lazily by launcher.py; Ray itself is imported only when a batch needs it.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
-import pickle
-import sys
-import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any
 
-import ray
-from hydra.core.hydra_config import HydraConfig
-from hydra.core.singleton import Singleton
-from hydra.core.utils import (
-    JobReturn,
-    JobStatus,
-    configure_log,
-    filter_overrides,
-    run_job,
-    setup_globals,
-)
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
-from ray.exceptions import RayActorError, RayTaskError
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from omegaconf import OmegaConf, open_dict
 
-from ._envs import Interpreter, interpreters
-from ._prefixes import leaders
+from ._local import LocalWorker
+from ._run import WorkerDied, completed, failed
 from .launcher import WtbRayLauncher
+from .plan import Job, Plan
 from .progress import Progress
 
 log = logging.getLogger(__name__)
 
-RAY_START_TIMEOUT_S = 180  # ray.init is ~2-5 s here; past this something is wrong, say so
 
-
-def _init_ray(params: dict[str, Any]) -> None:
-    if ray.is_initialized():
-        return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-    if params.get("address"):
-        kwargs["address"] = params["address"]
-    kwargs.update(params.get("init_kwargs") or {})
-    ray.init(**kwargs)
-
-
-def start_ray_in_background(launcher: WtbRayLauncher) -> None:
-    """Start (or join) Ray on a thread while the sweeper composes and validates the jobs."""
-    if launcher.ray_ready is not None:
-        return
-    ready: Future = Future()
-    launcher.ray_ready = ready
-    params = OmegaConf.to_container(OmegaConf.create(launcher.params), resolve=True)
-
-    def target() -> None:
-        try:
-            _init_ray(params)
-            ready.set_result(None)
-        except BaseException as e:  # reported from launch(), on the main thread
-            ready.set_exception(e)
-            return
-        # Stay alive: Ray ties the processes it starts (GCS, raylet) to the *thread* that
-        # started them (PR_SET_PDEATHSIG), so this thread ending would kill the cluster.
-        threading.Event().wait()
-
-    threading.Thread(target=target, name="wtb-ray-init", daemon=True).start()
-
-
-@ray.remote
-class JobActor:
-    """One pool member: runs jobs one at a time, as Hydra's basic launcher would in-process."""
-
-    def __init__(self, launch_dir: str, code_paths: list[str]) -> None:
-        # User code must import whatever the worker's cwd: the launch dir comes first.
-        for path in reversed([launch_dir, *code_paths]):
-            if path not in sys.path:
-                sys.path.insert(0, path)
-        if os.path.isdir(launch_dir):
-            os.chdir(launch_dir)
-
-    def run(
-        self,
-        idx: int,
-        overrides: Sequence[str],
-        hydra_context: HydraContext,
-        config: DictConfig,
-        task_function: TaskFunction,
-        singleton_state: dict[Any, Any],
-    ) -> tuple[JobReturn, float]:
-        started = time.perf_counter()
-        setup_globals()
-        Singleton.set_state(singleton_state)
-        sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
-            sweep_config.hydra.job.num = idx
-        HydraConfig.instance().set_config(sweep_config)
-        ret = run_job(
-            hydra_context=hydra_context,
-            config=sweep_config,
-            task_function=task_function,
-            job_dir_key="hydra.sweep.dir",
-            job_subdir_key="hydra.sweep.subdir",
-        )
-        if ret.status == JobStatus.FAILED:
-            try:
-                pickle.dumps(ret._return_value)
-            except Exception:  # an exception Ray cannot ship back: keep its text
-                exc = ret._return_value
-                ret._return_value = RuntimeError(
-                    "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                )
-        return ret, time.perf_counter() - started
-
-
-def _failed(overrides: Sequence[str], error: BaseException) -> JobReturn:
-    ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
-    ret._return_value = error
-    return ret
-
-
-def _check(params: dict[str, Any]) -> None:
+def check(params: dict[str, Any]) -> None:
     """Ranges the structured config's types cannot express; errors name the key."""
     limits = {"num_actors": 1, "num_cpus": 0.01, "max_retries": 0, "timeout_s": 0.001,
               "memory": 1}
@@ -140,192 +40,280 @@ def _check(params: dict[str, Any]) -> None:
                              + unset)
 
 
-class ActorPool:
-    """Actors started on demand, up to `size` in all, per interpreter ("" is the driver's own);
-    replaced when they die or time out, and moved between interpreters as jobs need them."""
+def local_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
-    def __init__(self, params: dict[str, Any], launch_dir: str) -> None:
-        self.params = params
-        self.launch_dir = launch_dir
+
+class Pool:
+    """Workers per interpreter ("" is the driver's): local workers for the driver's own when
+    allowed, Ray actors otherwise. At most `size` exist at once; an idle one makes room for
+    another interpreter's when the pool is full. Ray starts on the first job that needs it."""
+
+    def __init__(self, launcher: WtbRayLauncher, params: dict[str, Any]) -> None:
+        self.launcher, self.params = launcher, params
+        self.launch_dir = os.getcwd()
+        self.code_paths = [str(Path(p).absolute()) for p in params.get("code_paths") or []]
+        self.local = bool(params["local_workers"]) and not (
+            params.get("address") or os.environ.get("RAY_ADDRESS"))
+        self.cluster: Any = None  # _ray.Cluster, once a job needs Ray
         self.idle: dict[str, list[Any]] = {}
-        self.count = 0
-        _check(params)
-        cpus = ray.cluster_resources().get("CPU", 0)
-        if params["num_cpus"] > cpus:  # Ray would wait forever for an infeasible actor
+        self.workers: list[Any] = []  # every live one, idle or busy
+        self.size = params.get("num_actors") or max(1, int(local_cpus() // params["num_cpus"]))
+        self.shared: list[Any] | None = None  # per batch, for actors
+
+    # -- Ray, on demand
+    def start_ray(self) -> Future:
+        if self.cluster is None:
+            from ._ray import Cluster
+
+            self.cluster = Cluster(self.params.get("address"), self.params["init_kwargs"])
+        return self.cluster.start()
+
+    def ray_up(self) -> bool:
+        """Whether actors can be made now; raises if Ray could not start."""
+        ready = self.start_ray()
+        if not ready.done():
+            return False
+        resources = ready.result()
+        if self.params["num_cpus"] > resources.get("CPU", 0):  # Ray would wait forever
             raise ValueError(
-                f"hydra.launcher.num_cpus={params['num_cpus']} but the Ray cluster has {cpus} "
-                "CPUs; ask for at most that many"
-            )
-        self.size = params.get("num_actors") or max(1, int(cpus // params["num_cpus"]))
+                f"hydra.launcher.num_cpus={self.params['num_cpus']} but the Ray cluster has "
+                f"{resources.get('CPU', 0)} CPUs; ask for at most that many")
+        if not self.local and not self.params.get("num_actors"):
+            self.size = max(1, int(resources.get("CPU", 0) // self.params["num_cpus"]))
+        return True
 
-    def new_actor(self, interp: Interpreter) -> Any:
-        options: dict[str, Any] = {"num_cpus": self.params["num_cpus"]}
-        # Workers of a cluster started elsewhere do not inherit the driver's environment; the
-        # bench's own variables (WTB_*, e.g. the sweep id) must reach the jobs all the same.
-        env = {k: v for k, v in os.environ.items() if k.startswith("WTB_")}
-        paths = [str(Path(p).absolute()) for p in self.params.get("code_paths") or []]
-        runtime_env: dict[str, Any] = {}
-        if interp.env_id:
-            env["WTB_ENV_ID"] = interp.env_id
-            # On the path before the worker starts: unpickling this very actor class needs it.
-            env["PYTHONPATH"] = interp.bench_path
-            runtime_env["py_executable"] = interp.python
-        if env:
-            runtime_env["env_vars"] = env
-        if runtime_env:
-            options["runtime_env"] = runtime_env
-        if self.params.get("memory"):
-            options["memory"] = self.params["memory"]
-        self.count += 1
-        return JobActor.options(**options).remote(self.launch_dir, paths)
+    # -- workers
+    def _forkable(self) -> bool:
+        # Forking a process with Ray's threads in it could copy a held lock into the child.
+        return self.local and self.cluster is None
 
-    def acquire(self, interp: Interpreter, limit: int) -> Any | None:
-        if self.idle.get(interp.key):
-            return self.idle[interp.key].pop()
-        if self.count < min(self.size, limit):
-            return self.new_actor(interp)
-        for actors in self.idle.values():  # the pool is full: move an idle actor's CPU here
-            if actors:
-                self.discard(actors.pop())
-                return self.new_actor(interp)
-        return None
+    def _new(self, plan: Plan) -> Any:
+        if not plan.python and self._forkable():
+            worker = LocalWorker(self.launcher.task_function, self.launcher.hydra_context,
+                                 self.launch_dir, self.code_paths)
+        else:
+            if not self.ray_up():
+                return None
+            from . import _ray
 
-    def warm(self, interp: Interpreter, limit: int) -> None:
-        """Start an actor for a job that cannot start yet, so it is up when the job can."""
-        if self.count < min(self.size, limit) and not self.idle.get(interp.key):
-            self.release(self.new_actor(interp), interp)
+            if self.shared is None:
+                self.shared = _ray.shared(self.launcher.hydra_context,
+                                          self.launcher.task_function)
+            worker = _ray.new_worker(plan.python, plan.python_path, self.params,
+                                     self.launch_dir, plan.where)
+        self.workers.append(worker)
+        return worker
 
-    def release(self, actor: Any, interp: Interpreter) -> None:
-        self.idle.setdefault(interp.key, []).append(actor)
+    def fork_ahead(self, n: int) -> None:
+        """Fork local workers now, before a planner may start threads of its own."""
+        while self._forkable() and len(self.workers) < min(self.size, n):
+            self.release(self._new(Plan()), Plan())
 
-    def discard(self, actor: Any) -> None:
-        self.count -= 1
-        ray.kill(actor, no_restart=True)
+    def acquire(self, plan: Plan, limit: int) -> Any | None:
+        key = plan.python or ""
+        if self.idle.get(key):
+            return self.idle[key].pop()
+        if (plan.python or not self._forkable()) and not self.ray_up():
+            return None
+        if len(self.workers) >= min(self.size, limit):
+            other = next((ws for ws in self.idle.values() if ws), None)
+            if other is None:
+                return None
+            self.discard(other.pop())  # the pool is full: move an idle worker's CPU here
+        return self._new(plan)
+
+    def warm(self, plan: Plan, limit: int) -> None:
+        """Make a worker for a job that cannot start yet, so it is up when the job can."""
+        key = plan.python or ""
+        if len(self.workers) < min(self.size, limit) and not self.idle.get(key):
+            worker = self._new(plan)
+            if worker is not None:
+                self.release(worker, plan)
+
+    def release(self, worker: Any, plan: Plan) -> None:
+        self.idle.setdefault(plan.python or "", []).append(worker)
+
+    def discard(self, worker: Any) -> None:
+        self.workers.remove(worker)
+        worker.kill()
+
+    def submit(self, worker: Any, job: Job, plan: Plan) -> Future:
+        if isinstance(worker, LocalWorker):
+            return worker.submit(job.config, plan.env_vars)
+        return worker.submit(job.config, plan.env_vars, self.shared)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.close()
+        self.workers.clear()
+        self.idle.clear()
 
 
 class Scheduler:
-    """Feeds one batch of jobs to the pool; results are taken as they finish, in any order."""
+    """Feeds one batch to the pool; results are taken as they finish, in any order."""
 
-    def __init__(self, launcher: WtbRayLauncher, pool: ActorPool, params: dict[str, Any],
-                 job_overrides: Sequence[Sequence[str]], first_num: int,
-                 interps: list[Interpreter], waits_for: list[int | None]) -> None:
-        self.pool, self.params, self.jobs, self.first_num = pool, params, job_overrides, first_num
-        self.interps = interps
-        self.waits_for = waits_for  # job -> the job that must finish before it starts
-        # Shipped once per batch, not once per job.
-        self.shared = [ray.put(launcher.hydra_context), ray.put(launcher.config),
-                       ray.put(launcher.task_function), ray.put(Singleton.get_state())]
-        self.results: list[JobReturn | None] = [None] * len(job_overrides)
-        self.todo = deque((i, 0) for i in range(len(job_overrides)))  # (job index, attempt)
-        self.running: dict[Any, tuple[int, int, Any, float]] = {}  # ref -> (i, attempt, actor, t0)
+    def __init__(self, pool: Any, params: dict[str, Any], jobs: list[Job],
+                 plans: list[Plan], progress: Any) -> None:
+        self.pool, self.params, self.jobs, self.plans = pool, params, jobs, plans
+        self.results: list[JobReturn | None] = [None] * len(jobs)
+        self.todo = deque((i, 0) for i, p in enumerate(plans) if not p.done)  # (job, attempt)
+        self.running: dict[Future, tuple[int, int, Any, float]] = {}  # -> (i, attempt, worker, t0)
         self.stop_reason: str | None = None
-        self.progress = Progress([list(filter_overrides(o)) for o in job_overrides], first_num,
-                                 params.get("progress"))
+        self.progress = progress
 
     def run(self) -> list[JobReturn]:
         with self.progress:
+            for i, plan in enumerate(self.plans):
+                if plan.done:
+                    ret = (failed(self.jobs[i].overrides, plan.error) if plan.error is not None
+                           else completed(self.jobs[i].overrides, plan.result))
+                    self.finish(i, ret, 0.0, plan.where or "planned")
             while self.todo or self.running:
                 self.submit()
                 if not self.running:
+                    if self.todo:  # the jobs left wait for Ray to come up
+                        time.sleep(0.05)
+                        continue
                     break
-                ready, _ = ray.wait(list(self.running), num_returns=1, timeout=0.5)
-                for ref in ready:
-                    self.collect(ref)
+                done, _ = wait(list(self.running), timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self.collect(future)
                 self.expire()
         assert all(r is not None for r in self.results)
         return self.results  # type: ignore[return-value]
 
-    def finish(self, i: int, ret: JobReturn, seconds: float) -> None:
+    def finish(self, i: int, ret: JobReturn, seconds: float, where: str) -> None:
         self.results[i] = ret
-        self.progress.finished(i, ret, seconds)
+        self.progress.finished(i, ret, seconds, where)
         if ret.status == JobStatus.FAILED and self.params["fail_fast"] and not self.stop_reason:
-            self.stop_reason = f"fail_fast: job #{self.first_num + i} failed"
+            self.stop_reason = f"fail_fast: job #{self.jobs[i].num} failed"
 
     def _next(self) -> tuple[int, int] | None:
         for item in self.todo:
-            leader = self.waits_for[item[0]]
+            leader = self.plans[item[0]].waits_for
             if leader is None or self.results[leader] is not None:
                 return item
         return None
 
+    def _fail_todo(self, error: BaseException) -> None:
+        while self.todo:
+            i, _ = self.todo.popleft()
+            self.finish(i, failed(self.jobs[i].overrides, error), 0.0, "-")
+
     def submit(self) -> None:
         while self.todo and self.stop_reason is None:
             item = self._next()
-            if item is None:  # every job left waits for a running one: get actors ready
+            if item is None:  # every job left waits for a running one: get workers ready
                 for i, _ in self.todo:
-                    self.pool.warm(self.interps[i], limit=len(self.jobs))
+                    self._guard(self.pool.warm, self.plans[i], len(self.jobs))
                 return
             i, attempt = item
-            actor = self.pool.acquire(self.interps[i], limit=len(self.jobs))
-            if actor is None:
+            worker = self._guard(self.pool.acquire, self.plans[i], len(self.jobs))
+            if worker is None:
                 return
             self.todo.remove(item)
-            ref = actor.run.remote(self.first_num + i, self.jobs[i], *self.shared)
-            self.running[ref] = (i, attempt, actor, time.monotonic())
-            self.progress.started(i)
-        while self.todo:  # stopped by fail_fast
-            i, _ = self.todo.popleft()
-            self.finish(i, _failed(self.jobs[i], RuntimeError(f"not run: {self.stop_reason}")), 0)
+            future = self.pool.submit(worker, self.jobs[i], self.plans[i])
+            self.running[future] = (i, attempt, worker, time.monotonic())
+            self.progress.started(i, worker.where)
+        if self.stop_reason is not None:
+            self._fail_todo(RuntimeError(f"not run: {self.stop_reason}"))
 
-    def collect(self, ref: Any) -> None:
-        i, attempt, actor, t0 = self.running.pop(ref)
+    def _guard(self, call: Any, *args: Any) -> Any:
+        """A pool that cannot give workers (Ray did not start) fails the jobs left."""
         try:
-            ret, seconds = ray.get(ref)
-            self.pool.release(actor, self.interps[i])
-        except RayActorError as e:  # the worker process died: OOM kill, os._exit, lost node
-            self.pool.discard(actor)
+            return call(*args)
+        except Exception as e:
+            log.error(f"wtb_ray: {e}")
+            self.stop_reason = str(e)
+            self._fail_todo(e)
+            return None
+
+    def collect(self, future: Future) -> None:
+        i, attempt, worker, t0 = self.running.pop(future)
+        try:
+            ret, seconds = future.result()
+            self.pool.release(worker, self.plans[i])
+        except WorkerDied as e:
+            self.pool.discard(worker)
             if attempt < self.params["max_retries"]:
-                log.warning(f"job #{self.first_num + i}: its actor died; retrying "
+                log.warning(f"job #{self.jobs[i].num}: {e}; retrying "
                             f"({attempt + 1}/{self.params['max_retries']})")
                 self.todo.appendleft((i, attempt + 1))
                 self.progress.retrying(i)
                 return
-            ret, seconds = _failed(self.jobs[i], e), time.monotonic() - t0
-        except RayTaskError as e:  # raised outside run_job, e.g. while composing the config
-            self.pool.release(actor, self.interps[i])
-            ret, seconds = _failed(self.jobs[i], e.as_instanceof_cause()), time.monotonic() - t0
-        self.finish(i, ret, seconds)
+            ret, seconds = failed(self.jobs[i].overrides, e), time.monotonic() - t0
+        except Exception as e:  # raised outside run_job, e.g. unpickling the task function
+            self.pool.release(worker, self.plans[i])
+            ret, seconds = failed(self.jobs[i].overrides, e), time.monotonic() - t0
+        self.finish(i, ret, seconds, worker.where)
 
     def expire(self) -> None:
         timeout = self.params.get("timeout_s")
         if not timeout:
             return
         now = time.monotonic()
-        for ref, (i, _, actor, t0) in list(self.running.items()):
+        for future, (i, _, worker, t0) in list(self.running.items()):
             if now - t0 > timeout:
-                del self.running[ref]
-                self.pool.discard(actor)
-                error = TimeoutError(f"job #{self.first_num + i} ran over "
-                                     f"hydra.launcher.timeout_s={timeout}; its actor was killed")
-                self.finish(i, _failed(self.jobs[i], error), now - t0)
+                del self.running[future]
+                self.pool.discard(worker)
+                error = TimeoutError(f"job #{self.jobs[i].num} ran over "
+                                     f"hydra.launcher.timeout_s={timeout}; its process was killed")
+                self.finish(i, failed(self.jobs[i].overrides, error), now - t0, worker.where)
 
 
-def launch(
-    launcher: WtbRayLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
-) -> Sequence[JobReturn]:
+def compose(launcher: WtbRayLauncher, job_overrides: Sequence[Sequence[str]],
+            initial_job_idx: int, sweep_dir: Path) -> list[Job]:
+    """Each job's config, composed once, here; the workers run it as it is."""
+    jobs = []
+    for i, overrides in enumerate(job_overrides):
+        num = initial_job_idx + i
+        config = launcher.hydra_context.config_loader.load_sweep_config(
+            launcher.config, list(overrides))
+        with open_dict(config):
+            config.hydra.job.id = f"{config.hydra.job.name}_{num}"
+            config.hydra.job.num = num
+            config.hydra.sweep.dir = str(sweep_dir)  # one ${now:...} for every job
+        jobs.append(Job(num, list(overrides), config))
+    return jobs
+
+
+def launch(launcher: WtbRayLauncher, job_overrides: Sequence[Sequence[str]],
+           initial_job_idx: int) -> Sequence[JobReturn]:
     assert launcher.config is not None and launcher.hydra_context is not None
-    assert launcher.task_function is not None
     setup_globals()
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     params = OmegaConf.to_container(OmegaConf.create(launcher.params), resolve=True)
     assert isinstance(params, dict)
-    # Resolving the sweep dir here caches ${now:...} in the config the actors get, so every
-    # job lands in the same sweep dir.
+    check(params)
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     log.info(f"wtb_ray: launching {len(job_overrides)} jobs, sweep output dir: {sweep_dir}")
     for i, overrides in enumerate(job_overrides):
         log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(overrides))}")
-    waits_for = leaders(launcher, job_overrides)  # shared prefixes: docs/launcher.md
-    with interpreters(launcher, params, job_overrides, initial_job_idx) as interps:
-        try:
-            launcher.ray_ready.result(timeout=RAY_START_TIMEOUT_S)
-        except TimeoutError:
-            raise RuntimeError(
-                f"Ray did not start within {RAY_START_TIMEOUT_S} s "
-                f"(hydra.launcher.address={params.get('address')!r}); is the cluster reachable?"
-            ) from None
-        if launcher.pool is None:
-            launcher.pool = ActorPool(params, os.getcwd())
-        return Scheduler(launcher, launcher.pool, params, job_overrides, initial_job_idx,
-                         interps, waits_for).run()
+    jobs = compose(launcher, job_overrides, initial_job_idx, sweep_dir)
+    if launcher.pool is None:
+        launcher.pool = Pool(launcher, params)
+        atexit.register(launcher.pool.close)
+    pool = launcher.pool
+    pool.fork_ahead(len(jobs))
+    with launcher.planner(jobs) if launcher.planner else _no_plans(jobs) as plans:
+        if len(plans) != len(jobs):
+            raise ValueError(f"hydra.launcher.planner returned {len(plans)} plans for "
+                             f"{len(jobs)} jobs")
+        if any(not p.done and (p.python or not pool.local) for p in plans):
+            pool.start_ray()  # in the background, while local jobs run
+        progress = Progress([list(filter_overrides(j.overrides)) for j in jobs],
+                            initial_job_idx, params.get("progress"), params["summary"])
+        return Scheduler(pool, params, jobs, plans, progress).run()
+
+
+class _no_plans:
+    def __init__(self, jobs: list[Job]) -> None:
+        self.plans = [Plan() for _ in jobs]
+
+    def __enter__(self) -> list[Plan]:
+        return self.plans
+
+    def __exit__(self, *exc: Any) -> None:
+        return None

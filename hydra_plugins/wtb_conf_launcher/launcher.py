@@ -11,12 +11,13 @@ from omegaconf import DictConfig
 
 class WtbRayLauncher(Launcher):
     def __init__(self, **params: Any) -> None:
+        # Hydra instantiates nested `_target_` nodes with the launcher: this is the object
+        self.planner = params.pop("planner", None)
         self.params = params
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
-        self.ray_ready: Any = None  # a Future, done once Ray is up (started in setup)
-        self.pool: Any = None  # _core.ActorPool, created on first launch
+        self.pool: Any = None  # _core.Pool, made on the first launch
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -24,14 +25,10 @@ class WtbRayLauncher(Launcher):
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
-        # Ray is imported here, not at module load: Hydra imports every plugin on every start.
-        from . import _core
-
-        _core.start_ray_in_background(self)  # overlaps ray.init with the sweeper composing jobs
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from . import _core
+        from . import _core  # here, not at module load: Hydra imports every plugin at start
 
         return _core.launch(self, job_overrides, initial_job_idx)

@@ -21,7 +21,7 @@ def _outcome(ret: JobReturn) -> tuple[str, dict[str, Any]]:
     counts. Per-case metrics (`case/name`) are left to `wtb show`."""
     if ret.status == JobStatus.FAILED:
         return "failed", {}
-    value = ret._return_value
+    value = ret.return_value
     if not isinstance(value, Mapping):
         return "completed", {}
     shown = {"run": str(value["run_id"])[:8]} if "run_id" in value else {}
@@ -36,7 +36,9 @@ def _fmt(value: Any) -> str:
 
 
 class Progress:
-    def __init__(self, overrides: list[list[str]], first_num: int, live: bool | None) -> None:
+    def __init__(self, overrides: list[list[str]], first_num: int, live: bool | None,
+                 summary: bool = True) -> None:
+        self.summary = summary
         self.overrides = overrides
         self.first_num = first_num
         self.console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
@@ -44,6 +46,7 @@ class Progress:
         self.status = ["pending"] * len(overrides)
         self.seconds: list[float | None] = [None] * len(overrides)
         self.metrics: list[dict[str, Any]] = [{} for _ in overrides]
+        self.where = [""] * len(overrides)  # local, ray:<python>, planned, ...
         self.t0 = time.monotonic()
         self.live: Live | None = None
 
@@ -58,31 +61,32 @@ class Progress:
     def __exit__(self, *exc: Any) -> None:
         if self.live is not None:
             self.live.__exit__(*exc)
-        if exc[0] is None:
+        if exc[0] is None and self.summary:
             self.console.print(self.table())
 
     def _update(self) -> None:
         if self.live is not None:
             self.live.update(self._view())
 
-    def started(self, i: int) -> None:
-        self.status[i] = "running"
+    def started(self, i: int, where: str) -> None:
+        self.status[i], self.where[i] = "running", where
         self._update()
 
     def retrying(self, i: int) -> None:
         self.status[i] = "retrying"
         self._update()
         if self.live is None:
-            print(f"[wtb_ray] job #{self.first_num + i} lost its actor; retrying", flush=True)
+            print(f"[wtb_ray] job #{self.first_num + i} lost its process; retrying", flush=True)
 
-    def finished(self, i: int, ret: JobReturn, seconds: float) -> None:
+    def finished(self, i: int, ret: JobReturn, seconds: float, where: str) -> None:
         self.status[i], self.metrics[i] = _outcome(ret)
-        self.seconds[i] = seconds
+        self.seconds[i], self.where[i] = seconds, where
         self._update()
         if self.live is None:
             done = sum(s not in ("pending", "running", "retrying") for s in self.status)
             print(f"[wtb_ray] {done}/{len(self.status)} job #{self.first_num + i} "
-                  f"{self.status[i]} in {seconds:.1f}s: {' '.join(self.overrides[i])}", flush=True)
+                  f"{self.status[i]} in {seconds:.1f}s ({where}): "
+                  f"{' '.join(self.overrides[i])}", flush=True)
 
     def _view(self) -> Group:
         done = sum(s not in ("pending", "running", "retrying") for s in self.status)
@@ -98,7 +102,7 @@ class Progress:
         found = {k for m in self.metrics for k in m}
         names = (["run"] if "run" in found else []) + sorted(found - {"run"})[:6]
         table = Table(title=None if only_active else "wtb_ray jobs")
-        for col in ("job", "overrides", "status", "duration", *names):
+        for col in ("job", "overrides", "status", "where", "duration", *names):
             table.add_column(col)
         for i, status in enumerate(self.status):
             if only_active and status not in ("running", "retrying"):
@@ -106,6 +110,7 @@ class Progress:
             shown = f"[red]{status}[/red]" if status == "failed" else status
             seconds = self.seconds[i]
             table.add_row(str(self.first_num + i), " ".join(self.overrides[i]), shown,
+                          self.where[i],
                           "-" if seconds is None else f"{seconds:.1f}s",
                           *(_fmt(self.metrics[i].get(n, "")) for n in names))
         return table

@@ -1,0 +1,142 @@
+"""The Ray side: a cluster for the sweep (a local one started in a process group of its own,
+or one joined by address) and the actors that run jobs on it. Imported only when a batch
+needs Ray: Ray's import and start cost nothing to sweeps that do not."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+import ray
+from hydra.core.singleton import Singleton
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+from ray.exceptions import RayActorError
+
+from ._run import WorkerDied, enter, execute
+
+START_TIMEOUT_S = 180  # ray.init is ~2-6 s here; past this something is wrong, say so
+
+# The holder starts a local cluster and keeps it until its stdin closes. It runs in a session
+# of its own, so the whole cluster can be stopped at once (ray.shutdown stops its processes
+# one by one, waiting up to a second for each).
+HOLD = """
+import json, sys, ray
+ray.init(**json.loads(sys.argv[1]))
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()
+"""
+
+
+class Cluster:
+    """Ray for this process: started on the first `start()`, in the background."""
+
+    def __init__(self, address: str | None, init_kwargs: dict[str, Any]) -> None:
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.init_kwargs = {"include_dashboard": False, **init_kwargs}
+        self.ready: Future | None = None
+        self.holder: subprocess.Popen | None = None
+
+    def start(self) -> Future:
+        if self.ready is None:
+            self.ready = Future()
+            threading.Thread(target=self._start, name="wtb-ray-start", daemon=True).start()
+        return self.ready
+
+    def _start(self) -> None:
+        assert self.ready is not None
+        try:
+            address = self.address or self._hold()
+            if not ray.is_initialized():
+                ray.init(address=address, log_to_driver=True)
+            atexit.register(self.stop)  # after ray's own handler, so it runs before it
+            self.ready.set_result(ray.cluster_resources())
+        except BaseException as e:  # reported by the scheduler, on the main thread
+            self.ready.set_exception(e)
+
+    def _hold(self) -> str:
+        self.holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD, json.dumps(self.init_kwargs)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, start_new_session=True)
+        address = self.holder.stdout.readline().strip()
+        if not address:
+            raise RuntimeError(f"a local Ray cluster did not start (ray.init("
+                               f"{self.init_kwargs}) exited {self.holder.wait()}); see above")
+        return address
+
+    def stop(self) -> None:
+        """Every result is stored by now: leave, and stop a cluster of our own at once."""
+        if ray.is_initialized():
+            ray.shutdown()
+        if self.holder is not None:  # the group outlives its leader: kill it either way
+            try:
+                os.killpg(self.holder.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.holder.wait()
+
+
+@ray.remote
+class JobActor:
+    def __init__(self, launch_dir: str, code_paths: list[str]) -> None:
+        enter(launch_dir, code_paths)
+
+    def run(self, config: DictConfig, env_vars: dict[str, str], hydra_context: HydraContext,
+            task_function: TaskFunction, singleton_state: dict[Any, Any]) -> tuple[Any, float]:
+        Singleton.set_state(singleton_state)
+        return execute(task_function, hydra_context, config, env_vars)
+
+
+class RayWorker:
+    """One actor. Arguments shared by every job (`shared`) are shipped once per batch."""
+
+    def __init__(self, options: dict[str, Any], launch_dir: str, code_paths: list[str],
+                 where: str) -> None:
+        self.actor = JobActor.options(**options).remote(launch_dir, code_paths)
+        self.where = where
+
+    def submit(self, config: DictConfig, env_vars: dict[str, str], shared: list[Any]) -> Future:
+        out: Future = Future()
+
+        def done(f: Future) -> None:
+            try:
+                out.set_result(f.result())
+            except RayActorError as e:
+                out.set_exception(WorkerDied(f"its actor died: {e}"))
+            except BaseException as e:  # raised outside run_job: report the cause itself
+                cause = e.as_instanceof_cause() if hasattr(e, "as_instanceof_cause") else e
+                out.set_exception(cause)
+
+        self.actor.run.remote(config, env_vars, *shared).future().add_done_callback(done)
+        return out
+
+    def kill(self) -> None:
+        ray.kill(self.actor, no_restart=True)
+
+    def close(self) -> None:
+        """Nothing to do: the driver's actors end with its Ray session (Cluster.stop)."""
+
+
+def shared(hydra_context: HydraContext, task_function: TaskFunction) -> list[Any]:
+    return [ray.put(hydra_context), ray.put(task_function), ray.put(Singleton.get_state())]
+
+
+def new_worker(python: str | None, python_path: list[str], params: dict[str, Any],
+               launch_dir: str, where: str | None) -> RayWorker:
+    options: dict[str, Any] = {"num_cpus": params["num_cpus"]}
+    if params.get("memory"):
+        options["memory"] = params["memory"]
+    if python:
+        # A runtime_env keeps Ray from using the workers it prestarted: only other interpreters
+        # get one. The path is set before the worker starts: unpickling the actor class needs it.
+        options["runtime_env"] = {"py_executable": python,
+                                  "env_vars": {"PYTHONPATH": os.pathsep.join(python_path)}}
+    return RayWorker(options, launch_dir, list(params.get("code_paths") or []),
+                     where or "ray")

@@ -1,0 +1,43 @@
+"""The planner hook, `hydra.launcher.planner`: what a planner gets and what it returns.
+
+A planner is any callable made by `hydra.utils.instantiate(hydra.launcher.planner)`, once per
+sweep. Called with a batch's jobs, it returns a context manager that yields one `Plan` per
+job; the launcher runs the batch inside it (so a planner can keep a service up meanwhile):
+
+    @contextlib.contextmanager
+    def __call__(self, jobs: list[Job]) -> Iterator[list[Plan]]: ...
+
+Without a planner every job runs, in the driver's interpreter, as soon as a worker is free.
+"""
+
+# No `from __future__ import annotations`: Hydra imports this module outside sys.modules
+# while scanning plugins, and dataclasses cannot resolve string annotations there.
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig
+
+
+@dataclass
+class Job:
+    num: int  # hydra.job.num
+    overrides: list[str]
+    config: DictConfig  # composed once, in the driver, `hydra` node included; read-only
+
+
+@dataclass
+class Plan:
+    # the job is done without running: `result` is its return value, or `error` its failure
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+    # the interpreter to run it in (another venv's python); None: the driver's own
+    python: str | None = None
+    # directories that interpreter needs on its path to unpickle the task function
+    python_path: list[str] = field(default_factory=list)
+    # set in the worker's environment while the job runs
+    env_vars: dict[str, str] = field(default_factory=dict)
+    # index in the batch of a job that must finish before this one starts
+    waits_for: int | None = None
+    # a short label for progress (e.g. the env's name); default: "local" or the Ray node
+    where: str | None = None

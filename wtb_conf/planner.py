@@ -1,0 +1,182 @@
+"""wtb_conf's planner for the wtb_ray launcher (`hydra.launcher.planner`, set by the packaged
+`hydra/launcher=wtb`): it sees every job's composed config before any job runs, and says
+
+- which jobs are done already: cache hits (recorded with their evaluation, as the job would
+  record them) and configs that cannot run (recorded failed, with the error the job would
+  raise); no worker is started for them, and a batch of nothing else never starts Ray;
+- which interpreter a job needs: a venv_manager env when its `env` asks for packages or a
+  Python version, provisioned once per distinct env, in parallel;
+- which job waits for which: jobs whose first step is the same wait for the first of them,
+  so that they can fork from its checkpoints (shared prefixes, docs/config.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from hydra_plugins.wtb_conf_launcher.plan import Job, Plan
+from wtb_conf import job as wtb_job
+from wtb_conf.envs import connect, spec_for, wants_env
+from wtb_conf.fork import first_step_key
+from wtb_conf.workflow import BREAKPOINTS
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _bench_path() -> Iterator[str]:
+    """wtb_conf and its Hydra plugins (every `hydra_plugins/wtb_*`: the job's pickled Hydra
+    state names them all), linked into a directory of their own: an env's workers get these
+    on their path without the driver's site-packages (and its other packages)."""
+    import hydra_plugins.wtb_conf_launcher as launcher
+
+    plugins = Path(launcher.__file__).parent.parent
+    root = Path(tempfile.mkdtemp(prefix="wtb-bench-path-"))
+    try:
+        (root / "hydra_plugins").mkdir()
+        (root / "wtb_conf").symlink_to(Path(wtb_job.__file__).parent)
+        for path in sorted(plugins.glob("wtb_*/__init__.py")):
+            (root / "hydra_plugins" / path.parent.name).symlink_to(path.parent)
+        yield str(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _task_config(config: DictConfig) -> DictConfig:
+    """The config the task function gets: the job's without its `hydra` node (as run_job)."""
+    cfg = copy.deepcopy(config)
+    with read_write(cfg), open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+class Planner:
+    """Made once per sweep from `hydra.launcher.planner`; the keyword arguments are that
+    node's other fields (docs/launcher.md)."""
+
+    def __init__(self, venv_manager: str | None = None, venv_manager_token: str | None = None,
+                 venv_data: str = "data/venv_manager") -> None:
+        self.venv_manager = venv_manager
+        self.venv_manager_token = venv_manager_token
+        self.venv_data = venv_data
+
+    @contextlib.contextmanager
+    def __call__(self, jobs: list[Job]) -> Iterator[list[Plan]]:
+        cfgs = [_task_config(j.config) for j in jobs]
+        sweep = os.environ.get(wtb_job.SWEEP_ENV)
+        plans = [Plan(env_vars={wtb_job.SWEEP_ENV: sweep} if sweep else {}) for _ in jobs]
+        with contextlib.ExitStack() as stack:
+            envs = self._envs(stack, jobs, cfgs)
+            for i, job in enumerate(jobs):
+                env = envs[i]
+                if env is not None:
+                    env_id, python, bench_path, lock = env
+                    plans[i].python, plans[i].python_path = python, [bench_path]
+                    plans[i].env_vars[wtb_job.ENV_ID] = env_id
+                    plans[i].where = f"ray, env {job.config.hydra.runtime.choices.get('env')}"
+                self._settle(job, cfgs[i], plans[i], env)
+            self._order(cfgs, plans)
+            yield plans
+
+    def _settle(self, job: Job, cfg: DictConfig, plan: Plan, env: tuple | None) -> None:
+        """Record the job now if it needs no worker: a cache hit, or a config that cannot run."""
+        hydra_cfg = HydraConfig.instance().cfg
+        HydraConfig.instance().set_config(job.config)  # for ${hydra:...} in the job's config
+        try:
+            try:
+                opened = wtb_job.open_job(cfg, job.config.hydra, env and env[3])
+            except Exception as e:  # the job meets it again and records it: not the planner's
+                log.warning("planner: job #%s is left to run: %s: %s", job.num,
+                            type(e).__name__, e)
+                return
+            with opened.store:
+                self._settle_opened(job, cfg, plan, env, opened)
+        finally:
+            if hydra_cfg is not None:
+                HydraConfig.instance().set_config(hydra_cfg)
+
+    @staticmethod
+    def _settle_opened(job: Job, cfg: DictConfig, plan: Plan, env: tuple | None,
+                       opened: wtb_job.Opened) -> None:
+        hit = wtb_job.cache_hit(opened, cfg)
+        python, env_id = plan.python or sys.executable, env and env[0]
+        if hit is not None:
+            run_id = wtb_job.record_start(opened, cfg, job.config.hydra, python, env_id)
+            plan.done, plan.where = True, "cache"
+            plan.result = wtb_job.record_cached(opened, run_id, *hit)
+            return
+        try:
+            wtb_job.check_job(cfg)
+        except Exception as e:  # the job would fail the same way in its worker
+            run_id = wtb_job.record_start(opened, cfg, job.config.hydra, python, env_id)
+            plan.done, plan.where = True, "planner"
+            plan.result = wtb_job.record_failure(opened, run_id, e)
+
+    def _envs(self, stack: contextlib.ExitStack, jobs: list[Job],
+              cfgs: list[DictConfig]) -> list[tuple | None]:
+        """Per job: (env id, python, bench path, lock) of its env, or None for the driver's."""
+        specs: list[bytes | None] = []
+        distinct: dict[bytes, tuple[Any, str]] = {}  # spec -> (spec, the first job wanting it)
+        for job, cfg in zip(jobs, cfgs, strict=True):
+            env_cfg = _plain(cfg.get("env")) or {}
+            if not wants_env(env_cfg):
+                specs.append(None)
+                continue
+            choices = job.config.hydra.runtime.choices
+            labels = {k: choices[k] for k in ("workflow", "variant", "env") if choices.get(k)}
+            name = f"job #{job.num} ({' '.join(job.overrides)})"
+            spec = spec_for(env_cfg, labels, name)
+            key = spec.SerializeToString(deterministic=True)
+            distinct.setdefault(key, (spec, name))
+            specs.append(key)
+        if not distinct:
+            return [None] * len(jobs)
+        data = Path(self.venv_data).absolute()
+        client = stack.enter_context(connect(self.venv_manager, self.venv_manager_token, data))
+        bench_path = stack.enter_context(_bench_path())
+        launch_dir = os.getcwd()
+
+        def provide(spec_and_job: tuple[Any, str]) -> tuple:
+            spec, name = spec_and_job
+            env = client.ensure(spec, name)
+            path = client.check_interpreter(env, name)
+            # the env's lock as its job will read it: the env's sys.path and the launch dir
+            lock = wtb_job.installed(tuple([*path, launch_dir]))
+            return env.env_id, env.python_path, bench_path, lock
+
+        with ThreadPoolExecutor(max_workers=len(distinct)) as pool:
+            found = dict(zip(distinct, pool.map(provide, distinct.values()), strict=True))
+        return [found[k] if k else None for k in specs]
+
+    def _order(self, cfgs: list[DictConfig], plans: list[Plan]) -> None:
+        """Jobs whose first step is the same wait for the first of them (shared prefixes)."""
+        first: dict[str, int] = {}
+        for i, cfg in enumerate(cfgs):
+            if plans[i].done or not cfg.get("share_prefixes", True) or cfg.get("rerun") \
+                    or cfg.get("fork") or any(cfg.workflow.get(k) for k in BREAKPOINTS):
+                continue  # jobs that never share
+            try:
+                key = first_step_key(_plain(cfg.workflow), _plain(cfg.get("env")))
+            except Exception:  # the job reports its own config errors when it runs
+                continue
+            if key in first:
+                plans[i].waits_for = first[key]
+            else:
+                first[key] = i
