@@ -1,12 +1,32 @@
-"""Launcher benchmark: Hydra's basic launcher, hydra-ray-launcher and wtb_ray, same app.
+"""Launcher benchmark: wtb_ray against Hydra's basic launcher and hydra-ray-launcher (issue #10).
 
-    python benchmarks/launcher_bench.py [--repeat 3]
+    python benchmarks/launcher_bench.py [--repeat 3] [--basic-sleep-runs 1]
 
-Runs, in one go, (a) 12 trivial jobs and (b) 16 jobs of ~1 s of CPU each, as whole
-`python app.py -m ...` commands (Ray's start and stop included: that is what a user waits
-for), then samples the total RSS of the Ray processes during a 2-actor wtb_ray sweep.
-hydra-ray-launcher pins cloudpickle<3, so it gets a virtualenv of its own, made here on first
-use under benchmarks/.venv-hydra-ray (with this environment's Ray and Hydra versions).
+Everything is timed as a whole command, the way a user waits for it (interpreter start, Ray's
+start and stop included); the runs of each repeat are interleaved, and medians are printed
+with their ratio to each target:
+
+1. the wtb_conf demo (`python -m wtb_conf -m +experiment=demo`, 4 jobs) in a fresh copy of
+   conf/ and experiments/: wtb's default launcher against `hydra/launcher=basic`, on the
+   empty project (target <= 1.5x basic) and again in the same project, every job a cache hit
+   (<= 1.2x basic's re-run); `hydra.launcher.local_workers=false` (a local Ray, actors) too;
+2. benchmarks/apps/bench_app.py, 12 trivial jobs: wtb_ray against hydra-ray-launcher (<= 0.5x);
+3. the same app, 16 jobs of 1 s of CPU each: wtb_ray against basic (<= 0.65x);
+4. 24 jobs that sleep 2 s each (waiting on an LLM, say): wtb_ray with
+   `hydra.launcher.num_cpus=0.1` against basic (<= 0.2x); basic takes ~50 s, so it runs
+   --basic-sleep-runs times (default once) rather than --repeat times;
+5. peak memory of a 2-job-at-once run of (3), sampled every 0.2 s: the default path (the
+   driver and its forked local workers) and `local_workers=false` (the driver, the Ray
+   cluster it starts and its actors); target: total <= 1.2 GB.
+
+In (2) and (3), "local_workers=false" runs every job on actors of a local Ray started by the
+command, and "joined" joins a Ray head that is already up (started outside the timed command).
+Each command's processes are told apart from the machine's others by a marker in their
+environment, which Ray's processes inherit: memory is summed over them, and after every
+command the script checks that none is left running. hydra-ray-launcher pins cloudpickle<3, so
+it gets a virtualenv of its own, made here on first use (benchmarks/.venv-hydra-ray, with this
+environment's Ray and Hydra versions). Ray runs with RAY_AUTH_MODE=token and a token in the
+environment: nothing is written to $HOME.
 """
 
 from __future__ import annotations
@@ -14,6 +34,8 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -24,12 +46,38 @@ from importlib.metadata import version
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 APP = HERE / "apps" / "bench_app.py"
 HYDRA_RAY_VENV = HERE / ".venv-hydra-ray"
-SWEEPS = {
-    "a: 12 trivial jobs": ["+i=range(0,12)", "+work=0"],
-    "b: 16 x 1 s CPU": ["+i=range(0,16)", "+work=1.0"],
+TOKEN = secrets.token_hex(16)
+MARK = "WTB_LAUNCHER_BENCH"  # in every command's environment: which processes are ours
+
+WTB = ["hydra/launcher=wtb_ray", "hydra.launcher.progress=false"]
+NO_LOCAL = [*WTB, "hydra.launcher.local_workers=false"]
+APP_COLUMNS = {  # column: (python, launcher overrides); None: the hydra-ray-launcher venv
+    "basic": (sys.executable, ["hydra/launcher=basic"]),
+    "hydra-ray": (None, ["hydra/launcher=ray"]),
+    "wtb": (sys.executable, WTB),
+    "local_workers=false": (sys.executable, NO_LOCAL),
+    "joined": (sys.executable, WTB),  # + hydra.launcher.address of a running head
 }
+SWEEPS = {  # row: (sweep overrides, columns it runs)
+    "12 trivial jobs": (["+i=range(0,12)"], list(APP_COLUMNS)),
+    "16 x 1 s CPU": (["+i=range(0,16)", "+work=1.0"], list(APP_COLUMNS)),
+    "24 x 2 s sleep": (["+i=range(0,24)", "+sleep=2"], ["basic", "wtb"]),
+}
+SLEEP_WTB = ["hydra.launcher.num_cpus=0.1"]  # 2 CPUs / 0.1: 20 jobs at once
+DEMO = {"basic": ["hydra/launcher=basic"], "wtb": [],
+        "local_workers=false": ["hydra.launcher.local_workers=false"]}
+TARGETS = {  # row: (column compared with wtb, bound on wtb / it)
+    "demo, fresh project": ("basic", 1.5),
+    "demo, cached re-run": ("basic", 1.2),
+    "12 trivial jobs": ("hydra-ray", 0.5),
+    "16 x 1 s CPU": ("basic", 0.65),
+    "24 x 2 s sleep": ("basic", 0.2),
+}
+MEMORY_TARGET = 1.2e9
+leftovers: list[str] = []  # processes of ours found running after their command ended
 
 
 def hydra_ray_python() -> str:
@@ -44,23 +92,40 @@ def hydra_ray_python() -> str:
     return str(python)
 
 
-LAUNCHERS = {
-    "basic": (sys.executable, ["hydra/launcher=basic"]),
-    "hydra-ray-launcher": (None, ["hydra/launcher=ray"]),
-    "wtb_ray": (sys.executable, ["hydra/launcher=wtb_ray", "hydra.launcher.progress=false"]),
-    # the iterative-work path: a cluster left running (`ray start --head`), joined by address
-    "wtb_ray joined": (sys.executable, ["hydra/launcher=wtb_ray", "hydra.launcher.progress=false"]),
-}
-
-
-TOKEN = secrets.token_hex(16)
-
-
-def env() -> dict[str, str]:
+def env(mark: str) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a fresh local Ray
     # Ray 2.60's token auth, without writing ~/.ray/auth_token
-    e.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN)
+    e.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN, **{MARK: mark})
     return e
+
+
+def ours(mark: str | None = None) -> dict[int, str]:
+    """pid -> command line of the processes carrying `mark` (any of this script's: None)."""
+    needle = f"{MARK}={mark or ''}".encode()
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if any(v.startswith(needle) if mark is None else v == needle for v in environ):
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                found[int(pid)] = cmd.decode(errors="replace").strip()[:120]
+        except OSError:
+            continue
+    return found
+
+
+def check_left(what: str, grace_s: float = 5.0) -> None:
+    """Report (and kill) any process of ours still running `grace_s` after its command."""
+    end = time.monotonic() + grace_s
+    while (left := ours()) and time.monotonic() < end:
+        time.sleep(0.1)
+    for pid, cmd in left.items():
+        leftovers.append(f"after {what}: pid {pid} {cmd}")
+        print(f"  !! still running after {what}: pid {pid} {cmd}", flush=True)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 HOLD_RAY_HEAD = """
@@ -71,12 +136,16 @@ sys.stdin.read()
 """
 
 
-def start_head() -> tuple[subprocess.Popen, str]:
+def start_head(mark: str) -> tuple[subprocess.Popen, str]:
     """A running cluster, like `ray start --head`, held by a process of ours so that stopping
     it stops this cluster and no other."""
     head = subprocess.Popen([sys.executable, "-c", HOLD_RAY_HEAD], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env())
-    return head, head.stdout.readline().strip()
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=env(mark))
+    address = head.stdout.readline().strip()
+    if not address:
+        raise SystemExit(f"the Ray head did not start (exit {head.wait()})")
+    return head, address
 
 
 def stop_head(head: subprocess.Popen) -> None:
@@ -84,91 +153,141 @@ def stop_head(head: subprocess.Popen) -> None:
     head.wait(timeout=120)
 
 
-def run_sweep(python: str, launcher: list[str], sweep: list[str], workdir: Path) -> float:
-    cmd = [python, str(APP), "-m", *launcher, *sweep, f"hydra.sweep.dir={workdir}/s",
-           "hydra/job_logging=disabled"]
+def timed(cmd: list[str], cwd: Path, mark: str) -> float:
     t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=workdir, env=env(), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=env(mark), capture_output=True, text=True)
     elapsed = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return elapsed
 
 
-def ray_rss() -> int:
-    """Total RSS in bytes of this machine's Ray processes (raylet, GCS, workers, ...)."""
-    total = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+def app_cmd(python: str, launcher: list[str], sweep: list[str], workdir: Path) -> list[str]:
+    return [python, str(APP), "-m", *launcher, *sweep, f"hydra.sweep.dir={workdir}/s",
+            "hydra/job_logging=disabled"]
+
+
+def memory(mark: str) -> tuple[int, int, int]:
+    """Total RSS and PSS in bytes, and how many processes, of those carrying `mark`."""
+    rss = pss = 0
+    pids = ours(mark)
+    for pid in pids:
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-            if b"ray" not in cmdline or b"launcher_bench" in cmdline:
-                continue
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
+            fields = dict(line.split(":", 1) for line in
+                          Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+            rss += int(fields["Rss"].split()[0]) * 1024
+            pss += int(fields["Pss"].split()[0]) * 1024
         except OSError:
             continue
-    return total
+    return rss, pss, len(pids)
 
 
-def peak_memory(workdir: Path) -> int:
-    peak, done = 0, threading.Event()
+def peak_memory(launcher: list[str], workdir: Path, mark: str) -> tuple[int, int, int]:
+    """Peak total RSS, peak total PSS and most processes during one run of (3)."""
+    peak, done = [0, 0, 0], threading.Event()
 
     def sample() -> None:
-        nonlocal peak
         while not done.is_set():
-            peak = max(peak, ray_rss())
-            time.sleep(0.1)
+            peak[:] = [max(a, b) for a, b in zip(peak, memory(mark), strict=True)]
+            time.sleep(0.2)
 
     thread = threading.Thread(target=sample)
     thread.start()
     try:
-        run_sweep(sys.executable, [*LAUNCHERS["wtb_ray"][1], "hydra.launcher.num_actors=2"],
-                  SWEEPS["b: 16 x 1 s CPU"], workdir)
+        timed(app_cmd(sys.executable, [*launcher, "hydra.launcher.num_actors=2"],
+                      SWEEPS["16 x 1 s CPU"][0], workdir), workdir, mark)
     finally:
         done.set()
         thread.join()
-    return peak
+    return peak[0], peak[1], peak[2]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--basic-sleep-runs", type=int, default=1,
+                    help="runs of basic on the 24 x 2 s sleep sweep (~50 s each)")
     args = ap.parse_args()
-    python = {name: p for name, (p, _) in LAUNCHERS.items()}
-    python["hydra-ray-launcher"] = hydra_ray_python()
-
+    python = {name: p or hydra_ray_python() for name, (p, _) in APP_COLUMNS.items()}
+    if left := ours():
+        raise SystemExit(f"processes of an earlier run are still up: {left}")
+    print(f"load average at start: {os.getloadavg()}", flush=True)
     times: dict[tuple[str, str], list[float]] = {}
+    n = 0
+
+    def record(row: str, column: str, t: float, r: int) -> None:
+        times.setdefault((row, column), []).append(t)
+        print(f"  run {r + 1}: {row:20} {column:20} {t:6.2f} s   "
+              f"(load {os.getloadavg()[0]:.1f})", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeat):
-            for sweep_name, sweep in SWEEPS.items():
-                for name, (_, overrides) in LAUNCHERS.items():
-                    workdir = Path(tmp) / f"{r}-{name}-{sweep_name[0]}".replace(" ", "_")
+            for column, overrides in DEMO.items():
+                n += 1
+                project = Path(tmp) / f"demo-{n}"
+                for d in ("conf", "experiments"):
+                    shutil.copytree(ROOT / d, project / d)
+                cmd = [sys.executable, "-m", "wtb_conf", "-m", "+experiment=demo", *overrides]
+                for row in ("demo, fresh project", "demo, cached re-run"):
+                    record(row, column, timed(cmd, project, str(n)), r)
+                    check_left(f"demo {column}")
+            for row, (sweep, columns) in SWEEPS.items():
+                for column in columns:
+                    if row.startswith("24") and column == "basic" and r >= args.basic_sleep_runs:
+                        continue
+                    n += 1
+                    workdir = Path(tmp) / f"app-{n}"
                     workdir.mkdir()
-                    if name == "wtb_ray joined":
-                        head, address = start_head()
-                        overrides = [*overrides, f"hydra.launcher.address={address}"]
+                    launcher = APP_COLUMNS[column][1]
+                    if row.startswith("24") and column == "wtb":
+                        launcher = [*launcher, *SLEEP_WTB]
+                    head = None
+                    if column == "joined":
+                        head, address = start_head(str(n))
+                        launcher = [*launcher, f"hydra.launcher.address={address}"]
                     try:
-                        t = run_sweep(python[name], overrides, sweep, workdir)
+                        t = timed(app_cmd(python[column], launcher, sweep, workdir), workdir,
+                                  str(n))
                     finally:
-                        if name == "wtb_ray joined":
+                        if head is not None:
                             stop_head(head)
-                    times.setdefault((sweep_name, name), []).append(t)
-                    print(f"  run {r + 1}: {sweep_name:18} {name:18} {t:6.2f} s", flush=True)
-        mem_dir = Path(tmp) / "memory"
-        mem_dir.mkdir()
-        peak = peak_memory(mem_dir)
+                    record(row, column, t, r)
+                    check_left(f"{row} {column}")
+        mem = {}
+        for column in ("wtb", "local_workers=false"):
+            n += 1
+            workdir = Path(tmp) / f"memory-{n}"
+            workdir.mkdir()
+            mem[column] = peak_memory(APP_COLUMNS[column][1], workdir, str(n))
+            check_left(f"memory {column}")
 
-    print(f"\nmedian wall time of {args.repeat} runs (Ray {version('ray')}, {os.cpu_count()} CPUs)")
-    print(f"{'':20}{'basic':>10}{'hydra-ray':>11}{'wtb_ray':>10}{'/basic':>9}{'/hydra-ray':>12}"
-          f"{'joined':>10}{'/basic':>9}")
-    for sweep_name in SWEEPS:
-        m = {n: statistics.median(times[(sweep_name, n)]) for n in LAUNCHERS}
-        print(f"{sweep_name:20}{m['basic']:9.2f}s{m['hydra-ray-launcher']:10.2f}s"
-              f"{m['wtb_ray']:9.2f}s{m['wtb_ray'] / m['basic']:8.2f}x"
-              f"{m['wtb_ray'] / m['hydra-ray-launcher']:11.2f}x"
-              f"{m['wtb_ray joined']:9.2f}s{m['wtb_ray joined'] / m['basic']:8.2f}x")
-    print(f"peak RSS of Ray processes, 2-actor wtb_ray sweep (b): {peak / 1e9:.2f} GB")
+    print(f"\nmedian wall time (s) of {args.repeat} runs; Ray {version('ray')}, "
+          f"{os.cpu_count()} CPUs, load average at end {os.getloadavg()}")
+    columns = ["basic", "hydra-ray", "wtb", "local_workers=false", "joined"]
+    print(f"{'':22}" + "".join(f"{c.replace('local_workers=', 'lw='):>14}" for c in columns)
+          + f"{'wtb / ref':>11}  target")
+    for row, (ref, bound) in TARGETS.items():
+        cells = []
+        for c in columns:
+            ts = times.get((row, c))
+            runs = f" ({len(ts)} run{'s' * (len(ts) > 1)})" if ts and len(ts) != args.repeat else ""
+            cells.append(f"{statistics.median(ts):.2f}{runs}" if ts else "-")
+        ratio = statistics.median(times[(row, "wtb")]) / statistics.median(times[(row, ref)])
+        verdict = "met" if ratio <= bound else "MISSED"
+        print(f"{row:22}" + "".join(f"{c:>14}" for c in cells)
+              + f"{ratio:10.2f}x  <= {bound}x {ref}: {verdict}")
+    print("wtb: `hydra/launcher=wtb` (the demo's default) or `hydra/launcher=wtb_ray`, local "
+          "workers; on the sleep sweep with hydra.launcher.num_cpus=0.1. lw=false: "
+          "hydra.launcher.local_workers=false (a local Ray, actors)")
+    print("\npeak memory during (3) with hydra.launcher.num_actors=2 (target: total RSS "
+          f"<= {MEMORY_TARGET / 1e9:.1f} GB; PSS counts shared pages once):")
+    for column, (rss, pss, procs) in mem.items():
+        verdict = "met" if rss <= MEMORY_TARGET else "MISSED"
+        print(f"  {column:20} RSS {rss / 1e9:5.2f} GB ({verdict})   PSS {pss / 1e9:5.2f} GB   "
+              f"{procs} processes")
+    print(f"\nprocesses left running after their command: {len(leftovers) or 'none'}")
+    for line in leftovers:
+        print(f"  {line}")
 
 
 if __name__ == "__main__":

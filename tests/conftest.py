@@ -12,39 +12,23 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-HOLD_RAY_HEAD = """
-import sys, ray
-ray.init(num_cpus=2, include_dashboard=False)
-print(ray.get_runtime_context().gcs_address, flush=True)
-sys.stdin.read()
-"""
 
 
-@pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
-    """One Ray head for the whole test session; every launch (in-process or in a subprocess)
-    joins it through RAY_ADDRESS instead of paying Ray's start and stop each time.
-
-    Ray 2.60 turns token auth on and writes ~/.ray/auth_token on first start: the tests keep
-    token auth but hand Ray a token through the environment, so nothing lands in $HOME."""
+@pytest.fixture(scope="session", autouse=True)
+def ray_auth():
+    """Every sweep takes the user's default path: a local Ray is started when a job needs one
+    (a job in an env, `local_workers=false`) and stopped at exit. Ray 2.60 turns token auth on
+    and writes ~/.ray/auth_token on first start: the tests keep token auth but hand Ray a
+    token through the environment, so nothing lands in $HOME."""
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS")}
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
-    # A process of our own holds the head, so teardown stops this cluster and no other
-    # (`ray stop` would stop every Ray on the machine).
-    head = subprocess.Popen(
-        [sys.executable, "-c", HOLD_RAY_HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True,
-    )
-    address = head.stdout.readline().strip()
-    if not address:
-        raise RuntimeError("the test session's Ray head did not start")
-    os.environ["RAY_ADDRESS"] = address
-    yield address
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    head.stdin.close()  # the holder shuts Ray down and exits
-    head.wait(timeout=120)
+    os.environ.pop("RAY_ADDRESS", None)  # a cluster of the caller's would change the path
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def run_bench(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -65,7 +49,7 @@ def copy_project(dest: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo(tmp_path_factory, ray_cluster) -> Path:
+def demo(tmp_path_factory) -> Path:
     """A project directory in which `python -m wtb_conf -m +experiment=demo` has run."""
     project = copy_project(tmp_path_factory.mktemp("demo"))
     proc = run_bench(project, "-m", "+experiment=demo")

@@ -15,8 +15,6 @@ from conftest import copy_project, run_bench
 
 from wtb_conf.store import open_store
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
-
 
 def sweeps(project: Path) -> list[list[dict]]:
     """Every sweep's runs, oldest sweep first."""

@@ -12,8 +12,6 @@ from conftest import run_bench
 
 from wtb_conf.store import open_store
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
-
 
 def store_of(project: Path):
     return open_store(str(project / "data/wtb.db"), project / "data/blobs")

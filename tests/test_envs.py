@@ -6,13 +6,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import copy_project, run_bench
 from test_venv_manager import TOKEN, start_server, stop
 
 from wtb_conf.store import open_store
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
 EXPECTED = {0: ("0.8.10", "grid"), 1: ("0.9.0", "simple_grid")}  # env=tabulate_08,tabulate_09
 
 
@@ -33,10 +31,18 @@ def check_envs_demo(project: Path, envs_dir: Path) -> None:
         assert diff.changed == ["orders/table.txt"]
 
 
+RAY_STARTED = "Started a local Ray instance"
+
+
 def test_envs_demo_with_the_embedded_manager(tmp_path):
     project = copy_project(tmp_path)
-    run_bench(project, "-m", "+experiment=envs_demo")
+    proc = run_bench(project, "-m", "+experiment=envs_demo")
+    assert RAY_STARTED in proc.stderr and "(ray, env tabulate_08)" in proc.stdout
     check_envs_demo(project, project / "data/venv_manager/envs")
+    # again: both jobs are cache hits, recorded by the planner; Ray is never started
+    again = run_bench(project, "-m", "+experiment=envs_demo")
+    assert RAY_STARTED not in again.stderr, again.stderr
+    assert again.stdout.count(" cached in ") == 2 and "(cache)" in again.stdout
 
 
 def test_envs_demo_with_a_manager_named_by_address(tmp_path):
@@ -44,8 +50,8 @@ def test_envs_demo_with_a_manager_named_by_address(tmp_path):
     proc, grpc_addr, _ = start_server(tmp_path / "manager", "--token", TOKEN)
     try:
         run_bench(project, "-m", "+experiment=envs_demo",
-                  f"hydra.launcher.venv_manager={grpc_addr}",
-                  f"hydra.launcher.venv_manager_token={TOKEN}")
+                  f"hydra.launcher.planner.venv_manager={grpc_addr}",
+                  f"hydra.launcher.planner.venv_manager_token={TOKEN}")
     finally:
         stop(proc)
     check_envs_demo(project, tmp_path / "manager" / "envs")
@@ -66,6 +72,6 @@ def test_an_env_python_other_than_the_drivers_is_a_clear_error(tmp_path):
 def test_a_manager_address_that_does_not_answer_is_a_clear_error(tmp_path):
     project = copy_project(tmp_path)
     proc = run_bench(project, "-m", "workflow=table_report", "env=tabulate_09",
-                     "hydra.launcher.venv_manager=127.0.0.1:9", check=False)
+                     "hydra.launcher.planner.venv_manager=127.0.0.1:9", check=False)
     assert proc.returncode != 0
     assert "the venv manager at 127.0.0.1:9 did not answer" in proc.stderr

@@ -16,8 +16,6 @@ from conftest import run_bench
 
 from wtb_conf.store import open_store
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
-
 
 def wtb(project: Path, *args: str, code: int = 0) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "wtb_conf.cli", *args], cwd=project,

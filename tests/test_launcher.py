@@ -1,9 +1,13 @@
-"""hydra/launcher=wtb_ray: Hydra's own launcher suites, failure handling, parity with basic."""
+"""hydra/launcher=wtb_ray: Hydra's own launcher suites (local workers, a planner, a joined Ray
+cluster), failure handling, a fresh local Ray, jobs beyond cores, parity with basic."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,46 +17,117 @@ from hydra.plugins.launcher import Launcher
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
 
 from hydra_plugins.wtb_conf_launcher.launcher import WtbRayLauncher
+from hydra_plugins.wtb_conf_launcher.plan import Job, Plan
 from wtb_conf.store import open_store
 
-APP = Path(__file__).parent / "apps" / "crash_app.py"
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+HERE = Path(__file__).parent
+APP = HERE / "apps" / "crash_app.py"
+HOLD_RAY_HEAD = """
+import sys, ray
+ray.init(num_cpus=2, include_dashboard=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()
+"""
 
 
 def test_discovery():
     assert WtbRayLauncher.__name__ in [x.__name__ for x in Plugins.instance().discover(Launcher)]
 
 
-@pytest.mark.parametrize("launcher_name, overrides", [("wtb_ray", [])])
+class ChainPlanner:
+    """A planner for the suites: every job waits for the one before it and gets an env var;
+    a job whose overrides ask for it is done without running."""
+
+    @contextlib.contextmanager
+    def __call__(self, jobs: list[Job]) -> Iterator[list[Plan]]:
+        plans = [Plan(env_vars={"PLANNED": "1"}, waits_for=i - 1 if i else None)
+                 for i in range(len(jobs))]
+        for job, plan in zip(jobs, plans, strict=True):
+            if "+done=1" in job.overrides:
+                plan.done, plan.result = True, "planned"
+        yield plans
+
+
+PLANNER = "hydra.launcher.planner={_target_:test_launcher.ChainPlanner}"
+
+
+@pytest.fixture(scope="module")
+def joined(tmp_path_factory):
+    """A running Ray cluster (the `ray start --head` workflow), held by a process of ours."""
+    head = subprocess.Popen([sys.executable, "-c", HOLD_RAY_HEAD], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    address = head.stdout.readline().strip()
+    assert address, "the test's Ray head did not start"
+    yield address
+    head.stdin.close()
+    head.wait(timeout=120)
+
+
+@pytest.mark.parametrize("launcher_name, overrides",
+                         [("wtb_ray", []), ("wtb_ray", [PLANNER])], ids=["local", "planner"])
 class TestWtbRayLauncher(LauncherTestSuite):
     pass
 
 
-@pytest.mark.parametrize(
-    "task_launcher_cfg, extra_flags",
-    [
-        (
-            {"defaults": [{"override hydra/launcher": "wtb_ray"},
+class TestWtbRayLauncherOnRay(LauncherTestSuite):
+    @pytest.fixture
+    def launcher_name(self):
+        return "wtb_ray"
+
+    @pytest.fixture
+    def overrides(self, joined):
+        return [f"hydra.launcher.address={joined}"]
+
+
+def _integration(*extra: str) -> tuple[dict, list[str]]:
+    return ({"defaults": [{"override hydra/launcher": "wtb_ray"},
                           {"override hydra/hydra_logging": "hydra_debug"},
-                          {"override hydra/job_logging": "disabled"}]},
-            ["-m"],
-        )
-    ],
-)
+                          {"override hydra/job_logging": "disabled"}]}, ["-m", *extra])
+
+
+@pytest.mark.parametrize("task_launcher_cfg, extra_flags",
+                         [_integration(), _integration(PLANNER)], ids=["local", "planner"])
 class TestWtbRayLauncherIntegration(IntegrationTestSuite):
-    pass
+    @pytest.fixture(autouse=True)
+    def _planner_importable(self, monkeypatch):  # the suite's apps run in other directories
+        path = os.environ.get("PYTHONPATH")
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HERE), path])))
 
 
-def crash_sweep(tmp_path: Path, *overrides: str, xs: str = "0,1,2,3"):
+def test_a_planner_s_done_jobs_and_env_vars_reach_hydra(tmp_path):
+    proc = crash_sweep(tmp_path, "+mode=ok", PLANNER, xs="0,1,2", extra=["+done=0,1"])
+    assert proc.returncode == 0, proc.stderr
+    # 6 jobs: the three with +done=1 did not run (one done-* file per x, not two)
+    assert done_jobs(tmp_path) == [0, 1, 2]
+    assert "(planned)" in proc.stdout
+
+
+def crash_sweep(tmp_path: Path, *overrides: str, xs: str = "0,1,2,3",
+                extra: list[str] | None = None):
     return subprocess.run(
         [sys.executable, str(APP), "-m", "hydra/launcher=wtb_ray", f"+x={xs}", "+bad=2",
-         f"hydra.sweep.dir={tmp_path}/sweep", "hydra.launcher.progress=false", *overrides],
+         *(extra or []), f"hydra.sweep.dir={tmp_path}/sweep", "hydra.launcher.progress=false",
+         *overrides],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(HERE)},  # ChainPlanner
     )
 
 
 def done_jobs(tmp_path: Path) -> list[int]:
     return sorted(int(p.name.split("-")[1]) for p in (tmp_path / "sweep").glob("*/done-*"))
+
+
+def ray_processes() -> list[str]:
+    """Ray's own processes on this machine (raylet, GCS, workers), by command line."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "/ray/core/src/ray/" in cmd or cmd.startswith("ray::"):
+            out.append(cmd[:80])
+    return out
 
 
 def test_a_raising_job_fails_alone_and_the_sweep_exits_nonzero(tmp_path):
@@ -67,13 +142,13 @@ def test_a_job_that_kills_its_actor_is_retried_on_a_new_actor(tmp_path):
     proc = crash_sweep(tmp_path, "+mode=exit_once", f"+marker={tmp_path}/died")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "died").exists() and done_jobs(tmp_path) == [0, 1, 2, 3]
-    assert "lost its actor; retrying" in proc.stdout
+    assert "lost its process; retrying" in proc.stdout
 
 
 def test_a_job_that_always_kills_its_actor_is_recorded_failed(tmp_path):
     proc = crash_sweep(tmp_path, "+mode=exit", "hydra.launcher.max_retries=1")
     assert proc.returncode != 0
-    assert "ActorDiedError" in proc.stderr or "actor died" in proc.stderr.lower()
+    assert "WorkerDied: its local worker" in proc.stderr and "died with exit code 3" in proc.stderr
     assert done_jobs(tmp_path) == [0, 1, 3]
 
 
@@ -129,7 +204,7 @@ def test_wtb_job_whose_actor_dies_is_marked_interrupted(tmp_path):
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("hydra.launcher.num_cpus=64", "hydra.launcher.num_cpus=64.0 but the Ray cluster has 2"),
+    [("hydra.launcher.num_cpus=64", "hydra.launcher.num_cpus=64.0 but this machine has"),
      ("hydra.launcher.num_actors=0", "hydra.launcher.num_actors=0 is out of range"),
      ("hydra.launcher.max_retries=lots", "hydra.launcher.max_retries")],
 )
@@ -138,3 +213,29 @@ def test_bad_launcher_settings_are_clear_errors(tmp_path, override, message):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert done_jobs(tmp_path) == []
+
+
+def test_on_a_fresh_local_ray_a_dead_actor_is_replaced_and_ray_is_stopped(tmp_path):
+    """`local_workers=false`: the default path to a local Ray, started for the sweep."""
+    before = ray_processes()
+    proc = crash_sweep(tmp_path, "+mode=exit_once", f"+marker={tmp_path}/died",
+                       "hydra.launcher.local_workers=false")
+    assert proc.returncode == 0, proc.stderr
+    assert done_jobs(tmp_path) == [0, 1, 2, 3]
+    assert "(ray)" in proc.stdout and "lost its process; retrying" in proc.stdout
+    assert ray_processes() == before  # the cluster it started is gone with it
+
+
+def test_twenty_jobs_run_at_once_on_two_cores(tmp_path):
+    """Jobs that wait (an LLM call) need no core: num_cpus=0.1 runs 20 at once. Each job
+    waits until all 20 have started; with fewer at once they would time out instead."""
+    proc = subprocess.run(
+        [sys.executable, str(APP), "-m", "hydra/launcher=wtb_ray", "+x=range(0,20)",
+         "+mode=barrier", "+parties=20", f"+marker={tmp_path}/barrier",
+         f"hydra.sweep.dir={tmp_path}/sweep", "hydra.launcher.progress=false",
+         "hydra.launcher.num_cpus=0.1", "hydra.launcher.timeout_s=120"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert done_jobs(tmp_path) == list(range(20))
+    pids = {p.read_text() for p in (tmp_path / "sweep").glob("*/done-*")}
+    assert len(pids) == 20  # twenty processes, not threads of one

@@ -37,7 +37,7 @@ def case(run: dict, name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, ray_cluster) -> Path:
+def project(tmp_path_factory) -> Path:
     """Two variants of the demo workflow: job 0 runs every node, job 1 shares `load`."""
     project = copy_project(tmp_path_factory.mktemp("timetravel"))
     run_bench(project, *DEMO, "variant=drop_invalid,fill_defaults")

@@ -13,7 +13,9 @@ from wtb_conf.job import run
 # here rather than in conf/, so that replays, whose primary config is elsewhere, find it too.
 ConfigStore.instance().store(
     group="hydra/launcher", name="wtb", provider="wtb_conf",
-    node={"defaults": ["wtb_ray"], "planner": {"_target_": "wtb_conf.planner.Planner"},
+    node={"defaults": ["wtb_ray"],
+          "planner": {"_target_": "wtb_conf.planner.Planner", "venv_manager": None,
+                      "venv_manager_token": None, "venv_data": "data/venv_manager"},
           "summary": False},  # the sweep callback prints the comparison
 )
 

@@ -2,8 +2,9 @@
 `hydra/launcher=wtb`): it sees every job's composed config before any job runs, and says
 
 - which jobs are done already: cache hits (recorded with their evaluation, as the job would
-  record them) and configs that cannot run (recorded failed, with the error the job would
-  raise); no worker is started for them, and a batch of nothing else never starts Ray;
+  record them) and, for jobs in the driver's interpreter, configs that cannot run (recorded
+  failed, with the error the job would raise); no worker is started for them, and a batch of
+  cache hits never starts Ray;
 - which interpreter a job needs: a venv_manager env when its `env` asks for packages or a
   Python version, provisioned once per distinct env, in parallel;
 - which job waits for which: jobs whose first step is the same wait for the first of them,
@@ -122,6 +123,8 @@ class Planner:
             plan.done, plan.where = True, "cache"
             plan.result = wtb_job.record_cached(opened, run_id, *hit)
             return
+        if plan.python:  # its nodes may import what only its env has: the job checks itself
+            return
         try:
             wtb_job.check_job(cfg)
         except Exception as e:  # the job would fail the same way in its worker
@@ -169,10 +172,10 @@ class Planner:
         """Jobs whose first step is the same wait for the first of them (shared prefixes)."""
         first: dict[str, int] = {}
         for i, cfg in enumerate(cfgs):
-            if plans[i].done or not cfg.get("share_prefixes", True) or cfg.get("rerun") \
-                    or cfg.get("fork") or any(cfg.workflow.get(k) for k in BREAKPOINTS):
-                continue  # jobs that never share
             try:
+                if plans[i].done or not cfg.get("share_prefixes", True) or cfg.get("rerun") \
+                        or cfg.get("fork") or any(cfg.workflow.get(k) for k in BREAKPOINTS):
+                    continue  # jobs that never share
                 key = first_step_key(_plain(cfg.workflow), _plain(cfg.get("env")))
             except Exception:  # the job reports its own config errors when it runs
                 continue

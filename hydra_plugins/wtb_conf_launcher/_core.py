@@ -6,10 +6,10 @@ Imported lazily by launcher.py; Ray itself is imported only when a batch needs i
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -44,13 +44,20 @@ def local_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
+def slots(cpus: float, num_cpus: float) -> int:
+    """Jobs at once on `cpus` when each reserves `num_cpus` (2 / 0.1 is 20, not 19)."""
+    return max(1, int(cpus / num_cpus + 1e-9))
+
+
 class Pool:
     """Workers per interpreter ("" is the driver's): local workers for the driver's own when
     allowed, Ray actors otherwise. At most `size` exist at once; an idle one makes room for
     another interpreter's when the pool is full. Ray starts on the first job that needs it."""
 
     def __init__(self, launcher: WtbRayLauncher, params: dict[str, Any]) -> None:
-        self.launcher, self.params = launcher, params
+        # not the launcher itself: no reference cycle, so a pool goes with its launcher
+        self.task_function, self.hydra_context = launcher.task_function, launcher.hydra_context
+        self.params = params
         self.launch_dir = os.getcwd()
         self.code_paths = [str(Path(p).absolute()) for p in params.get("code_paths") or []]
         self.local = bool(params["local_workers"]) and not (
@@ -58,7 +65,12 @@ class Pool:
         self.cluster: Any = None  # _ray.Cluster, once a job needs Ray
         self.idle: dict[str, list[Any]] = {}
         self.workers: list[Any] = []  # every live one, idle or busy
-        self.size = params.get("num_actors") or max(1, int(local_cpus() // params["num_cpus"]))
+        # at exit, or when the launcher is gone (Hydra's test suites make one per test)
+        weakref.finalize(self, _close, self.workers, self.idle)
+        if self.local and params["num_cpus"] > local_cpus():
+            raise ValueError(f"hydra.launcher.num_cpus={params['num_cpus']} but this machine "
+                             f"has {local_cpus()} CPUs; ask for at most that many")
+        self.size = params.get("num_actors") or slots(local_cpus(), params["num_cpus"])
         self.shared: list[Any] | None = None  # per batch, for actors
 
     # -- Ray, on demand
@@ -80,7 +92,7 @@ class Pool:
                 f"hydra.launcher.num_cpus={self.params['num_cpus']} but the Ray cluster has "
                 f"{resources.get('CPU', 0)} CPUs; ask for at most that many")
         if not self.local and not self.params.get("num_actors"):
-            self.size = max(1, int(resources.get("CPU", 0) // self.params["num_cpus"]))
+            self.size = slots(resources.get("CPU", 0), self.params["num_cpus"])
         return True
 
     # -- workers
@@ -90,16 +102,15 @@ class Pool:
 
     def _new(self, plan: Plan) -> Any:
         if not plan.python and self._forkable():
-            worker = LocalWorker(self.launcher.task_function, self.launcher.hydra_context,
-                                 self.launch_dir, self.code_paths)
+            worker = LocalWorker(self.task_function, self.hydra_context, self.launch_dir,
+                                 self.code_paths)
         else:
             if not self.ray_up():
                 return None
             from . import _ray
 
             if self.shared is None:
-                self.shared = _ray.shared(self.launcher.hydra_context,
-                                          self.launcher.task_function)
+                self.shared = _ray.shared(self.hydra_context, self.task_function)
             worker = _ray.new_worker(plan.python, plan.python_path, self.params,
                                      self.launch_dir, plan.where)
         self.workers.append(worker)
@@ -143,11 +154,13 @@ class Pool:
             return worker.submit(job.config, plan.env_vars)
         return worker.submit(job.config, plan.env_vars, self.shared)
 
-    def close(self) -> None:
-        for worker in self.workers:
-            worker.close()
-        self.workers.clear()
-        self.idle.clear()
+
+
+def _close(workers: list[Any], idle: dict[str, list[Any]]) -> None:
+    for worker in workers:
+        worker.close()
+    workers.clear()
+    idle.clear()  # an actor goes when the last handle to it does
 
 
 class Scheduler:
@@ -205,8 +218,9 @@ class Scheduler:
         while self.todo and self.stop_reason is None:
             item = self._next()
             if item is None:  # every job left waits for a running one: get workers ready
-                for i, _ in self.todo:
-                    self._guard(self.pool.warm, self.plans[i], len(self.jobs))
+                for i, _ in list(self.todo):
+                    if self.stop_reason is None:
+                        self._guard(self.pool.warm, self.plans[i], len(self.jobs))
                 return
             i, attempt = item
             worker = self._guard(self.pool.acquire, self.plans[i], len(self.jobs))
@@ -294,7 +308,6 @@ def launch(launcher: WtbRayLauncher, job_overrides: Sequence[Sequence[str]],
     jobs = compose(launcher, job_overrides, initial_job_idx, sweep_dir)
     if launcher.pool is None:
         launcher.pool = Pool(launcher, params)
-        atexit.register(launcher.pool.close)
     pool = launcher.pool
     pool.fork_ahead(len(jobs))
     with launcher.planner(jobs) if launcher.planner else _no_plans(jobs) as plans:

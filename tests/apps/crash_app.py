@@ -12,6 +12,11 @@ from omegaconf import DictConfig
 @hydra.main(version_base=None, config_path=None)
 def main(cfg: DictConfig) -> int:
     x, mode = cfg.x, cfg.mode
+    if mode == "barrier":  # wait until `parties` jobs have started: they run at once
+        Path(cfg.marker).mkdir(exist_ok=True)
+        Path(cfg.marker, str(x)).touch()
+        while len(os.listdir(cfg.marker)) < cfg.parties:
+            time.sleep(0.05)
     if x == cfg.get("bad", -1):
         if mode == "raise":
             raise ValueError(f"job x={x} raised on purpose")
