@@ -2,36 +2,34 @@
 
     python benchmarks/launcher_bench.py [--repeat 3] [--basic-sleep-runs 1]
 
-Everything is timed as a whole command, the way a user waits for it (interpreter start, Ray's
-start and stop included); the runs of each repeat are interleaved, and medians are printed
-with their ratio to each target:
+Each figure is a whole command, as a user waits for it (interpreter, Ray's start and stop);
+the runs of a repeat are interleaved; medians are printed with their ratio to each target:
 
 1. the wtb_conf demo (`python -m wtb_conf -m +experiment=demo`, 4 jobs) in a fresh copy of
-   conf/ and experiments/: wtb's default launcher against `hydra/launcher=basic`, on the
-   empty project (target <= 1.5x basic) and again in the same project, every job a cache hit
-   (<= 1.2x basic's re-run); `hydra.launcher.local_workers=false` (a local Ray, actors) too;
+   conf/ and experiments/, then again in the same project (every job a cache hit): the default
+   `hydra/launcher=wtb` against `hydra/launcher=basic` (<= 1.5x fresh, <= 1.2x cached);
 2. benchmarks/apps/bench_app.py, 12 trivial jobs: wtb_ray against hydra-ray-launcher (<= 0.5x);
-3. the same app, 16 jobs of 1 s of CPU each: wtb_ray against basic (<= 0.65x);
-4. 24 jobs that sleep 2 s each (waiting on an LLM, say): wtb_ray with
-   `hydra.launcher.num_cpus=0.1` against basic (<= 0.2x); basic takes ~50 s, so it runs
-   --basic-sleep-runs times (default once) rather than --repeat times;
-5. peak memory of a 2-job-at-once run of (3), sampled every 0.2 s: the default path (the
-   driver and its forked local workers) and `local_workers=false` (the driver, the Ray
-   cluster it starts and its actors); target: total <= 1.2 GB.
+3. the same app, 16 jobs of 1 s of CPU: wtb_ray against basic (<= 0.65x);
+4. the same app, 24 jobs sleeping 2 s (an LLM call, say): wtb_ray with num_cpus=0.1 against
+   basic (<= 0.2x); basic takes ~50 s, so it runs --basic-sleep-runs times (default 1);
+5. peak memory with num_actors=2 during (3) and the demo: the default path (driver and forked
+   local workers) and local_workers=false (driver, its Ray cluster, actors); <= 1.2 GB.
 
-In (2) and (3), "local_workers=false" runs every job on actors of a local Ray started by the
-command, and "joined" joins a Ray head that is already up (started outside the timed command).
-Each command's processes are told apart from the machine's others by a marker in their
-environment, which Ray's processes inherit: memory is summed over them, and after every
-command the script checks that none is left running. hydra-ray-launcher pins cloudpickle<3, so
-it gets a virtualenv of its own, made here on first use (benchmarks/.venv-hydra-ray, with this
-environment's Ray and Hydra versions). Ray runs with RAY_AUTH_MODE=token and a token in the
-environment: nothing is written to $HOME.
+Informative columns: local_workers=false (every job on an actor of a local Ray the command
+starts), "joined" (wtb_ray joining a Ray head started outside the timed command) and "floor"
+(the same work in a bare fork pool of as many processes: what the machine gives right now).
+A command's processes, Ray's included, carry a marker in their environment: memory is summed
+over them, and after each command the script checks that none is left running (and kills
+any). hydra-ray-launcher pins cloudpickle<3: it gets a virtualenv made here on first use
+(benchmarks/.venv-hydra-ray, this environment's Ray and Hydra). Ray runs with
+RAY_AUTH_MODE=token and a token in the environment: nothing is written to $HOME.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import os
 import secrets
 import shutil
@@ -42,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
@@ -77,6 +76,7 @@ TARGETS = {  # row: (column compared with wtb, bound on wtb / it)
     "24 x 2 s sleep": ("basic", 0.2),
 }
 MEMORY_TARGET = 1.2e9
+DIRS = itertools.count(1)
 leftovers: list[str] = []  # processes of ours found running after their command ended
 
 
@@ -136,26 +136,49 @@ sys.stdin.read()
 """
 
 
-def start_head(mark: str) -> tuple[subprocess.Popen, str]:
+@contextlib.contextmanager
+def ray_head(mark: str) -> Iterator[str]:
     """A running cluster, like `ray start --head`, held by a process of ours so that stopping
     it stops this cluster and no other."""
     head = subprocess.Popen([sys.executable, "-c", HOLD_RAY_HEAD], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env=env(mark))
-    address = head.stdout.readline().strip()
-    if not address:
-        raise SystemExit(f"the Ray head did not start (exit {head.wait()})")
-    return head, address
+    try:
+        address = head.stdout.readline().strip()
+        if not address:
+            raise SystemExit(f"the Ray head did not start (exit {head.wait()})")
+        yield address
+    finally:
+        head.stdin.close()
+        head.wait(timeout=120)
 
 
-def stop_head(head: subprocess.Popen) -> None:
-    head.stdin.close()
-    head.wait(timeout=120)
+FLOOR = """
+import multiprocessing, sys, time
+procs, jobs, work, sleep = map(float, sys.argv[1:])
+def job(_):
+    end = time.process_time() + work  # the app's loop, without Hydra
+    while time.process_time() < end:
+        pass
+    time.sleep(sleep)
+with multiprocessing.get_context("fork").Pool(int(procs)) as pool:
+    pool.map(job, range(int(jobs)), chunksize=1)
+"""
+FLOORS = {"16 x 1 s CPU": ["2", "16", "1", "0"], "24 x 2 s sleep": ["20", "24", "0", "2"]}
 
 
-def timed(cmd: list[str], cwd: Path, mark: str) -> float:
+def fresh(tmp: str, kind: str, demo: bool = False) -> Path:
+    """A new directory for one command; its name is the command's marker."""
+    path = Path(tmp) / f"{kind}-{next(DIRS)}"
+    path.mkdir()
+    for d in ("conf", "experiments") if demo else ():
+        shutil.copytree(ROOT / d, path / d)
+    return path
+
+
+def timed(cmd: list[str], cwd: Path) -> float:
     t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env(mark), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=env(cwd.name), capture_output=True, text=True)
     elapsed = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -165,6 +188,10 @@ def timed(cmd: list[str], cwd: Path, mark: str) -> float:
 def app_cmd(python: str, launcher: list[str], sweep: list[str], workdir: Path) -> list[str]:
     return [python, str(APP), "-m", *launcher, *sweep, f"hydra.sweep.dir={workdir}/s",
             "hydra/job_logging=disabled"]
+
+
+def demo_cmd(overrides: list[str]) -> list[str]:
+    return [sys.executable, "-m", "wtb_conf", "-m", "+experiment=demo", *overrides]
 
 
 def memory(mark: str) -> tuple[int, int, int]:
@@ -182,24 +209,37 @@ def memory(mark: str) -> tuple[int, int, int]:
     return rss, pss, len(pids)
 
 
-def peak_memory(launcher: list[str], workdir: Path, mark: str) -> tuple[int, int, int]:
-    """Peak total RSS, peak total PSS and most processes during one run of (3)."""
+def peak_memory(cmd: list[str], cwd: Path) -> tuple[int, int, int]:
+    """Peak total RSS, peak total PSS and most processes during `cmd`, sampled every 0.2 s."""
     peak, done = [0, 0, 0], threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak[:] = [max(a, b) for a, b in zip(peak, memory(mark), strict=True)]
+            peak[:] = [max(a, b) for a, b in zip(peak, memory(cwd.name), strict=True)]
             time.sleep(0.2)
 
     thread = threading.Thread(target=sample)
     thread.start()
     try:
-        timed(app_cmd(sys.executable, [*launcher, "hydra.launcher.num_actors=2"],
-                      SWEEPS["16 x 1 s CPU"][0], workdir), workdir, mark)
+        timed(cmd, cwd)
     finally:
         done.set()
         thread.join()
+    check_left(f"memory: {' '.join(cmd[1:])}")
     return peak[0], peak[1], peak[2]
+
+
+def run_app(tmp: str, row: str, column: str, python: str | None) -> float:
+    sweep = SWEEPS[row][0]
+    workdir = fresh(tmp, "app")
+    if column == "floor":
+        return timed([sys.executable, "-c", FLOOR, *FLOORS[row]], workdir)
+    launcher = APP_COLUMNS[column][1]
+    if row == "24 x 2 s sleep" and column == "wtb":
+        launcher = [*launcher, *SLEEP_WTB]
+    with ray_head(workdir.name) if column == "joined" else contextlib.nullcontext() as address:
+        join = [f"hydra.launcher.address={address}"] if address else []
+        return timed(app_cmd(python, [*launcher, *join], sweep, workdir), workdir)
 
 
 def main() -> None:
@@ -213,57 +253,38 @@ def main() -> None:
         raise SystemExit(f"processes of an earlier run are still up: {left}")
     print(f"load average at start: {os.getloadavg()}", flush=True)
     times: dict[tuple[str, str], list[float]] = {}
-    n = 0
 
     def record(row: str, column: str, t: float, r: int) -> None:
         times.setdefault((row, column), []).append(t)
         print(f"  run {r + 1}: {row:20} {column:20} {t:6.2f} s   "
               f"(load {os.getloadavg()[0]:.1f})", flush=True)
+        check_left(f"{row}, {column}")
 
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeat):
             for column, overrides in DEMO.items():
-                n += 1
-                project = Path(tmp) / f"demo-{n}"
-                for d in ("conf", "experiments"):
-                    shutil.copytree(ROOT / d, project / d)
-                cmd = [sys.executable, "-m", "wtb_conf", "-m", "+experiment=demo", *overrides]
+                project = fresh(tmp, "demo", demo=True)
                 for row in ("demo, fresh project", "demo, cached re-run"):
-                    record(row, column, timed(cmd, project, str(n)), r)
-                    check_left(f"demo {column}")
-            for row, (sweep, columns) in SWEEPS.items():
-                for column in columns:
-                    if row.startswith("24") and column == "basic" and r >= args.basic_sleep_runs:
+                    record(row, column, timed(demo_cmd(overrides), project), r)
+            for row, (_, columns) in SWEEPS.items():
+                for column in [*columns, *(["floor"] if row in FLOORS else [])]:
+                    if row == "24 x 2 s sleep" and column == "basic" \
+                            and r >= args.basic_sleep_runs:
                         continue
-                    n += 1
-                    workdir = Path(tmp) / f"app-{n}"
-                    workdir.mkdir()
-                    launcher = APP_COLUMNS[column][1]
-                    if row.startswith("24") and column == "wtb":
-                        launcher = [*launcher, *SLEEP_WTB]
-                    head = None
-                    if column == "joined":
-                        head, address = start_head(str(n))
-                        launcher = [*launcher, f"hydra.launcher.address={address}"]
-                    try:
-                        t = timed(app_cmd(python[column], launcher, sweep, workdir), workdir,
-                                  str(n))
-                    finally:
-                        if head is not None:
-                            stop_head(head)
-                    record(row, column, t, r)
-                    check_left(f"{row} {column}")
+                    record(row, column, run_app(tmp, row, column, python.get(column)), r)
         mem = {}
         for column in ("wtb", "local_workers=false"):
-            n += 1
-            workdir = Path(tmp) / f"memory-{n}"
-            workdir.mkdir()
-            mem[column] = peak_memory(APP_COLUMNS[column][1], workdir, str(n))
-            check_left(f"memory {column}")
+            two = [*APP_COLUMNS[column][1], "hydra.launcher.num_actors=2"]
+            workdir = fresh(tmp, "memory")
+            mem[f"16 x 1 s CPU, {column}"] = peak_memory(
+                app_cmd(sys.executable, two, SWEEPS["16 x 1 s CPU"][0], workdir), workdir)
+            mem[f"demo, {column}"] = peak_memory(
+                demo_cmd([*DEMO[column], "hydra.launcher.num_actors=2"]),
+                fresh(tmp, "memory", demo=True))
 
     print(f"\nmedian wall time (s) of {args.repeat} runs; Ray {version('ray')}, "
           f"{os.cpu_count()} CPUs, load average at end {os.getloadavg()}")
-    columns = ["basic", "hydra-ray", "wtb", "local_workers=false", "joined"]
+    columns = ["basic", "hydra-ray", "wtb", "local_workers=false", "joined", "floor"]
     print(f"{'':22}" + "".join(f"{c.replace('local_workers=', 'lw='):>14}" for c in columns)
           + f"{'wtb / ref':>11}  target")
     for row, (ref, bound) in TARGETS.items():
@@ -276,14 +297,13 @@ def main() -> None:
         verdict = "met" if ratio <= bound else "MISSED"
         print(f"{row:22}" + "".join(f"{c:>14}" for c in cells)
               + f"{ratio:10.2f}x  <= {bound}x {ref}: {verdict}")
-    print("wtb: `hydra/launcher=wtb` (the demo's default) or `hydra/launcher=wtb_ray`, local "
-          "workers; on the sleep sweep with hydra.launcher.num_cpus=0.1. lw=false: "
-          "hydra.launcher.local_workers=false (a local Ray, actors)")
-    print("\npeak memory during (3) with hydra.launcher.num_actors=2 (target: total RSS "
+    print("wtb: hydra/launcher=wtb (demo) or wtb_ray, local workers (sleep: num_cpus=0.1); "
+          "lw=false: local_workers=false; floor: a bare fork pool, no Hydra")
+    print("\npeak memory, hydra.launcher.num_actors=2 (target: total RSS "
           f"<= {MEMORY_TARGET / 1e9:.1f} GB; PSS counts shared pages once):")
-    for column, (rss, pss, procs) in mem.items():
+    for name, (rss, pss, procs) in mem.items():
         verdict = "met" if rss <= MEMORY_TARGET else "MISSED"
-        print(f"  {column:20} RSS {rss / 1e9:5.2f} GB ({verdict})   PSS {pss / 1e9:5.2f} GB   "
+        print(f"  {name:36} RSS {rss / 1e9:5.2f} GB ({verdict})   PSS {pss / 1e9:5.2f} GB   "
               f"{procs} processes")
     print(f"\nprocesses left running after their command: {len(leftovers) or 'none'}")
     for line in leftovers:

@@ -6,6 +6,7 @@ Imported lazily by launcher.py; Ray itself is imported only when a batch needs i
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import time
@@ -65,8 +66,9 @@ class Pool:
         self.cluster: Any = None  # _ray.Cluster, once a job needs Ray
         self.idle: dict[str, list[Any]] = {}
         self.workers: list[Any] = []  # every live one, idle or busy
-        # at exit, or when the launcher is gone (Hydra's test suites make one per test)
-        weakref.finalize(self, _close, self.workers, self.idle)
+        # when the launcher is gone (Hydra's test suites make one per test), or at exit: before
+        # multiprocessing's own exit handler, which would wait for the workers forever
+        atexit.register(weakref.finalize(self, _close, self.workers, self.idle))
         if self.local and params["num_cpus"] > local_cpus():
             raise ValueError(f"hydra.launcher.num_cpus={params['num_cpus']} but this machine "
                              f"has {local_cpus()} CPUs; ask for at most that many")

@@ -7,10 +7,12 @@ connects to Ray); a worker that dies is not replaced by another fork once Ray is
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import multiprocessing.connection
 import signal
 import threading
+import weakref
 from concurrent.futures import Future
 from typing import Any
 
@@ -20,10 +22,22 @@ from omegaconf import DictConfig
 from ._run import WorkerDied, enter, execute
 
 _fork = multiprocessing.get_context("fork")
+_driver_ends: weakref.WeakSet = weakref.WeakSet()  # the driver's end of each worker's pipe
+
+
+def _die_with_parent() -> None:
+    """A worker outlives nothing: if the driver is killed, so is the worker (Linux)."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _serve(conn: Any, task_function: TaskFunction, hydra_context: HydraContext,
            launch_dir: str, code_paths: list[str]) -> None:
+    _die_with_parent()
+    for end in list(_driver_ends):  # forked copies of the other workers' pipes
+        end.close()
     # Ctrl-C reaches the whole process group: the driver decides, and stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     enter(launch_dir, code_paths)
@@ -49,6 +63,7 @@ class LocalWorker:
             name="wtb-local-worker")
         self.process.start()
         child.close()
+        _driver_ends.add(self.conn)
 
     def submit(self, config: DictConfig, env_vars: dict[str, str]) -> Future:
         future: Future = Future()
