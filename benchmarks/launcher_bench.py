@@ -295,8 +295,10 @@ def main() -> None:
             cells.append(f"{statistics.median(ts):.2f}{runs}" if ts else "-")
         ratio = statistics.median(times[(row, "wtb")]) / statistics.median(times[(row, ref)])
         verdict = "met" if ratio <= bound else "MISSED"
+        each = " / ".join(f"{t / u:.2f}" for t, u in
+                          zip(times[(row, "wtb")], times[(row, ref)], strict=False))
         print(f"{row:22}" + "".join(f"{c:>14}" for c in cells)
-              + f"{ratio:10.2f}x  <= {bound}x {ref}: {verdict}")
+              + f"{ratio:10.2f}x  <= {bound}x {ref}: {verdict} (each run: {each})")
     print("wtb: hydra/launcher=wtb (demo) or wtb_ray, local workers (sleep: num_cpus=0.1); "
           "lw=false: local_workers=false; floor: a bare fork pool, no Hydra")
     print("\npeak memory, hydra.launcher.num_actors=2 (target: total RSS "

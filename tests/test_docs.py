@@ -67,6 +67,21 @@ def test_every_launcher_field_is_documented():
             assert f"| `{f.name}` |" in text, f"hydra.launcher.{f.name} is not in docs/launcher.md"
 
 
+def test_every_planner_field_is_documented_and_configurable():
+    import inspect
+
+    from hydra.core.config_store import ConfigStore
+
+    import wtb_conf.__main__  # noqa: F401  (stores hydra/launcher=wtb)
+    from wtb_conf.planner import Planner
+
+    text = (ROOT / "docs/launcher.md").read_text()
+    node = ConfigStore.instance().load("hydra/launcher/wtb.yaml").node
+    for name in inspect.signature(Planner).parameters:
+        assert f"| `{name}` |" in text, f"hydra.launcher.planner.{name} is not in launcher.md"
+        assert name in node.planner, f"hydra.launcher.planner.{name} cannot be overridden"
+
+
 def test_every_top_level_and_fork_key_is_documented():
     from wtb_conf.fork import FORK_KEYS
 

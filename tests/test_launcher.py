@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import copy_project, run_bench
 from hydra.core.plugins import Plugins
+from hydra.core.singleton import Singleton
 from hydra.plugins.launcher import Launcher
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
+from hydra.version import VersionBase
 
 from hydra_plugins.wtb_conf_launcher.launcher import WtbRayLauncher
 from hydra_plugins.wtb_conf_launcher.plan import Job, Plan
@@ -32,6 +34,16 @@ sys.stdin.read()
 
 def test_discovery():
     assert WtbRayLauncher.__name__ in [x.__name__ for x in Plugins.instance().discover(Launcher)]
+
+
+@pytest.fixture(autouse=True)
+def unset_version_base():
+    """Hydra's suites assume a fresh process; an earlier test's compose() set the version base
+    (which decides whether jobs chdir)."""
+    saved = Singleton._instances.pop(VersionBase, None)
+    yield
+    if saved is not None:
+        Singleton._instances[VersionBase] = saved
 
 
 class ChainPlanner:

@@ -157,7 +157,6 @@ class Pool:
         return worker.submit(job.config, plan.env_vars, self.shared)
 
 
-
 def _close(workers: list[Any], idle: dict[str, list[Any]]) -> None:
     for worker in workers:
         worker.close()
