@@ -84,11 +84,9 @@ def hydra_ray_python() -> str:
     python = HYDRA_RAY_VENV / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(HYDRA_RAY_VENV)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "hydra-ray-launcher==1.2.2",
-             f"ray[default]=={version('ray')}", f"hydra-core=={version('hydra-core')}"],
-            check=True,
-        )
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "hydra-ray-launcher==1.2.2",
+                        f"ray[default]=={version('ray')}", f"hydra-core=={version('hydra-core')}"],
+                       check=True)
     return str(python)
 
 
@@ -122,10 +120,8 @@ def check_left(what: str, grace_s: float = 5.0) -> None:
     for pid, cmd in left.items():
         leftovers.append(f"after {what}: pid {pid} {cmd}")
         print(f"  !! still running after {what}: pid {pid} {cmd}", flush=True)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 HOLD_RAY_HEAD = """
@@ -179,10 +175,9 @@ def fresh(tmp: str, kind: str, demo: bool = False) -> Path:
 def timed(cmd: list[str], cwd: Path) -> float:
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env(cwd.name), capture_output=True, text=True)
-    elapsed = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    return elapsed
+    return time.perf_counter() - t
 
 
 def app_cmd(python: str, launcher: list[str], sweep: list[str], workdir: Path) -> list[str]:
