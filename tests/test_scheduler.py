@@ -7,6 +7,7 @@ recorded that job finished): the order of events is set by the test, not by a cl
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from hydra_plugins.wtb_conf_launcher._core import Scheduler, check, slots
+from hydra_plugins.wtb_conf_launcher._core import Scheduler, check, check_plans, slots
 from hydra_plugins.wtb_conf_launcher._run import WorkerDied, completed, failed
 from hydra_plugins.wtb_conf_launcher.plan import Job, Plan
 from hydra_plugins.wtb_conf_launcher.progress import Progress
@@ -566,3 +567,41 @@ def test_check_passes_params_in_range(params):
 )
 def test_slots(cpus, num_cpus, expected):
     assert slots(cpus, num_cpus) == expected
+
+
+class SlowRayPool(FakePool):
+    """Workers for the driver's interpreter at once; for another interpreter only after the
+    driver's jobs have all finished (Ray still starting until then)."""
+
+    def acquire(self, plan: Plan, limit: int) -> FakeWorker | None:
+        if plan.python and len(self.finished) < self.local_jobs:
+            self.acquires += 1
+            return None
+        return super().acquire(plan, limit)
+
+
+def test_jobs_of_the_drivers_interpreter_do_not_wait_behind_one_that_waits_for_ray():
+    pool = SlowRayPool(2)
+    pool.local_jobs = 3
+    out = schedule(n=4, plans={0: Plan(python="/envs/a/bin/python")}, pool=pool)
+    assert out.statuses == [COMPLETED] * 4
+    assert [i for i, _ in pool.runs] == [1, 2, 3, 0]  # job 0 ran once Ray was up
+
+
+@pytest.mark.parametrize(
+    ("waits", "message"),
+    [({0: 0}, "job 0 waits for itself, through jobs []"),
+     ({0: 1, 1: 0}, "job 0 waits for itself, through jobs [1]"),
+     ({2: 5}, "job 2 waits for job 5, which is not in the batch (0..2)"),
+     ({1: -1}, "job 1 waits for job -1, which is not in the batch (0..2)")],
+)
+def test_a_planner_s_waits_that_would_hang_are_an_error(waits, message):
+    plans = [Plan(waits_for=waits.get(i)) for i in range(3)]
+    with pytest.raises(ValueError, match=re.escape(f"hydra.launcher.planner: {message}")):
+        check_plans(plans, 3)
+
+
+def test_a_planner_must_plan_every_job():
+    with pytest.raises(ValueError, match="returned 2 plans for 3 jobs"):
+        check_plans([Plan(), Plan()], 3)
+    check_plans([Plan(), Plan(waits_for=0), Plan(waits_for=1)], 3)  # a chain is fine

@@ -116,7 +116,11 @@ class Planner:
     @staticmethod
     def _settle_opened(job: Job, cfg: DictConfig, plan: Plan, env: tuple | None,
                        opened: wtb_job.Opened) -> None:
-        hit = wtb_job.cache_hit(opened, cfg)
+        try:
+            hit = wtb_job.cache_hit(opened, cfg)
+        except Exception as e:  # e.g. the store is busy: the job looks again in its worker
+            log.warning("planner: job #%s is left to run: %s: %s", job.num, type(e).__name__, e)
+            return
         python, env_id = plan.python or sys.executable, env and env[0]
         if hit is not None:
             run_id = wtb_job.record_start(opened, cfg, job.config.hydra, python, env_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import time
 import weakref
 from collections import deque
@@ -27,6 +28,7 @@ from .plan import Job, Plan
 from .progress import Progress
 
 log = logging.getLogger(__name__)
+RAY_START_TIMEOUT_S = 180  # ray.init takes 5-6 s here; past this something is wrong, say so
 
 
 def check(params: dict[str, Any]) -> None:
@@ -74,6 +76,7 @@ class Pool:
                              f"has {local_cpus()} CPUs; ask for at most that many")
         self.size = params.get("num_actors") or slots(local_cpus(), params["num_cpus"])
         self.shared: list[Any] | None = None  # per batch, for actors
+        self.ray_slots = 0  # actors the cluster can place at once, once Ray is up
 
     # -- Ray, on demand
     def start_ray(self) -> Future:
@@ -87,8 +90,13 @@ class Pool:
         """Whether actors can be made now; raises if Ray could not start."""
         ready = self.start_ray()
         if not ready.done():
+            if time.monotonic() - self.cluster.started > RAY_START_TIMEOUT_S:
+                raise RuntimeError(
+                    f"Ray did not start within {RAY_START_TIMEOUT_S} s (hydra.launcher.address="
+                    f"{self.cluster.address!r}); is the cluster reachable?")
             return False
         resources = ready.result()
+        self.ray_slots = slots(resources.get("CPU", 0), self.params["num_cpus"])
         if self.params["num_cpus"] > resources.get("CPU", 0):  # Ray would wait forever
             raise ValueError(
                 f"hydra.launcher.num_cpus={self.params['num_cpus']} but the Ray cluster has "
@@ -125,16 +133,26 @@ class Pool:
 
     def acquire(self, plan: Plan, limit: int) -> Any | None:
         key = plan.python or ""
-        if self.idle.get(key):
-            return self.idle[key].pop()
-        if (plan.python or not self._forkable()) and not self.ray_up():
+        while self.idle.get(key):
+            worker = self.idle[key].pop()
+            if worker.alive():
+                return worker
+            self.discard(worker)  # it died while idle
+        on_ray = bool(plan.python) or not self._forkable()
+        if on_ray and not self.ray_up():
             return None
-        if len(self.workers) >= min(self.size, limit):
-            other = next((ws for ws in self.idle.values() if ws), None)
+        full = len(self.workers) >= min(self.size, limit)
+        if full or (on_ray and self.actors() >= self.ray_slots):
+            # move an idle worker's CPU here (an idle actor keeps its CPUs on the cluster)
+            other = next((ws for ws in self.idle.values()
+                          if ws and (full or not isinstance(ws[-1], LocalWorker))), None)
             if other is None:
                 return None
-            self.discard(other.pop())  # the pool is full: move an idle worker's CPU here
+            self.discard(other.pop())
         return self._new(plan)
+
+    def actors(self) -> int:
+        return sum(not isinstance(w, LocalWorker) for w in self.workers)
 
     def warm(self, plan: Plan, limit: int) -> None:
         """Make a worker for a job that cannot start yet, so it is up when the job can."""
@@ -159,7 +177,10 @@ class Pool:
 
 def _close(workers: list[Any], idle: dict[str, list[Any]]) -> None:
     for worker in workers:
-        worker.close()
+        worker.stop()
+    deadline = time.monotonic() + 2  # then a busy worker is killed, with its job's processes
+    for worker in workers:
+        worker.close(deadline)
     workers.clear()
     idle.clear()  # an actor goes when the last handle to it does
 
@@ -203,12 +224,10 @@ class Scheduler:
         if ret.status == JobStatus.FAILED and self.params["fail_fast"] and not self.stop_reason:
             self.stop_reason = f"fail_fast: job #{self.jobs[i].num} failed"
 
-    def _next(self) -> tuple[int, int] | None:
-        for item in self.todo:
-            leader = self.plans[item[0]].waits_for
-            if leader is None or self.results[leader] is not None:
-                return item
-        return None
+    def _ready(self) -> list[tuple[int, int]]:
+        """The jobs that may start now: their leader, if any, has finished."""
+        return [item for item in self.todo if self.plans[item[0]].waits_for is None
+                or self.results[self.plans[item[0]].waits_for] is not None]
 
     def _fail_todo(self, error: BaseException) -> None:
         while self.todo:
@@ -216,21 +235,24 @@ class Scheduler:
             self.finish(i, failed(self.jobs[i].overrides, error), 0.0, "-")
 
     def submit(self) -> None:
-        while self.todo and self.stop_reason is None:
-            item = self._next()
-            if item is None:  # every job left waits for a running one: get workers ready
-                for i, _ in list(self.todo):
-                    if self.stop_reason is None:
-                        self._guard(self.pool.warm, self.plans[i], len(self.jobs))
-                return
+        ready = self._ready()
+        no_worker: set[str] = set()  # interpreters with no worker to give now
+        for item in ready:
             i, attempt = item
+            key = self.plans[i].python or ""
+            if self.stop_reason is not None or key in no_worker:
+                continue
             worker = self._guard(self.pool.acquire, self.plans[i], len(self.jobs))
-            if worker is None:
-                return
+            if worker is None:  # e.g. Ray is still starting: jobs of other interpreters go on
+                no_worker.add(key)
+                continue
             self.todo.remove(item)
             future = self.pool.submit(worker, self.jobs[i], self.plans[i])
             self.running[future] = (i, attempt, worker, time.monotonic())
             self.progress.started(i, worker.where)
+        for i, _ in [item for item in self.todo if item not in ready]:
+            if self.stop_reason is None:  # it waits for a running job: get a worker ready
+                self._guard(self.pool.warm, self.plans[i], len(self.jobs))
         if self.stop_reason is not None:
             self._fail_todo(RuntimeError(f"not run: {self.stop_reason}"))
 
@@ -277,6 +299,24 @@ class Scheduler:
                 self.finish(i, failed(self.jobs[i].overrides, error), now - t0, worker.where)
 
 
+def check_plans(plans: list[Plan], n: int) -> None:
+    """A planner's answer that would hang the batch is an error that says what is wrong."""
+    if len(plans) != n:
+        raise ValueError(f"hydra.launcher.planner returned {len(plans)} plans for {n} jobs")
+    for i, plan in enumerate(plans):
+        seen = {i}
+        j = plan.waits_for
+        while j is not None:
+            if not 0 <= j < n:
+                raise ValueError(f"hydra.launcher.planner: job {i} waits for job {j}, which is "
+                                 f"not in the batch (0..{n - 1})")
+            if j in seen:
+                raise ValueError(f"hydra.launcher.planner: job {i} waits for itself, through "
+                                 f"jobs {sorted(seen - {i})}")
+            seen.add(j)
+            j = plans[j].waits_for
+
+
 def compose(launcher: WtbRayLauncher, job_overrides: Sequence[Sequence[str]],
             initial_job_idx: int, sweep_dir: Path) -> list[Job]:
     """Each job's config, composed once, here; the workers run it as it is."""
@@ -311,10 +351,12 @@ def launch(launcher: WtbRayLauncher, job_overrides: Sequence[Sequence[str]],
         launcher.pool = Pool(launcher, params)
     pool = launcher.pool
     pool.fork_ahead(len(jobs))
+    pool.shared = None  # Hydra's state for the actors, as of this batch
+    for path in reversed(pool.code_paths):  # the planner imports what the workers will
+        if path not in sys.path:
+            sys.path.insert(0, path)
     with launcher.planner(jobs) if launcher.planner else _no_plans(jobs) as plans:
-        if len(plans) != len(jobs):
-            raise ValueError(f"hydra.launcher.planner returned {len(plans)} plans for "
-                             f"{len(jobs)} jobs")
+        check_plans(plans, len(jobs))
         if any(not p.done and (p.python or not pool.local) for p in plans):
             pool.start_ray()  # in the background, while local jobs run
         progress = Progress([list(filter_overrides(j.overrides)) for j in jobs],

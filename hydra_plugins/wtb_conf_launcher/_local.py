@@ -1,17 +1,21 @@
 """Local workers: processes forked from the driver, which has already imported Hydra, the
 task function and its libraries, so a job starts in milliseconds instead of waiting for Ray.
 
-Forked only while the driver has no threads that could hold a lock at fork time (before it
-connects to Ray); a worker that dies is not replaced by another fork once Ray is up.
+Forked before the planner runs and never once the driver is connected to Ray: a fork copies
+whatever lock another thread holds. (A replacement forked later has only the launcher's own
+threads beside it, which hold no lock while they wait on a worker.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import threading
+import time
 import weakref
 from concurrent.futures import Future
 from typing import Any
@@ -19,7 +23,7 @@ from typing import Any
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from ._run import WorkerDied, enter, execute
+from ._run import WorkerDied, enter, execute, failed
 
 _fork = multiprocessing.get_context("fork")
 _driver_ends: weakref.WeakSet = weakref.WeakSet()  # the driver's end of each worker's pipe
@@ -36,10 +40,11 @@ def _die_with_parent() -> None:
 def _serve(conn: Any, task_function: TaskFunction, hydra_context: HydraContext,
            launch_dir: str, code_paths: list[str]) -> None:
     _die_with_parent()
+    # A group of its own: Ctrl-C reaches the driver only, which decides, and a kill reaches the
+    # processes the job started too.
+    os.setpgrp()
     for end in list(_driver_ends):  # forked copies of the other workers' pipes
         end.close()
-    # Ctrl-C reaches the whole process group: the driver decides, and stops the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     enter(launch_dir, code_paths)
     while True:
         try:
@@ -48,7 +53,13 @@ def _serve(conn: Any, task_function: TaskFunction, hydra_context: HydraContext,
             return
         if job is None:
             return
-        conn.send(execute(task_function, hydra_context, *job))
+        ret, seconds = execute(task_function, hydra_context, *job)
+        try:
+            conn.send((ret, seconds))
+        except Exception as e:  # a return value that cannot be pickled: the job failed
+            conn.send((failed(ret.overrides or [], RuntimeError(
+                f"the job's return value cannot be sent back: {type(e).__name__}: {e}")),
+                seconds))
 
 
 class LocalWorker:
@@ -65,11 +76,23 @@ class LocalWorker:
         child.close()
         _driver_ends.add(self.conn)
 
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
     def submit(self, config: DictConfig, env_vars: dict[str, str]) -> Future:
         future: Future = Future()
-        self.conn.send((config, env_vars))
+        try:
+            self.conn.send((config, env_vars))
+        except OSError:  # it died while idle
+            future.set_exception(self._died())
+            return future
         threading.Thread(target=self._wait, args=(future,), daemon=True).start()
         return future
+
+    def _died(self) -> WorkerDied:
+        self.process.join(timeout=5)
+        return WorkerDied(f"its local worker (pid {self.process.pid}) died with exit code "
+                          f"{self.process.exitcode}")
 
     def _wait(self, future: Future) -> None:
         ready = multiprocessing.connection.wait([self.conn, self.process.sentinel])
@@ -79,21 +102,25 @@ class LocalWorker:
                 return
             except (EOFError, OSError):
                 pass
-        self.process.join(timeout=5)
-        future.set_exception(WorkerDied(
-            f"its local worker (pid {self.process.pid}) died with exit code "
-            f"{self.process.exitcode}"))
+            except BaseException as e:  # a result that does not unpickle here
+                future.set_exception(RuntimeError(
+                    f"the job's result cannot be read back: {type(e).__name__}: {e}"))
+                return
+        future.set_exception(self._died())
 
     def kill(self) -> None:
-        self.process.kill()
+        """The worker and whatever the job started (its process group)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.join(timeout=5)
         self.conn.close()
 
-    def close(self) -> None:
-        try:
+    def stop(self) -> None:
+        """Ask it to exit after its job; `close` waits for that."""
+        with contextlib.suppress(OSError):
             self.conn.send(None)
-        except OSError:
-            pass
-        self.process.join(timeout=2)
+
+    def close(self, deadline: float) -> None:
+        self.process.join(timeout=max(0.0, deadline - time.monotonic()))
         if self.process.is_alive():
             self.kill()

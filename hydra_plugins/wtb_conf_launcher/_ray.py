@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any
 
@@ -21,8 +22,6 @@ from omegaconf import DictConfig
 from ray.exceptions import RayActorError
 
 from ._run import WorkerDied, enter, execute
-
-START_TIMEOUT_S = 180  # ray.init is ~2-6 s here; past this something is wrong, say so
 
 # The holder starts a local cluster and keeps it until its stdin closes. It runs in a session
 # of its own, so the whole cluster can be stopped at once (ray.shutdown stops its processes
@@ -42,11 +41,12 @@ class Cluster:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.init_kwargs = {"include_dashboard": False, **init_kwargs}
         self.ready: Future | None = None
+        self.started = 0.0  # time.monotonic() of start()
         self.holder: subprocess.Popen | None = None
 
     def start(self) -> Future:
         if self.ready is None:
-            self.ready = Future()
+            self.ready, self.started = Future(), time.monotonic()
             threading.Thread(target=self._start, name="wtb-ray-start", daemon=True).start()
         return self.ready
 
@@ -120,8 +120,14 @@ class RayWorker:
     def kill(self) -> None:
         ray.kill(self.actor, no_restart=True)
 
-    def close(self) -> None:
+    def alive(self) -> bool:
+        return True  # Ray reports a dead actor on the job's future
+
+    def stop(self) -> None:
         """Nothing to do: the driver's actors end with its Ray session (Cluster.stop)."""
+
+    def close(self, deadline: float) -> None:
+        pass
 
 
 def shared(hydra_context: HydraContext, task_function: TaskFunction) -> list[Any]:

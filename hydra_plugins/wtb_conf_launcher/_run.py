@@ -45,7 +45,7 @@ def execute(task_function: TaskFunction, hydra_context: HydraContext, config: Di
                 os.environ[key] = value
     if ret.status == JobStatus.FAILED:
         try:
-            pickle.dumps(ret._return_value)
+            pickle.loads(pickle.dumps(ret._return_value))
         except Exception:  # an exception that cannot be shipped back: keep its text
             exc = ret._return_value
             ret.return_value = RuntimeError(
