@@ -174,7 +174,8 @@ def _digest(*parts: Any) -> str:
 def build(db: Path, blobs: Path, sweeps: int, jobs: int, big: int, checkpoints: int,
           batch: int, seed: int = 0) -> dict[str, Any]:
     """The store: a sweep of `big` jobs, then `sweeps` sweeps of `jobs` jobs."""
-    from wtb_conf.job import installed, metrics_of  # what job.run writes, for the data
+    from wtb_conf.intake import installed  # what job.run writes, for the data
+    from wtb_conf.job import metrics_of
     from wtb_conf.scoring import summarize
 
     rng = random.Random(seed)

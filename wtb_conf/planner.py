@@ -29,7 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.wtb_conf_launcher.plan import Job, Plan
-from wtb_conf import job as wtb_job
+from wtb_conf import intake
 from wtb_conf.envs import connect, spec_for, wants_env
 from wtb_conf.fork import first_step_key
 from wtb_conf.workflow import BREAKPOINTS
@@ -48,7 +48,7 @@ def _bench_path() -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="wtb-bench-path-"))
     try:
         (root / "hydra_plugins").mkdir()
-        (root / "wtb_conf").symlink_to(Path(wtb_job.__file__).parent)
+        (root / "wtb_conf").symlink_to(Path(intake.__file__).parent)
         for path in sorted(plugins.glob("wtb_*/__init__.py")):
             (root / "hydra_plugins" / path.parent.name).symlink_to(path.parent)
         yield str(root)
@@ -81,8 +81,8 @@ class Planner:
     @contextlib.contextmanager
     def __call__(self, jobs: list[Job]) -> Iterator[list[Plan]]:
         cfgs = [_task_config(j.config) for j in jobs]
-        sweep = os.environ.get(wtb_job.SWEEP_ENV)
-        plans = [Plan(env_vars={wtb_job.SWEEP_ENV: sweep} if sweep else {}) for _ in jobs]
+        sweep = os.environ.get(intake.SWEEP_ENV)
+        plans = [Plan(env_vars={intake.SWEEP_ENV: sweep} if sweep else {}) for _ in jobs]
         with contextlib.ExitStack() as stack:
             envs = self._envs(stack, jobs, cfgs)
             for i, job in enumerate(jobs):
@@ -90,7 +90,7 @@ class Planner:
                 if env is not None:
                     env_id, python, bench_path, lock = env
                     plans[i].python, plans[i].python_path = python, [bench_path]
-                    plans[i].env_vars[wtb_job.ENV_ID] = env_id
+                    plans[i].env_vars[intake.ENV_ID] = env_id
                     plans[i].where = f"ray, env {job.config.hydra.runtime.choices.get('env')}"
                 self._settle(job, cfgs[i], plans[i], env)
             self._order(cfgs, plans)
@@ -102,7 +102,7 @@ class Planner:
         HydraConfig.instance().set_config(job.config)  # for ${hydra:...} in the job's config
         try:
             try:
-                opened = wtb_job.open_job(cfg, job.config.hydra, env and env[3])
+                opened = intake.open_job(cfg, job.config.hydra, env and env[3])
             except Exception as e:  # the job meets it again and records it: not the planner's
                 log.warning("planner: job #%s is left to run: %s: %s", job.num,
                             type(e).__name__, e)
@@ -115,26 +115,26 @@ class Planner:
 
     @staticmethod
     def _settle_opened(job: Job, cfg: DictConfig, plan: Plan, env: tuple | None,
-                       opened: wtb_job.Opened) -> None:
+                       opened: intake.Opened) -> None:
         try:
-            hit = wtb_job.cache_hit(opened, cfg)
+            hit = intake.cache_hit(opened, cfg)
         except Exception as e:  # e.g. the store is busy: the job looks again in its worker
             log.warning("planner: job #%s is left to run: %s: %s", job.num, type(e).__name__, e)
             return
         python, env_id = plan.python or sys.executable, env and env[0]
         if hit is not None:
-            run_id = wtb_job.record_start(opened, cfg, job.config.hydra, python, env_id)
+            run_id = intake.record_start(opened, cfg, job.config.hydra, python, env_id)
             plan.done, plan.where = True, "cache"
-            plan.result = wtb_job.record_cached(opened, run_id, *hit)
+            plan.result = intake.record_cached(opened, run_id, *hit)
             return
         if plan.python:  # its nodes may import what only its env has: the job checks itself
             return
         try:
-            wtb_job.check_job(cfg)
+            intake.check_job(cfg)
         except Exception as e:  # the job would fail the same way in its worker
-            run_id = wtb_job.record_start(opened, cfg, job.config.hydra, python, env_id)
+            run_id = intake.record_start(opened, cfg, job.config.hydra, python, env_id)
             plan.done, plan.where = True, "planner"
-            plan.result = wtb_job.record_failure(opened, run_id, e)
+            plan.result = intake.record_failure(opened, run_id, e)
 
     def _envs(self, stack: contextlib.ExitStack, jobs: list[Job],
               cfgs: list[DictConfig]) -> list[tuple | None]:
@@ -165,7 +165,7 @@ class Planner:
             env = client.ensure(spec, name)
             path = client.check_interpreter(env, name)
             # the env's lock as its job will read it: the env's sys.path and the launch dir
-            lock = wtb_job.installed(tuple([*path, launch_dir]))
+            lock = intake.installed(tuple([*path, launch_dir]))
             return env.env_id, env.python_path, bench_path, lock
 
         with ThreadPoolExecutor(max_workers=len(distinct)) as pool:

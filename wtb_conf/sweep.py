@@ -15,7 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from wtb_conf import compare
-from wtb_conf.job import SWEEP_ENV, open_store_for
+from wtb_conf.intake import SWEEP_ENV, open_store_for
 from wtb_conf.store.records import DONE
 
 # Hydra turns exceptions raised by callbacks into warnings, so the callback leaves the exit
