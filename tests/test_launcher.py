@@ -71,6 +71,12 @@ def joined(tmp_path_factory):
     address = head.stdout.readline().strip()
     assert address, "the test's Ray head did not start"
     yield address
+    import ray
+
+    # The suites' in-process launches joined it: leave first, or Ray's core worker ends this
+    # very process (exit 1) once the cluster it was connected to has been gone for a minute.
+    if ray.is_initialized():
+        ray.shutdown()
     head.stdin.close()
     head.wait(timeout=120)
 
