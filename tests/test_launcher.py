@@ -121,13 +121,13 @@ def test_a_planner_s_done_jobs_and_env_vars_reach_hydra(tmp_path):
 
 
 def crash_sweep(tmp_path: Path, *overrides: str, xs: str = "0,1,2,3",
-                extra: list[str] | None = None):
+                extra: list[str] | None = None, env: dict[str, str] | None = None):
     return subprocess.run(
         [sys.executable, str(APP), "-m", "hydra/launcher=wtb_ray", f"+x={xs}", "+bad=2",
          *(extra or []), f"hydra.sweep.dir={tmp_path}/sweep", "hydra.launcher.progress=false",
          *overrides],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": str(HERE)},  # ChainPlanner
+        env={**(env or os.environ), "PYTHONPATH": str(HERE)},  # ChainPlanner
     )
 
 
@@ -234,10 +234,13 @@ def test_bad_launcher_settings_are_clear_errors(tmp_path, override, message):
 
 
 def test_on_a_fresh_local_ray_a_dead_actor_is_replaced_and_ray_is_stopped(tmp_path):
-    """`local_workers=false`: the default path to a local Ray, started for the sweep."""
+    """`local_workers=false`: the default path to a local Ray, started for the sweep, with
+    Ray's own auth defaults (a token it writes to $HOME/.ray, here a temporary HOME)."""
     before = ray_processes()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     proc = crash_sweep(tmp_path, "+mode=exit_once", f"+marker={tmp_path}/died",
-                       "hydra.launcher.local_workers=false")
+                       "hydra.launcher.local_workers=false",
+                       env={**env, "HOME": str(tmp_path / "home")})
     assert proc.returncode == 0, proc.stderr
     assert done_jobs(tmp_path) == [0, 1, 2, 3]
     assert "(ray)" in proc.stdout and "lost its process; retrying" in proc.stdout

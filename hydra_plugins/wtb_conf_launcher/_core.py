@@ -81,6 +81,12 @@ class Pool:
     # -- Ray, on demand
     def start_ray(self) -> Future:
         if self.cluster is None:
+            if not (self.params.get("address") or os.environ.get("RAY_ADDRESS")):
+                # Ray's own default for a new local cluster (token auth; ~/.ray/auth_token
+                # written the first time). The holder starts the cluster and the driver joins it
+                # by address, for which Ray assumes nothing: both must be told, before Ray is
+                # imported (it reads the mode once).
+                os.environ.setdefault("RAY_AUTH_MODE", "token")
             from ._ray import Cluster
 
             self.cluster = Cluster(self.params.get("address"), self.params["init_kwargs"])
