@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -54,6 +54,13 @@ def _bench_path() -> Iterator[str]:
         yield str(root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+class JobEnv(NamedTuple):
+    env_id: str
+    python: str
+    bench_path: str  # on the env's path: wtb_conf and its plugins, linked
+    lock: list[str]  # the env's installed distributions, as its job will read them
 
 
 def _task_config(config: DictConfig) -> DictConfig:
@@ -88,21 +95,20 @@ class Planner:
             for i, job in enumerate(jobs):
                 env = envs[i]
                 if env is not None:
-                    env_id, python, bench_path, lock = env
-                    plans[i].python, plans[i].python_path = python, [bench_path]
-                    plans[i].env_vars[intake.ENV_ID] = env_id
+                    plans[i].python, plans[i].python_path = env.python, [env.bench_path]
+                    plans[i].env_vars[intake.ENV_ID] = env.env_id
                     plans[i].where = f"ray, env {job.config.hydra.runtime.choices.get('env')}"
                 self._settle(job, cfgs[i], plans[i], env)
             self._order(cfgs, plans)
             yield plans
 
-    def _settle(self, job: Job, cfg: DictConfig, plan: Plan, env: tuple | None) -> None:
+    def _settle(self, job: Job, cfg: DictConfig, plan: Plan, env: JobEnv | None) -> None:
         """Record the job now if it needs no worker: a cache hit, or a config that cannot run."""
         hydra_cfg = HydraConfig.instance().cfg
         HydraConfig.instance().set_config(job.config)  # for ${hydra:...} in the job's config
         try:
             try:
-                opened = intake.open_job(cfg, job.config.hydra, env and env[3])
+                opened = intake.open_job(cfg, job.config.hydra, env and env.lock)
             except Exception as e:  # the job meets it again and records it: not the planner's
                 log.warning("planner: job #%s is left to run: %s: %s", job.num,
                             type(e).__name__, e)
@@ -114,14 +120,14 @@ class Planner:
                 HydraConfig.instance().set_config(hydra_cfg)
 
     @staticmethod
-    def _settle_opened(job: Job, cfg: DictConfig, plan: Plan, env: tuple | None,
+    def _settle_opened(job: Job, cfg: DictConfig, plan: Plan, env: JobEnv | None,
                        opened: intake.Opened) -> None:
         try:
             hit = intake.cache_hit(opened, cfg)
         except Exception as e:  # e.g. the store is busy: the job looks again in its worker
             log.warning("planner: job #%s is left to run: %s: %s", job.num, type(e).__name__, e)
             return
-        python, env_id = plan.python or sys.executable, env and env[0]
+        python, env_id = plan.python or sys.executable, env and env.env_id
         if hit is not None:
             run_id = intake.record_start(opened, cfg, job.config.hydra, python, env_id)
             plan.done, plan.where = True, "cache"
@@ -137,8 +143,8 @@ class Planner:
             plan.result = intake.record_failure(opened, run_id, e)
 
     def _envs(self, stack: contextlib.ExitStack, jobs: list[Job],
-              cfgs: list[DictConfig]) -> list[tuple | None]:
-        """Per job: (env id, python, bench path, lock) of its env, or None for the driver's."""
+              cfgs: list[DictConfig]) -> list[JobEnv | None]:
+        """Per job: its env, or None for the driver's interpreter."""
         specs: list[bytes | None] = []
         distinct: dict[bytes, tuple[Any, str]] = {}  # spec -> (spec, the first job wanting it)
         for job, cfg in zip(jobs, cfgs, strict=True):
@@ -160,13 +166,13 @@ class Planner:
         bench_path = stack.enter_context(_bench_path())
         launch_dir = os.getcwd()
 
-        def provide(spec_and_job: tuple[Any, str]) -> tuple:
+        def provide(spec_and_job: tuple[Any, str]) -> JobEnv:
             spec, name = spec_and_job
             env = client.ensure(spec, name)
             path = client.check_interpreter(env, name)
             # the env's lock as its job will read it: the env's sys.path and the launch dir
             lock = intake.installed(tuple([*path, launch_dir]))
-            return env.env_id, env.python_path, bench_path, lock
+            return JobEnv(env.env_id, env.python_path, bench_path, lock)
 
         with ThreadPoolExecutor(max_workers=len(distinct)) as pool:
             found = dict(zip(distinct, pool.map(provide, distinct.values()), strict=True))

@@ -256,7 +256,8 @@ class Scheduler:
             future = self.pool.submit(worker, self.jobs[i], self.plans[i])
             self.running[future] = (i, attempt, worker, time.monotonic())
             self.progress.started(i, worker.where)
-        for i, _ in [item for item in self.todo if item not in ready]:
+        started = set(ready)
+        for i, _ in [item for item in self.todo if item not in started]:
             if self.stop_reason is None:  # it waits for a running job: get a worker ready
                 self._guard(self.pool.warm, self.plans[i], len(self.jobs))
         if self.stop_reason is not None:
