@@ -7,6 +7,7 @@ Imported lazily by launcher.py; Ray itself is imported only when a batch needs i
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import sys
@@ -362,7 +363,8 @@ def launch(launcher: WtbRayLauncher, job_overrides: Sequence[Sequence[str]],
     for path in reversed(pool.code_paths):  # the planner imports what the workers will
         if path not in sys.path:
             sys.path.insert(0, path)
-    with launcher.planner(jobs) if launcher.planner else _no_plans(jobs) as plans:
+    no_planner = contextlib.nullcontext([Plan() for _ in jobs])
+    with launcher.planner(jobs) if launcher.planner else no_planner as plans:
         check_plans(plans, len(jobs))
         if any(not p.done and (p.python or not pool.local) for p in plans):
             pool.start_ray()  # in the background, while local jobs run
@@ -370,13 +372,3 @@ def launch(launcher: WtbRayLauncher, job_overrides: Sequence[Sequence[str]],
                             initial_job_idx, params.get("progress"), params["summary"])
         return Scheduler(pool, params, jobs, plans, progress).run()
 
-
-class _no_plans:
-    def __init__(self, jobs: list[Job]) -> None:
-        self.plans = [Plan() for _ in jobs]
-
-    def __enter__(self) -> list[Plan]:
-        return self.plans
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
