@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from wtb_conf.store import Store, StoreError
-from wtb_conf.store.records import DONE
+from wtb_conf.store.lifecycle import DONE
 
 RATES = ("pass_rate", "success_rate")  # per run, beside the evaluators' own scores
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from wtb_conf import compare
 from wtb_conf.intake import SWEEP_ENV, open_store_for
-from wtb_conf.store.records import DONE
+from wtb_conf.store.lifecycle import DONE
 
 # Hydra turns exceptions raised by callbacks into warnings, so the callback leaves the exit
 # status here and `python -m wtb_conf` exits with it once Hydra returns.

@@ -20,6 +20,7 @@ from wtb_conf.store.errors import (
     UnsafePath,
 )
 from wtb_conf.store.evaluations import EvaluationRecords
+from wtb_conf.store.lifecycle import Lifecycle
 from wtb_conf.store.objects import CommitStats, Diff, Entry, ObjectStore
 from wtb_conf.store.records import RunRecords
 from wtb_conf.store.schema import check_version, create_store_engine, read_conn, setup
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 
-class Store(ObjectStore, RunRecords, EvaluationRecords):
+class Store(ObjectStore, RunRecords, Lifecycle, EvaluationRecords):
     """Objects, run records and evaluations over one database; close() or use as a context
     manager."""
 

@@ -16,11 +16,6 @@ from wtb_conf.store.errors import ObjectNotFound
 from wtb_conf.store.objects import now_iso
 from wtb_conf.store.schema import read_conn
 
-RUN_STATUSES = ("running", "completed", "failed", "cached", "paused")
-DONE = ("completed", "cached")  # statuses of a job that needs no rerun (the job cache)
-# A paused run stopped at a breakpoint on purpose: not a failure of its sweep.
-INTERRUPTED = "interrupted: the job's process ended before the run finished"
-
 
 def new_id() -> str:
     return uuid.uuid4().hex
@@ -81,110 +76,6 @@ class RunRecords:
 
     # -- writes ------------------------------------------------------------------------
 
-    def create_sweep(self, argv: list[str], sweep_dir: str | None = None) -> str:
-        sweep_id = new_id()
-        with self.engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO sweeps (id, created_at, status, sweep_dir, argv) "
-                    "VALUES (:id, :at, 'running', :dir, :argv)"
-                ),
-                {"id": sweep_id, "at": now_iso(), "dir": sweep_dir, "argv": _dumps(argv)},
-            )
-            _event(conn, "sweep_started", {"argv": argv, "sweep_dir": sweep_dir}, sweep_id=sweep_id)
-        return sweep_id
-
-    def finish_sweep(self, sweep_id: str) -> str:
-        """Mark the sweep done; its status is 'failed' if any of its runs did not complete.
-
-        Runs still 'running' lost their process (killed, timed out, Ctrl-C): they are marked
-        failed here, so no run stays 'running' after its sweep ended."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                text(
-                    "UPDATE runs SET status = 'failed', finished_at = :at, error = :error "
-                    "WHERE sweep_id = :s AND status = 'running'"
-                ),
-                {"at": now_iso(), "s": sweep_id, "error": INTERRUPTED},
-            )
-            bad = conn.execute(
-                text("SELECT count(*) FROM runs WHERE sweep_id = :s AND status = 'failed'"),
-                {"s": sweep_id},
-            ).scalar_one()
-            status = "failed" if bad else "completed"
-            conn.execute(
-                text("UPDATE sweeps SET status = :st, finished_at = :at WHERE id = :s"),
-                {"st": status, "at": now_iso(), "s": sweep_id},
-            )
-            _event(conn, "sweep_finished", {"status": status}, sweep_id=sweep_id)
-        return status
-
-    def start_run(
-        self,
-        sweep_id: str,
-        job_num: int,
-        overrides: list[str],
-        workflow: str | None,
-        config_yaml: str,
-        config_digest: str,
-        job_dir: str,
-        python: str | None = None,
-        env_id: str | None = None,
-        env_lock: list[str] | None = None,
-        identity: dict[str, str] | None = None,
-        parent_run: str | None = None,
-        launch_dir: str | None = None,
-        inputs_commit: str | None = None,
-    ) -> str:
-        """Record a run as running. `identity`: job_key, env_digest and code_digest;
-        `parent_run`: the run it forked from; `inputs_commit`: its cases' input files."""
-        run_id = new_id()
-        identity = identity or {}
-        with self.engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO runs (id, sweep_id, job_num, status, overrides, workflow, "
-                    "config_yaml, config_digest, job_dir, started_at, python, env_id, env_lock, "
-                    "job_key, env_digest, code_digest, parent_run, launch_dir, inputs_commit) "
-                    "VALUES (:id, :sweep_id, :job_num, 'running', :overrides, :workflow, "
-                    ":config_yaml, :config_digest, :job_dir, :at, :python, :env_id, :env_lock, "
-                    ":job_key, :env_digest, :code_digest, :parent_run, :launch_dir, :inputs)"
-                ),
-                {"id": run_id, "sweep_id": sweep_id, "job_num": job_num,
-                 "overrides": _dumps(overrides), "workflow": workflow,
-                 "config_yaml": config_yaml, "config_digest": config_digest,
-                 "job_dir": job_dir, "at": now_iso(), "python": python, "env_id": env_id,
-                 "env_lock": _dumps(env_lock) if env_lock is not None else None,
-                 "job_key": identity.get("job_key"), "env_digest": identity.get("env_digest"),
-                 "code_digest": identity.get("code_digest"), "parent_run": parent_run,
-                 "launch_dir": launch_dir, "inputs": inputs_commit},
-            )
-            _event(conn, "run_started", {"job_num": job_num, "overrides": overrides},
-                   run_id=run_id, sweep_id=sweep_id)
-        return run_id
-
-    def finish_run(
-        self,
-        run_id: str,
-        status: str,
-        commit_id: str | None,
-        metrics: dict | None = None,
-        error: str | None = None,
-        traceback: str | None = None,
-    ) -> None:
-        if status not in RUN_STATUSES:
-            raise ValueError(f"run status {status!r} is not one of {RUN_STATUSES}")
-        with self.engine.begin() as conn:
-            conn.execute(
-                text(
-                    "UPDATE runs SET status = :status, finished_at = :at, commit_id = :commit, "
-                    "metrics = :metrics, error = :error, traceback = :tb WHERE id = :id"
-                ),
-                {"status": status, "at": now_iso(), "commit": commit_id,
-                 "metrics": _dumps(metrics or {}), "error": error, "tb": traceback, "id": run_id},
-            )
-            _event(conn, f"run_{status}", {"commit": commit_id, "error": error}, run_id=run_id)
-
     def cached_run(self, job_key: str) -> dict[str, Any] | None:
         """The newest completed run with this job key, if any (what a cache hit reuses)."""
         with read_conn(self.engine) as conn:
@@ -192,17 +83,6 @@ class RunRecords:
                 text(self._RUNS + "WHERE job_key = :k AND status = 'completed' "
                      "ORDER BY started_at DESC LIMIT 1"), {"k": job_key}).first()
         return _run_dict(row) if row else None
-
-    def finish_cached(self, run_id: str, source: dict[str, Any]) -> None:
-        """Close a run as a cache hit of `source`: its commit and metrics, no work done."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                text("UPDATE runs SET status = 'cached', finished_at = :at, commit_id = :c, "
-                     "metrics = :m, cached_from = :src WHERE id = :id"),
-                {"at": now_iso(), "c": source["commit"], "m": _dumps(source["metrics"]),
-                 "src": source["run_id"], "id": run_id})
-            _event(conn, "run_cached", {"from": source["run_id"], "commit": source["commit"]},
-                   run_id=run_id)
 
     def start_thread(self, run_id: str, thread_id: str, case_name: str,
                      fork: dict[str, Any] | None = None) -> None:

@@ -154,6 +154,20 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS evaluations_run ON evaluations (run_id, created_at);
     """,
+    # 7: who owns what is running. A run or sweep is `running` only while the process that
+    # started it lives; its owner (host and boot, pid, the process's start time) lets whoever
+    # looks next tell a live one from one whose process died without a word (kill -9, OOM).
+    # A sweep that ended with an error keeps it.
+    """
+    ALTER TABLE runs ADD COLUMN owner_host TEXT;
+    ALTER TABLE runs ADD COLUMN owner_pid INTEGER;
+    ALTER TABLE runs ADD COLUMN owner_started BIGINT;
+    ALTER TABLE sweeps ADD COLUMN owner_host TEXT;
+    ALTER TABLE sweeps ADD COLUMN owner_pid INTEGER;
+    ALTER TABLE sweeps ADD COLUMN owner_started BIGINT;
+    ALTER TABLE sweeps ADD COLUMN error TEXT;
+    CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
+    """,
 ]
 
 

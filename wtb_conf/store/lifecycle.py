@@ -1,0 +1,236 @@
+"""How sweeps and runs start and end: every status change is one transaction with its event.
+
+A run is `running` only while its owner process lives (wtb_conf.store.liveness); it ends as
+completed, failed, cached or paused. Whatever ends it records why, with an event, so that
+`wtb log` and `wtb fsck` can tell the story: the job itself, the launcher (a timeout, a
+worker that died: `fail_run`), the sweep's end (`finish_sweep`), or whoever finds its process
+gone (`reap`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+
+from wtb_conf.store.liveness import Owner, alive, this_process
+from wtb_conf.store.objects import now_iso
+from wtb_conf.store.records import _dumps, _event, new_id
+from wtb_conf.store.schema import read_conn
+
+RUN_STATUSES = ("running", "completed", "failed", "cached", "paused")
+DONE = ("completed", "cached")  # statuses of a job that needs no rerun (the job cache)
+# A paused run stopped at a breakpoint on purpose: not a failure of its sweep.
+INTERRUPTED = "interrupted: the job's process ended before the run finished"
+
+
+def _lost(owner: Owner) -> str:
+    return (f"lost: its process (pid {owner.pid} on {owner.host.split('/')[0]}) ended before "
+            "the run finished, with no word (killed, out of memory, os._exit)")
+
+
+def _fail_running(conn: Connection, run_id: str, error: str, traceback: str | None = None,
+                  kind: str = "run_failed") -> bool:
+    """Mark a run that is still running failed with `error`, and its open case threads too.
+    False if it had ended meanwhile (its own end wins: it knew more)."""
+    done = conn.execute(
+        text("UPDATE runs SET status = 'failed', finished_at = :at, error = :e, "
+             "traceback = coalesce(:tb, traceback) WHERE id = :id AND status = 'running'"),
+        {"at": now_iso(), "e": error, "tb": traceback, "id": run_id}).rowcount
+    if not done:
+        return False
+    conn.execute(text("UPDATE threads SET status = 'failed', error = coalesce(error, :e) "
+                      "WHERE run_id = :r AND status = 'running'"), {"e": error, "r": run_id})
+    _event(conn, kind, {"commit": None, "error": error}, run_id=run_id)
+    return True
+
+
+class Lifecycle:
+    """Status changes of sweeps and runs; mixed into Store."""
+
+    engine: Engine
+
+    def create_sweep(self, argv: list[str], sweep_dir: str | None = None) -> str:
+        sweep_id = new_id()
+        owner = this_process()
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO sweeps (id, created_at, status, sweep_dir, argv, owner_host, "
+                     "owner_pid, owner_started) VALUES (:id, :at, 'running', :dir, :argv, "
+                     ":host, :pid, :started)"),
+                {"id": sweep_id, "at": now_iso(), "dir": sweep_dir, "argv": _dumps(argv),
+                 **owner._asdict()})
+            _event(conn, "sweep_started", {"argv": argv, "sweep_dir": sweep_dir},
+                   sweep_id=sweep_id)
+        return sweep_id
+
+    def finish_sweep(self, sweep_id: str, error: str | None = None) -> str:
+        """End the sweep: 'failed' if it ended with `error` (the launcher's, Ctrl-C) or the
+        last run of any of its jobs failed (an earlier attempt that a retry made good does
+        not count), else 'completed'. Runs still running lost their process with the sweep:
+        each is marked failed, with an event."""
+        with self.engine.begin() as conn:
+            cause = f"interrupted: the sweep ended ({error})" if error else INTERRUPTED
+            for (run_id,) in conn.execute(
+                    text("SELECT id FROM runs WHERE sweep_id = :s AND status = 'running'"),
+                    {"s": sweep_id}).all():
+                _fail_running(conn, run_id, cause)
+            failed = conn.execute(
+                text("SELECT count(*) FROM runs r WHERE r.sweep_id = :s AND r.status = 'failed' "
+                     "AND NOT EXISTS (SELECT 1 FROM runs later WHERE later.sweep_id = :s AND "
+                     "later.job_num = r.job_num AND later.started_at > r.started_at)"),
+                {"s": sweep_id}).scalar_one()
+            status = "failed" if failed or error else "completed"
+            conn.execute(
+                text("UPDATE sweeps SET status = :st, finished_at = :at, error = :e "
+                     "WHERE id = :s"),
+                {"st": status, "at": now_iso(), "e": error, "s": sweep_id})
+            _event(conn, "sweep_finished", {"status": status, "error": error},
+                   sweep_id=sweep_id)
+        return status
+
+    def start_run(
+        self,
+        sweep_id: str,
+        job_num: int,
+        overrides: list[str],
+        workflow: str | None,
+        config_yaml: str,
+        config_digest: str,
+        job_dir: str,
+        python: str | None = None,
+        env_id: str | None = None,
+        env_lock: list[str] | None = None,
+        identity: dict[str, str] | None = None,
+        parent_run: str | None = None,
+        launch_dir: str | None = None,
+        inputs_commit: str | None = None,
+    ) -> str:
+        """Record a run as running, owned by this process. `identity`: job_key, env_digest
+        and code_digest; `parent_run`: the run it forked from; `inputs_commit`: its cases'
+        input files."""
+        run_id = new_id()
+        identity = identity or {}
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO runs (id, sweep_id, job_num, status, overrides, workflow, "
+                    "config_yaml, config_digest, job_dir, started_at, python, env_id, env_lock, "
+                    "job_key, env_digest, code_digest, parent_run, launch_dir, inputs_commit, "
+                    "owner_host, owner_pid, owner_started) "
+                    "VALUES (:id, :sweep_id, :job_num, 'running', :overrides, :workflow, "
+                    ":config_yaml, :config_digest, :job_dir, :at, :python, :env_id, :env_lock, "
+                    ":job_key, :env_digest, :code_digest, :parent_run, :launch_dir, :inputs, "
+                    ":host, :pid, :started)"
+                ),
+                {"id": run_id, "sweep_id": sweep_id, "job_num": job_num,
+                 "overrides": _dumps(overrides), "workflow": workflow,
+                 "config_yaml": config_yaml, "config_digest": config_digest,
+                 "job_dir": job_dir, "at": now_iso(), "python": python, "env_id": env_id,
+                 "env_lock": _dumps(env_lock) if env_lock is not None else None,
+                 "job_key": identity.get("job_key"), "env_digest": identity.get("env_digest"),
+                 "code_digest": identity.get("code_digest"), "parent_run": parent_run,
+                 "launch_dir": launch_dir, "inputs": inputs_commit,
+                 **this_process()._asdict()},
+            )
+            _event(conn, "run_started", {"job_num": job_num, "overrides": overrides},
+                   run_id=run_id, sweep_id=sweep_id)
+        return run_id
+
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        commit_id: str | None,
+        metrics: dict | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        if status not in RUN_STATUSES:
+            raise ValueError(f"run status {status!r} is not one of {RUN_STATUSES}")
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE runs SET status = :status, finished_at = :at, commit_id = :commit, "
+                    "metrics = :metrics, error = :error, traceback = :tb WHERE id = :id"
+                ),
+                {"status": status, "at": now_iso(), "commit": commit_id,
+                 "metrics": _dumps(metrics or {}), "error": error, "tb": traceback, "id": run_id},
+            )
+            if status == "failed":  # a case thread the failure cut short ends with the run
+                conn.execute(text("UPDATE threads SET status = 'failed', "
+                                  "error = coalesce(error, :e) WHERE run_id = :r AND "
+                                  "status = 'running'"), {"e": error, "r": run_id})
+            _event(conn, f"run_{status}", {"commit": commit_id, "error": error}, run_id=run_id)
+
+    def finish_cached(self, run_id: str, source: dict[str, Any]) -> None:
+        """Close a run as a cache hit of `source`: its commit and metrics, no work done."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE runs SET status = 'cached', finished_at = :at, commit_id = :c, "
+                     "metrics = :m, cached_from = :src WHERE id = :id"),
+                {"at": now_iso(), "c": source["commit"], "m": _dumps(source["metrics"]),
+                 "src": source["run_id"], "id": run_id})
+            _event(conn, "run_cached", {"from": source["run_id"], "commit": source["commit"]},
+                   run_id=run_id)
+
+    def fail_run(self, run_id: str, error: str, traceback: str | None = None) -> bool:
+        """Mark a run failed from outside its process (the launcher timed it out, its worker
+        died), unless it ended meanwhile; False then."""
+        with self.engine.begin() as conn:
+            return _fail_running(conn, run_id, error, traceback)
+
+    # -- owners ------------------------------------------------------------------------
+
+    def lost(self) -> dict[str, list[tuple[str, str]]]:
+        """Running runs and sweeps whose owner process is gone, with the error each would
+        get: {"runs": [(id, error)], "sweeps": [(id, error)]}. Reads only."""
+        out: dict[str, list[tuple[str, str]]] = {"runs": [], "sweeps": []}
+        with read_conn(self.engine) as conn:
+            for table in out:
+                rows = conn.execute(text(
+                    f"SELECT id, owner_host, owner_pid, owner_started FROM {table} "
+                    "WHERE status = 'running'"))
+                for row_id, host, pid, started in rows:
+                    owner = Owner(host or "", pid or 0, started or 0)
+                    if alive(owner) is False:
+                        out[table].append((row_id, _lost(owner)))
+        return out
+
+    def reap(self) -> dict[str, list[str]]:
+        """Record every run and sweep whose process died as failed, with the cause and an
+        event (`run_lost`, `sweep_lost`); the ids, by table. Called by whoever looks next."""
+        found = self.lost()
+        if not found["runs"] and not found["sweeps"]:
+            return {"runs": [], "sweeps": []}
+        reaped: dict[str, list[str]] = {"runs": [], "sweeps": []}
+        with self.engine.begin() as conn:
+            for run_id, error in found["runs"]:
+                if _fail_running(conn, run_id, error, kind="run_lost"):
+                    reaped["runs"].append(run_id)
+            for sweep_id, error in found["sweeps"]:
+                # its runs went with it; those of live workers elsewhere are reaped by owner
+                done = conn.execute(
+                    text("UPDATE sweeps SET status = 'failed', finished_at = :at, error = :e "
+                         "WHERE id = :s AND status = 'running'"),
+                    {"at": now_iso(), "e": error, "s": sweep_id}).rowcount
+                if done:
+                    _event(conn, "sweep_lost", {"status": "failed", "error": error},
+                           sweep_id=sweep_id)
+                    reaped["sweeps"].append(sweep_id)
+        return reaped
+
+    def running_twin(self, run_id: str, job_key: str) -> str | None:
+        """The oldest other run of the same job (`job_key`) that started before `run_id` and
+        is still running with a live owner: the one this run should wait for."""
+        with read_conn(self.engine) as conn:
+            rows = conn.execute(
+                text("SELECT r.id, r.owner_host, r.owner_pid, r.owner_started FROM runs r, "
+                     "runs me WHERE me.id = :me AND r.job_key = :k AND r.status = 'running' "
+                     "AND r.id != me.id AND (r.started_at < me.started_at OR "
+                     "(r.started_at = me.started_at AND r.id < me.id)) ORDER BY r.started_at"),
+                {"me": run_id, "k": job_key}).all()
+        for row_id, host, pid, started in rows:
+            if alive(Owner(host or "", pid or 0, started or 0)) is not False:
+                return row_id
+        return None
