@@ -9,6 +9,7 @@ import functools
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -143,18 +144,24 @@ class Opened:
 
 def open_job(cfg: DictConfig, hc: DictConfig, lock: list[str] | None = None) -> Opened:
     """The store and identity of the job `cfg` (its task config) with Hydra config `hc`.
-    `lock`: the env the job runs in, when it is not this process's."""
+    `lock`: the env the job runs in, when it is not this process's. The caller closes
+    `.store`; if this raises, the store is closed already."""
     launch_dir = Path(hc.runtime.cwd)
     # a planner sees the job before Hydra's run_job has set its output dir
     job_dir = Path(OmegaConf.select(hc, "runtime.output_dir", default=None)
                    or os.path.abspath(os.path.join(hc.sweep.dir, str(hc.sweep.subdir))))
     overrides = list(hc.overrides.task)
     store, paths = open_store_for(cfg, launch_dir)
-    sweep_id = os.environ.get(SWEEP_ENV) or store.create_sweep(overrides)
-    lock = installed() if lock is None else lock
-    inputs = _commit_inputs(store, cfg, launch_dir)
+    try:
+        sweep_id = os.environ.get(SWEEP_ENV) or store.create_sweep(overrides)
+        lock = installed() if lock is None else lock
+        inputs = _commit_inputs(store, cfg, launch_dir)
+        digests = identity_of(cfg, lock, inputs)
+    except BaseException:
+        store.close()
+        raise
     return Opened(store, paths, launch_dir, job_dir, overrides, sweep_id, lock, inputs,
-                  identity_of(cfg, lock, inputs))
+                  digests)
 
 
 def record_start(job: Opened, cfg: DictConfig, hc: DictConfig, python: str = sys.executable,
@@ -177,13 +184,29 @@ def record_start(job: Opened, cfg: DictConfig, hc: DictConfig, python: str = sys
     )
 
 
-def cache_hit(job: Opened, cfg: DictConfig) -> tuple[dict, dict] | None:
-    """The earlier run this job would repeat, and its evaluation; None: the job must run."""
+def cache_hit(job: Opened, cfg: DictConfig, run_id: str | None = None,
+              ) -> tuple[dict, dict] | None:
+    """The earlier run this job would repeat, and its evaluation; None: the job must run.
+    `run_id`: this job's own run; if the same job is running elsewhere, started earlier (two
+    sweeps at once), this waits for it to end and reuses it rather than running it twice."""
     if cfg.get("rerun"):
         return None
+    if run_id is not None:
+        _wait_for_twin(job.store, run_id, job.digests["job_key"])
     earlier = job.store.cached_run(job.digests["job_key"])
     evaluation = _score_cached(job.store, earlier, cfg, job.launch_dir) if earlier else None
     return (earlier, evaluation) if evaluation is not None else None
+
+
+def _wait_for_twin(store: Store, run_id: str, job_key: str) -> None:
+    pause, told = 0.05, None
+    while (twin := store.running_twin(run_id, job_key)) is not None:
+        if twin != told:
+            log.info("run %s: the same job is running as run %s; waiting to reuse it",
+                     run_id[:8], twin[:8])
+            told = twin
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)
 
 
 def record_cached(job: Opened, run_id: str, earlier: dict, evaluation: dict) -> dict[str, Any]:
@@ -208,13 +231,20 @@ def check_job(cfg: DictConfig) -> tuple[Any, dict[str, Any], dict, dict | None]:
 
 
 def record_failure(job: Opened, run_id: str, error: BaseException, out_dir: Path | None = None,
-                   ) -> dict[str, Any]:
-    """Close a run as failed with `error` (raised just now); keep what it wrote to `out_dir`."""
+                   tb: str | None = None) -> dict[str, Any]:
+    """Close a run as failed with `error` (raised just now, or `tb` its traceback); keep
+    what it wrote to `out_dir`. A failure to keep it is logged, never the run's error."""
     message = f"{type(error).__name__}: {error}"
     log.error("run %s failed: %s", run_id, message)
+    tb = tb or "".join(traceback.format_exception(type(error), error, error.__traceback__))
     commit = None
     if out_dir is not None and out_dir.is_dir():  # keep what the failed run wrote
-        commit = job.store.commit_dir(out_dir, message="final")
-    job.store.finish_run(run_id, "failed", commit, {}, message, traceback.format_exc())
+        try:
+            commit = job.store.commit_dir(out_dir, message="final")
+        except Exception as e:
+            log.error("run %s: its files were not committed: %s: %s", run_id,
+                      type(e).__name__, e)
+            tb += f"\n(its files were not committed: {type(e).__name__}: {e})"
+    job.store.finish_run(run_id, "failed", commit, {}, message, tb)
     return {"run_id": run_id, "status": "failed", "commit": commit, "error": message,
             "metrics": {}, "scores": None}

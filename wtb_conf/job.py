@@ -40,6 +40,7 @@ from wtb_conf.fork import (
 )
 from wtb_conf.intake import (
     ENV_ID,
+    Opened,
     cache_hit,
     check_job,
     open_job,
@@ -162,14 +163,21 @@ def run_case(store: Store, run_id: str, app: Any, case: Case, workflow: Mapping[
                 nodes = []
         paused = case.pause or bool(app.get_state(config).next)
         status = "paused" if paused else "completed"
-    except Exception as e:
+    except BaseException as e:  # Ctrl-C too: the thread says why it stopped
         failure = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         raise
     finally:
-        snapshot = app.get_state(config)
-        final = json_values(snapshot.values or {})
-        if failure:  # the tasks still due at the newest checkpoint are the ones that failed
-            failure["failed_node"] = ", ".join(snapshot.next) or None
+        final: dict[str, Any] = {}
+        try:  # the state as far as it got; reading it must not replace the case's error
+            snapshot = app.get_state(config)
+            final = json_values(snapshot.values or {})
+            if failure:  # the tasks still due at the newest checkpoint are the ones that failed
+                failure["failed_node"] = ", ".join(snapshot.next) or None
+        except Exception as e:
+            if not failure:
+                raise
+            log.error("case %s: its state could not be read: %s: %s", case.name,
+                      type(e).__name__, e)
         store.finish_thread(thread_id, status, final, parent, **failure)
     return status, final
 
@@ -212,28 +220,34 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     hc = HydraConfig.get()
     job = open_job(cfg, hc)
-    # set by a planner for a job it provisioned an env for (wtb_conf.planner)
-    run_id = record_start(job, cfg, hc, env_id=os.environ.get(ENV_ID) or None)
-    store, paths, launch_dir, overrides = job.store, job.paths, job.launch_dir, job.overrides
-    out_dir = job.job_dir / OUT_DIR
-    hit = cache_hit(job, cfg)
-    if hit is not None:
-        result = record_cached(job, run_id, *hit)
-        store.close()
-        log.info("run %s: cached in %.0f ms, the same job completed as run %s", run_id,
-                 (time.perf_counter() - started) * 1e3, hit[0]["run_id"])
-        return result
-    log.info("run %s: %s", run_id, " ".join(overrides) or "(no overrides)")
-    commit = None
-    finals: dict[str, dict] = {}
-    statuses: list[str] = []
-    summary = None
     try:
+        # set by a planner for a job it provisioned an env for (wtb_conf.planner)
+        run_id = record_start(job, cfg, hc, env_id=os.environ.get(ENV_ID) or None)
+        return _run(job, run_id, cfg, started)
+    finally:
+        job.store.close()
+
+
+def _run(job: Opened, run_id: str, cfg: DictConfig, started: float) -> dict[str, Any]:
+    """Everything after the run is recorded as running, on one guarded path: whatever fails
+    (setup, a node, the final commit, scoring), the run ends failed with the first error."""
+    store, launch_dir = job.store, job.launch_dir
+    out_dir = job.job_dir / OUT_DIR
+    first_failure: tuple[str, BaseException, str] | None = None  # (case, error, traceback)
+    try:
+        hit = cache_hit(job, cfg, run_id)
+        if hit is not None:
+            result = record_cached(job, run_id, *hit)
+            log.info("run %s: cached in %.0f ms, the same job completed as run %s", run_id,
+                     (time.perf_counter() - started) * 1e3, hit[0]["run_id"])
+            return result
+        log.info("run %s: %s", run_id, " ".join(job.overrides) or "(no overrides)")
+        finals: dict[str, dict] = {}
+        statuses: list[str] = []
         graph, workflow, evaluators, compare = check_job(cfg)
         cases = _cases(store, cfg, workflow, job.digests, out_dir)
-        Path(paths["checkpoints"]).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(paths["checkpoints"], check_same_thread=False, timeout=60)
-        first_failure: tuple[str, BaseException, str] | None = None
+        Path(job.paths["checkpoints"]).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(job.paths["checkpoints"], check_same_thread=False, timeout=60)
         with contextlib.closing(conn):
             app = graph.compile(checkpointer=SqliteSaver(conn), **breakpoints(cfg.workflow))
             for case in cases:  # a failing case is recorded on its thread; the others still run
@@ -246,8 +260,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     first_failure = first_failure or (case.name, e, traceback.format_exc())
                     status = "failed"
                 statuses.append(status)
-        commit = store.commit_dir(out_dir, message="final")
+        try:
+            commit = store.commit_dir(out_dir, message="final")
+        except Exception as e:
+            if first_failure is None:
+                raise
+            # the node's error is the run's: a failing commit must not replace it
+            log.error("run %s: its files were not committed: %s: %s", run_id,
+                      type(e).__name__, e)
+            commit = None
         metrics = metrics_of(finals, plain(cfg.workflow.get("metrics")))
+        summary = None
         try:  # evaluators' own errors are values; this guards the run against the rest
             case_scores, summary = score_run(evaluators, workflow, store.threads(run_id),
                                              out_dir.joinpath, launch_dir)
@@ -265,8 +288,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             status, error = ("paused" if "paused" in statuses else "completed"), None
             store.finish_run(run_id, status, commit, metrics)
     except Exception as e:
+        if first_failure is not None:  # e.g. recording it failed: report the node's error
+            name, exc, tb = first_failure
+            return record_failure(job, run_id, exc, out_dir, f"case {name}:\n{tb}")
         return record_failure(job, run_id, e, out_dir)
-    finally:
-        store.close()
     return {"run_id": run_id, "status": status, "commit": commit, "error": error,
             "metrics": metrics, "scores": summary and summary["scores"]}

@@ -231,6 +231,8 @@ class Lifecycle:
                      "(r.started_at = me.started_at AND r.id < me.id)) ORDER BY r.started_at"),
                 {"me": run_id, "k": job_key}).all()
         for row_id, host, pid, started in rows:
-            if alive(Owner(host or "", pid or 0, started or 0)) is not False:
+            # another host's run cannot be checked: it is waited for (the job's timeout
+            # bounds that); a run with no owner was left by an older wtb_conf
+            if host and alive(Owner(host, pid or 0, started or 0)) is not False:
                 return row_id
         return None
