@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import os
 import shutil
@@ -22,6 +23,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -71,6 +73,18 @@ def _task_config(config: DictConfig) -> DictConfig:
     return cfg
 
 
+@contextlib.contextmanager
+def _as_job(job: Job) -> Iterator[None]:
+    """HydraConfig set to the job's, for ${hydra:...} in its config, then set back."""
+    hydra_cfg = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(job.config)
+    try:
+        yield
+    finally:
+        if hydra_cfg is not None:
+            HydraConfig.instance().set_config(hydra_cfg)
+
+
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
@@ -99,14 +113,14 @@ class Planner:
                     plans[i].env_vars[intake.ENV_ID] = env.env_id
                     plans[i].where = f"ray, env {job.config.hydra.runtime.choices.get('env')}"
                 self._settle(job, cfgs[i], plans[i], env)
+                if not plans[i].done:
+                    plans[i].on_failure = functools.partial(self._failed, job, cfgs[i], env)
             self._order(cfgs, plans)
             yield plans
 
     def _settle(self, job: Job, cfg: DictConfig, plan: Plan, env: JobEnv | None) -> None:
         """Record the job now if it needs no worker: a cache hit, or a config that cannot run."""
-        hydra_cfg = HydraConfig.instance().cfg
-        HydraConfig.instance().set_config(job.config)  # for ${hydra:...} in the job's config
-        try:
+        with _as_job(job):
             try:
                 opened = intake.open_job(cfg, job.config.hydra, env and env.lock)
             except Exception as e:  # the job meets it again and records it: not the planner's
@@ -115,9 +129,31 @@ class Planner:
                 return
             with opened.store:
                 self._settle_opened(job, cfg, plan, env, opened)
-        finally:
-            if hydra_cfg is not None:
-                HydraConfig.instance().set_config(hydra_cfg)
+
+    @staticmethod
+    def _failed(job: Job, cfg: DictConfig, env: JobEnv | None, error: BaseException,
+                retrying: bool, since: float) -> None:
+        """The launcher's word on a job that failed where it could not record it (it timed
+        out, its worker died, it never started): on the run of that attempt, if the job got
+        to record one and it is still running, else as a failed run of its own."""
+        cause = f"{type(error).__name__}: {error}"
+        with _as_job(job):
+            opened = intake.open_job(cfg, job.config.hydra, env and env.lock)
+            with opened.store as store:
+                # runs of this attempt (1 s of slack: the wall clock may step)
+                begun = datetime.fromtimestamp(since - 1, UTC).isoformat(timespec="microseconds")
+                attempt = [r for r in store.runs(opened.sweep_id)
+                           if r["job_num"] == job.num and r["started_at"] >= begun]
+                if attempt:  # a run that ended on its own knew more than the launcher does
+                    for run in attempt:
+                        store.fail_run(run["run_id"], cause + ("; retried" if retrying else ""))
+                    return
+                if retrying:  # died before it began: the next attempt records the job
+                    return
+                python = env.python if env else sys.executable
+                run_id = intake.record_start(opened, cfg, job.config.hydra, python,
+                                             env and env.env_id)
+                store.finish_run(run_id, "failed", None, {}, cause)
 
     @staticmethod
     def _settle_opened(job: Job, cfg: DictConfig, plan: Plan, env: JobEnv | None,

@@ -200,7 +200,8 @@ class Scheduler:
         self.pool, self.params, self.jobs, self.plans = pool, params, jobs, plans
         self.results: list[JobReturn | None] = [None] * len(jobs)
         self.todo = deque((i, 0) for i, p in enumerate(plans) if not p.done)  # (job, attempt)
-        self.running: dict[Future, tuple[int, int, Any, float]] = {}  # -> (i, attempt, worker, t0)
+        # future -> (job, attempt, worker, time.monotonic() and time.time() at its start)
+        self.running: dict[Future, tuple[int, int, Any, float, float]] = {}
         self.stop_reason: str | None = None
         self.progress = progress
 
@@ -239,7 +240,19 @@ class Scheduler:
     def _fail_todo(self, error: BaseException) -> None:
         while self.todo:
             i, _ = self.todo.popleft()
+            self.tell(i, error, False, time.time())
             self.finish(i, failed(self.jobs[i].overrides, error), 0.0, "-")
+
+    def tell(self, i: int, error: BaseException, retrying: bool, since: float) -> None:
+        """The planner records what the job could not (Plan.on_failure)."""
+        on_failure = self.plans[i].on_failure
+        if on_failure is None:
+            return
+        try:
+            on_failure(error, retrying, since)
+        except Exception as e:  # the job's own result still reaches Hydra
+            log.error(f"wtb_ray: job #{self.jobs[i].num}: the planner did not take its "
+                      f"failure: {type(e).__name__}: {e}")
 
     def submit(self) -> None:
         ready = self._ready()
@@ -255,7 +268,7 @@ class Scheduler:
                 continue
             self.todo.remove(item)
             future = self.pool.submit(worker, self.jobs[i], self.plans[i])
-            self.running[future] = (i, attempt, worker, time.monotonic())
+            self.running[future] = (i, attempt, worker, time.monotonic(), time.time())
             self.progress.started(i, worker.where)
         started = set(ready)
         for i, _ in [item for item in self.todo if item not in started]:
@@ -275,13 +288,15 @@ class Scheduler:
             return None
 
     def collect(self, future: Future) -> None:
-        i, attempt, worker, t0 = self.running.pop(future)
+        i, attempt, worker, t0, since = self.running.pop(future)
         try:
             ret, seconds = future.result()
             self.pool.release(worker, self.plans[i])
         except WorkerDied as e:
             self.pool.discard(worker)
-            if attempt < self.params["max_retries"]:
+            retrying = e.retry and attempt < self.params["max_retries"]
+            self.tell(i, e, retrying, since)
+            if retrying:
                 log.warning(f"job #{self.jobs[i].num}: {e}; retrying "
                             f"({attempt + 1}/{self.params['max_retries']})")
                 self.todo.appendleft((i, attempt + 1))
@@ -290,6 +305,7 @@ class Scheduler:
             ret, seconds = failed(self.jobs[i].overrides, e), time.monotonic() - t0
         except Exception as e:  # raised outside run_job, e.g. unpickling the task function
             self.pool.release(worker, self.plans[i])
+            self.tell(i, e, False, since)
             ret, seconds = failed(self.jobs[i].overrides, e), time.monotonic() - t0
         self.finish(i, ret, seconds, worker.where)
 
@@ -298,12 +314,13 @@ class Scheduler:
         if not timeout:
             return
         now = time.monotonic()
-        for future, (i, _, worker, t0) in list(self.running.items()):
+        for future, (i, _, worker, t0, since) in list(self.running.items()):
             if now - t0 > timeout:
                 del self.running[future]
                 self.pool.discard(worker)
                 error = TimeoutError(f"job #{self.jobs[i].num} ran over "
                                      f"hydra.launcher.timeout_s={timeout}; its process was killed")
+                self.tell(i, error, False, since)
                 self.finish(i, failed(self.jobs[i].overrides, error), now - t0, worker.where)
 
 

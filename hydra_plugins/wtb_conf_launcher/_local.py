@@ -91,8 +91,14 @@ class LocalWorker:
 
     def _died(self) -> WorkerDied:
         self.process.join(timeout=5)
-        return WorkerDied(f"its local worker (pid {self.process.pid}) died with exit code "
-                          f"{self.process.exitcode}")
+        code = self.process.exitcode
+        if code is not None and code >= 0:  # not a signal: the job ended the process itself
+            return WorkerDied(f"its local worker (pid {self.process.pid}) exited with code "
+                              f"{code} in the middle of the job (os._exit or sys.exit from "
+                              "the job's code?); not retried: it would do the same again",
+                              retry=False)
+        name = signal.Signals(-code).name if code is not None else "an unknown cause"
+        return WorkerDied(f"its local worker (pid {self.process.pid}) was killed by {name}")
 
     def _wait(self, future: Future) -> None:
         ready = multiprocessing.connection.wait([self.conn, self.process.sentinel])

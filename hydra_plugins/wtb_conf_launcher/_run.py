@@ -16,7 +16,13 @@ from omegaconf import DictConfig
 
 
 class WorkerDied(Exception):
-    """The process running a job ended under it (OOM kill, os._exit, a lost node)."""
+    """The process running a job ended under it (OOM kill, os._exit, a lost node).
+    `retry`: whether running the job again may help (a kill may; an exit the job chose
+    itself would happen again)."""
+
+    def __init__(self, message: str, retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry = retry
 
 
 def enter(launch_dir: str, code_paths: list[str]) -> None:

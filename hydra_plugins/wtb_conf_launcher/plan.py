@@ -12,6 +12,7 @@ Without a planner every job runs, in the driver's interpreter, as soon as a work
 
 # No `from __future__ import annotations`: Hydra imports this module outside sys.modules
 # while scanning plugins, and dataclasses cannot resolve string annotations there.
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,3 +42,6 @@ class Plan:
     waits_for: int | None = None
     # a short label for progress (e.g. the env's name); default: "local" or the Ray node
     where: str | None = None
+    # told of a failure the job could not record itself, as (error, retrying, since): it timed
+    # out, its worker died, or it never started; `since`: time.time() when that attempt began
+    on_failure: Callable[[BaseException, bool, float], None] | None = None
