@@ -1,15 +1,21 @@
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-from wtb_conf.store import ObjectCorrupted, UnsafePath, open_store
+from wtb_conf.store import ObjectCorrupted, StoreError, UnsafePath, open_store
+from wtb_conf.store import files as files_mod
 
 
 @pytest.fixture
@@ -220,3 +226,304 @@ def test_schema_is_migrated_once_and_reopening_is_idempotent(tmp_path):
     from wtb_conf.store.schema import MIGRATIONS
 
     assert versions == list(range(1, len(MIGRATIONS) + 1))
+
+
+# -- symlinks -----------------------------------------------------------------------------
+
+LINK = 0o120000
+
+# (case, links to create {path: target}, files to create, tree paths expected absent)
+LINK_CASES = [
+    ("file link", {"l": "f"}, {"f": b"x"}, []),
+    ("dir link", {"dl": "d"}, {"d/x": b"x", "f": b"y"}, ["dl/x"]),
+    ("dangling link", {"gone": "no/such/file"}, {"f": b"x"}, []),
+    ("link outside", {"out": "../../outside", "abs": "/etc"}, {"f": b"x"}, ["out/secret"]),
+    ("link in subdir", {"sub/up": ".."}, {"sub/f": b"x"}, ["sub/up/sub/f"]),
+]
+
+
+@pytest.mark.parametrize("case,links,files,absent", LINK_CASES, ids=[c[0] for c in LINK_CASES])
+def test_symlinks_are_stored_as_links_and_restored_verbatim(store, tmp_path, case, links,
+                                                             files, absent):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"not for the store")
+    src = write(tmp_path / "src" / "in", files)
+    for rel, target in links.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, src / rel)
+    tree = store.tree(commit := store.commit_dir(src))
+    for rel, target in links.items():  # git's link entry: mode 120000, blob = the target
+        raw = os.fsencode(target)
+        assert tree[rel] == (hashlib.sha256(raw).hexdigest(), len(raw), LINK)
+    assert not set(absent) & set(tree)  # never followed
+    assert {p for p, e in tree.items() if e.mode != LINK} == set(files)
+
+    dest = tmp_path / "dest"
+    assert store.restore(commit, dest) == sorted(tree)
+    for rel, target in links.items():
+        assert os.readlink(dest / rel) == target
+    for rel, data in files.items():
+        assert (dest / rel).read_bytes() == data and not (dest / rel).is_symlink()
+    assert [p.name for p in outside.iterdir()] == ["secret"]  # nothing written through a link
+    assert store.fsck() == []
+
+
+@pytest.mark.parametrize("change,expected", [
+    ("retarget", {"changed": ["l"]}),
+    ("link to file", {"changed": ["l"]}),  # same bytes as the old target: the mode differs
+    ("file to link", {"changed": ["f"]}),
+    ("remove link", {"removed": ["l"]}),
+    ("same", {}),
+])
+def test_diff_sees_link_changes(store, tmp_path, change, expected):
+    src = write(tmp_path / "src", {"f": b"a", "g": b"b"})
+    os.symlink("f", src / "l")
+    before = store.commit_dir(src)
+    if change == "retarget":
+        (src / "l").unlink()
+        os.symlink("g", src / "l")
+    elif change == "link to file":
+        (src / "l").unlink()
+        (src / "l").write_bytes(b"f")
+    elif change == "file to link":
+        (src / "f").unlink()
+        os.symlink("a", src / "f")
+    elif change == "remove link":
+        (src / "l").unlink()
+    d = store.diff(before, store.commit_dir(src))
+    assert d.as_dict() == {"added": [], "removed": [], "changed": [], **expected}
+
+
+def test_a_cached_file_replaced_by_a_link_is_committed_as_the_link(store, tmp_path):
+    src = write(tmp_path / "src", {"f": b"data", "g": b"other"})
+    age(store, src)
+    store.commit_dir(src)
+    (src / "f").unlink()
+    os.symlink("g", src / "f")
+    tree = store.tree(store.commit_dir(src))
+    assert tree["f"].mode == LINK
+    with store.engine.connect() as c:  # links are never in the stat cache
+        paths = [r[0] for r in c.execute(text("SELECT path FROM stat_cache"))]
+    assert paths == ["g"]
+
+
+@pytest.mark.parametrize("link_target", ["/etc", "sub", "..", "."])
+def test_restore_refuses_entries_beneath_a_link(store, tmp_path, link_target):
+    src = write(tmp_path / "src", {"ok": b"fine"})
+    blob = store.tree(store.commit_dir(src))["ok"].blob
+    raw = link_target.encode()
+    link_blob = hashlib.sha256(raw).hexdigest()
+    with store.engine.begin() as c:
+        c.execute(text("INSERT INTO blobs (id, size, data) VALUES (:i, :s, :d)"),
+                  {"i": link_blob, "s": len(raw), "d": raw})
+    forged = _forge_tree(store, [["a", link_blob, len(raw), LINK], ["a/x", blob, 4, 0o644],
+                                 ["ok", blob, 4, 0o644]])
+    with pytest.raises(UnsafePath, match="beneath the symlink 'a'"):
+        store.restore(forged, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+    assert not list(tmp_path.glob(".dest.restoring-*"))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket"])
+def test_other_file_kinds_are_skipped_with_a_warning(store, tmp_path, caplog, kind):
+    src = write(tmp_path / "src", {"f": b"x"})
+    special = src / "special"
+    if kind == "fifo":
+        os.mkfifo(special)
+    else:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(special))
+        sock.close()
+    with caplog.at_level(logging.WARNING, logger="wtb_conf.store"):
+        tree = store.tree(store.commit_dir(src))
+    assert list(tree) == ["f"]
+    assert f"{special} is not a regular file" in caplog.text
+
+
+# -- files that vanish or change while committed ----------------------------------------
+
+@pytest.mark.parametrize("victim", ["small", "big", "link", "dir/inside"])
+def test_a_file_deleted_between_scan_and_read_is_left_out_with_a_warning(
+        store, tmp_path, monkeypatch, caplog, victim):
+    src = write(tmp_path / "src", {"small": b"s", "big": os.urandom(5000), "dir/inside": b"i",
+                                   "keep": b"k"})
+    os.symlink("keep", src / "link")
+    walk = files_mod.walk
+
+    def deleting_walk(root):  # the node deletes the file just after the scan saw it
+        for rel, st in walk(root):
+            if rel == victim:
+                os.unlink(os.path.join(root, rel))
+            yield rel, st
+
+    monkeypatch.setattr(files_mod, "walk", deleting_walk)
+    with caplog.at_level(logging.WARNING, logger="wtb_conf.store"):
+        tree = store.tree(commit := store.commit_dir(src))
+    assert victim not in tree and "keep" in tree
+    assert f"{src / victim} vanished while being committed" in caplog.text
+    assert not list((tmp_path / "blobs/objects").glob(".tmp-*"))
+    store.restore(commit, tmp_path / "dest")
+    assert store.fsck() == []
+
+
+def test_a_file_that_grows_past_inline_max_while_read_is_streamed(store, tmp_path, monkeypatch):
+    src = write(tmp_path / "src", {"grows": b"small"})
+    walk = files_mod.walk
+    grown = b"small" + os.urandom(5000)
+
+    def growing_walk(root):
+        for rel, st in walk(root):
+            (src / rel).write_bytes(grown)
+            yield rel, st
+
+    monkeypatch.setattr(files_mod, "walk", growing_walk)
+    commit = store.commit_dir(src)
+    blob = hashlib.sha256(grown).hexdigest()
+    assert store.tree(commit)["grows"].blob == blob
+    assert (tmp_path / "blobs/objects" / blob[:2] / blob[2:]).is_file()
+    assert store.commit_dir(src) == commit  # re-read (its stat changed during the read) ...
+    assert store.last_commit.hashed == 1  # ... and not cached
+
+
+# -- streaming ----------------------------------------------------------------------------
+
+def test_big_files_stream_through_small_chunks(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(files_mod, "CHUNK_SIZE", 7)
+    big = os.urandom(10_000)
+    src = write(tmp_path / "src", {"big": big, "copy/big": big, "small": b"s"})
+    commit = store.commit_dir(src)
+    blob = hashlib.sha256(big).hexdigest()
+    chunks = list(store.iter_blob(blob))
+    assert b"".join(chunks) == big and max(map(len, chunks)) == 7
+    store.restore(commit, tmp_path / "dest")
+    assert (tmp_path / "dest/big").read_bytes() == big == (tmp_path / "dest/copy/big").read_bytes()
+    objects = tmp_path / "blobs/objects"
+    assert not list(objects.glob(".tmp-*"))  # the second copy was dropped, not left behind
+    blob_file = objects / blob[:2] / blob[2:]
+    mtime = blob_file.stat().st_mtime_ns
+    store.commit_dir(write(tmp_path / "again", {"big": big}))  # idempotent add
+    assert blob_file.stat().st_mtime_ns == mtime and not list(objects.glob(".tmp-*"))
+
+
+def test_copy_blob_removes_a_corrupted_target(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(files_mod, "CHUNK_SIZE", 100)
+    big = os.urandom(5000)
+    store.commit_dir(write(tmp_path / "src", {"big": big}))
+    blob = hashlib.sha256(big).hexdigest()
+    path = tmp_path / "blobs/objects" / blob[:2] / blob[2:]
+    os.chmod(path, 0o644)
+    path.write_bytes(big[:-1] + b"!")
+    target = tmp_path / "out"
+    with pytest.raises(ObjectCorrupted, match=rf"blob {blob} \(file big\) is corrupted"):
+        store.copy_blob(blob, target, "big")
+    assert not target.exists()
+
+
+# -- disk full, file too large ------------------------------------------------------------
+
+NO_ROOM = [(errno.ENOSPC, "the disk is full"), (errno.EFBIG, "the file is too large"),
+           (errno.EDQUOT, "the disk quota is exceeded")]
+
+
+def _failing_write_all(err: int):
+    real = files_mod.write_all
+
+    def write_all(fd, data):  # half written, then no room
+        real(fd, memoryview(data)[: len(data) // 2])
+        raise OSError(err, os.strerror(err))
+
+    return write_all
+
+
+@pytest.mark.parametrize("err,words", NO_ROOM)
+def test_commit_without_room_names_the_file_and_leaves_nothing(store, tmp_path, monkeypatch,
+                                                               err, words):
+    src = write(tmp_path / "src", {"big": os.urandom(5000), "small": b"s"})
+    monkeypatch.setattr(files_mod, "write_all", _failing_write_all(err))
+    objects = tmp_path / "blobs" / "objects"
+    with pytest.raises(StoreError, match=rf"cannot commit {src / 'big'}: writing its blob into "
+                                         rf"{objects} failed: {words}"):
+        store.commit_dir(src)
+    assert blob_count(store) == 0 and store.fsck() == []
+    assert [p for p in objects.rglob("*") if p.is_file()] == []  # no temp file left
+
+
+@pytest.mark.parametrize("err,words", NO_ROOM)
+def test_restore_without_room_leaves_dest_untouched(store, tmp_path, monkeypatch, err, words):
+    commit = store.commit_dir(write(tmp_path / "src", {"a": b"a", "big": os.urandom(5000)}))
+    monkeypatch.setattr(files_mod, "write_all", _failing_write_all(err))
+    dest = tmp_path / "dest"
+    with pytest.raises(StoreError, match=rf"cannot restore a of commit {commit} into {dest} "
+                                         rf"\(staged in {tmp_path}\): {words}"):
+        store.restore(commit, dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blobs", "src", "wtb.db", "wtb.db-shm",
+                                                          "wtb.db-wal"]
+
+
+RLIMIT_SCRIPT = r"""
+import os, resource, signal, sys
+from wtb_conf.store import StoreError, open_store
+
+db, blobs, src, dest, what = sys.argv[1:]
+store = open_store(db, blobs, inline_max=1024)
+commit = store.commit_dir(src) if what == "restore" else None
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    store.commit_dir(src) if what == "commit" else store.restore(commit, dest)
+except StoreError as e:
+    print(e)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("what", ["commit", "restore"])
+def test_a_real_file_size_limit_gives_a_store_error(tmp_path, what):
+    src = write(tmp_path / "src", {"small": b"s", "huge": os.urandom(2 << 20)})
+    proc = subprocess.run(
+        [sys.executable, "-c", RLIMIT_SCRIPT, str(tmp_path / "wtb.db"), str(tmp_path / "blobs"),
+         str(src), str(tmp_path / "dest"), what], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    if what == "commit":
+        assert proc.stdout.startswith(f"cannot commit {src / 'huge'}: writing its blob into "
+                                      f"{tmp_path / 'blobs' / 'objects'} failed: the file is "
+                                      "too large")
+    else:
+        assert proc.stdout.startswith("cannot restore huge of commit ")
+        assert f"into {tmp_path / 'dest'}" in proc.stdout and "the file is too large" in proc.stdout
+    assert not (tmp_path / "dest").exists() and not list(tmp_path.glob(".dest.restoring-*"))
+    assert not list((tmp_path / "blobs").rglob(".tmp-*"))
+    with open_store(str(tmp_path / "wtb.db"), tmp_path / "blobs", inline_max=1024) as s:
+        assert s.fsck() == []
+        with s.engine.connect() as c:
+            commits = c.execute(text("SELECT count(*) FROM commits")).scalar_one()
+        assert commits == (1 if what == "restore" else 0)
+
+
+MEMORY_SCRIPT = r"""
+import os, resource, sys
+from wtb_conf.store import open_store
+
+src, work, mib = sys.argv[1:]
+store = open_store(os.path.join(work, "wtb.db"), os.path.join(work, "blobs"))
+store.commit_dir(src, "warm up")  # imports, SQLAlchemy's caches: not what is measured
+store.restore(store.commit_dir(src, "warm up"), os.path.join(work, "warm"))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open(os.path.join(src, "big"), "wb") as f:
+    for _ in range(int(mib)):
+        f.write(os.urandom(1 << 20))
+commit = store.commit_dir(src)
+store.restore(commit, os.path.join(work, "dest"))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+"""
+
+
+def test_committing_and_restoring_a_big_file_takes_flat_memory(tmp_path):
+    # 32 MiB, to stay fast: reading it whole would add >= 32 MB (whole reads added 1.15 GB
+    # for 1 GiB); benchmarks/memory_bench.py measures 300 MB to 2 GiB.
+    src = write(tmp_path / "src", {"small": b"s"})
+    proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(src), str(tmp_path), "32"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) < 12, f"peak RSS grew by {proc.stdout.strip()} MB"

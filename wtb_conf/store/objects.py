@@ -4,31 +4,44 @@ A blob's id is the SHA-256 of its bytes. Blobs up to `inline_max` bytes live in 
 table (one SQLite page write instead of a file create, rename and fsync; see
 docs/benchmarks.md); larger ones are files under `<blob_root>/objects/ab/cdef...`.
 A tree is the JSON manifest of a directory (path -> blob, size, mode), stored as a blob, so
-identical trees are stored once. A commit names a tree, a parent and a message; its id is the
-digest of those three, so the same files committed the same way give the same id anywhere.
+identical trees are stored once; a symlink is an entry whose blob is its target and whose mode
+is git's 0o120000. A commit names a tree, a parent and a message; its id is the digest of those
+three, so the same files committed the same way give the same id anywhere. Big files are
+streamed in chunks both ways (files.py), never held in memory whole.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
 from sqlalchemy import Connection, Engine, bindparam, text
+from sqlalchemy.exc import OperationalError
 
-from wtb_conf.store.errors import ObjectCorrupted, ObjectNotFound, UnsafePath
+from wtb_conf.store import files as _files
+from wtb_conf.store.errors import ObjectCorrupted, ObjectNotFound, StoreError
+from wtb_conf.store.files import LINK_MODE, TempBlob, no_room, safe_target
 from wtb_conf.store.schema import read_conn
+
+log = logging.getLogger(__name__)
 
 TREE_FORMAT = 1
 _CHUNK = 500  # ids per IN (...) query, well below SQLite's bound-parameter limit
+
+# Fault injection, for tests/reliability/test_commit_faults.py only: it sets this to kill the
+# process (os._exit) at one named step of commit_dir or restore, then checks what a crash at
+# that step leaves on disk. None in normal use, where a step costs one global lookup.
+_fault: Callable[[str], None] | None = None
 
 
 def now_iso() -> str:
@@ -60,33 +73,6 @@ class CommitStats:
     new_blobs: int = 0
 
 
-def _walk(root: str) -> Iterator[tuple[str, os.stat_result]]:
-    """Regular files under root as (posix relative path, lstat), skipping symlinks."""
-    stack = [""]
-    while stack:
-        rel_dir = stack.pop()
-        with os.scandir(os.path.join(root, rel_dir)) as it:
-            for de in it:
-                rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
-                if de.is_dir(follow_symlinks=False):
-                    stack.append(rel)
-                elif de.is_file(follow_symlinks=False):
-                    yield rel, de.stat(follow_symlinks=False)
-
-
-def _read(path: str, size: int) -> tuple[bytes, os.stat_result]:
-    """The file's bytes and its fstat taken after reading them (raw os.read: no buffering
-    layer, which is a fifth of a first commit's time)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        chunks = []
-        while chunk := os.read(fd, max(size + 1, 65536)):
-            chunks.append(chunk)
-        return b"".join(chunks), os.fstat(fd)
-    finally:
-        os.close(fd)
-
-
 def executemany(conn: Connection, table: str, rows: list[dict], conflict: str = "") -> None:
     """INSERT many rows through the DBAPI driver directly: SQLAlchemy's per-row parameter
     processing costs more than SQLite's own insert for the thousand rows of a big commit."""
@@ -101,42 +87,6 @@ def executemany(conn: Connection, table: str, rows: list[dict], conflict: str = 
     conn.exec_driver_sql(
         sql.format(", ".join([mark] * len(cols))), [tuple(r[c] for c in cols) for r in rows]
     )
-
-
-def _same_stat(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_ino) == (
-        b.st_size,
-        b.st_mtime_ns,
-        b.st_ctime_ns,
-        b.st_ino,
-    )
-
-
-def _write_durably(path: Path, data: bytes, mode: int = 0o444) -> None:
-    """Write via a temp file in the same directory, fsync, then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def safe_target(dest: Path, rel: str) -> Path:
-    """dest/rel, refusing absolute paths, '..' and anything that resolves outside dest."""
-    parts = rel.split("/")
-    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in rel:
-        raise UnsafePath(f"tree entry {rel!r} is not a plain relative path; refusing to restore it")
-    target = dest.joinpath(*parts)
-    if not target.resolve().is_relative_to(dest.resolve()):
-        raise UnsafePath(f"tree entry {rel!r} resolves outside {dest}; refusing to restore it")
-    return target
 
 
 class ObjectStore:
@@ -168,23 +118,29 @@ class ObjectStore:
             found.update(r[0] for r in conn.execute(query, {"ids": ids[i : i + _CHUNK]}))
         return found
 
-    def _stage_blobs(self, blobs: dict[str, bytes]) -> list[dict]:
-        """Rows for the blobs not stored yet. Big ones are written (and fsynced) to their
-        files here, before any transaction can reference them."""
+    def _stage_blobs(self, small: dict[str, bytes], big: dict[str, int],
+                     dirs: set[Path]) -> list[dict]:
+        """Rows for the blobs not stored yet. `big` blobs (id -> size) are in their files
+        already; a `small` one above inline_max (a big tree) is written to its file here."""
         with read_conn(self.engine) as conn:
-            existing = self._existing_blobs(conn, blobs)
+            existing = self._existing_blobs(conn, [*small, *big])
         rows = []
-        for blob_id, data in blobs.items():
+        for blob_id, data in small.items():
             if blob_id in existing:
                 continue
             inline = len(data) <= self.inline_max
             if not inline and not self._blob_path(blob_id).exists():
-                _write_durably(self._blob_path(blob_id), data)
+                dirs.add(_files.write_blob(data, self.blob_root / "objects",
+                                           self._blob_path(blob_id)))
             rows.append({"id": blob_id, "size": len(data), "data": data if inline else None})
+        rows += [{"id": b, "size": size, "data": None} for b, size in big.items()
+                 if b not in existing and b not in small]
         return rows
 
-    def read_blob(self, blob_id: str, path_hint: str = "") -> bytes:
-        """The blob's bytes, re-hashed: raises ObjectCorrupted if they no longer match."""
+    def iter_blob(self, blob_id: str, path_hint: str = "") -> Iterator[bytes]:
+        """The blob's bytes in chunks of at most files.CHUNK_SIZE, re-hashed on the way: after
+        the last chunk, raises ObjectCorrupted if they do not hash to blob_id. What reads a big
+        blob uses this (read_blob would hold all of it in memory)."""
         what = f"blob {blob_id}" + (f" (file {path_hint})" if path_hint else "")
         with read_conn(self.engine) as conn:
             row = conn.execute(
@@ -192,18 +148,31 @@ class ObjectStore:
             ).first()
         if row is None:
             raise ObjectNotFound(f"{what} is not in the store")
-        data = row.data
-        if data is None:
+        if row.data is not None:
+            chunks: Iterable[bytes] = [bytes(row.data)]
+        else:
             try:
-                data = self._blob_path(blob_id).read_bytes()
+                chunks = _files.chunks_of(open(self._blob_path(blob_id), "rb", buffering=0))
             except FileNotFoundError:
                 raise ObjectCorrupted(
                     f"{what} is corrupted: {self._blob_path(blob_id)} is missing"
                 ) from None
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != blob_id:
+        digest = hashlib.sha256()
+        for chunk in chunks:
+            digest.update(chunk)
+            yield chunk
+        if (actual := digest.hexdigest()) != blob_id:
             raise ObjectCorrupted(f"{what} is corrupted: its bytes hash to {actual}")
-        return bytes(data)
+
+    def read_blob(self, blob_id: str, path_hint: str = "") -> bytes:
+        """The blob's bytes, re-hashed: raises ObjectCorrupted if they no longer match."""
+        return b"".join(self.iter_blob(blob_id, path_hint))
+
+    def copy_blob(self, blob_id: str, target: Path, path_hint: str = "",
+                  mode: int = 0o644) -> None:
+        """Write the blob into the new file `target`, streamed and re-hashed (see iter_blob).
+        On any error, ObjectCorrupted after the last chunk included, `target` is removed."""
+        _files.write_new(target, self.iter_blob(blob_id, path_hint), mode)
 
     # -- trees and commits -------------------------------------------------------------
 
@@ -222,10 +191,11 @@ class ObjectStore:
         self, path: str | os.PathLike, message: str = "", parent: str | None = None,
         files: Iterable[str] | None = None,
     ) -> str:
-        """Commit every regular file under `path` (recursively), or only `files` (relative
-        paths of regular files under it), and return the commit id.
+        """Commit every regular file and symlink under `path` (recursively), or only `files`
+        (relative paths under it), and return the commit id.
 
-        Files whose (size, mtime, ctime, inode) match the stat cache are not read again.
+        Files whose (size, mtime, ctime, inode) match the stat cache are not read again. A file
+        deleted between the scan and its read is left out, with a warning.
         """
         root = str(Path(path).resolve())
         if not os.path.isdir(root):
@@ -243,22 +213,39 @@ class ObjectStore:
                 )
                 cache = {r[0]: tuple(r[1:]) for r in rows}  # plain tuples: this is the hot loop
         entries: dict[str, Entry] = {}
-        blobs: dict[str, bytes] = {}
+        small: dict[str, bytes] = {}  # blob id -> bytes: small files, link targets, the tree
+        big: dict[str, int] = {}  # blob id -> size: streamed into their blob files already
+        dirs: set[Path | None] = set()  # where blob files were renamed: fsynced before the rows
         fresh: list[tuple[str, os.stat_result, str]] = []  # hashed files to cache
+        objects = self.blob_root / "objects"
         if files is not None:
             files = set(files)
             found = [(rel, os.lstat(os.path.join(root, rel))) for rel in sorted(files)]
-        for rel, st in found if files is not None else _walk(root):
+        for rel, st in found if files is not None else _files.walk(root):
+            full = os.path.join(root, rel)
+            if stat.S_ISLNK(st.st_mode):  # stored as a link, never followed (like git)
+                if (target := _files.read_link(full)) is not None:
+                    small[blob_id := hashlib.sha256(target).hexdigest()] = target
+                    entries[rel] = Entry(blob_id, len(target), LINK_MODE)
+                continue
             c = cache.get(rel)
             if c is not None and c[:4] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
                 entries[rel] = Entry(c[4], c[0], st.st_mode & 0o7777)
                 continue
-            data, after = _read(os.path.join(root, rel), st.st_size)
+            if not stat.S_ISREG(st.st_mode):  # (named in `files`; the walk skips them)
+                log.warning("%s is not a regular file or symlink; not committed", full)
+                continue
+            if (got := _files.read_file(full, st, self.inline_max, objects)) is None:
+                continue  # vanished: logged
+            data, after = got
             stats.hashed += 1
-            blob_id = hashlib.sha256(data).hexdigest()
-            blobs[blob_id] = data
-            entries[rel] = Entry(blob_id, len(data), st.st_mode & 0o7777)
-            if _same_stat(st, after):  # not written to while we read it
+            if isinstance(data, TempBlob):  # big: streamed into a temp blob file
+                big[blob_id := self._place(data, full, dirs)] = size = data.size
+            else:
+                small[blob_id := hashlib.sha256(data).hexdigest()] = data
+                size = len(data)
+            entries[rel] = Entry(blob_id, size, st.st_mode & 0o7777)
+            if _files.same_stat(st, after):  # not written to while we read it
                 fresh.append((rel, after, blob_id))
         stats.files = len(entries)
         tree_doc = {
@@ -267,37 +254,71 @@ class ObjectStore:
         }
         tree_bytes = json.dumps(tree_doc, separators=(",", ":")).encode()
         tree_id = hashlib.sha256(tree_bytes).hexdigest()
-        blobs[tree_id] = tree_bytes
+        small[tree_id] = tree_bytes
         commit_id = hashlib.sha256(
             json.dumps([tree_id, parent, message], separators=(",", ":")).encode()
         ).hexdigest()
         racy_after = self._fs_now()
-        rows = self._stage_blobs(blobs)
+        try:
+            rows = self._stage_blobs(small, big, dirs)
+            for d in dirs - {None}:
+                _files.fsync_dir(d)
+        except OSError as e:
+            if err := no_room(e, f"cannot commit {root}: writing its tree into {objects} failed"):
+                raise err from e
+            raise
+        _fault and _fault("blobs_staged")
         stats.new_blobs = len(rows)
-        stale = any(p not in entries for p in cache if files is None or p in files)
-        if not rows and not fresh and not stale:  # nothing new: no write transaction
+        # Cached paths no longer regular files here (links are never cached).
+        gone = [p for p in cache if (p not in entries or entries[p].mode == LINK_MODE)
+                and (files is None or p in files)]
+        if not rows and not fresh and not gone:  # nothing new: no write transaction
             with read_conn(self.engine) as conn:
                 if self._has_commit(conn, commit_id):
                     self._stat_memo[root] = cache
                     self.last_commit = stats
                     return commit_id
-        with self.engine.begin() as conn:
-            if parent is not None and not self._has_commit(conn, parent):
-                raise ObjectNotFound(f"parent commit {parent} is not in the store")
-            executemany(conn, "blobs", rows, "ON CONFLICT (id) DO NOTHING")
-            conn.execute(
-                text(
-                    "INSERT INTO commits (id, tree, parent, message, created_at) "
-                    "VALUES (:id, :tree, :parent, :message, :at) ON CONFLICT (id) DO NOTHING"
-                ),
-                {"id": commit_id, "tree": tree_id, "parent": parent, "message": message,
-                 "at": now_iso()},
-            )
-            cache = self._update_stat_cache(conn, root, cache, entries, fresh, racy_after,
-                                            files)
+        try:
+            with self.engine.begin() as conn:
+                if parent is not None and not self._has_commit(conn, parent):
+                    raise ObjectNotFound(f"parent commit {parent} is not in the store")
+                executemany(conn, "blobs", rows, "ON CONFLICT (id) DO NOTHING")
+                conn.execute(
+                    text(
+                        "INSERT INTO commits (id, tree, parent, message, created_at) "
+                        "VALUES (:id, :tree, :parent, :message, :at) "
+                        "ON CONFLICT (id) DO NOTHING"
+                    ),
+                    {"id": commit_id, "tree": tree_id, "parent": parent, "message": message,
+                     "at": now_iso()},
+                )
+                cache = self._update_stat_cache(conn, root, cache, entries, fresh, racy_after,
+                                                files, gone)
+                _fault and _fault("in_transaction")
+        except OperationalError as e:  # SQLite's SQLITE_FULL: the transaction rolled back
+            if "full" in str(e.orig):
+                raise StoreError(f"cannot commit {root}: the database "
+                                 f"{self.engine.url.database} is full: {e.orig}") from e
+            raise
+        _fault and _fault("committed")
         self._stat_memo[root] = cache
         self.last_commit = stats
         return commit_id
+
+    def _place(self, tmp: TempBlob, path: str, dirs: set[Path | None]) -> str:
+        """Rename a streamed file's temp blob under its hash; return the hash."""
+        blob_id = tmp.hash.hexdigest()
+        try:
+            _fault and _fault("blob_copied")
+            dirs.add(tmp.place(self._blob_path(blob_id)))
+            _fault and _fault("blob_written")
+        except BaseException as e:
+            tmp.discard()
+            objects = self.blob_root / "objects"
+            if err := no_room(e, f"cannot commit {path}: writing its blob into {objects} failed"):
+                raise err from e
+            raise
+        return blob_id
 
     def _fs_now(self) -> int:
         """The filesystem clock, read like git reads its index mtime (see _update_stat_cache)."""
@@ -307,7 +328,7 @@ class ObjectStore:
         return marker.stat().st_mtime_ns
 
     def _update_stat_cache(self, conn, root, cache, entries, fresh, racy_after,
-                           files=None) -> dict:
+                           files=None, gone=()) -> dict:
         # A file whose mtime is not older than the filesystem clock after the scan could be
         # rewritten within the same timestamp tick without its stat changing ("racy git"):
         # leave it out of the cache so the next commit reads it again.
@@ -319,9 +340,7 @@ class ObjectStore:
             if st.st_mtime_ns < racy_after and st.st_ctime_ns < racy_after
         ]
         # (a commit of some files of a root says nothing about its other files)
-        gone = [p for p in cache if p not in entries and (files is None or p in files)] + [
-            rel for rel, _, _ in fresh if rel in cache
-        ]
+        gone = [*gone, *(rel for rel, _, _ in fresh if rel in cache)]
         if gone:
             conn.execute(
                 text("DELETE FROM stat_cache WHERE root = :root AND path = :path"),
@@ -332,6 +351,7 @@ class ObjectStore:
                     "ON CONFLICT (root, path) DO UPDATE SET size = excluded.size, "
                     "mtime_ns = excluded.mtime_ns, ctime_ns = excluded.ctime_ns, "
                     "ino = excluded.ino, mode = excluded.mode, blob = excluded.blob")
+        gone = set(gone)
         cache = {p: c for p, c in cache.items() if p not in gone
                  and (p in entries or files is not None)}
         for r in rows:
@@ -347,30 +367,44 @@ class ObjectStore:
         """Write the commit's files into `dest`, which must be missing or empty.
 
         Everything is read, verified and written into a sibling temp dir first, then renamed
-        into place: a corrupted blob or an unsafe path leaves `dest` untouched.
+        into place: a corrupted blob, an unsafe path or a full disk leaves `dest` untouched.
+        Symlinks are recreated as stored, after every file, and nothing is written beneath one.
         """
         dest = Path(dest).absolute()
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise FileExistsError(f"{dest} exists and is not empty; restore into a new directory")
         tree = self.tree(commit_id)
+        links = sorted(rel for rel, e in tree.items() if e.mode == LINK_MODE)
+        _files.refuse_beneath_links(tree, set(links))
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.restoring-"))
+        rel = ""
         try:
             for rel, entry in sorted(tree.items()):
+                if entry.mode == LINK_MODE:
+                    continue
                 target = safe_target(staging, rel)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(self.read_blob(entry.blob, rel))
-                os.chmod(target, entry.mode)
+                self.copy_blob(entry.blob, target, rel, entry.mode)
+                _fault and _fault("restore_file_written")
+            for rel in links:  # verbatim, wherever they point: a link is data, as in git
+                target = safe_target(staging, rel)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(os.fsdecode(self.read_blob(tree[rel].blob, rel)), target)
+            _fault and _fault("restore_staged")
             if dest.exists():
                 dest.rmdir()
             os.replace(staging, dest)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(staging, ignore_errors=True)
+            if err := no_room(e, f"cannot restore {rel} of commit {commit_id} into {dest} "
+                                 f"(staged in {dest.parent})"):
+                raise err from e
             raise
         return sorted(tree)
 
     def diff(self, a: str, b: str) -> Diff:
-        """Paths added, removed and changed (content or mode) from commit a to commit b."""
+        """Paths added, removed and changed (content, mode, link target) from commit a to b."""
         ta, tb = self.tree(a), self.tree(b)
         return Diff(
             added=sorted(set(tb) - set(ta)),
@@ -379,14 +413,20 @@ class ObjectStore:
         )
 
     def fsck(self) -> list[str]:
-        """Problems found: commits whose tree or files point at missing or corrupted blobs."""
+        """Problems found: commits whose tree or files point at missing or corrupted blobs.
+        Each blob is re-hashed once, streamed."""
         problems = []
+        verified: set[str] = set()
         with read_conn(self.engine) as conn:
             commit_ids = [r[0] for r in conn.execute(text("SELECT id FROM commits"))]
         for commit_id in commit_ids:
             try:
                 for rel, entry in self.tree(commit_id).items():
-                    self.read_blob(entry.blob, rel)
+                    if entry.blob not in verified:
+                        for _ in self.iter_blob(entry.blob, rel):
+                            pass
+                        verified.add(entry.blob)
             except (ObjectNotFound, ObjectCorrupted) as e:
                 problems.append(f"commit {commit_id}: {e}")
         return problems
+
