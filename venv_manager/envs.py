@@ -4,12 +4,17 @@ Layout under the data dir:
 
     envs/<env_id>/venv/        the virtualenv (uv, relocatable, bytecode compiled)
     envs/<env_id>/spec.json    its normalized spec; envs/<env_id>/lock.txt its exact versions
-    envs/.tmp-<env_id>-<rand>/ a build in progress: renamed into place only when complete
-    locks/<env_id>.lock        flock held while one process builds that env
+    envs/.tmp-<env_id>-<rand>/ a build in progress (or a delete): renamed into place only
+                               when complete, and verified (its python ran) before that
+    locks/<env_id>.lock        flock held while one process builds or deletes that env
     env_audit.db
 
 An env directory exists only complete, so a crash mid-build never leaves a half env that
-gets served; the leftover .tmp- directory is ignored and removed by cleanup().
+gets served. The build's flock is what tells a live build from a dead one: the kernel drops
+it when the builder dies (kill -9 included), and the builder's uv processes inherit it, so
+a uv that outlives its killed manager still counts as building. A .tmp- directory whose
+env's flock is free is a dead builder's leftover: the next build of that env and cleanup()
+remove it at once, whatever its age.
 """
 
 from __future__ import annotations
@@ -80,6 +85,10 @@ def _uv() -> str:
     return find_uv_bin()
 
 
+def _is_env_id(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
 def _size(path: Path) -> int:
     return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_symlink())
 
@@ -99,18 +108,39 @@ class EnvStore:
         self.builds = 0  # builds this process ran (the single-flight test and benchmark read it)
 
     def _dir(self, env_id: str) -> Path:
-        if not (len(env_id) == 64 and all(c in "0123456789abcdef" for c in env_id)):
+        if not _is_env_id(env_id):
             raise EnvNotFound(env_id)  # ids are digests; anything else names no directory
         return self.root / "envs" / env_id
 
+    def _lock_path(self, env_id: str) -> Path:
+        return self.root / "locks" / f"{env_id}.lock"
+
     @contextlib.contextmanager
-    def _single_flight(self, env_id: str) -> Iterator[None]:
-        """One build per env id: a thread lock within this process, flock across processes."""
+    def _single_flight(self, env_id: str) -> Iterator[int]:
+        """One build per env id: a thread lock within this process, flock across processes.
+        Yields the locked file's descriptor, which the build hands down to uv."""
         with self._locks_guard:
             lock = self._locks.setdefault(env_id, threading.Lock())
-        with lock, open(self.root / "locks" / f"{env_id}.lock", "w") as f:
+        with lock, open(self._lock_path(env_id), "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
-            yield
+            yield f.fileno()
+
+    def _staging(self, env_id: str = "") -> list[Path]:
+        """The .tmp- directories of builds and deletes (of one env, or of all)."""
+        return sorted((self.root / "envs").glob(f".tmp-{env_id}*"))
+
+    def _remove_dead_staging(self, env_id: str) -> tuple[list[str], list[str]]:
+        """Remove env_id's staging dirs if no live process builds or deletes it (its flock is
+        free): (names removed, problems met). The flock is taken without waiting and held
+        while removing, so a build that starts meanwhile waits for a clean slate."""
+        with open(self._lock_path(env_id), "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return [], []  # a live builder (or its orphaned uv) holds it: in use
+            doomed = self._staging(env_id)
+            problems = _remove_all(doomed)
+            return [p.name for p in doomed if not p.exists()], problems
 
     def _load(self, env_id: str) -> Env:
         path = self._dir(env_id)
@@ -134,23 +164,29 @@ class EnvStore:
             labels=json.loads(row["labels"]) if row.get("labels") else {},
         )
 
-    def _run_uv(self, args: list[str], what: str) -> subprocess.CompletedProcess:
+    def _run_uv(self, args: list[str], what: str, lock_fd: int) -> subprocess.CompletedProcess:
         # No shell: the arguments go to uv as a list, and every package string was validated.
         env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}  # unreachable here: fail, not hang
+        # uv inherits the build's flock (pass_fds): if this manager is killed alone, its uv
+        # runs on as an orphan writing into the staging dir, and must keep the build "live"
+        # until it exits, or cleanup() or a new build would pull the dir from under it.
         proc = subprocess.run([self.uv, *args], capture_output=True, text=True, env=env,
-                              timeout=UV_TIMEOUT_S)
+                              timeout=UV_TIMEOUT_S, pass_fds=(lock_fd,))
         if proc.returncode != 0:
             raise BuildFailed(f"{what} failed (uv exit {proc.returncode})", proc.stderr)
         return proc
 
-    def _build(self, spec: EnvSpec) -> tuple[str, str]:
+    def _build(self, spec: EnvSpec, lock_fd: int) -> tuple[str, str]:
+        """Build in a staging dir, verify, rename into place. The caller holds the env's lock,
+        so any staging dir of this env already there is a dead builder's: remove it first."""
         env_id = spec.env_id
+        _remove_all(self._staging(env_id))  # what will not go, cleanup() reports; no obstacle
         tmp = Path(tempfile.mkdtemp(dir=self.root / "envs", prefix=f".tmp-{env_id}-"))
         log = []
         try:
             venv = tmp / "venv"
             log.append(self._run_uv(["venv", "--relocatable", "--python", spec.python, str(venv)],
-                                    f"creating a Python {spec.python} venv"))
+                                    f"creating a Python {spec.python} venv", lock_fd))
             python = str(venv / "bin" / "python")
             if spec.packages:
                 args = ["pip", "install", "--python", python, "--compile-bytecode"]
@@ -162,11 +198,13 @@ class EnvStore:
                     (tmp / "constraints.txt").write_text("\n".join(spec.constraints) + "\n")
                     args += ["--constraint", str(tmp / "constraints.txt")]
                 log.append(self._run_uv([*args, "--", *spec.packages],
-                                        f"installing {', '.join(spec.packages)}"))
-            lock = self._run_uv(["pip", "freeze", "--python", python], "freezing the lock")
+                                        f"installing {', '.join(spec.packages)}", lock_fd))
+            lock = self._run_uv(["pip", "freeze", "--python", python], "freezing the lock",
+                                lock_fd)
+            # The verification: the env's own python runs (and says which it is).
             version = subprocess.run(
                 [python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
-                capture_output=True, text=True, check=True, timeout=60,
+                capture_output=True, text=True, check=True, timeout=60, pass_fds=(lock_fd,),
             ).stdout.strip()
             (tmp / "lock.txt").write_text(lock.stdout)
             (tmp / "spec.json").write_text(json.dumps(
@@ -191,9 +229,9 @@ class EnvStore:
         status, out, err = "cached", "", ""
         try:
             if not (self._dir(env_id) / "spec.json").is_file():
-                with self._single_flight(env_id):
+                with self._single_flight(env_id) as lock_fd:
                     if not (self._dir(env_id) / "spec.json").is_file():
-                        out, err = self._build(spec)
+                        out, err = self._build(spec, lock_fd)
                         status = "built"
             if self.audit.env_row(env_id) is None:
                 meta = json.loads((self._dir(env_id) / "spec.json").read_text())
@@ -214,7 +252,9 @@ class EnvStore:
         return env
 
     def list(self) -> list[Env]:
-        ids = [p.name for p in (self.root / "envs").iterdir() if not p.name.startswith(".")]
+        # Only complete envs: staging dirs start with "." and anything else is not ours.
+        ids = [p.name for p in (self.root / "envs").iterdir()
+               if _is_env_id(p.name) and (p / "spec.json").is_file()]
         self.audit.record("ListEnvs", None, {}, "ok", 0.0, "\n".join(sorted(ids)))
         return [self._load(i) for i in sorted(ids)]
 
@@ -237,8 +277,10 @@ class EnvStore:
                 raise EnvInUse(f"env {env_id} is in use; delete it when its jobs are done")
             if not path.is_dir():
                 raise EnvNotFound(env_id)
-            # Rename first: a crash mid-delete leaves a .tmp- dir, never a half env.
+            # Rename first: a crash mid-delete leaves a .tmp- dir, never a half env. One left
+            # by a delete that died would block the rename; we hold the lock, so it is dead.
             doomed = path.with_name(f".tmp-{env_id}-deleting")
+            shutil.rmtree(doomed, ignore_errors=True)
             os.replace(path, doomed)
             self._known.discard(env_id)
             self._loaded.pop(env_id, None)
@@ -267,12 +309,17 @@ class EnvStore:
         return result
 
     def cleanup(self, idle_s: float) -> list[str]:
-        """Remove envs unused for longer than idle_s (never one in use) and dead builds."""
+        """Remove envs unused for longer than idle_s (never one in use), and at once every
+        staging dir no live process builds in (a killed builder's leftovers). Returns the
+        env ids removed; the audit record also names the staging dirs."""
+        t0 = time.perf_counter()
+        dead, problems = [], []
+        for env_id in sorted({p.name[len(".tmp-"):][:64] for p in self._staging()}):
+            if _is_env_id(env_id):  # any other .tmp- name is not ours to judge
+                names, trouble = self._remove_dead_staging(env_id)
+                dead += names
+                problems += trouble
         removed = []
-        for stale in (self.root / "envs").glob(".tmp-*"):
-            with contextlib.suppress(OSError):
-                if time.time() - stale.stat().st_mtime > 3600:  # no live build is that old
-                    shutil.rmtree(stale)
         cutoff = time.time() - idle_s
         for env in self.list():
             used = datetime.fromisoformat(env.last_used_at).timestamp()  # stamps carry their zone
@@ -280,5 +327,20 @@ class EnvStore:
                 with contextlib.suppress(EnvInUse, EnvNotFound):
                     self.delete(env.env_id)
                     removed.append(env.env_id)
-        self.audit.record("Cleanup", None, {}, "ok", 0.0, "\n".join(removed))
+        self.audit.record("Cleanup", None, {}, "error" if problems else "ok",
+                          time.perf_counter() - t0, "\n".join(removed + dead),
+                          "\n".join(problems))
         return removed
+
+
+def _remove_all(paths: list[Path]) -> list[str]:
+    """rmtree each path; the problems met, each naming its path (empty when all went)."""
+    problems = []
+    for path in paths:
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            pass  # removed meanwhile: what we wanted
+        except OSError as e:
+            problems.append(f"cannot remove {path}: {e}")
+    return problems
