@@ -26,6 +26,14 @@ def _resolve_commit(store: Store, ref: str) -> str:
     return run["commit"]
 
 
+def _reap(store: Store) -> None:
+    """Runs and sweeps whose process died are recorded failed by whoever looks next."""
+    reaped = store.reap()
+    if reaped["runs"] or reaped["sweeps"]:
+        print(f"wtb: recorded as failed: {len(reaped['runs'])} runs and "
+              f"{len(reaped['sweeps'])} sweeps whose processes had died", file=sys.stderr)
+
+
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
@@ -366,7 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               "or pass --db", file=sys.stderr)
         return 2
     try:
-        with open_store(args.db, args.blobs, readonly=getattr(args, "readonly", False)) as store:
+        readonly = getattr(args, "readonly", False)
+        with open_store(args.db, args.blobs, readonly=readonly) as store:
+            if not readonly and args.command != "fsck":  # fsck reports them; --repair reaps
+                _reap(store)
             code = args.fn(store, args)
         if isinstance(code, int):
             return code
