@@ -1,0 +1,110 @@
+"""Sweeps that meet: two at once in one directory, the same job in both, and sweeps that end
+before their jobs run. Each status must say what happened, and nothing may be shared by
+accident (a job dir) or done twice (a job)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import run_bench
+from test_faults import NODES, WORKFLOW, assert_nothing_lost, runs, start, tag, wait_for, wtb
+
+
+def project_in(tmp_path: Path) -> Path:
+    (tmp_path / "conf/workflow").mkdir(parents=True)
+    (tmp_path / "conf/workflow/fault.yaml").write_text(WORKFLOW)
+    (tmp_path / "fault.py").write_text(NODES)
+    return tmp_path
+
+
+def sweeps(project: Path) -> list[dict]:
+    with sqlite3.connect(project / "data/wtb.db") as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM sweeps ORDER BY created_at")]
+
+
+def test_two_identical_jobs_at_once_run_once_and_the_second_is_a_cache_hit(tmp_path):
+    project = project_in(tmp_path)
+    (project / "hang-a").touch()
+    first = start(project, "workflow.nodes.work.tag=a")
+    wait_for(project / "pid-a", first)
+    second = start(project, "workflow.nodes.work.tag=a")
+    deadline = time.monotonic() + 120  # the second job has begun: it waits for the first
+    while len([r for r in runs(project) if r["status"] == "running"]) < 2:
+        assert time.monotonic() < deadline, "the second sweep's job never started"
+        time.sleep(0.1)
+    (project / "hang-a").unlink()
+    for proc in (first, second):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+    assert sorted(r["status"] for r in runs(project)) == ["cached", "completed"]
+    assert_nothing_lost(project)
+
+
+def test_two_sweeps_given_the_same_sweep_dir_at_once_get_a_dir_each(tmp_path):
+    project = project_in(tmp_path)
+    args = ["-m", "workflow=fault", "workflow.nodes.work.tag=a,b", "rerun=true",
+            "hydra.sweep.dir=multirun/same"]
+    procs = [subprocess.Popen([sys.executable, "-m", "wtb_conf", *args], cwd=project,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out + err
+    every = runs(project)
+    assert [r["status"] for r in every] == ["completed"] * 4
+    assert len({r["job_dir"] for r in every}) == 4
+    assert sorted(p.name for p in (project / "multirun").iterdir()) == ["same", "same-1"]
+    assert sorted(s["sweep_dir"] for s in sweeps(project)) == [
+        str(project / "multirun/same"), str(project / "multirun/same-1")]
+    assert_nothing_lost(project)
+
+
+def test_a_retry_that_succeeds_leaves_a_completed_sweep(tmp_path):
+    """A job whose first attempt failed and whose retry completed does not fail its sweep."""
+    project = project_in(tmp_path)
+    (project / "hang-b").touch()
+    sweep = start(project, "workflow.nodes.work.tag=a,b")
+    pid = int(wait_for(project / "pid-b", sweep))
+    (project / "hang-b").unlink()
+    os.kill(pid, signal.SIGKILL)  # a local worker killed: retried like an actor
+    out, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 0, out + err
+    assert [s["status"] for s in sweeps(project)] == ["completed"]
+    assert sorted((tag(r), r["status"]) for r in runs(project)) == [
+        ("a", "completed"), ("b", "completed"), ("b", "failed")]
+    assert_nothing_lost(project)
+
+
+def test_a_sweep_the_launcher_cannot_run_is_failed_with_the_error(tmp_path):
+    project = project_in(tmp_path)
+    proc = run_bench(project, "-m", "workflow=fault", "hydra.launcher.num_actors=0",
+                     check=False)
+    assert proc.returncode == 1
+    [sweep] = sweeps(project)
+    assert sweep["status"] == "failed" and "num_actors" in sweep["error"], sweep
+    assert "ended early" in proc.stderr
+
+
+def test_a_sweep_with_no_workflow_writes_nothing_to_the_store(tmp_path):
+    project = project_in(tmp_path)
+    proc = run_bench(project, "-m", check=False)
+    assert proc.returncode == 1 and "workflow" in proc.stderr
+    assert not (project / "data/wtb.db").exists()
+    listed = wtb(project, "runs")
+    assert listed.returncode == 2 and "no store" in listed.stderr
+
+
+def test_every_status_change_has_its_event(tmp_path):
+    project = project_in(tmp_path)
+    run_bench(project, "-m", "workflow=fault", "workflow.nodes.work.tag=a")
+    [run] = runs(project)
+    kinds = [e["kind"] for e in json.loads(wtb(project, "log", run["run_id"], "--json").stdout)]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_completed", kinds
