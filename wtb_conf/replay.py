@@ -5,21 +5,37 @@ The config is the resolved config the run recorded, not the conf/ files as they 
 replay runs what the run ran. It goes through the normal entry point as a one-job sweep
 (`-m`), so the run gets its env, the launcher and its store records like any sweep's job;
 what the replay adds (`+fork.*`, `rerun=true`) are overrides, and show up as such on the run.
+
+A replay's primary config lives in a temp dir only while it runs, so it is also committed to
+the store, and a `replay` event under the sweep names that commit (with the replayed run, the
+kind of replay and the directory it ran from): `wtb rerun --failed` restores it to run the
+sweep's recorded command again. The sweep is the one the child reports through the file
+named by $WTB_SWEEP_ID_FILE (written by the sweep callback), not the newest in the store,
+which may be someone else's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from wtb_conf.store import Store, StoreError
+from sqlalchemy import text
+
+from wtb_conf.store import ObjectNotFound, Store, StoreError
+from wtb_conf.store.objects import now_iso
+from wtb_conf.store.schema import read_conn
 
 PACKAGED = Path(__file__).parent / "conf" / "config.yaml"
+# The sweep callback (wtb_conf.sweep) writes its new sweep's id to the file this names.
+SWEEP_ID_FILE = "WTB_SWEEP_ID_FILE"
+REPLAY_EVENT = "replay"
 
 
 def primary_config(config_yaml: str, fork: dict[str, Any] | None) -> Any:
@@ -73,47 +89,121 @@ def stored_inputs(store: Store, run: dict[str, Any], cfg: Any) -> None:
     cfg.workflow.cases = swap(cases)
 
 
+class Replayed(NamedTuple):
+    code: int  # the child's exit status
+    sweep_id: str | None  # the sweep it reported; None: it stopped before opening one
+
+
+def _launch_dir(path: str | None, what: str) -> str:
+    if not path:
+        raise StoreError(f"{what} was recorded by a wtb_conf that did not keep the launch "
+                         "directory; run its command again with `python -m wtb_conf`")
+    if not Path(path).is_dir():
+        raise StoreError(f"{what} was launched from {path}, which is gone; replays run there "
+                         "(its conf, code and input files)")
+    return path
+
+
 def replay(store: Store, run_id: str, overrides: Sequence[str],
-           fork: dict[str, Any] | None = None, inputs: bool = False) -> int:
-    """Run `run_id`'s stored config as a one-job sweep with `overrides`; the exit status.
-    `inputs`: read the case input files as the run stored them, if they changed since."""
+           fork: dict[str, Any] | None = None, inputs: bool = False,
+           kind: str = "rerun") -> Replayed:
+    """Run `run_id`'s stored config as a one-job sweep with `overrides`. `inputs`: read the
+    case input files as the run stored them, if they changed since; `kind`: the command
+    (rerun, resume, rollback), recorded with the sweep."""
     from omegaconf import OmegaConf
 
     run = store.run(run_id)
-    cwd = run["launch_dir"]
-    if not cwd:
-        raise StoreError(f"run {run_id[:8]} was recorded by a wtb_conf that did not keep the "
-                         "launch directory; run its command again with `python -m wtb_conf`")
-    if not Path(cwd).is_dir():
-        raise StoreError(f"run {run_id[:8]} was launched from {cwd}, which is gone; replays "
-                         "run there (its conf, code and input files)")
+    cwd = _launch_dir(run["launch_dir"], f"run {run_id[:8]}")
     cfg = primary_config(run["config_yaml"], fork)
     if inputs and run["inputs_commit"]:
         stored_inputs(store, run, cfg)
     with tempfile.TemporaryDirectory(prefix="wtb-replay-") as tmp:
-        OmegaConf.save(cfg, Path(tmp, "replay.yaml"))
-        argv = [sys.executable, "-m", "wtb_conf", "-m", "--config-path", tmp,
-                "--config-name", "replay", *overrides]
+        config_dir = Path(tmp, "config")
+        config_dir.mkdir()
+        OmegaConf.save(cfg, config_dir / "replay.yaml")
+        record = {"replay": kind, "run": run_id, "cwd": cwd, "rerun_of": None,
+                  "config_commit": store.commit_dir(config_dir, message="replay config")}
         print(f"wtb: replaying run {run_id[:8]} from its stored config in {cwd}: "
               f"{' '.join(overrides) or '(no overrides)'}", flush=True)
-        return subprocess.run(argv, cwd=cwd).returncode
+        argv = ["-m", "--config-path", str(config_dir), "--config-name", "replay", *overrides]
+        return _launch(store, record, argv, Path(tmp))
+
+
+def _launch(store: Store, record: dict[str, Any], argv: list[str], tmp: Path) -> Replayed:
+    """`python -m wtb_conf ARGV` from record['cwd']; `record` is noted under the sweep it
+    opens as soon as it reports it, so a replay whose `wtb` is killed still has it."""
+    id_file = tmp / "sweep-id"
+    child = subprocess.Popen([sys.executable, "-m", "wtb_conf", *argv], cwd=record["cwd"],
+                             env={**os.environ, SWEEP_ID_FILE: str(id_file)})
+    code: int | None = None
+    sweep_id: str | None = None
+    while code is None:
+        try:
+            try:
+                code = child.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
+            sweep_id = sweep_id or _note(store, id_file, record)
+        except KeyboardInterrupt:
+            # Ctrl-C reached the child too (one process group): wait while it closes its
+            # sweep, which records the interrupted job as failed, for `rerun --failed`.
+            continue
+    return Replayed(code, sweep_id or _note(store, id_file, record))
+
+
+def _note(store: Store, id_file: Path, record: dict[str, Any]) -> str | None:
+    """The sweep id the child reported, once recorded with `record`; None: not yet."""
+    try:
+        sweep_id = id_file.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if len(sweep_id) != 32 or any(c not in "0123456789abcdef" for c in sweep_id):
+        return None  # still being written
+    try:
+        store.sweep(sweep_id)
+    except ObjectNotFound:
+        print(f"wtb: sweep {sweep_id[:8]} went to another store (the run's storage config); "
+              "its replay is not recorded here", file=sys.stderr, flush=True)
+        return sweep_id
+    # An event, as sweep_started is: the sweeps table's columns are the sweep callback's.
+    with store.engine.begin() as conn:
+        conn.execute(text("INSERT INTO events (at, sweep_id, run_id, kind, data) "
+                          "VALUES (:at, :s, NULL, :kind, :data)"),
+                     {"at": now_iso(), "s": sweep_id, "kind": REPLAY_EVENT,
+                      "data": json.dumps(record, sort_keys=True)})
+    return sweep_id
+
+
+def replay_of(store: Store, sweep_id: str) -> dict[str, Any] | None:
+    """What the sweep replays (replay, run, config_commit, cwd, rerun_of), if it is a replay."""
+    with read_conn(store.engine) as conn:
+        row = conn.execute(text("SELECT data FROM events WHERE sweep_id = :s AND kind = :k "
+                                "ORDER BY id LIMIT 1"),
+                           {"s": sweep_id, "k": REPLAY_EVENT}).first()
+    return json.loads(row.data) if row else None
 
 
 # -- the commands ----------------------------------------------------------------------
 
 
-def _report(store: Store, before: set[str], code: int) -> int:
-    new = [r for r in store.runs() if r["run_id"] not in before]
-    for r in new:
+def _report(store: Store, replayed: Replayed) -> int:
+    if replayed.sweep_id is None:
+        print("wtb: the replay stopped before its sweep began (its errors are above)",
+              file=sys.stderr)
+        return replayed.code or 1
+    # a job retried after its worker died has several runs: the newest counts
+    runs = {r["job_num"]: r for r in store.runs(replayed.sweep_id)}.values()
+    if not runs:
+        print(f"wtb: sweep {replayed.sweep_id[:8]} recorded no runs", file=sys.stderr)
+    for r in runs:
         print(f"wtb: run {r['run_id'][:8]} {r['status']}"
               + (f": {r['error']}" if r["error"] else "") + f" — `wtb show {r['run_id'][:8]}`")
-    return code
+    return replayed.code
 
 
-def _replay(store: Store, run_id: str, overrides: list[str],
+def _replay(store: Store, run_id: str, overrides: list[str], kind: str,
             fork: dict[str, Any] | None = None, inputs: bool = False) -> int:
-    before = {r["run_id"] for r in store.runs()}
-    return _report(store, before, replay(store, run_id, overrides, fork, inputs))
+    return _report(store, replay(store, run_id, overrides, fork, inputs, kind))
 
 
 def _with_checkpoints(store: Store, run_id: str) -> str:
@@ -151,7 +241,7 @@ def cmd_resume(store: Store, args: argparse.Namespace) -> int:
     # --set values go in the replayed config, not on Hydra's command line, where a comma
     # would make a sweep of them.
     return _replay(store, run["run_id"], [f"+fork.run={run['run_id']}", *args.overrides],
-                   fork={"set": sets} if sets else {})
+                   "resume", fork={"set": sets} if sets else {})
 
 
 def cmd_rollback(store: Store, args: argparse.Namespace) -> int:
@@ -159,7 +249,7 @@ def cmd_rollback(store: Store, args: argparse.Namespace) -> int:
     run_id = _with_checkpoints(store, store.resolve("runs", args.run))
     cp = store.checkpoint(run_id, args.checkpoint)
     fork = [f"+fork.run={run_id}", f"+fork.checkpoint={cp['checkpoint_id']}", "+fork.pause=true"]
-    return _replay(store, run_id, [*fork, *args.overrides], fork={})
+    return _replay(store, run_id, [*fork, *args.overrides], "rollback", fork={})
 
 
 def cmd_rerun(store: Store, args: argparse.Namespace) -> int:
@@ -170,13 +260,54 @@ def cmd_rerun(store: Store, args: argparse.Namespace) -> int:
                          "(wtb rerun --failed SWEEP)")
     if args.run is not None:
         return _replay(store, store.resolve("runs", args.run), ["rerun=true", *args.overrides],
-                       inputs=True)
+                       "rerun", inputs=True)
     if args.overrides:
         raise StoreError(f"--failed reruns the sweep's own command; extra overrides "
                          f"{' '.join(args.overrides)} would make it another sweep")
     sweep_id = store.resolve("sweeps", args.failed)
-    argv = store.sweep(sweep_id)["argv"]
+    sweep = store.sweep(sweep_id)
+    record = replay_of(store, sweep_id)
+    if record is not None:
+        return _rerun_replay(store, sweep, record)
+    argv = sweep["argv"]
+    if _gone_replay_config(argv):
+        raise StoreError(f"sweep {sweep_id[:8]} is a replay by an older wtb_conf, which kept its "
+                         f"config only in {argv[argv.index('--config-path') + 1]} (gone): "
+                         "replay its run again (wtb rerun / resume / rollback RUN)")
     failed = [r for r in store.runs(sweep_id) if r["status"] == "failed"]
     print(f"rerunning sweep {sweep_id[:8]} ({len(failed)} failed or interrupted runs): "
           f"python -m wtb_conf {' '.join(argv)}", flush=True)
     return subprocess.run([sys.executable, "-m", "wtb_conf", *argv]).returncode
+
+
+def _gone_replay_config(argv: list[str]) -> bool:
+    try:
+        path = argv[argv.index("--config-path") + 1]
+        return argv[argv.index("--config-name") + 1] == "replay" and not Path(path).is_dir()
+    except (ValueError, IndexError):
+        return False
+
+
+def _rerun_replay(store: Store, sweep: dict[str, Any], record: dict[str, Any]) -> int:
+    """A replay sweep's recorded command again, from where it ran, with its primary config
+    restored from the store; only when some of its jobs failed or never ended."""
+    sweep_id = sweep["sweep_id"]
+    what = f"sweep {sweep_id[:8]} ({record['replay']} of run {record['run'][:8]})"
+    runs = list({r["job_num"]: r for r in store.runs(sweep_id)}.values())
+    failed = [r for r in runs if r["status"] == "failed"]
+    if runs and not failed:
+        print(f"wtb: {what} has no failed or interrupted jobs: nothing to rerun")
+        return 0
+    argv = list(sweep["argv"])
+    if len(failed) < len(runs) and "rerun=true" in argv:
+        # `wtb rerun RUN a=1,2`: without rerun=true its completed jobs are cache hits
+        # (rerun is not part of a job's identity) and only the others run again
+        argv[argv.index("rerun=true")] = "rerun=false"
+    cwd = _launch_dir(record["cwd"], what)
+    with tempfile.TemporaryDirectory(prefix="wtb-replay-") as tmp:
+        config_dir = Path(tmp, "config")
+        store.restore(record["config_commit"], config_dir)
+        argv[argv.index("--config-path") + 1] = str(config_dir)
+        print(f"rerunning {what}, {len(failed)} failed or interrupted runs, in {cwd} with its "
+              f"stored config: python -m wtb_conf {' '.join(argv)}", flush=True)
+        return _report(store, _launch(store, {**record, "rerun_of": sweep_id}, argv, Path(tmp)))
