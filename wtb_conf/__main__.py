@@ -28,6 +28,6 @@ def main(cfg: DictConfig) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    finally:
-        sweep.close_open_sweep()  # when Hydra stopped before its on_multirun_end
+    finally:  # when Hydra stopped before its on_multirun_end: record why
+        sweep.close_open_sweep(sys.exc_info()[1])
     sys.exit(sweep.exit_status)  # non-zero when any job of the sweep failed

@@ -6,18 +6,21 @@ whatever launcher runs the jobs, and learns how the jobs went from the store.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict, read_write
 
 from wtb_conf import compare
 from wtb_conf.intake import SWEEP_ENV, open_store_for
 from wtb_conf.replay import SWEEP_ID_FILE
 from wtb_conf.store.lifecycle import DONE
+
+log = logging.getLogger(__name__)
 
 # Hydra turns exceptions raised by callbacks into warnings, so the callback leaves the exit
 # status here and `python -m wtb_conf` exits with it once Hydra returns.
@@ -27,19 +30,62 @@ exit_status = 0
 _open: tuple[SweepCallback, DictConfig] | None = None
 
 
-def close_open_sweep() -> None:
+def close_open_sweep(error: BaseException | None = None) -> None:
+    """`error`: what ended the sweep early (Hydra reports a job's or the launcher's exception
+    and exits 1: the exception is the context of that SystemExit)."""
     if _open is not None:
         callback, config = _open
-        callback._end(config)
+        callback._end(config, _cause(error))
+
+
+def _cause(error: BaseException | None) -> str | None:
+    if isinstance(error, SystemExit):
+        if error.code in (0, None):
+            return None
+        error = error.__context__ or error
+    if error is None:
+        return None
+    return f"{type(error).__name__}: {error}".rstrip(": ")
+
+
+def claim_sweep_dir(config: DictConfig) -> Path:
+    """`hydra.sweep.dir`, made this sweep's own: Hydra names it by the second, so two sweeps
+    started in the same second would write into the same job dirs. The directory is created
+    here (mkdir is atomic); if it exists, the sweep takes `<dir>-1`, `<dir>-2`, ... instead,
+    set as a Hydra override so that every job's config, composed later, says the same."""
+    base = Path(str(config.hydra.sweep.dir)).absolute()
+    base.parent.mkdir(parents=True, exist_ok=True)
+    path, n = base, 0
+    while True:
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+    if path != base:
+        log.info("%s is another sweep's; this sweep writes to %s", base, path)
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.sweep.dir = str(path)
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{path}'")
+    return path
 
 
 class SweepCallback(Callback):
     def __init__(self) -> None:
         self.sweep_id: str | None = None
 
-    def _start(self, config: DictConfig, sweep_dir: str | None) -> None:
+    def _start(self, config: DictConfig, multirun: bool) -> None:
+        if "workflow" not in config:  # Hydra stops it with "You must specify 'workflow'"
+            return
+        sweep_dir = str(claim_sweep_dir(config)) if multirun else None
         store, _ = open_store_for(config, Path.cwd())
         with store:
+            reaped = store.reap()  # what earlier sweeps left running when they died
+            if reaped["runs"] or reaped["sweeps"]:
+                log.warning("recorded as failed: %d runs and %d sweeps whose processes had "
+                            "died (`wtb runs` lists them)", len(reaped["runs"]),
+                            len(reaped["sweeps"]))
             self.sweep_id = store.create_sweep(sys.argv[1:], sweep_dir)
         if id_file := os.environ.pop(SWEEP_ID_FILE, None):  # a replay's `wtb` waits for it
             Path(id_file).write_text(self.sweep_id)
@@ -47,14 +93,14 @@ class SweepCallback(Callback):
         global _open
         _open = (self, config)
 
-    def _end(self, config: DictConfig) -> None:
+    def _end(self, config: DictConfig, error: str | None = None) -> None:
         global exit_status, _open
         _open = None
         os.environ.pop(SWEEP_ENV, None)
         if self.sweep_id is None:
             return
         with open_store_for(config, Path.cwd())[0] as store:
-            store.finish_sweep(self.sweep_id)
+            status = store.finish_sweep(self.sweep_id, error)
             # a job retried after its actor died has several runs: the last one counts
             runs = list({r["job_num"]: r for r in store.runs(self.sweep_id)}.values())
             rows, note = compare.rows(store, [self.sweep_id])
@@ -77,15 +123,19 @@ class SweepCallback(Callback):
             ]
             print(f"{len(failed)} of {len(runs)} jobs failed:", *lines, sep="\n", file=sys.stderr)
             exit_status = 1
+        if error:
+            print(f"sweep {short} ended early: {error}", file=sys.stderr)
+        if status == "failed":
+            exit_status = 1
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._start(config, str(Path(config.hydra.sweep.dir).absolute()))
+        self._start(config, multirun=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._end(config)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._start(config, None)
+        self._start(config, multirun=False)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._end(config)
