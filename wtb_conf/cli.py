@@ -266,6 +266,60 @@ def cmd_report(store: Store, args: argparse.Namespace) -> None:
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB): open it in a browser")
 
 
+def cmd_fsck(store: Store, args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from wtb_conf.store import fsck
+
+    report = fsck.check(store, args.checkpoints)
+    done = None
+    if args.repair:
+        done = fsck.repair(store, report)
+        found, report = report, fsck.check(store, args.checkpoints)  # what is left
+    if args.json:
+        _print_json(report.as_dict() | {"repaired": asdict(done) if done else None})
+    elif done is None:
+        _print_fsck(report)
+    else:
+        _print_fsck(found)
+        for table, ids in done.reaped.items():
+            for obj in ids:
+                print(f"repaired: {table[:-1]} {obj} marked failed (lost)")
+        for what, items in done.removed.items():
+            if items:
+                print(f"repaired: removed {len(items)} orphan {what.replace('_', ' ')}")
+        for note in done.skipped:
+            print(f"repair skipped: {note}")
+        print("after repair: " + ("clean" if report.clean else
+                                  f"{len(report.problems)} problems left"))
+        if not report.clean:
+            _print_fsck(report, fixes=False)
+    return 0 if report.clean else 1
+
+
+def _print_fsck(report: Any, fixes: bool = True, per_kind: int = 20) -> None:
+    """Counts per kind, then each problem (the first `per_kind` of a kind) and, with `fixes`,
+    what --repair does about it."""
+    c = report.checked
+    print(f"wtb fsck: {c.get('commits', 0)} commits, {c.get('trees', 0)} trees, "
+          f"{c.get('blobs', 0)} blobs ({c.get('blob_files', 0)} in files), "
+          f"{c.get('links', 0)} checkpoint links, {c.get('runs', 0)} runs, "
+          f"{c.get('sweeps', 0)} sweeps checked")
+    by_kind = report.by_kind()
+    for kind, problems in by_kind.items():
+        print(f"{kind}: {len(problems)}")
+    for kind, problems in by_kind.items():
+        for p in problems[:per_kind]:
+            print(f"  {kind}: {p.message}")
+            if fixes:
+                print(f"      --repair: {p.repair or 'nothing'}")
+        if len(problems) > per_kind:
+            print(f"  … and {len(problems) - per_kind} more {kind} (--json lists them all)")
+    for note in report.notes:
+        print(f"note: {note}")
+    print("clean" if report.clean else f"{len(report.problems)} problems")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="wtb", description="Inspect the runs wtb_conf recorded.")
     ap.add_argument("--db", default="data/wtb.db",
@@ -356,7 +410,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run id, unique prefix, or 'last'")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_log)
+
+    p = sub.add_parser("fsck", help="check the store is whole: objects, links, statuses, "
+                                    "orphans (read-only unless --repair)")
+    p.add_argument("--checkpoints", default="data/checkpoints.db",
+                   help="LangGraph's checkpoints file the links point into "
+                        "(default: data/checkpoints.db)")
+    p.add_argument("--repair", action=_Repair, nargs=0,
+                   help="remove orphans and mark runs a dead process left running failed")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_fsck, readonly=True, repair=False)
     return ap
+
+
+class _Repair(argparse.Action):
+    """`fsck --repair` writes: only then is the store opened for writing."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        namespace.repair, namespace.readonly = True, False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

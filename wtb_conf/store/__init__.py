@@ -45,6 +45,13 @@ class Store(ObjectStore, RunRecords, Lifecycle, EvaluationRecords):
     """Objects, run records and evaluations over one database; close() or use as a context
     manager."""
 
+    def fsck(self) -> list[str]:
+        """The problems `wtb fsck` finds, as messages, without LangGraph's checkpoints file
+        (wtb_conf.store.fsck: the full report, and the repair)."""
+        from wtb_conf.store import fsck
+
+        return [p.message for p in fsck.check(self, None).problems]
+
     def close(self) -> None:
         if self.engine.dialect.name == "sqlite" and not self.readonly:
             with read_conn(self.engine) as conn:

@@ -1,0 +1,439 @@
+"""`wtb fsck`: is the store whole? And the repairs that are safe to make (docs/cli.md).
+
+`check()` reads everything once, in one database snapshot: every commit's tree and every blob
+a commit reaches (inline rows and files) must exist and re-hash to its id; every commit a
+commit, run, case thread or checkpoint link names must exist, and every link's LangGraph
+checkpoint too; every run's and sweep's status must agree with its events; and it lists what
+nothing needs (orphans) and what a dead process left running.
+
+Commits are never orphans: a user may commit directly, and a commit is a record. An orphan is
+a blob no commit reaches: a `blobs` row that is neither a commit's tree nor an entry of one
+(and the `stat_cache` rows, a cache, that point at it), a blob file no row names, or a `.tmp-*`
+file a writer left behind. A file younger than `grace` may be a commit in flight (its file is
+written before its row): it is a note, not a problem, and `repair()` leaves it alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from sqlalchemy import Connection, bindparam, text
+
+from wtb_conf.store.errors import StoreError
+from wtb_conf.store.liveness import Owner, alive
+from wtb_conf.store.schema import read_conn
+
+if TYPE_CHECKING:
+    from wtb_conf.store import Store
+
+GRACE_S = 3600.0  # an orphan file younger than this may belong to a commit in flight
+_IN = 500  # ids per IN (...): well below SQLite's bound-parameter limit
+_BLOB_NAME = re.compile(r"[0-9a-f]{64}")
+
+# What `repair()` does about each kind of problem; the kinds not here it leaves alone.
+REPAIRS = {
+    "lost_run": "mark it failed, with a run_lost event",
+    "lost_sweep": "mark it failed, with a sweep_lost event",
+    "orphan_blob": "delete the row (and its file)",
+    "orphan_stat_cache": "delete the cache row",
+    "orphan_file": "delete the file",
+    "orphan_tmp": "delete the file",
+}
+RUN_ENDS = {"completed": ("run_completed",), "failed": ("run_failed", "run_lost"),
+            "cached": ("run_cached",), "paused": ("run_paused",)}
+SWEEP_ENDS = {"completed": ("sweep_finished",), "failed": ("sweep_finished", "sweep_lost")}
+
+
+@dataclass
+class Problem:
+    kind: str
+    object: str  # the id (or path) of what is wrong
+    message: str
+
+    @property
+    def repair(self) -> str | None:
+        return REPAIRS.get(self.kind)
+
+
+@dataclass
+class Report:
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+    # what repair() removes: blob file paths, blob ids, [root, path] of stat_cache rows
+    orphans: dict[str, list] = field(
+        default_factory=lambda: {"files": [], "blobs": [], "stat_cache": []})
+    lost: dict[str, list[str]] = field(default_factory=lambda: {"runs": [], "sweeps": []})
+    commits: set[str] = field(default_factory=set, repr=False)  # those checked
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    def add(self, kind: str, obj: str, message: str) -> None:
+        self.problems.append(Problem(kind, obj, message))
+
+    def by_kind(self) -> dict[str, list[Problem]]:
+        out: dict[str, list[Problem]] = defaultdict(list)
+        for p in self.problems:
+            out[p.kind].append(p)
+        return dict(out)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON of `wtb fsck --json` (keys documented in docs/cli.md)."""
+        return {"clean": self.clean, "checked": self.checked,
+                "counts": {k: len(v) for k, v in self.by_kind().items()},
+                "problems": [asdict(p) | {"repair": p.repair} for p in self.problems],
+                "notes": self.notes, "orphans": self.orphans, "lost": self.lost}
+
+
+def _in(conn: Connection, sql: str, ids: list[str]) -> list:
+    """`sql` (with `IN :ids`) for every chunk of ids; the rows, for a query."""
+    query = text(sql).bindparams(bindparam("ids", expanding=True))
+    out: list = []
+    for i in range(0, len(ids), _IN):
+        result = conn.execute(query, {"ids": ids[i:i + _IN]})
+        out += result.all() if result.returns_rows else []
+    return out
+
+
+def _file_hash(path: Path) -> tuple[str, int]:
+    """The file's SHA-256 and size, streamed in chunks: a blob file may not fit in memory."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest(), os.fstat(f.fileno()).st_size
+
+
+def _entries(data: bytes) -> list[list]:
+    """A tree's [path, blob, size, mode] entries. A tree that re-hashes to its id is what a
+    commit wrote: its entries are not checked one by one (a million take seconds)."""
+    return list(json.loads(data)["entries"])
+
+
+def _scan_files(objects: Path) -> tuple[dict[str, Path], list[Path], list[Path]]:
+    """Blob files (`objects/ab/cdef...`) by id, `.tmp-*` leftovers, and other files."""
+    blobs: dict[str, Path] = {}
+    tmps, odd = [], []
+    for dirpath, _, names in os.walk(objects):
+        for name in names:
+            path = Path(dirpath, name)
+            if name.startswith(".tmp-"):
+                tmps.append(path)
+            elif path.parent.parent == objects and _BLOB_NAME.fullmatch(path.parent.name + name):
+                blobs[path.parent.name + name] = path
+            else:
+                odd.append(path)
+    return blobs, tmps, odd
+
+
+def check(store: Store, checkpoints_path: str | os.PathLike | None,
+          grace: float = GRACE_S) -> Report:
+    """Check the whole store; `checkpoints_path`: the LangGraph SqliteSaver file its links
+    point into (None: links are checked against commits only)."""
+    report = Report()
+    # Files are listed before the snapshot: a commit writes its blob files before its rows,
+    # so every row the snapshot holds has its file on disk by then.
+    files, tmps, odd = _scan_files(store.blob_root / "objects")
+    with read_conn(store.engine) as conn:
+        conn.exec_driver_sql("BEGIN")  # one snapshot for every query: a sweep may be writing
+        try:
+            known = _check_objects(store, conn, report)
+            links = _check_refs(conn, report)
+            _check_statuses(conn, report)
+            cache = conn.execute(text("SELECT root, path, blob FROM stat_cache")).all()
+        finally:
+            conn.exec_driver_sql("ROLLBACK")
+    # A link is written after its checkpoint: read LangGraph's file after the snapshot.
+    _check_links(links, checkpoints_path, report)
+    _check_owners(store, report)
+    orphan_rows = set(report.orphans["blobs"])
+    for root, path, blob in cache:
+        if blob in orphan_rows or blob not in known:
+            report.orphans["stat_cache"].append([root, path])
+            report.add("orphan_stat_cache", f"{root}/{path}", f"stat cache row {root} : {path} "
+                       f"points at blob {blob}, which no commit reaches")
+    # A file whose row is missing but that a commit reaches is that commit's: not an orphan.
+    candidates = [(p, f"{p} (blob {b}) is a blob file no blob row names", "orphan_file")
+                  for b, p in files.items() if b not in known]
+    candidates += [(p, f"{p} is a temp file a writer left", "orphan_tmp") for p in tmps]
+    for path, message, kind in candidates:
+        try:
+            young = path.stat().st_mtime > time.time() - grace
+        except FileNotFoundError:
+            continue  # renamed into place or removed since the listing
+        if young:
+            report.notes.append(f"{message}, but younger than {grace:g} s: it may be a commit "
+                                "in flight; left alone")
+        else:
+            report.orphans["files"].append(str(path))
+            report.add(kind, str(path), message)
+    report.notes += [f"{p} is not a blob file; left alone" for p in odd]
+    report.checked["files"] = len(files)
+    return report
+
+
+def _check_objects(store: Store, conn: Connection, report: Report) -> set[str]:
+    """Commits, trees and blobs; records the blobs no commit reaches. Returns the ids a blob
+    file may have without being an orphan: every blob row, and every blob a commit reaches."""
+    commits = conn.execute(text("SELECT id, tree, parent FROM commits")).all()
+    report.commits = {c.id for c in commits}
+    tree_of: dict[str, str] = {}  # tree -> the first commit that has it, to name it
+    for c in commits:
+        tree_of.setdefault(c.tree, c.id)
+        if c.parent is not None and c.parent not in report.commits:
+            report.add("missing_commit", c.id, f"commit {c.id} names parent {c.parent}, "
+                       "which is not in the store")
+    reached: dict[str, tuple[str, str]] = {}  # blob -> (commit, path) of the first to reach it
+    bad: dict[str, str] = {}  # blob (or tree) -> why it is corrupted
+    gone: dict[str, str] = {}  # blob (or tree) -> why it is missing
+
+    def walk_tree(tree: str, data: bytes) -> None:
+        if (digest := hashlib.sha256(data).hexdigest()) != tree:
+            bad[tree] = f"its bytes hash to {digest}"
+            return
+        try:
+            entries = _entries(data)
+            # Successive checkpoints share most blobs: only the new ones need a name.
+            new = {e[1] for e in entries}.difference(reached)
+            for path, blob, _, _ in entries if new else ():
+                if blob in new:
+                    reached.setdefault(blob, (tree_of[tree], path))
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            bad[tree] = f"it is not a tree ({e.__class__.__name__}: {e})"
+
+    # One pass over the blobs table: inline blobs re-hashed, inline trees read as they come.
+    blob_ids: set[str] = set()
+    file_rows: dict[str, int] = {}  # blob -> size, of the blobs stored as files
+    for bid, size, data in conn.execute(text("SELECT id, size, data FROM blobs")):
+        blob_ids.add(bid)
+        if data is None:
+            file_rows[bid] = size
+        elif bid in tree_of:
+            walk_tree(bid, data)
+        elif (digest := hashlib.sha256(data).hexdigest()) != bid:
+            bad[bid] = f"its bytes hash to {digest}"
+        elif len(data) != size:
+            bad[bid] = f"it holds {len(data)} bytes, its row says {size}"
+    for tree in tree_of.keys() & file_rows.keys():  # trees too big to be inline
+        try:
+            walk_tree(tree, store._blob_path(tree).read_bytes())
+        except FileNotFoundError:
+            gone[tree] = f"its file {store._blob_path(tree)} is missing"
+    gone.update((t, "it is not in the store") for t in tree_of.keys() - blob_ids)
+    for c in commits:
+        if why := gone.get(c.tree) or bad.get(c.tree):
+            what = "missing" if c.tree in gone else "corrupt"
+            report.add(f"{what}_tree", c.id, f"commit {c.id}: its tree {c.tree} is {what}: {why}")
+
+    for bid in reached.keys() & file_rows.keys():  # each file once, streamed
+        try:
+            digest, size = _file_hash(store._blob_path(bid))
+        except FileNotFoundError:
+            gone[bid] = f"its file {store._blob_path(bid)} is missing"
+            continue
+        if digest != bid:
+            bad[bid] = f"its bytes hash to {digest}"
+        elif size != file_rows[bid]:
+            bad[bid] = f"its file holds {size} bytes, its row says {file_rows[bid]}"
+    gone.update((b, "it is not in the store") for b in reached.keys() - blob_ids)
+    for bid in sorted(reached.keys() & (gone.keys() | bad.keys()), key=reached.__getitem__):
+        what = "missing" if bid in gone else "corrupted"
+        report.add(f"{what[:7]}_blob", bid, f"blob {bid} (file {reached[bid][1]} of commit "
+                   f"{reached[bid][0]}) is {what}: {gone.get(bid) or bad[bid]}")
+    orphans = sorted(blob_ids - reached.keys() - tree_of.keys())
+    report.orphans["blobs"] = orphans
+    for bid in orphans:
+        where = "its file" if bid in file_rows else "inline"
+        report.add("orphan_blob", bid, f"blob {bid} ({where}) is reached by no commit")
+    report.checked.update(commits=len(commits), trees=len(tree_of), blobs=len(blob_ids),
+                          blob_files=len(file_rows))
+    return blob_ids | reached.keys() | tree_of.keys()
+
+
+def _check_refs(conn: Connection, report: Report) -> list:
+    """Commits that runs, threads and links name must exist. Returns the links."""
+    commits = report.commits
+    for sql, what in (("SELECT id, commit_id FROM runs", "run {} ends at commit {}"),
+                      ("SELECT id, inputs_commit FROM runs", "run {} has inputs commit {}"),
+                      ("SELECT thread_id, commit_id FROM threads", "case thread {} ends at "
+                                                                    "commit {}")):
+        for obj, commit in conn.execute(text(sql)):
+            if commit is not None and commit not in commits:
+                report.add("missing_commit", obj,
+                           f"{what.format(obj, commit)}, which is not in the store")
+    links = conn.execute(text("SELECT thread_id, checkpoint_ns, checkpoint_id, run_id, "
+                              "commit_id FROM checkpoint_links")).all()
+    for link in links:
+        if link.commit_id not in commits:
+            report.add("link_missing_commit", link.checkpoint_id,
+                       f"checkpoint {link.checkpoint_id} of thread {link.thread_id} (run "
+                       f"{link.run_id}) links to commit {link.commit_id}, which is not in "
+                       "the store")
+    report.checked["links"] = len(links)
+    return links
+
+
+def _check_links(links: list, checkpoints_path: str | os.PathLike | None,
+                 report: Report) -> None:
+    """Every link's (thread, namespace, checkpoint) must be in LangGraph's SqliteSaver file."""
+    if not links:
+        return
+    if checkpoints_path is None:
+        report.notes.append(f"no LangGraph checkpoints file given: the {len(links)} links "
+                            "were checked against commits only")
+        return
+    path = Path(checkpoints_path).absolute()
+    if not path.is_file():
+        report.add("checkpoints_file", str(path), f"{path} does not exist: the {len(links)} "
+                   "checkpoint links cannot be checked (--checkpoints names the file)")
+        return
+    try:  # read-only: fsck never creates or changes LangGraph's file
+        con = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=60)
+        with contextlib.closing(con):
+            saved = set(con.execute("SELECT thread_id, checkpoint_ns, checkpoint_id FROM "
+                                    "checkpoints"))
+    except sqlite3.Error as e:
+        report.add("checkpoints_file", str(path), f"{path} is not a LangGraph checkpoints "
+                   f"file ({e}): the {len(links)} checkpoint links cannot be checked")
+        return
+    for link in links:
+        if (link.thread_id, link.checkpoint_ns, link.checkpoint_id) not in saved:
+            report.add("link_missing_checkpoint", link.checkpoint_id,
+                       f"checkpoint {link.checkpoint_id} of thread {link.thread_id} (run "
+                       f"{link.run_id}) is linked to commit {link.commit_id} but is not in "
+                       f"{path}")
+
+
+def _check_statuses(conn: Connection, report: Report) -> None:
+    """A run's (sweep's) newest status event must be the one its status says."""
+    for table, prefix, ends in (("runs", "run", RUN_ENDS), ("sweeps", "sweep", SWEEP_ENDS)):
+        kinds = [f"{prefix}_started", *{k for v in ends.values() for k in v}]
+        # sweep events have no run_id (index events_run covers both filters)
+        owner = "run_id" if table == "runs" else "sweep_id"
+        where = "run_id IS NOT NULL" if table == "runs" else "run_id IS NULL"
+        newest: dict[str, dict[str, int]] = defaultdict(dict)
+        for obj, kind, last in _in(conn, f"SELECT {owner}, kind, max(id) FROM events WHERE "
+                                   f"{where} AND kind IN :ids GROUP BY {owner}, kind", kinds):
+            newest[obj][kind] = last
+        rows = conn.execute(text(f"SELECT id, status FROM {table}")).all()
+        for obj, status in rows:
+            seen = newest.get(obj, {})
+            last = max(seen, key=seen.__getitem__) if seen else None
+            if f"{prefix}_started" not in seen:
+                why = f"has no {prefix}_started event"
+            elif status == "running":
+                why = None if last == f"{prefix}_started" else f"has a {last} event"
+            elif status not in ends:
+                why = "is not a known status"
+            else:
+                why = None if last in ends[status] else \
+                    f"has no {' or '.join(ends[status])} event after {last}"
+            if why:
+                report.add(f"{prefix}_events", obj, f"{prefix} {obj} is {status} but {why}")
+        report.checked[table] = len(rows)
+
+
+def _running(conn: Connection) -> list[tuple[str, str, Owner]]:
+    """("run" or "sweep", id, owner) of every running run and sweep."""
+    return [(table[:-1], obj, Owner(host or "", pid or 0, started or 0))
+            for table in ("runs", "sweeps")
+            for obj, host, pid, started in conn.execute(text(
+                f"SELECT id, owner_host, owner_pid, owner_started FROM {table} "
+                "WHERE status = 'running'"))]
+
+
+def _check_owners(store: Store, report: Report) -> None:
+    """Running runs and sweeps whose process died (problems), or cannot be checked (notes)."""
+    for table, items in store.lost().items():
+        for obj, error in items:
+            report.lost[table].append(obj)
+            report.add(f"lost_{table[:-1]}", obj, f"{table[:-1]} {obj} is running but {error}")
+    with read_conn(store.engine) as conn:
+        for what, obj, owner in _running(conn):
+            if alive(owner) is None:
+                where = f"on {owner.host.split('/')[0]}" if owner.host else "not recorded"
+                report.notes.append(f"{what} {obj} is running; its process ({where}) cannot be "
+                                    "checked from here")
+
+
+@dataclass
+class Repaired:
+    """What repair() did: the runs and sweeps it failed, what it removed, and what it left
+    alone and why."""
+
+    reaped: dict[str, list[str]] = field(default_factory=lambda: {"runs": [], "sweeps": []})
+    removed: dict[str, list] = field(
+        default_factory=lambda: {"files": [], "blobs": [], "stat_cache": []})
+    skipped: list[str] = field(default_factory=list)
+
+
+def repair(store: Store, report: Report) -> Repaired:
+    """Fail what dead processes left running (`store.reap()`), then remove the orphans
+    `report` found, in one write transaction that re-checks each of them under the store's
+    write lock. Never deletes anything a commit reaches; deletes no orphan at all while a run
+    or sweep is running (theirs may be about to be reused by a commit in flight)."""
+    if store.readonly:
+        raise StoreError("repair needs a store opened for writing")
+    done = Repaired()
+    if report.lost["runs"] or report.lost["sweeps"]:
+        done.reaped = store.reap()
+    orphans = report.orphans
+    if not any(orphans.values()):
+        return done
+    blobs = set(orphans["blobs"])
+    if any(p.kind in ("missing_tree", "corrupt_tree") for p in report.problems):
+        # the blobs such a tree reached cannot be told from orphans: delete no blob row
+        done.skipped.append("orphan blobs left alone: a commit's tree is missing or corrupted")
+        blobs = set()
+    unlink_after: list[Path] = []
+    with store.engine.begin() as conn:  # BEGIN IMMEDIATE: no commit lands while we decide
+        # A run or sweep still running (a live process, or one on another host; not one an
+        # older wtb_conf left with no owner) may be about to reuse an orphan in a commit.
+        busy = [f"{what} {obj}" for what, obj, owner in _running(conn)
+                if owner.host and alive(owner) is not False]
+        if busy:
+            done.skipped.append(f"orphans left alone: {', '.join(busy)} is still running")
+            return done
+        newer = [r for r in conn.execute(text("SELECT id, tree FROM commits"))
+                 if r.id not in report.commits]
+        for commit, tree in newer:  # committed since the check: what they reach stays
+            blobs.discard(tree)
+            try:
+                blobs.difference_update(e[1] for e in _entries(store.read_blob(tree)))
+            except (StoreError, ValueError, KeyError, TypeError, IndexError):
+                done.skipped.append(f"orphan blobs left alone: commit {commit}, made since "
+                                    "the check, has an unreadable tree")
+                blobs = set()
+        ids = sorted(blobs)
+        # the cache first: its rows name blobs (a foreign key), and a cached blob is reused
+        if orphans["stat_cache"]:
+            conn.execute(text("DELETE FROM stat_cache WHERE root = :r AND path = :p"),
+                         [{"r": r, "p": p} for r, p in orphans["stat_cache"]])
+        done.removed["stat_cache"] = orphans["stat_cache"]
+        _in(conn, "DELETE FROM stat_cache WHERE blob IN :ids", ids)
+        unlink_after += [store._blob_path(r[0]) for r in _in(
+            conn, "SELECT id FROM blobs WHERE data IS NULL AND id IN :ids", ids)]
+        _in(conn, "DELETE FROM blobs WHERE id IN :ids", ids)
+        done.removed["blobs"] = ids
+        # A blob file that a row names now was adopted by a commit since the check: it stays.
+        paths = [Path(p) for p in orphans["files"]]  # each older than the grace period
+        named = {r[0] for r in _in(conn, "SELECT id FROM blobs WHERE id IN :ids",
+                                   [p.parent.name + p.name for p in paths])}
+        for path in paths:
+            if path.parent.name + path.name not in named and path.exists():
+                path.unlink()
+                done.removed["files"].append(str(path))
+    for path in unlink_after:  # the rows are gone for good: their files go too
+        path.unlink(missing_ok=True)
+        done.removed["files"].append(str(path))
+    return done
