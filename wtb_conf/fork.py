@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import OmegaConf
+from sqlalchemy import text
 
 from wtb_conf.identity import json_digest
-from wtb_conf.store import Store, StoreError
+from wtb_conf.store import Store, StoreError, read_conn
 
 FORK_KEYS = ("run", "checkpoint", "after", "set", "pause")
 
@@ -95,14 +96,7 @@ def plan(store: Store, spec: Mapping[str, Any], state_fields: list[str] | None) 
             )
         chosen = dict(matches)
     elif after is not None:
-        for case, point in points:  # the first checkpoint whose last step ran `after`
-            if case not in chosen and after in point.path:
-                chosen[case] = point
-        missing = sorted({c for c, _ in points} - set(chosen))
-        if missing:
-            ran = next(p.path for c, p in reversed(points) if c == missing[0])
-            raise ForkError(f"fork.after: case {missing[0]!r} of run {run['run_id'][:8]} never "
-                            f"ran node {after!r}; it ran {ran}")
+        chosen = _after(store, run["run_id"], str(after))
     else:  # resume: each case from its newest checkpoint
         chosen = dict(points)
     updates = spec.get("set") or {}
@@ -123,6 +117,87 @@ def plan(store: Store, spec: Mapping[str, Any], state_fields: list[str] | None) 
     resume = cp is None and after is None
     every_case = OmegaConf.select(OmegaConf.create(run["config_yaml"]), "fork.checkpoint") is None
     return Fork(run["run_id"], chosen, dict(updates), pause, resume and every_case)
+
+
+def _first_run(thread: dict[str, Any], links: list[dict[str, Any]], node: str,
+               upto: str | None) -> ForkPoint | None:
+    """The thread's checkpoint of the step that ran `node` itself, the first time, among its
+    links up to checkpoint `upto` (None: all of them)."""
+    path = list(thread["inherited"])
+    for link in links:
+        path = path + link["nodes"]
+        if node in link["nodes"]:
+            return ForkPoint(link["run_id"], thread["thread_id"], link["checkpoint_id"],
+                             link["step"], link["commit"], path)
+        if link["checkpoint_id"] == upto:
+            break
+    return None
+
+
+def _after(store: Store, run_id: str, node: str) -> dict[str, ForkPoint]:
+    """`fork.after`: each case's checkpoint right after `node` first ran.
+
+    A case that inherited `node` (a resume, a replay of one, a shared prefix, a fork: its
+    thread was copied from a checkpoint past `node`) has no such checkpoint of its own: its
+    first link is the copied one, after every inherited node. The checkpoint is in the thread
+    it was copied from (`parent_thread`, at or before `parent_checkpoint`), or further up if
+    that thread inherited `node` too. It is the exact state `node` left, so the fork starts
+    there; only when the store does not hold it is this an error, naming the run to look at."""
+    # thread id -> (its run, the thread, its links in step order)
+    records: dict[str, tuple[str, dict[str, Any], list[dict[str, Any]]]] = {}
+
+    def read(run: str) -> None:  # a run's threads and links at once: cases share ancestors
+        links = store.checkpoints(run)
+        for t in store.threads(run):
+            records[t["thread_id"]] = (run, t, [x for x in links
+                                                if x["thread_id"] == t["thread_id"]])
+
+    def read_thread(thread_id: str) -> None:
+        if thread_id in records:
+            return
+        with read_conn(store.engine) as conn:
+            run = conn.execute(text("SELECT run_id FROM threads WHERE thread_id = :t"),
+                               {"t": thread_id}).scalar()
+        if run is not None:
+            read(run)
+
+    read(run_id)
+    # the cases as _points sees them: threads with checkpoints
+    named = sorted((t["case"], t["thread_id"]) for r, t, links in records.values()
+                   if r == run_id and links)
+    chosen: dict[str, ForkPoint] = {}
+    for case, thread_id in named:
+        source, thread, links = records[thread_id]
+        upto, seen = None, {thread_id}
+        while node in thread["inherited"]:  # it did not run here: up to where it ran
+            parent = thread["parent_thread"]
+            if parent:
+                read_thread(parent)
+            if not parent or parent not in records or parent in seen:
+                where = ("a checkpoint the store does not name" if not parent
+                         else f"thread {parent}, which this store does not hold"
+                         if parent not in records else f"thread {parent}, in a loop of threads")
+                raise ForkError(
+                    f"fork.after: case {case!r} of run {run_id[:8]} inherited node {node!r} "
+                    f"from {where}; fork one of the run's own checkpoints instead: "
+                    f"+fork.run={run_id[:8]} +fork.checkpoint=CP (`wtb show {run_id[:8]}`)")
+            seen.add(parent)
+            upto = thread["parent_checkpoint"]
+            source, thread, links = records[parent]
+        point = _first_run(thread, links, node, upto)
+        if point is not None:
+            chosen[case] = point
+        elif upto is None:
+            ran = list(thread["inherited"]) + [n for x in links for n in x["nodes"]]
+            raise ForkError(f"fork.after: case {case!r} of run {run_id[:8]} never ran node "
+                            f"{node!r}; it ran {ran}")
+        else:
+            raise ForkError(
+                f"fork.after: case {case!r} of run {run_id[:8]} inherited node {node!r} from "
+                f"run {source[:8]}, and the store holds no checkpoint of that run's case right "
+                f"after {node!r}; `wtb show {source[:8]}` lists the ones it holds, "
+                f"+fork.run={source[:8]} +fork.checkpoint=CP forks from one")
+    return chosen
 
 
 def copy_checkpoint(saver: Any, point: ForkPoint, thread_id: str) -> None:
