@@ -412,21 +412,3 @@ class ObjectStore:
             changed=sorted(p for p in set(ta) & set(tb) if ta[p] != tb[p]),
         )
 
-    def fsck(self) -> list[str]:
-        """Problems found: commits whose tree or files point at missing or corrupted blobs.
-        Each blob is re-hashed once, streamed."""
-        problems = []
-        verified: set[str] = set()
-        with read_conn(self.engine) as conn:
-            commit_ids = [r[0] for r in conn.execute(text("SELECT id FROM commits"))]
-        for commit_id in commit_ids:
-            try:
-                for rel, entry in self.tree(commit_id).items():
-                    if entry.blob not in verified:
-                        for _ in self.iter_blob(entry.blob, rel):
-                            pass
-                        verified.add(entry.blob)
-            except (ObjectNotFound, ObjectCorrupted) as e:
-                problems.append(f"commit {commit_id}: {e}")
-        return problems
-
