@@ -176,13 +176,17 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # the "begin" hook below decides how a transaction starts.
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
+    # First: several job processes share one database, and journal_mode below already needs a
+    # lock. The last connection to close copies the whole WAL into the database holding an
+    # exclusive lock (seconds for a big WAL); a process opening the store meanwhile must wait
+    # for it, not fail with "database is locked" after the driver's default 5 s.
+    cur.execute("PRAGMA busy_timeout=60000")
     cur.execute("PRAGMA page_size=16384")  # only takes effect on a new file; fewer pages per blob
     cur.execute("PRAGMA journal_mode=WAL")  # readers never block the one writer
     cur.execute("PRAGMA synchronous=NORMAL")  # WAL stays atomic; fsync per checkpoint, not commit
     # Copying the WAL back into the database costs ~100 ms per 10 MB here; checkpointing every
     # 64 MB instead of SQLite's 4 MB keeps that out of most commits (Store.close() checkpoints).
     cur.execute("PRAGMA wal_autocheckpoint=4096")
-    cur.execute("PRAGMA busy_timeout=60000")  # several job processes share one database
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
