@@ -7,10 +7,12 @@ recorded that job finished): the order of events is set by the test, not by a cl
 
 from __future__ import annotations
 
+import functools
 import re
+import time
 from collections import Counter, defaultdict
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -605,3 +607,265 @@ def test_a_planner_must_plan_every_job():
     with pytest.raises(ValueError, match="returned 2 plans for 3 jobs"):
         check_plans([Plan(), Plan()], 3)
     check_plans([Plan(), Plan(waits_for=0), Plan(waits_for=1)], 3)  # a chain is fine
+
+
+# -- Plan.on_failure: the planner is told what the job could not record ------------------
+
+
+class Told:
+    """Plan.on_failure for every job of a batch: each call in order, as (job, error,
+    retrying, since). `raises`: what every call raises once recorded (a planner whose store
+    is locked, say)."""
+
+    def __init__(self, raises: Exception | None = None) -> None:
+        self.calls: list[tuple[int, BaseException, bool, float]] = []
+        self.at: list[float] = []  # time.time() of each call
+        self.raises = raises
+        self.began = time.time()
+
+    def plans(self, n: int, plans: dict[int, Plan] | None = None) -> dict[int, Plan]:
+        return {i: replace((plans or {}).get(i) or Plan(),
+                           on_failure=functools.partial(self._told, i)) for i in range(n)}
+
+    def _told(self, i: int, error: BaseException, retrying: bool, since: float) -> None:
+        self.at.append(time.time())
+        assert type(retrying) is bool and self.began <= since <= self.at[-1]
+        if isinstance(error, TimeoutError):  # the attempt's start, not the time it expired
+            assert self.at[-1] - since >= 0.3 - 0.01
+        self.calls.append((i, error, retrying, since))
+        if self.raises is not None:
+            raise self.raises
+
+    def of(self, i: int) -> list[tuple[str, bool]]:
+        """What job i was told, as ("Type: message", retrying)."""
+        return [(f"{type(e).__name__}: {e}", r) for j, e, r, _ in self.calls if j == i]
+
+
+def attempts(*behaviours: tuple) -> tuple:
+    """A behaviour per attempt (the last one repeats)."""
+    return ("seq", list(behaviours))
+
+
+def exits(code: int = 3) -> tuple:  # the job ended its own process: running it again won't help
+    return raises(WorkerDied(f"the worker exited by itself (exit code {code})", retry=False))
+
+
+class ClockedPool(FakePool):
+    """A FakePool that notes time.time() as each attempt is submitted, and runs `attempts`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.submitted_at: dict[tuple[int, int], float] = {}  # (job, attempt) -> time.time()
+
+    def submit(self, worker: FakeWorker, job: Job, plan: Plan) -> Future:
+        i = job.num - FIRST
+        self.submitted_at[i, self.attempts[i]] = time.time()
+        return super().submit(worker, job, plan)
+
+    def _resolve(self, future: Future, behaviour: tuple, worker: FakeWorker, job: Job,
+                 attempt: int) -> None:
+        kind, arg = behaviour
+        if kind == "seq":
+            behaviour = arg[min(attempt, len(arg) - 1)]
+        super()._resolve(future, behaviour, worker, job, attempt)
+
+
+def tell_schedule(n: int = 4, size: int = 2, behaviours: dict[int, tuple] | None = None,
+                  plans: dict[int, Plan] | None = None, told: Told | None = None,
+                  pool: ClockedPool | None = None, **params: Any) -> tuple[Outcome, Told]:
+    told = told or Told()
+    pool = pool or ClockedPool(size, behaviours)
+    out = schedule(n=n, size=size, plans=told.plans(n, plans), pool=pool, **params)
+    # every call after the first of a job is a later attempt, or its end: never two ends
+    for i in range(n):
+        retrying = [r for _, r in told.of(i)]
+        assert False not in retrying[:-1], f"job {i} was told it ended, then more: {retrying}"
+    return out, told
+
+
+def assert_since_is_the_attempts_start(out: Outcome, told: Told, i: int) -> None:
+    """Each call for job i that ran carries time.time() of the start of its own attempt."""
+    starts = [at for (j, _), at in sorted(out.pool.submitted_at.items()) if j == i]
+    sinces = [since for j, _, _, since in told.calls if j == i]
+    for k, since in enumerate(sinces[:len(starts)]):
+        assert starts[k] <= since, (k, starts, sinces)
+        if k + 1 < len(starts):
+            assert since <= starts[k + 1], (k, starts, sinces)
+
+
+TIMEOUT = f"TimeoutError: job #{FIRST} ran over hydra.launcher.timeout_s=0.3; its process was " \
+          "killed"
+
+
+@pytest.mark.parametrize(
+    ("size", "behaviours", "max_retries", "expected"),
+    [
+        # its worker never produced a result; the kill that ends its future is not news
+        (1, {0: hangs()}, 0, [(TIMEOUT, False)]),
+        # a timeout is not retried, even with retries left
+        (2, {0: hangs()}, 3, [(TIMEOUT, False)]),
+        # a retry that times out: the planner hears of both attempts, the last one final
+        (2, {0: attempts(dies(1), hangs())}, 2,
+         [(f"WorkerDied: w0 died running job #{FIRST}", True), (TIMEOUT, False)]),
+    ],
+)
+def test_a_job_over_timeout_s_is_told_once_not_retrying(size, behaviours, max_retries,
+                                                        expected):
+    out, told = tell_schedule(n=2, size=size, behaviours=behaviours, timeout_s=0.3,
+                              max_retries=max_retries)
+    assert out.statuses == [FAILED, COMPLETED]
+    assert told.of(0) == expected and told.of(1) == []
+    (_, error, _, _), = [c for c in told.calls if c[2] is False]
+    assert type(error) is TimeoutError and "hydra.launcher.timeout_s=0.3" in str(error)
+    assert out.error(0) is error  # the planner hears what Hydra gets
+    assert_since_is_the_attempts_start(out, told, 0)
+
+
+def test_jobs_timing_out_together_are_told_each_of_their_own():
+    out, told = tell_schedule(n=3, size=3, behaviours={0: hangs(), 2: hangs()}, timeout_s=0.3)
+    assert out.statuses == [FAILED, COMPLETED, FAILED]
+    assert told.of(0) == [(TIMEOUT, False)] and told.of(1) == []
+    assert told.of(2) == [(TIMEOUT.replace(f"#{FIRST}", f"#{FIRST + 2}"), False)]
+    for i in (0, 2):
+        assert_since_is_the_attempts_start(out, told, i)
+
+
+@pytest.mark.parametrize(
+    ("max_retries", "deaths", "retrying", "status"),
+    [
+        (1, 1, [True], COMPLETED),
+        (3, 2, [True, True], COMPLETED),
+        (3, 3, [True, True, True], COMPLETED),  # the last retry left made it
+        (2, ALWAYS, [True, True, False], FAILED),
+        (1, ALWAYS, [True, False], FAILED),
+        (0, 1, [False], FAILED),
+        (0, ALWAYS, [False], FAILED),
+    ],
+)
+def test_each_death_is_told_retrying_while_retries_remain(max_retries, deaths, retrying,
+                                                          status):
+    out, told = tell_schedule(n=2, size=1, behaviours={0: dies(deaths)},
+                              max_retries=max_retries)
+    assert out.statuses == [status, COMPLETED]
+    workers = out.pool.workers_of(0)
+    assert told.of(0) == [(f"WorkerDied: {w.where} died running job #{FIRST}", r)
+                          for w, r in zip(workers, retrying, strict=False)]
+    assert len(told.of(0)) == len(retrying) and told.of(1) == []
+    if status == FAILED:  # the last call's error is the job's
+        assert told.calls[-1][1] is out.error(0)
+    assert_since_is_the_attempts_start(out, told, 0)
+
+
+@pytest.mark.parametrize("max_retries", [0, 1, 3])
+def test_a_worker_that_exited_by_itself_is_not_retried(max_retries):
+    out, told = tell_schedule(n=2, size=1, behaviours={0: exits()}, max_retries=max_retries)
+    assert out.statuses == [FAILED, COMPLETED]
+    assert out.pool.attempts[0] == 1 and out.progress.of("retrying") == []
+    assert told.of(0) == [("WorkerDied: the worker exited by itself (exit code 3)", False)]
+    assert told.calls[0][1] is out.error(0)
+    assert out.pool.discarded == out.pool.workers_of(0)  # its process is gone all the same
+
+
+def test_a_retry_that_exits_by_itself_ends_the_retries():
+    out, told = tell_schedule(n=1, size=1, behaviours={0: attempts(dies(1), exits())},
+                              max_retries=3)
+    assert out.statuses == [FAILED] and out.pool.attempts[0] == 2
+    assert told.of(0) == [(f"WorkerDied: w0 died running job #{FIRST}", True),
+                          ("WorkerDied: the worker exited by itself (exit code 3)", False)]
+    assert_since_is_the_attempts_start(out, told, 0)
+
+
+POOL_BROKE = f"ValueError: {CPUS}"
+WARM = ValueError("the Ray cluster has 2 CPUs")
+
+
+def not_run(culprit: int) -> tuple[str, bool]:
+    return (f"RuntimeError: not run: fail_fast: job #{FIRST + culprit} failed", False)
+
+
+@pytest.mark.parametrize(
+    ("behaviours", "plans", "params", "broken", "expected"),
+    [
+        # fail_fast: the job that failed recorded it; the ones never started are told
+        ({1: task_fails(ValueError("boom"))}, {}, {"fail_fast": True}, {},
+         {2: [not_run(1)], 3: [not_run(1)]}),
+        ({1: dies(ALWAYS)}, {}, {"fail_fast": True, "max_retries": 0}, {},
+         {1: [(f"WorkerDied: w0 died running job #{FIRST + 1}", False)],
+          2: [not_run(1)], 3: [not_run(1)]}),
+        ({1: hangs()}, {}, {"fail_fast": True, "timeout_s": 0.3}, {},
+         {1: [(TIMEOUT.replace(f"#{FIRST}", f"#{FIRST + 1}"), False)],
+          2: [not_run(1)], 3: [not_run(1)]}),
+        # a job the planner failed stops the batch too; it is not told of its own failure
+        ({}, {0: Plan(done=True, error=ValueError("planned"))}, {"fail_fast": True}, {},
+         {1: [not_run(0)], 2: [not_run(0)], 3: [not_run(0)]}),
+        # a pool that cannot give workers: the jobs left are told its error
+        ({}, {}, {}, {"acquire_errors": {None: CPUS}},
+         {i: [(POOL_BROKE, False)] for i in range(4)}),
+        ({}, {1: Plan(waits_for=0)}, {}, {"warm_error": WARM},
+         {i: [(f"ValueError: {WARM}", False)] for i in (1, 2, 3)}),
+        # a retry queued before the pool broke is not run: told so, no longer retrying
+        ({0: after(1, dies(1))}, {1: Plan(python="/envs/a/bin/python")}, {"size": 2},
+         {"acquire_errors": {"/envs/a/bin/python": CPUS}},
+         {0: [(f"WorkerDied: w0 died running job #{FIRST}", True),
+              (f"RuntimeError: not run: {CPUS}", False)],
+          1: [(POOL_BROKE, False)], 2: [(POOL_BROKE, False)], 3: [(POOL_BROKE, False)]}),
+    ],
+)
+def test_jobs_never_started_are_told_why(behaviours, plans, params, broken, expected):
+    params = {"size": 1, "max_retries": 1, **params}
+    pool = ClockedPool(params["size"], behaviours, **broken)
+    out, told = tell_schedule(n=4, plans=plans, pool=pool, **params)
+    assert {i: told.of(i) for i in range(4) if told.of(i)} == expected
+    for i, calls in expected.items():
+        last = [e for j, e, _, _ in told.calls if j == i][-1]
+        assert out.error(i) is last  # what the planner is told is what Hydra gets
+        if not calls[-1][0].startswith(("WorkerDied", "TimeoutError")):
+            assert out.pool.attempts[i] == len(calls) - 1  # never started (again)
+
+
+def test_jobs_that_record_their_own_end_are_not_told():
+    plans = {2: Plan(done=True, error=ValueError("planned")), 3: Plan(done=True, result=1)}
+    behaviours = {0: ok(), 1: task_fails(ValueError("boom")), 4: dies(1)}
+    out, told = tell_schedule(n=5, size=2, behaviours=behaviours, plans=plans)
+    assert out.statuses == [COMPLETED, FAILED, FAILED, COMPLETED, COMPLETED]
+    assert [i for i, *_ in told.calls] == [4]  # only the death its retry made good
+
+
+SCENARIOS = {
+    "timeout": ({0: hangs()}, {}, {"timeout_s": 0.3}),
+    "death, retried": ({0: dies(1)}, {}, {"max_retries": 1}),
+    "death, last": ({0: dies(ALWAYS)}, {}, {"max_retries": 1}),
+    "exit": ({0: exits()}, {}, {"max_retries": 2}),
+    "raised outside run_job": ({0: raises(RuntimeError("cannot unpickle"))}, {}, {}),
+    "fail_fast": ({0: task_fails(ValueError("boom"))}, {}, {"fail_fast": True}),
+    "fail_fast after a timeout": ({0: hangs()}, {}, {"fail_fast": True, "timeout_s": 0.3}),
+    "pool error": ({}, {1: Plan(python="/envs/a/bin/python")}, {}),
+}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_an_on_failure_that_raises_does_not_change_the_batch(scenario, caplog):
+    behaviours, plans, params = SCENARIOS[scenario]
+
+    def run(told: Told) -> tuple[Outcome, Told]:
+        pool = ClockedPool(1, behaviours, acquire_errors={"/envs/a/bin/python": CPUS})
+        return tell_schedule(n=3, size=1, plans=dict(plans), told=told, pool=pool, **params)
+
+    quiet, heard = run(Told())
+    caplog.clear()
+    out, told = run(Told(raises=OSError("database is locked")))
+    assert heard.calls, "the scenario tells the planner nothing"
+    # the same calls, and each job's JobReturn reaches the caller as without the raise
+    assert [told.of(i) for i in range(3)] == [heard.of(i) for i in range(3)]
+    assert out.statuses == quiet.statuses
+    for i, ret in enumerate(out.results):
+        if ret.status == FAILED:
+            assert f"{type(out.error(i))}: {out.error(i)}" == \
+                   f"{type(quiet.error(i))}: {quiet.error(i)}"
+        else:
+            assert ret.return_value == quiet.results[i].return_value
+    assert out.pool.attempts == quiet.pool.attempts
+    logged = [r.getMessage() for r in caplog.records
+              if "the planner did not take its failure" in r.getMessage()]
+    assert logged == [f"wtb_ray: job #{FIRST + i}: the planner did not take its failure: "
+                      "OSError: database is locked" for i, *_ in told.calls]
