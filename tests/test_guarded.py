@@ -204,12 +204,6 @@ def test_without_faults_the_run_completes(project):
                                                              "bad": "completed"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: run_case's finally calls store.finish_thread unguarded, so when recording "
-    "the failed case raises (e.g. sqlite 'database is locked' past the busy timeout) that "
-    "error replaces the node's on the case and on the run (run error 'OperationalError: "
-    "database is locked', thread error the same, no traceback); job.py promises the run "
-    "ends with the first error"))
 def test_a_failure_recording_the_failed_case_does_not_replace_its_error(project):
     # the thread's record fails; finish_run, which closes the threads left running with the
     # run's error, would still give the case the node's error

@@ -491,15 +491,16 @@ def test_a_pool_that_cannot_give_workers_fails_the_jobs_left(plans, errors, expe
             assert i not in out.progress.of("started")
 
 
-def test_a_retry_after_the_pool_broke_is_not_run():
-    # job 0's process dies after job 1 (which needs Ray) found the pool broken
+def test_a_death_after_the_pool_broke_is_not_retried():
+    # job 0's process dies after job 1 (which needs Ray) found the pool broken: its own
+    # death is its error, not a retry that could never start
     python = "/envs/a/bin/python"
     pool = FakePool(2, {0: after(1, dies(1))}, acquire_errors={python: CPUS})
     out = schedule(n=3, plans={1: Plan(python=python)}, pool=pool)
     assert out.statuses == [FAILED] * 3
     assert out.error(1) is CPUS and out.error(2) is CPUS
-    assert type(out.error(0)) is RuntimeError and str(out.error(0)) == f"not run: {CPUS}"
-    assert out.pool.attempts[0] == 1 and out.progress.of("retrying") == [0]
+    assert type(out.error(0)) is WorkerDied
+    assert out.pool.attempts[0] == 1 and out.progress.of("retrying") == []
 
 
 def test_a_pool_that_cannot_warm_a_worker_fails_the_jobs_left():
@@ -803,11 +804,10 @@ def not_run(culprit: int) -> tuple[str, bool]:
          {i: [(POOL_BROKE, False)] for i in range(4)}),
         ({}, {1: Plan(waits_for=0)}, {}, {"warm_error": WARM},
          {i: [(f"ValueError: {WARM}", False)] for i in (1, 2, 3)}),
-        # a retry queued before the pool broke is not run: told so, no longer retrying
+        # a death once the pool broke is not retried: told so, once
         ({0: after(1, dies(1))}, {1: Plan(python="/envs/a/bin/python")}, {"size": 2},
          {"acquire_errors": {"/envs/a/bin/python": CPUS}},
-         {0: [(f"WorkerDied: w0 died running job #{FIRST}", True),
-              (f"RuntimeError: not run: {CPUS}", False)],
+         {0: [(f"WorkerDied: w0 died running job #{FIRST}", False)],
           1: [(POOL_BROKE, False)], 2: [(POOL_BROKE, False)], 3: [(POOL_BROKE, False)]}),
     ],
 )

@@ -178,7 +178,14 @@ def run_case(store: Store, run_id: str, app: Any, case: Case, workflow: Mapping[
                 raise
             log.error("case %s: its state could not be read: %s: %s", case.name,
                       type(e).__name__, e)
-        store.finish_thread(thread_id, status, final, parent, **failure)
+        try:
+            store.finish_thread(thread_id, status, final, parent, **failure)
+        except Exception as e:
+            if not failure:
+                raise
+            # the case's own error goes on up; the run's end marks this thread failed with it
+            log.error("case %s: its failure was not recorded: %s: %s", case.name,
+                      type(e).__name__, e)
     return status, final
 
 

@@ -294,7 +294,8 @@ class Scheduler:
             self.pool.release(worker, self.plans[i])
         except WorkerDied as e:
             self.pool.discard(worker)
-            retrying = e.retry and attempt < self.params["max_retries"]
+            retrying = (e.retry and attempt < self.params["max_retries"]
+                        and self.stop_reason is None)  # a stopped batch starts nothing more
             self.tell(i, e, retrying, since)
             if retrying:
                 log.warning(f"job #{self.jobs[i].num}: {e}; retrying "
