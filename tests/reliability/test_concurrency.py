@@ -148,28 +148,81 @@ def worker(proc: int, base: Path, commits: int) -> None:
     (base / f"result-{proc}.json").write_text(json.dumps(result))
 
 
-def start_workers(base: Path, processes: int, commits: int) -> list[dict]:
-    """Run `processes` workers released at once; their results, in process order."""
+def twin_worker(proc: int, base: Path, processes: int) -> None:
+    """One of `processes` identical jobs recorded at the same moment, as wtb_conf.job does:
+    record the run, then look for an earlier run of the same job still running (the one to
+    wait for and reuse). The one that finds none completes once all have looked; the others
+    wait for it to end, then must find it as their cache hit."""
+    from wtb_conf.store import open_store
+
+    sync = base / "sync"
+    (sync / f"ready-{proc}").touch()
+    while not (sync / "go").exists():
+        time.sleep(0.002)
+    with open_store(str(base / "wtb.db"), base / "blobs") as store:
+        sweep = store.create_sweep(["twins", str(proc)])
+        run = store.start_run(sweep, 0, [], "twins", "{}", "digest", str(base),
+                              identity={"job_key": "the-same-job"})
+        twin = first_twin = store.running_twin(run, "the-same-job")
+        (sync / f"looked-{proc}").touch()
+        if twin is None:  # the one that runs
+            deadline = time.monotonic() + 60
+            while len(list(sync.glob("looked-*"))) < processes:
+                assert time.monotonic() < deadline, "the other jobs did not look within 60 s"
+                time.sleep(0.005)
+            store.finish_run(run, "completed", None, {"ran": proc})
+            hit = None
+        else:
+            deadline = time.monotonic() + 60
+            while twin is not None and time.monotonic() < deadline:
+                time.sleep(0.01)
+                twin = store.running_twin(run, "the-same-job")
+            hit = store.cached_run("the-same-job")
+            if hit is not None:
+                store.finish_cached(run, hit)
+        store.finish_sweep(sweep)
+    (base / f"result-{proc}.json").write_text(json.dumps(
+        {"run": run, "twin": first_twin, "hit": hit and hit["run_id"]}))
+
+
+def start_workers(base: Path, processes: int, kind: str, *args: object,
+                  timeout: float = 600) -> list[dict]:
+    """Run `processes` workers (`kind`: commits or twins) released at once; their results,
+    in process order. Each one's output goes to base/out-<i>.txt."""
     (base / "sync").mkdir(parents=True)
-    procs = [subprocess.Popen([sys.executable, __file__, str(i), str(base), str(commits)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(processes)]
-    deadline = time.monotonic() + 120
+    procs = []
+    for i in range(processes):
+        with open(base / f"out-{i}.txt", "w") as out:
+            procs.append(subprocess.Popen(
+                [sys.executable, __file__, kind, str(i), str(base), *map(str, args)],
+                stdout=out, stderr=subprocess.STDOUT))
+
+    def output(i: int) -> str:
+        return f"worker {i} exited {procs[i].returncode}:\n" + (
+            base / f"out-{i}.txt").read_text()[-5000:]
+
     try:
+        deadline = time.monotonic() + 120
         while len(list((base / "sync").glob("ready-*"))) < processes:
-            dead = [p for p in procs if p.poll() is not None]
-            assert not dead, f"a worker exited before starting:\n{dead[0].communicate()[0]}"
+            dead = [i for i, p in enumerate(procs) if p.poll() is not None]
+            assert not dead, f"a worker exited before starting: {output(dead[0])}"
             assert time.monotonic() < deadline, "workers did not start within 120 s"
             time.sleep(0.01)
         (base / "sync" / "go").touch()
-        outputs = [p.communicate(timeout=600)[0] for p in procs]
+        deadline = time.monotonic() + timeout
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            failed = [i for i, p in enumerate(procs) if p.poll()]
+            assert not failed, output(failed[0])
+            time.sleep(0.05)
+        late = [i for i, p in enumerate(procs) if p.poll() is None]
+        assert not late, f"workers {late} still running after {timeout} s"
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    for i, (p, out) in enumerate(zip(procs, outputs, strict=True)):
-        assert p.returncode == 0, f"worker {i} exited {p.returncode}:\n{out}"
+    for i, p in enumerate(procs):
+        assert p.returncode == 0, output(i)
     return [json.loads((base / f"result-{i}.json").read_text()) for i in range(processes)]
 
 
@@ -230,7 +283,7 @@ def check_store(base: Path, results: list[dict], commits: int) -> None:
 
 def test_concurrent_commits(tmp_path):
     started = time.perf_counter()
-    results = start_workers(tmp_path, PROCESSES, COMMITS)
+    results = start_workers(tmp_path, PROCESSES, "commits", COMMITS)
     wall = time.perf_counter() - started
     errors = [e for r in results for e in r["errors"]]
     assert not errors, f"{len(errors)} errors; the first:\n{errors[0]}"
@@ -243,6 +296,33 @@ def test_concurrent_commits(tmp_path):
           f"{time.perf_counter() - checked:.1f} s; commit latency: "
           f"p50 {percentile(latencies, 50):.1f} ms, p99 {percentile(latencies, 99):.1f} ms, "
           f"max {max(latencies):.1f} ms, mean {statistics.fmean(latencies):.1f} ms")
+
+
+def test_stores_opened_at_once_wait_while_one_turns_the_new_file_to_wal(tmp_path):
+    """Processes opening a new store at the same moment: one turns the file to WAL, which
+    needs it alone. SQLite does not wait (busy_timeout) for a process that is in the middle
+    of it (it holds the reserved lock of a rollback-journal file), it says "database is
+    locked" at once: ~1 in 1000 opens of 8 at once failed so. Here the other process is held
+    in that state for 1 s; the store opens once it is done."""
+    from wtb_conf.store import open_store
+
+    db = tmp_path / "wtb.db"
+    other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE t (a)")  # a new file, not WAL yet
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(1, other.execute, ["COMMIT"])
+    release.start()
+    started = time.perf_counter()
+    try:
+        with open_store(str(db), tmp_path / "blobs") as store:
+            waited = time.perf_counter() - started
+            assert store.runs() == []
+    finally:
+        release.join()
+        other.close()
+    assert waited > 0.9
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_open_waits_out_a_checkpoint_at_close(tmp_path):
@@ -270,5 +350,22 @@ def test_open_waits_out_a_checkpoint_at_close(tmp_path):
     assert waited > 5
 
 
+def test_identical_jobs_recorded_at_once_one_runs_the_others_reuse_it(tmp_path):
+    """8 runs of the same job recorded at the same moment: exactly one finds no earlier twin
+    running and runs; every other one waits for that one and gets it as its cache hit. (The
+    order is the one SQLite's write lock gives: a run's started_at is taken inside the
+    transaction that inserts it.)"""
+    from wtb_conf.store import open_store
+
+    results = start_workers(tmp_path, PROCESSES, "twins", PROCESSES, timeout=120)
+    winners = [r["run"] for r in results if r["twin"] is None]
+    assert len(winners) == 1, f"{len(winners)} of {PROCESSES} identical jobs ran"
+    assert all(r["hit"] == winners[0] for r in results if r["twin"] is not None)
+    with open_store(str(tmp_path / "wtb.db"), tmp_path / "blobs") as store:
+        statuses = sorted(r["status"] for r in store.runs())
+    assert statuses == ["cached"] * (PROCESSES - 1) + ["completed"]
+
+
 if __name__ == "__main__":
-    worker(int(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
+    kind, proc, base = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+    {"commits": worker, "twins": twin_worker}[kind](proc, base, int(sys.argv[4]))

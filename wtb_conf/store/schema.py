@@ -6,6 +6,7 @@ database has not seen yet, in one write transaction, and records them in `wtb_mi
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -171,6 +172,28 @@ MIGRATIONS: list[str] = [
 ]
 
 
+BUSY_TIMEOUT_S = 60  # how long a connection waits for a lock another process holds
+
+
+def _journal_mode_wal(cur) -> None:
+    """PRAGMA journal_mode=WAL, retried while the database is locked. Turning a new database
+    file to WAL takes an exclusive lock, and when processes open a new store at the same moment
+    SQLite answers "database is locked" at once, not after the busy timeout: each holds a read
+    lock and wants the exclusive one, so waiting could deadlock (~1 in 1000 opens of 8 at
+    once failed so). Whichever gets the lock converts the file; the others then find WAL."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    pause = 0.001
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as e:  # the driver's OperationalError
+            if "database is locked" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # The driver's own transaction handling is switched off (isolation_level=None) so that
     # the "begin" hook below decides how a transaction starts.
@@ -180,9 +203,9 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # lock. The last connection to close copies the whole WAL into the database holding an
     # exclusive lock (seconds for a big WAL); a process opening the store meanwhile must wait
     # for it, not fail with "database is locked" after the driver's default 5 s.
-    cur.execute("PRAGMA busy_timeout=60000")
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
     cur.execute("PRAGMA page_size=16384")  # only takes effect on a new file; fewer pages per blob
-    cur.execute("PRAGMA journal_mode=WAL")  # readers never block the one writer
+    _journal_mode_wal(cur)  # readers never block the one writer
     cur.execute("PRAGMA synchronous=NORMAL")  # WAL stays atomic; fsync per checkpoint, not commit
     # Copying the WAL back into the database costs ~100 ms per 10 MB here; checkpointing every
     # 64 MB instead of SQLite's 4 MB keeps that out of most commits (Store.close() checkpoints).
