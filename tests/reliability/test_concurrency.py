@@ -12,6 +12,11 @@ commit inserted eight times at once.
 The parent then checks every returned commit: it exists, its parent is the one before, its
 tree holds exactly the files the process wrote, and every blob re-hashes. Commit latency
 (p50/p99/max) is printed, not asserted: `pytest -s tests/reliability/test_concurrency.py`.
+benchmarks/concurrency_bench.py runs the same workload with 1, 2, 4 and 8 processes.
+
+Also here: stores opened while another process turns the new file to WAL or copies a big WAL
+back at close (both used to fail with "database is locked"), and 8 identical jobs recorded
+at the same moment (one runs, the others wait for it and reuse it).
 """
 
 from __future__ import annotations
