@@ -122,7 +122,7 @@ def assert_whole(tmp: Path) -> list[str]:
         report = fsck.check(store, None, grace=0)
         assert {p.kind for p in report.problems} <= {
             "orphan_blob", "orphan_file", "orphan_tmp", "orphan_stat_cache"}, report.problems
-        fsck.repair(store, report, grace=0)
+        fsck.repair(store, report)  # (what check() listed with grace=0: every orphan)
         after = fsck.check(store, None, grace=0)
         assert after.clean, after.problems
         assert not list((tmp / "blobs").rglob(".tmp-*"))

@@ -80,15 +80,11 @@ def walk(root: str) -> Iterator[tuple[str, os.stat_result]]:
 def read_head(fd: int, limit: int, size_hint: int) -> bytes:
     """Up to `limit` bytes of fd, fewer at its end. Raw os.read, no buffering layer (a fifth of
     a first commit's time); a small file takes one read plus the one that sees its end."""
-    chunks: list[bytes] = []
-    got = 0
-    while got < limit:
-        chunk = os.read(fd, min(limit - got, max(size_hint + 1, 65536)))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    step = max(size_hint + 1, 65536)
+    data = os.read(fd, min(limit, step))
+    while len(data) < limit and (more := os.read(fd, min(limit - len(data), step))):
+        data += more
+    return data
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -133,9 +129,10 @@ class TempBlob:
         write_all(self.fd, data)
         self.size += len(data)
 
-    def copy_from(self, src: int) -> None:
-        """Append the rest of the open file `src`, CHUNK_SIZE bytes at a time into one buffer."""
-        buf = bytearray(CHUNK_SIZE)
+    def copy_from(self, src: int, size_hint: int) -> None:
+        """Append the rest of the open file `src`, read into one buffer of CHUNK_SIZE bytes,
+        or less for a smaller file (a buffer is zeroed when made)."""
+        buf = bytearray(min(CHUNK_SIZE, max(size_hint + 1, 65536)))
         view = memoryview(buf)
         with open(src, "rb", buffering=0, closefd=False) as f:
             while n := f.readinto(buf):
@@ -211,7 +208,7 @@ def read_file(path: str, st: os.stat_result, inline_max: int, objects: Path
         if len(data) > inline_max or st.st_size > inline_max:  # (or it grew meanwhile)
             tmp = TempBlob(objects)
             tmp.write(data)
-            tmp.copy_from(fd)
+            tmp.copy_from(fd, st.st_size)
         after = os.fstat(fd)
     except IsADirectoryError:  # replaced by a directory
         after = None

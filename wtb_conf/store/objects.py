@@ -119,7 +119,7 @@ class ObjectStore:
         return found
 
     def _stage_blobs(self, small: dict[str, bytes], big: dict[str, int],
-                     dirs: set[Path]) -> list[dict]:
+                     dirs: set[Path | None]) -> list[dict]:
         """Rows for the blobs not stored yet. `big` blobs (id -> size) are in their files
         already; a `small` one above inline_max (a big tree) is written to its file here."""
         with read_conn(self.engine) as conn:
@@ -222,9 +222,8 @@ class ObjectStore:
             files = set(files)
             found = [(rel, os.lstat(os.path.join(root, rel))) for rel in sorted(files)]
         for rel, st in found if files is not None else _files.walk(root):
-            full = os.path.join(root, rel)
             if stat.S_ISLNK(st.st_mode):  # stored as a link, never followed (like git)
-                if (target := _files.read_link(full)) is not None:
+                if (target := _files.read_link(os.path.join(root, rel))) is not None:
                     small[blob_id := hashlib.sha256(target).hexdigest()] = target
                     entries[rel] = Entry(blob_id, len(target), LINK_MODE)
                 continue
@@ -232,6 +231,7 @@ class ObjectStore:
             if c is not None and c[:4] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
                 entries[rel] = Entry(c[4], c[0], st.st_mode & 0o7777)
                 continue
+            full = os.path.join(root, rel)  # (not before: this is the hot loop)
             if not stat.S_ISREG(st.st_mode):  # (named in `files`; the walk skips them)
                 log.warning("%s is not a regular file or symlink; not committed", full)
                 continue
@@ -264,7 +264,8 @@ class ObjectStore:
             for d in dirs - {None}:
                 _files.fsync_dir(d)
         except OSError as e:
-            if err := no_room(e, f"cannot commit {root}: writing its tree into {objects} failed"):
+            what = "its tree (or a link's target)"
+            if err := no_room(e, f"cannot commit {root}: writing {what} into {objects} failed"):
                 raise err from e
             raise
         _fault and _fault("blobs_staged")
