@@ -156,17 +156,26 @@ def test_a_raising_job_fails_alone_and_the_sweep_exits_nonzero(tmp_path):
     assert "[wtb_ray] 4/4" in proc.stdout  # plain progress lines when not a terminal
 
 
-def test_a_job_that_kills_its_actor_is_retried_on_a_new_actor(tmp_path):
-    proc = crash_sweep(tmp_path, "+mode=exit_once", f"+marker={tmp_path}/died")
+def test_a_job_whose_process_is_killed_is_retried_in_a_new_one(tmp_path):
+    proc = crash_sweep(tmp_path, "+mode=kill_once", f"+marker={tmp_path}/died")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "died").exists() and done_jobs(tmp_path) == [0, 1, 2, 3]
     assert "lost its process; retrying" in proc.stdout
 
 
-def test_a_job_that_always_kills_its_actor_is_recorded_failed(tmp_path):
-    proc = crash_sweep(tmp_path, "+mode=exit", "hydra.launcher.max_retries=1")
+def test_a_job_whose_process_is_always_killed_is_recorded_failed(tmp_path):
+    proc = crash_sweep(tmp_path, "+mode=kill", "hydra.launcher.max_retries=1")
     assert proc.returncode != 0
-    assert "WorkerDied: its local worker" in proc.stderr and "died with exit code 3" in proc.stderr
+    assert "lost its process; retrying" in proc.stdout
+    assert "WorkerDied: its local worker" in proc.stderr and "killed by SIGKILL" in proc.stderr
+    assert done_jobs(tmp_path) == [0, 1, 3]
+
+
+def test_a_job_that_exits_its_process_is_failed_without_a_retry(tmp_path):
+    proc = crash_sweep(tmp_path, "+mode=exit", "hydra.launcher.max_retries=3")
+    assert proc.returncode != 0
+    assert "retrying" not in proc.stdout
+    assert "exited with code 3" in proc.stderr and "not retried" in proc.stderr
     assert done_jobs(tmp_path) == [0, 1, 3]
 
 
@@ -206,7 +215,7 @@ def test_parity_with_the_basic_launcher(demo, tmp_path):
             other["status"], other["commit"], other["config_digest"], other["job_key"])
 
 
-def test_wtb_job_whose_actor_dies_is_marked_interrupted(tmp_path):
+def test_wtb_job_whose_process_dies_is_failed_with_the_cause(tmp_path):
     project = copy_project(tmp_path)
     nodes = project / "experiments/file_processing/nodes.py"
     nodes.write_text(nodes.read_text() + "\n\ndef die(state):\n    import os\n    os._exit(9)\n")
@@ -217,7 +226,9 @@ def test_wtb_job_whose_actor_dies_is_marked_interrupted(tmp_path):
     assert proc.returncode != 0
     runs = runs_by_job(project)
     assert runs[1]["status"] == "completed"
-    assert runs[0]["status"] == "failed" and "interrupted" in runs[0]["error"]
+    assert runs[0]["status"] == "failed"
+    assert runs[0]["error"].startswith("WorkerDied: its local worker") and \
+        "exited with code 9" in runs[0]["error"]
 
 
 @pytest.mark.parametrize(
@@ -238,7 +249,7 @@ def test_on_a_fresh_local_ray_a_dead_actor_is_replaced_and_ray_is_stopped(tmp_pa
     Ray's own auth defaults (a token it writes to $HOME/.ray, here a temporary HOME)."""
     before = ray_processes()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    proc = crash_sweep(tmp_path, "+mode=exit_once", f"+marker={tmp_path}/died",
+    proc = crash_sweep(tmp_path, "+mode=kill_once", f"+marker={tmp_path}/died",
                        "hydra.launcher.local_workers=false",
                        env={**env, "HOME": str(tmp_path / "home")})
     assert proc.returncode == 0, proc.stderr

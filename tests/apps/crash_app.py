@@ -1,6 +1,7 @@
 """A bare Hydra app for the launcher's failure tests: `mode` picks what job `x` does."""
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -20,10 +21,12 @@ def main(cfg: DictConfig) -> int:
     if x == cfg.get("bad", -1):
         if mode == "raise":
             raise ValueError(f"job x={x} raised on purpose")
-        if mode == "exit_once" and not Path(cfg.marker).exists():
+        if mode == "kill_once" and not Path(cfg.marker).exists():
             Path(cfg.marker).write_text("died once")
-            os._exit(3)
-        if mode == "exit":
+            os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
+        if mode == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if mode == "exit":  # the job ends its own process: it would do so again
             os._exit(3)
         if mode == "sleep":
             time.sleep(60)
