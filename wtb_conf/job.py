@@ -230,7 +230,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         # set by a planner for a job it provisioned an env for (wtb_conf.planner)
         run_id = record_start(job, cfg, hc, env_id=os.environ.get(ENV_ID) or None)
-        return _run(job, run_id, cfg, started)
+        try:
+            return _run(job, run_id, cfg, started)
+        except Exception as e:  # recording the failure failed too (Ctrl-C: the sweep's end)
+            with contextlib.suppress(Exception):  # best effort: the store may be the trouble
+                job.store.fail_run(run_id, f"{type(e).__name__}: {e}", traceback.format_exc())
+            raise
     finally:
         job.store.close()
 

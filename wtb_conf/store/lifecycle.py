@@ -209,7 +209,17 @@ class Lifecycle:
                 if _fail_running(conn, run_id, error, kind="run_lost"):
                     reaped["runs"].append(run_id)
             for sweep_id, error in found["sweeps"]:
-                # its runs went with it; those of live workers elsewhere are reaped by owner
+                # Its runs on this host went with it (reaped above, by owner). Those whose
+                # owner cannot be checked (a Ray worker on another node) died with the
+                # driver too: Ray ends a driver's actors with it, and nobody else would look.
+                for run_id, host, pid, started in conn.execute(
+                        text("SELECT id, owner_host, owner_pid, owner_started FROM runs "
+                             "WHERE sweep_id = :s AND status = 'running'"),
+                        {"s": sweep_id}).all():
+                    if alive(Owner(host or "", pid or 0, started or 0)) is None and \
+                            _fail_running(conn, run_id, f"lost with its sweep: {error}",
+                                          kind="run_lost"):
+                        reaped["runs"].append(run_id)
                 done = conn.execute(
                     text("UPDATE sweeps SET status = 'failed', finished_at = :at, error = :e "
                          "WHERE id = :s AND status = 'running'"),
@@ -230,9 +240,13 @@ class Lifecycle:
                      "AND r.id != me.id AND (r.started_at < me.started_at OR "
                      "(r.started_at = me.started_at AND r.id < me.id)) ORDER BY r.started_at"),
                 {"me": run_id, "k": job_key}).all()
+        me = this_process()
         for row_id, host, pid, started in rows:
-            # another host's run cannot be checked: it is waited for (the job's timeout
-            # bounds that); a run with no owner was left by an older wtb_conf
-            if host and alive(Owner(host, pid or 0, started or 0)) is not False:
+            owner = Owner(host or "", pid or 0, started or 0)
+            # A process runs one job at a time: a run of its own left running was abandoned
+            # (its job raised past every guard). A run with no owner was left by an older
+            # wtb_conf. Another host's run cannot be checked: it is waited for (the job's
+            # timeout bounds that).
+            if host and owner != me and alive(owner) is not False:
                 return row_id
         return None
