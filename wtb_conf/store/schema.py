@@ -169,6 +169,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE sweeps ADD COLUMN error TEXT;
     CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
     """,
+    # 8: every status change has its event (`wtb fsck` checks it). Before 7, a sweep's end
+    # failed its interrupted runs with an UPDATE alone: give those runs the event they lack.
+    """
+    INSERT INTO events (at, sweep_id, run_id, kind, data)
+    SELECT coalesce(r.finished_at, r.started_at), NULL, r.id, 'run_failed',
+           '{"backfilled": "migration 8", "commit": null}'
+    FROM runs r WHERE r.status = 'failed' AND NOT EXISTS (
+        SELECT 1 FROM events e WHERE e.run_id = r.id AND e.kind IN ('run_failed', 'run_lost'));
+    """,
 ]
 
 
