@@ -787,9 +787,10 @@ def not_run(culprit: int) -> tuple[str, bool]:
 @pytest.mark.parametrize(
     ("behaviours", "plans", "params", "broken", "expected"),
     [
-        # fail_fast: the job that failed recorded it; the ones never started are told
+        # fail_fast: the job that raised is told (it may have raised before recording a
+        # run), and so are the ones never started
         ({1: task_fails(ValueError("boom"))}, {}, {"fail_fast": True}, {},
-         {2: [not_run(1)], 3: [not_run(1)]}),
+         {1: [("ValueError: boom", False)], 2: [not_run(1)], 3: [not_run(1)]}),
         ({1: dies(ALWAYS)}, {}, {"fail_fast": True, "max_retries": 0}, {},
          {1: [(f"WorkerDied: w0 died running job #{FIRST + 1}", False)],
           2: [not_run(1)], 3: [not_run(1)]}),
@@ -819,16 +820,17 @@ def test_jobs_never_started_are_told_why(behaviours, plans, params, broken, expe
     for i, calls in expected.items():
         last = [e for j, e, _, _ in told.calls if j == i][-1]
         assert out.error(i) is last  # what the planner is told is what Hydra gets
-        if not calls[-1][0].startswith(("WorkerDied", "TimeoutError")):
+        if not calls[-1][0].startswith(("WorkerDied", "TimeoutError", "ValueError: boom")):
             assert out.pool.attempts[i] == len(calls) - 1  # never started (again)
 
 
-def test_jobs_that_record_their_own_end_are_not_told():
+def test_jobs_done_by_the_planner_or_completed_are_not_told():
     plans = {2: Plan(done=True, error=ValueError("planned")), 3: Plan(done=True, result=1)}
     behaviours = {0: ok(), 1: task_fails(ValueError("boom")), 4: dies(1)}
     out, told = tell_schedule(n=5, size=2, behaviours=behaviours, plans=plans)
     assert out.statuses == [COMPLETED, FAILED, FAILED, COMPLETED, COMPLETED]
-    assert [i for i, *_ in told.calls] == [4]  # only the death its retry made good
+    # the raising job (it may have raised before recording), and the death a retry made good
+    assert [i for i, *_ in told.calls] == [1, 4]
 
 
 SCENARIOS = {

@@ -184,6 +184,25 @@ def record_start(job: Opened, cfg: DictConfig, hc: DictConfig, python: str = sys
     )
 
 
+def record_unopened(cfg: DictConfig, hc: DictConfig, error: str) -> None:
+    """A failed run for a job that could not even be opened (its identity, its input files
+    or the store raised): what is known of it, and the error."""
+    launch_dir = Path(hc.runtime.cwd)
+    store, _ = open_store_for(cfg, launch_dir)
+    with store:
+        try:
+            config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        except Exception:  # an interpolation that does not resolve: keep it as written
+            config_yaml = OmegaConf.to_yaml(cfg)
+        sweep_id = os.environ.get(SWEEP_ENV) or store.create_sweep(list(hc.overrides.task))
+        run_id = store.start_run(
+            sweep_id, hc.job.get("num") or 0, list(hc.overrides.task),
+            hc.runtime.choices.get("workflow"), config_yaml, "",
+            os.path.abspath(os.path.join(hc.sweep.dir, str(hc.sweep.subdir))),
+            launch_dir=str(launch_dir))
+        store.finish_run(run_id, "failed", None, {}, error)
+
+
 def cache_hit(job: Opened, cfg: DictConfig, run_id: str | None = None,
               ) -> tuple[dict, dict] | None:
     """The earlier run this job would repeat, and its evaluation; None: the job must run.

@@ -134,14 +134,19 @@ class Planner:
     def _failed(job: Job, cfg: DictConfig, env: JobEnv | None, error: BaseException,
                 retrying: bool, since: float) -> None:
         """The launcher's word on a job that failed where it could not record it (it timed
-        out, its worker died, it never started): on the run of that attempt, if the job got
-        to record one and it is still running, else as a failed run of its own."""
+        out, its worker died, it never started, it raised before recording a run): on the
+        run of that attempt, if the job got to record one, else as a failed run of its own."""
         cause = f"{type(error).__name__}: {error}"
+        # the attempt's runs started after `since` (both clocks are this machine's)
+        begun = datetime.fromtimestamp(since, UTC).isoformat(timespec="microseconds")
         with _as_job(job):
-            opened = intake.open_job(cfg, job.config.hydra, env and env.lock)
+            try:
+                opened = intake.open_job(cfg, job.config.hydra, env and env.lock)
+            except Exception as e:  # what failed the job fails here too: record it bare
+                log.warning("planner: job #%s: %s: %s", job.num, type(e).__name__, e)
+                intake.record_unopened(cfg, job.config.hydra, cause)
+                return
             with opened.store as store:
-                # runs of this attempt (1 s of slack: the wall clock may step)
-                begun = datetime.fromtimestamp(since - 1, UTC).isoformat(timespec="microseconds")
                 attempt = [r for r in store.runs(opened.sweep_id)
                            if r["job_num"] == job.num and r["started_at"] >= begun]
                 if attempt:  # a run that ended on its own knew more than the launcher does

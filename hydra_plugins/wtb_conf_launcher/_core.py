@@ -292,6 +292,8 @@ class Scheduler:
         try:
             ret, seconds = future.result()
             self.pool.release(worker, self.plans[i])
+            if ret.status == JobStatus.FAILED:  # it raised: maybe before it could record it
+                self.tell(i, ret._return_value, False, since)
         except WorkerDied as e:
             self.pool.discard(worker)
             retrying = (e.retry and attempt < self.params["max_retries"]
