@@ -6,8 +6,10 @@ whatever launcher runs the jobs, and learns how the jobs went from the store.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,26 +50,45 @@ def _cause(error: BaseException | None) -> str | None:
     return f"{type(error).__name__}: {error}".rstrip(": ")
 
 
+# The lock on each sweep dir this process claimed: held until it exits (the kernel lets go
+# of a dead process's flock, so a crashed sweep's dir is free again).
+_claims: list[int] = []
+SWEEP_LOCK = ".wtb-sweep.lock"
+
+
+def _quoted(path: Path) -> str:
+    """`path` as a quoted value in Hydra's override grammar: there a backslash escapes only
+    a quote or the closing quote, so only those backslashes are doubled."""
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""),
+                        str(path)) + "'"
+
+
 def claim_sweep_dir(config: DictConfig) -> Path:
     """`hydra.sweep.dir`, made this sweep's own: Hydra names it by the second, so two sweeps
-    started in the same second would write into the same job dirs. The directory is created
-    here (mkdir is atomic); if it exists, the sweep takes `<dir>-1`, `<dir>-2`, ... instead,
-    set as a Hydra override so that every job's config, composed later, says the same."""
+    started in the same second (or given one fixed dir) would write into the same job dirs.
+    A sweep holds an flock on `<dir>/.wtb-sweep.lock` while it runs; if another live sweep
+    holds it, this one takes `<dir>-1`, `<dir>-2`, ... instead, set as a Hydra override so
+    that every job's config, composed later, says the same. A dir whose sweep has ended is
+    used again, as Hydra would."""
     base = Path(str(config.hydra.sweep.dir)).absolute()
-    base.parent.mkdir(parents=True, exist_ok=True)
     path, n = base, 0
     while True:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / SWEEP_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            path.mkdir()
-            break
-        except FileExistsError:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
             n += 1
             path = base.with_name(f"{base.name}-{n}")
+            continue
+        _claims.append(fd)
+        break
     if path != base:
-        log.info("%s is another sweep's; this sweep writes to %s", base, path)
+        log.info("%s is another running sweep's; this sweep writes to %s", base, path)
         with read_write(config.hydra), open_dict(config.hydra):
             config.hydra.sweep.dir = str(path)
-            config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{path}'")
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={_quoted(path)}")
     return path
 
 
@@ -81,12 +102,16 @@ class SweepCallback(Callback):
         sweep_dir = str(claim_sweep_dir(config)) if multirun else None
         store, _ = open_store_for(config, Path.cwd())
         with store:
-            reaped = store.reap()  # what earlier sweeps left running when they died
-            if reaped["runs"] or reaped["sweeps"]:
-                log.warning("recorded as failed: %d runs and %d sweeps whose processes had "
-                            "died (`wtb runs` lists them)", len(reaped["runs"]),
-                            len(reaped["sweeps"]))
             self.sweep_id = store.create_sweep(sys.argv[1:], sweep_dir)
+            try:  # what earlier sweeps left running when they died; never this one's end
+                reaped = store.reap()
+            except Exception as e:
+                log.warning("runs left by dead sweeps not checked: %s: %s", type(e).__name__, e)
+            else:
+                if reaped["runs"] or reaped["sweeps"]:
+                    log.warning("recorded as failed: %d runs and %d sweeps whose processes "
+                                "had died (`wtb runs` lists them)", len(reaped["runs"]),
+                                len(reaped["sweeps"]))
         if id_file := os.environ.pop(SWEEP_ID_FILE, None):  # a replay's `wtb` waits for it
             Path(id_file).write_text(self.sweep_id)
         os.environ[SWEEP_ENV] = self.sweep_id

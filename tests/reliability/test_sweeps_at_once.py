@@ -8,8 +8,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -49,21 +47,24 @@ def test_two_identical_jobs_at_once_run_once_and_the_second_is_a_cache_hit(tmp_p
 
 
 def test_two_sweeps_given_the_same_sweep_dir_at_once_get_a_dir_each(tmp_path):
+    """The first sweep is held running while the second starts; a third, started after both
+    ended, uses the dir again (as Hydra would). The dir's name needs quoting in an override."""
     project = project_in(tmp_path)
-    args = ["-m", "workflow=fault", "workflow.nodes.work.tag=a,b", "rerun=true",
-            "hydra.sweep.dir=multirun/same"]
-    procs = [subprocess.Popen([sys.executable, "-m", "wtb_conf", *args], cwd=project,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    for proc in procs:
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, out + err
+    same = 'hydra.sweep.dir="multirun/it\'s here"'
+    (project / "hang-a").touch()
+    first = start(project, "workflow.nodes.work.tag=a", same)
+    wait_for(project / "pid-a", first)
+    run_bench(project, "-m", "workflow=fault", "workflow.nodes.work.tag=b", same)
+    (project / "hang-a").unlink()
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, out + err
+    run_bench(project, "-m", "workflow=fault", "workflow.nodes.work.tag=c", same)
     every = runs(project)
-    assert [r["status"] for r in every] == ["completed"] * 4
-    assert len({r["job_dir"] for r in every}) == 4
-    assert sorted(p.name for p in (project / "multirun").iterdir()) == ["same", "same-1"]
+    assert [r["status"] for r in every] == ["completed"] * 3
+    dirs = {tag(r): Path(r["job_dir"]).parent.name for r in every}
+    assert dirs == {"a": "it's here", "b": "it's here-1", "c": "it's here"}
     assert sorted(s["sweep_dir"] for s in sweeps(project)) == [
-        str(project / "multirun/same"), str(project / "multirun/same-1")]
+        str(project / "multirun/it's here")] * 2 + [str(project / "multirun/it's here-1")]
     assert_nothing_lost(project)
 
 
