@@ -137,6 +137,7 @@ def _launch(store: Store, record: dict[str, Any], argv: list[str], tmp: Path) ->
                              env={**os.environ, SWEEP_ID_FILE: str(id_file)})
     code: int | None = None
     sweep_id: str | None = None
+    interrupted = False
     while code is None:
         try:
             try:
@@ -145,9 +146,15 @@ def _launch(store: Store, record: dict[str, Any], argv: list[str], tmp: Path) ->
                 pass
             sweep_id = sweep_id or _note(store, id_file, record)
         except KeyboardInterrupt:
+            if interrupted:  # a second Ctrl-C: the user wants out now
+                child.terminate()
+                code = child.wait()
+                break
             # Ctrl-C reached the child too (one process group): wait while it closes its
             # sweep, which records the interrupted job as failed, for `rerun --failed`.
-            continue
+            interrupted = True
+            print("wtb: waiting for the replay to record where it stopped (Ctrl-C again: "
+                  "stop it now)", file=sys.stderr, flush=True)
     return Replayed(code, sweep_id or _note(store, id_file, record))
 
 
