@@ -172,12 +172,12 @@ def test_ctrl_c_marks_the_interrupted_run_with_an_event_and_the_command_resumes(
 
 def test_a_timeout_is_recorded_with_its_cause_on_the_run_and_its_cases(project):
     (project / "hang-b").touch()
-    proc = run_bench(project, "-m", "workflow=fault", TAGS, "hydra.launcher.timeout_s=3",
+    proc = run_bench(project, "-m", "workflow=fault", TAGS, "hydra.launcher.timeout_s=10",
                      check=False)
     assert proc.returncode == 1
     b = next(r for r in runs(project) if tag(r) == "b")
     assert b["status"] == "failed"
-    assert b["error"].startswith("TimeoutError: job #1 ran over hydra.launcher.timeout_s=3")
+    assert b["error"].startswith("TimeoutError: job #1 ran over hydra.launcher.timeout_s=10")
     show = json.loads(wtb(project, "show", b["run_id"], "--json").stdout)
     assert [(c["status"], c["error"]) for c in show["cases"]] == [("failed", b["error"])]
     sweep = json.loads(wtb(project, "runs", "--sweep", "last", "--json").stdout)
