@@ -390,5 +390,9 @@ def launch(launcher: WtbRayLauncher, job_overrides: Sequence[Sequence[str]],
             pool.start_ray()  # in the background, while local jobs run
         progress = Progress([list(filter_overrides(j.overrides)) for j in jobs],
                             initial_job_idx, params.get("progress"), params["summary"])
-        return Scheduler(pool, params, jobs, plans, progress).run()
+        try:
+            return Scheduler(pool, params, jobs, plans, progress).run()
+        except KeyboardInterrupt:  # the jobs stop (or finish) before whoever records the end
+            _close(pool.workers, pool.idle)
+            raise
 
