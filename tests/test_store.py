@@ -401,9 +401,9 @@ def test_big_files_stream_through_small_chunks(store, tmp_path, monkeypatch):
     objects = tmp_path / "blobs/objects"
     assert not list(objects.glob(".tmp-*"))  # the second copy was dropped, not left behind
     blob_file = objects / blob[:2] / blob[2:]
-    mtime = blob_file.stat().st_mtime_ns
-    store.commit_dir(write(tmp_path / "again", {"big": big}))  # idempotent add
-    assert blob_file.stat().st_mtime_ns == mtime and not list(objects.glob(".tmp-*"))
+    inode = blob_file.stat().st_ino
+    store.commit_dir(write(tmp_path / "again", {"big": big}))  # idempotent add: not replaced
+    assert blob_file.stat().st_ino == inode and not list(objects.glob(".tmp-*"))
 
 
 def test_copy_blob_removes_a_corrupted_target(store, tmp_path, monkeypatch):
@@ -527,3 +527,35 @@ def test_committing_and_restoring_a_big_file_takes_flat_memory(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) < 12, f"peak RSS grew by {proc.stdout.strip()} MB"
+
+
+def test_a_blob_removed_while_its_commit_runs_fails_the_commit_not_the_store(store, tmp_path,
+                                                                             monkeypatch):
+    """`wtb fsck --repair` removes a blob row no commit reaches; a commit that found the
+    blob stored just before would name a missing blob: it fails instead, and nothing of it
+    is written."""
+    from sqlalchemy import text
+
+    from wtb_conf.store import objects
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.txt").write_text("orphan until committed")
+    blob = hashlib.sha256(b"orphan until committed").hexdigest()
+    with store.engine.begin() as conn:  # stored, but no commit reaches it yet: an orphan
+        conn.execute(text("INSERT INTO blobs (id, size, data) VALUES (:id, 22, :d)"),
+                     {"id": blob, "d": b"orphan until committed"})
+
+    def repair_meanwhile(step: str) -> None:
+        if step == "blobs_staged":
+            with store.engine.begin() as conn:
+                conn.execute(text("DELETE FROM blobs WHERE id = :id"), {"id": blob})
+
+    monkeypatch.setattr(objects, "_fault", repair_meanwhile)
+    with pytest.raises(StoreError, match="were removed while it was committed"):
+        store.commit_dir(out, message="first")
+    monkeypatch.setattr(objects, "_fault", None)
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM commits")).scalar() == 0
+    commit = store.commit_dir(out, message="first")  # again: the blob is stored anew
+    assert store.read_blob(store.tree(commit)["a.txt"].blob) == b"orphan until committed"

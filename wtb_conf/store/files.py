@@ -142,9 +142,17 @@ class TempBlob:
         """Rename the temp file to `final`, fsynced first, and return final's directory (to be
         fsynced before anything references the blob). If `final` exists already the blob is
         stored (same name, same bytes): drop the copy, unsynced, and return None."""
-        if final.exists():
+        try:
+            # Touched: a blob file no row names yet is an orphan to `wtb fsck --repair` only
+            # once it is an hour old, and this commit is about to name it.
+            os.utime(final)
             self.discard()
             return None
+        except PermissionError:  # another user's file: it is there all the same
+            self.discard()
+            return None
+        except FileNotFoundError:
+            pass
         os.fsync(self.fd)
         os.fchmod(self.fd, 0o444)
         os.close(self.fd)

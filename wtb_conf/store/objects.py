@@ -283,6 +283,14 @@ class ObjectStore:
             with self.engine.begin() as conn:
                 if parent is not None and not self._has_commit(conn, parent):
                     raise ObjectNotFound(f"parent commit {parent} is not in the store")
+                # The blobs found stored before this transaction must still be: `wtb fsck
+                # --repair` removes a row no commit reaches, as these were until now.
+                staged = {r["id"] for r in rows}
+                known = [b for b in (*small, *big) if b not in staged]
+                if gone_blobs := set(known) - self._existing_blobs(conn, known):
+                    raise StoreError(f"cannot commit {root}: {len(gone_blobs)} of its blobs "
+                                     "were removed while it was committed (by `wtb fsck "
+                                     "--repair`?); commit it again")
                 executemany(conn, "blobs", rows, "ON CONFLICT (id) DO NOTHING")
                 conn.execute(
                     text(
