@@ -158,6 +158,7 @@ def twin_worker(proc: int, base: Path, processes: int) -> None:
     record the run, then look for an earlier run of the same job still running (the one to
     wait for and reuse). The one that finds none completes once all have looked; the others
     wait for it to end, then must find it as their cache hit."""
+    from wtb_conf.intake import _wait_for_twin
     from wtb_conf.store import open_store
 
     sync = base / "sync"
@@ -168,20 +169,17 @@ def twin_worker(proc: int, base: Path, processes: int) -> None:
         sweep = store.create_sweep(["twins", str(proc)])
         run = store.start_run(sweep, 0, [], "twins", "{}", "digest", str(base),
                               identity={"job_key": "the-same-job"})
-        twin = first_twin = store.running_twin(run, "the-same-job")
+        first_twin = store.running_twin(run, "the-same-job")
         (sync / f"looked-{proc}").touch()
-        if twin is None:  # the one that runs
+        if first_twin is None:  # the one that runs
             deadline = time.monotonic() + 60
             while len(list(sync.glob("looked-*"))) < processes:
                 assert time.monotonic() < deadline, "the other jobs did not look within 60 s"
                 time.sleep(0.005)
             store.finish_run(run, "completed", None, {"ran": proc})
             hit = None
-        else:
-            deadline = time.monotonic() + 60
-            while twin is not None and time.monotonic() < deadline:
-                time.sleep(0.01)
-                twin = store.running_twin(run, "the-same-job")
+        else:  # the job's own wait (wtb_conf.intake), bounded by the test's timeout
+            _wait_for_twin(store, run, "the-same-job")
             hit = store.cached_run("the-same-job")
             if hit is not None:
                 store.finish_cached(run, hit)
