@@ -29,7 +29,6 @@ from typing import Any, NamedTuple
 from sqlalchemy import text
 
 from wtb_conf.store import ObjectNotFound, Store, StoreError
-from wtb_conf.store.objects import now_iso
 from wtb_conf.store.schema import read_conn
 
 PACKAGED = Path(__file__).parent / "conf" / "config.yaml"
@@ -173,11 +172,7 @@ def _note(store: Store, id_file: Path, record: dict[str, Any]) -> str | None:
               "its replay is not recorded here", file=sys.stderr, flush=True)
         return sweep_id
     # An event, as sweep_started is: the sweeps table's columns are the sweep callback's.
-    with store.engine.begin() as conn:
-        conn.execute(text("INSERT INTO events (at, sweep_id, run_id, kind, data) "
-                          "VALUES (:at, :s, NULL, :kind, :data)"),
-                     {"at": now_iso(), "s": sweep_id, "kind": REPLAY_EVENT,
-                      "data": json.dumps(record, sort_keys=True)})
+    store.log_event(REPLAY_EVENT, record, sweep_id=sweep_id)
     return sweep_id
 
 

@@ -150,9 +150,10 @@ class RunRecords:
             _event(conn, "checkpoint", data, run_id=run_id)
             _event(conn, "commit", {**data, "commit": commit_id}, run_id=run_id)
 
-    def log_event(self, kind: str, data: dict, run_id: str | None = None) -> None:
+    def log_event(self, kind: str, data: dict, run_id: str | None = None,
+                  sweep_id: str | None = None) -> None:
         with self.engine.begin() as conn:
-            _event(conn, kind, data, run_id=run_id)
+            _event(conn, kind, data, run_id=run_id, sweep_id=sweep_id)
 
     # -- queries -----------------------------------------------------------------------
 
