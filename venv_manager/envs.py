@@ -115,13 +115,15 @@ class EnvStore:
     def _lock_path(self, env_id: str) -> Path:
         return self.root / "locks" / f"{env_id}.lock"
 
+    def _thread_lock(self, env_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(env_id, threading.Lock())
+
     @contextlib.contextmanager
     def _single_flight(self, env_id: str) -> Iterator[int]:
         """One build per env id: a thread lock within this process, flock across processes.
         Yields the locked file's descriptor, which the build hands down to uv."""
-        with self._locks_guard:
-            lock = self._locks.setdefault(env_id, threading.Lock())
-        with lock, open(self._lock_path(env_id), "w") as f:
+        with self._thread_lock(env_id), open(self._lock_path(env_id), "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             yield f.fileno()
 
@@ -260,14 +262,18 @@ class EnvStore:
 
     @contextlib.contextmanager
     def lease(self, env_id: str) -> Iterator[Env]:
-        """Mark the env in use while the block runs: cleanup() and delete() leave it alone."""
-        env = self._load(env_id)
-        self._in_use[env_id] += 1
+        """Mark the env in use while the block runs: cleanup() and delete() leave it alone.
+        Taken under the lock delete() holds, so a delete either finds it in use or ends
+        before the env is loaded (then EnvNotFound)."""
+        with self._thread_lock(env_id):
+            env = self._load(env_id)
+            self._in_use[env_id] += 1
         try:
             self.audit.touch(env_id)
             yield env
         finally:
-            self._in_use[env_id] -= 1
+            with self._thread_lock(env_id):
+                self._in_use[env_id] -= 1
 
     def delete(self, env_id: str) -> None:
         t0 = time.perf_counter()
