@@ -559,3 +559,31 @@ def test_a_blob_removed_while_its_commit_runs_fails_the_commit_not_the_store(sto
         assert conn.execute(text("SELECT count(*) FROM commits")).scalar() == 0
     commit = store.commit_dir(out, message="first")  # again: the blob is stored anew
     assert store.read_blob(store.tree(commit)["a.txt"].blob) == b"orphan until committed"
+
+
+@pytest.mark.parametrize(
+    ("db_url", "message"),
+    [("notaurl://", "'notaurl://' is not a database URL SQLAlchemy can open"),
+     ("sqlite:///{file}/x.db", "cannot make the directory of the store")],
+)
+def test_a_store_that_cannot_be_opened_is_a_store_error_naming_it(tmp_path, db_url, message):
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(StoreError, match=message):
+        open_store(db_url.format(file=tmp_path / "file"), tmp_path / "blobs")
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [({"db_url": "notaurl"}, "storage.db_url: 'notaurl' is not a database URL"),
+     ({"inline_max": -1}, "storage.inline_max: -1 is not a size"),
+     ({"inline_max": "big"}, "storage.inline_max: 'big' is not a size"),
+     ({"inline_max": True}, "storage.inline_max: True is not a size")],
+)
+def test_bad_storage_values_name_their_key(tmp_path, storage, message):
+    from wtb_conf.intake import storage_paths
+
+    good = {"db_url": "sqlite:///data/wtb.db", "blob_root": "data/blobs",
+            "checkpoints": "data/checkpoints.db", "inline_max": 65536}
+    assert storage_paths(good, tmp_path)["inline_max"] == 65536
+    with pytest.raises(StoreError, match=message):
+        storage_paths(good | storage, tmp_path)

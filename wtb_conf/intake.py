@@ -58,7 +58,15 @@ def storage_paths(storage: Mapping[str, Any], base: Path) -> dict[str, Any]:
     def path(p: str) -> str:
         return str(p if os.path.isabs(p) else base / p)
 
-    db_url = storage["db_url"]
+    db_url = str(storage["db_url"])
+    if "://" not in db_url:  # SQLAlchemy would take a bare word for nothing; open_store for a path
+        raise StoreError(f"storage.db_url: {db_url!r} is not a database URL: give an "
+                         "SQLAlchemy URL, e.g. sqlite:///data/wtb.db")
+    inline_max = storage["inline_max"]
+    if isinstance(inline_max, bool) or not isinstance(inline_max, int) or inline_max < 0:
+        raise StoreError(f"storage.inline_max: {inline_max!r} is not a size: give the bytes "
+                         "up to which a blob lives in the database, an integer >= 0 "
+                         "(default 65536)")
     prefix = "sqlite:///"
     if db_url.startswith(prefix) and db_url[len(prefix):] not in ("", ":memory:"):
         db_url = prefix + path(db_url[len(prefix):])
@@ -66,7 +74,7 @@ def storage_paths(storage: Mapping[str, Any], base: Path) -> dict[str, Any]:
         "db_url": db_url,
         "blob_root": path(storage["blob_root"]),
         "checkpoints": path(storage["checkpoints"]),
-        "inline_max": int(storage["inline_max"]),
+        "inline_max": inline_max,
     }
 
 

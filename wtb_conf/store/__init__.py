@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
 from wtb_conf.store.errors import (
     ObjectCorrupted,
     ObjectNotFound,
@@ -76,7 +78,13 @@ def open_store(
     """
     if "://" not in db_url:
         db_url = f"sqlite:///{os.path.abspath(db_url)}"
-    engine = create_store_engine(db_url, readonly)
+    try:
+        engine = create_store_engine(db_url, readonly)
+    except (ArgumentError, NoSuchModuleError) as e:
+        raise StoreError(f"{db_url!r} is not a database URL SQLAlchemy can open ({e}); "
+                         "e.g. sqlite:///data/wtb.db") from None
+    except OSError as e:  # the SQLite file's directory cannot be made (a file is in the way)
+        raise StoreError(f"cannot make the directory of the store {db_url!r}: {e}") from None
     try:
         check_version(engine) if readonly else setup(engine)
     except RuntimeError as e:
