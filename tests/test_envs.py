@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import copy_project, run_bench
 from test_venv_manager import TOKEN, start_server, stop
 
@@ -75,3 +76,19 @@ def test_a_manager_address_that_does_not_answer_is_a_clear_error(tmp_path):
                      "hydra.launcher.planner.venv_manager=127.0.0.1:9", check=False)
     assert proc.returncode != 0
     assert "the venv manager at 127.0.0.1:9 did not answer" in proc.stderr
+
+
+@pytest.mark.parametrize("launcher", ["basic", "wtb_ray"])
+def test_an_env_job_on_a_launcher_without_the_planner_is_refused_not_run_in_the_driver(
+        tmp_path, launcher):
+    """Only wtb_conf's planner provisions envs: elsewhere the job would silently run in the
+    driver's interpreter, and a comparison of package versions would compare nothing."""
+    project = copy_project(tmp_path)
+    proc = run_bench(project, "-m", "workflow=table_report", "env=tabulate_08",
+                     f"hydra/launcher={launcher}", check=False)
+    assert proc.returncode == 1
+    with open_store(str(project / "data/wtb.db"), project / "data/blobs") as store:
+        runs = store.runs()
+    assert [r["status"] for r in runs] == ["failed"]
+    assert runs[0]["error"].startswith("WorkflowError: env: this job asks for its own "
+                                       "interpreter")

@@ -42,11 +42,6 @@ def driver_python() -> str:
     return f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
-def wants_env(env_cfg: Mapping[str, Any] | None) -> bool:
-    """Whether a job's env group asks for its own interpreter (the default env does not)."""
-    return bool(env_cfg) and bool(env_cfg.get("packages") or env_cfg.get("python"))
-
-
 def spec_for(env_cfg: Mapping[str, Any], labels: Mapping[str, str], job: str) -> pb.EnvSpec:
     """The EnvSpec for a job: its packages plus the runtime at the driver's exact versions."""
     python = env_cfg.get("python") or driver_python()

@@ -244,9 +244,22 @@ def record_cached(job: Opened, run_id: str, earlier: dict, evaluation: dict) -> 
             "scores": evaluation["summary"]["scores"]}
 
 
+def wants_env(env_cfg: Mapping[str, Any] | None) -> bool:
+    """Whether a job's env group asks for its own interpreter (the default env does not).
+    Here, not in wtb_conf.envs: a job in an env's interpreter has no venv_manager to import."""
+    return bool(env_cfg) and bool(env_cfg.get("packages") or env_cfg.get("python"))
+
+
 def check_job(cfg: DictConfig) -> tuple[Any, dict[str, Any], dict, dict | None]:
     """What a job needs before it runs anything: its graph, plain workflow, evaluators and
     compare config. Raises the config error the job would fail with."""
+    if wants_env(plain(cfg.get("env"))) and not os.environ.get(ENV_ID):
+        # it would run in this interpreter, not the one its env asks for: a comparison of
+        # package versions would compare nothing
+        raise WorkflowError(
+            "env: this job asks for its own interpreter (env.packages or env.python), but it "
+            "runs in the driver's: only wtb_conf's planner (the default, hydra/launcher=wtb) "
+            "provisions envs; drop hydra/launcher=basic or wtb_ray, or use env=default")
     graph = build_graph(cfg.workflow)
     workflow = plain(cfg.workflow)
     evaluators = evaluators_of(workflow)

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.wtb_conf_launcher.plan import Job, Plan
 from wtb_conf import intake
-from wtb_conf.envs import connect, spec_for, wants_env
+from wtb_conf.envs import connect, spec_for
 from wtb_conf.fork import first_step_key
 from wtb_conf.workflow import BREAKPOINTS
 
@@ -190,7 +190,7 @@ class Planner:
         distinct: dict[bytes, tuple[Any, str]] = {}  # spec -> (spec, the first job wanting it)
         for job, cfg in zip(jobs, cfgs, strict=True):
             env_cfg = _plain(cfg.get("env")) or {}
-            if not wants_env(env_cfg):
+            if not intake.wants_env(env_cfg):
                 specs.append(None)
                 continue
             choices = job.config.hydra.runtime.choices
