@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.errors import CompactHydraException
 from omegaconf import OmegaConf, open_dict
 
 from ._local import LocalWorker
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 RAY_START_TIMEOUT_S = 180  # ray.init takes 5-6 s here; past this something is wrong, say so
 
 
+class LauncherError(CompactHydraException, ValueError):
+    """A launcher setting, or a planner's answer, that cannot work: Hydra prints the message
+    alone, which names the key (no traceback: nothing in it would help)."""
+
+
 def check(params: dict[str, Any]) -> None:
     """Ranges the structured config's types cannot express; errors name the key."""
     limits = {"num_actors": 1, "num_cpus": 0.01, "max_retries": 0, "timeout_s": 0.001,
@@ -40,7 +46,7 @@ def check(params: dict[str, Any]) -> None:
         value = params.get(key)
         if value is not None and value < low:
             unset = " (or leave it unset)" if key in ("num_actors", "memory", "timeout_s") else ""
-            raise ValueError(f"hydra.launcher.{key}={value} is out of range: use at least {low}"
+            raise LauncherError(f"hydra.launcher.{key}={value} is out of range: use at least {low}"
                              + unset)
 
 
@@ -73,7 +79,7 @@ class Pool:
         # multiprocessing's own exit handler, which would wait for the workers forever
         atexit.register(weakref.finalize(self, _close, self.workers, self.idle))
         if self.local and params["num_cpus"] > local_cpus():
-            raise ValueError(f"hydra.launcher.num_cpus={params['num_cpus']} but this machine "
+            raise LauncherError(f"hydra.launcher.num_cpus={params['num_cpus']} but this machine "
                              f"has {local_cpus()} CPUs; ask for at most that many")
         self.size = params.get("num_actors") or slots(local_cpus(), params["num_cpus"])
         self.shared: list[Any] | None = None  # per batch, for actors
@@ -105,7 +111,7 @@ class Pool:
         resources = ready.result()
         self.ray_slots = slots(resources.get("CPU", 0), self.params["num_cpus"])
         if self.params["num_cpus"] > resources.get("CPU", 0):  # Ray would wait forever
-            raise ValueError(
+            raise LauncherError(
                 f"hydra.launcher.num_cpus={self.params['num_cpus']} but the Ray cluster has "
                 f"{resources.get('CPU', 0)} CPUs; ask for at most that many")
         if not self.local and not self.params.get("num_actors"):
@@ -330,16 +336,16 @@ class Scheduler:
 def check_plans(plans: list[Plan], n: int) -> None:
     """A planner's answer that would hang the batch is an error that says what is wrong."""
     if len(plans) != n:
-        raise ValueError(f"hydra.launcher.planner returned {len(plans)} plans for {n} jobs")
+        raise LauncherError(f"hydra.launcher.planner returned {len(plans)} plans for {n} jobs")
     for i, plan in enumerate(plans):
         seen = {i}
         j = plan.waits_for
         while j is not None:
             if not 0 <= j < n:
-                raise ValueError(f"hydra.launcher.planner: job {i} waits for job {j}, which is "
+                raise LauncherError(f"hydra.launcher.planner: job {i} waits for job {j}, which is "
                                  f"not in the batch (0..{n - 1})")
             if j in seen:
-                raise ValueError(f"hydra.launcher.planner: job {i} waits for itself, through "
+                raise LauncherError(f"hydra.launcher.planner: job {i} waits for itself, through "
                                  f"jobs {sorted(seen - {i})}")
             seen.add(j)
             j = plans[j].waits_for
