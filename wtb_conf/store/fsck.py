@@ -31,7 +31,8 @@ from urllib.parse import quote
 from sqlalchemy import Connection, bindparam, text
 
 from wtb_conf.store.errors import StoreError
-from wtb_conf.store.liveness import Owner, alive
+from wtb_conf.store.lifecycle import lost_error, running_owners
+from wtb_conf.store.liveness import alive
 from wtb_conf.store.schema import read_conn
 
 if TYPE_CHECKING:
@@ -343,27 +344,20 @@ def _check_statuses(conn: Connection, report: Report) -> None:
         report.checked[table] = len(rows)
 
 
-def _running(conn: Connection) -> list[tuple[str, str, Owner]]:
-    """("run" or "sweep", id, owner) of every running run and sweep."""
-    return [(table[:-1], obj, Owner(host or "", pid or 0, started or 0))
-            for table in ("runs", "sweeps")
-            for obj, host, pid, started in conn.execute(text(
-                f"SELECT id, owner_host, owner_pid, owner_started FROM {table} "
-                "WHERE status = 'running'"))]
-
-
 def _check_owners(store: Store, report: Report) -> None:
     """Running runs and sweeps whose process died (problems), or cannot be checked (notes)."""
-    for table, items in store.lost().items():
-        for obj, error in items:
-            report.lost[table].append(obj)
-            report.add(f"lost_{table[:-1]}", obj, f"{table[:-1]} {obj} is running but {error}")
     with read_conn(store.engine) as conn:
-        for what, obj, owner in _running(conn):
-            if alive(owner) is None:
-                where = f"on {owner.host.split('/')[0]}" if owner.host else "not recorded"
-                report.notes.append(f"{what} {obj} is running; its process ({where}) cannot be "
-                                    "checked from here")
+        running = running_owners(conn)
+    for table, obj, owner in running:
+        what = table[:-1]
+        state = alive(owner)
+        if state is False:
+            report.lost[table].append(obj)
+            report.add(f"lost_{what}", obj, f"{what} {obj} is running but {lost_error(owner)}")
+        elif state is None:
+            where = f"on {owner.host.split('/')[0]}" if owner.host else "not recorded"
+            report.notes.append(f"{what} {obj} is running; its process ({where}) cannot be "
+                                "checked from here")
 
 
 @dataclass
@@ -399,7 +393,7 @@ def repair(store: Store, report: Report) -> Repaired:
     with store.engine.begin() as conn:  # BEGIN IMMEDIATE: no commit lands while we decide
         # A run or sweep still running (a live process, or one on another host; not one an
         # older wtb_conf left with no owner) may be about to reuse an orphan in a commit.
-        busy = [f"{what} {obj}" for what, obj, owner in _running(conn)
+        busy = [f"{table[:-1]} {obj}" for table, obj, owner in running_owners(conn)
                 if owner.host and alive(owner) is not False]
         if busy:
             done.skipped.append(f"orphans left alone: {', '.join(busy)} is still running")

@@ -24,7 +24,16 @@ DONE = ("completed", "cached")  # statuses of a job that needs no rerun (the job
 INTERRUPTED = "interrupted: the job's process ended before the run finished"
 
 
-def _lost(owner: Owner) -> str:
+def running_owners(conn: Connection) -> list[tuple[str, str, Owner]]:
+    """(table, id, owner) of every run and sweep still `running`."""
+    return [(table, row_id, Owner(host or "", pid or 0, started or 0))
+            for table in ("runs", "sweeps")
+            for row_id, host, pid, started in conn.execute(text(
+                f"SELECT id, owner_host, owner_pid, owner_started FROM {table} "
+                "WHERE status = 'running'"))]
+
+
+def lost_error(owner: Owner) -> str:
     return (f"lost: its process (pid {owner.pid} on {owner.host.split('/')[0]}) ended before "
             "the run finished, with no word (killed, out of memory, os._exit)")
 
@@ -39,10 +48,16 @@ def _fail_running(conn: Connection, run_id: str, error: str, traceback: str | No
         {"at": now_iso(), "e": error, "tb": traceback, "id": run_id}).rowcount
     if not done:
         return False
-    conn.execute(text("UPDATE threads SET status = 'failed', error = coalesce(error, :e) "
-                      "WHERE run_id = :r AND status = 'running'"), {"e": error, "r": run_id})
+    _fail_threads(conn, run_id, error)
     _event(conn, kind, {"commit": None, "error": error}, run_id=run_id)
     return True
+
+
+def _fail_threads(conn: Connection, run_id: str, error: str | None) -> None:
+    """The case threads a failed run cut short end with it (one that failed keeps its own
+    error)."""
+    conn.execute(text("UPDATE threads SET status = 'failed', error = coalesce(error, :e) "
+                      "WHERE run_id = :r AND status = 'running'"), {"e": error, "r": run_id})
 
 
 class Lifecycle:
@@ -157,10 +172,8 @@ class Lifecycle:
                 {"status": status, "at": now_iso(), "commit": commit_id,
                  "metrics": _dumps(metrics or {}), "error": error, "tb": traceback, "id": run_id},
             )
-            if status == "failed":  # a case thread the failure cut short ends with the run
-                conn.execute(text("UPDATE threads SET status = 'failed', "
-                                  "error = coalesce(error, :e) WHERE run_id = :r AND "
-                                  "status = 'running'"), {"e": error, "r": run_id})
+            if status == "failed":
+                _fail_threads(conn, run_id, error)
             _event(conn, f"run_{status}", {"commit": commit_id, "error": error}, run_id=run_id)
 
     def finish_cached(self, run_id: str, source: dict[str, Any]) -> None:
@@ -187,14 +200,9 @@ class Lifecycle:
         get: {"runs": [(id, error)], "sweeps": [(id, error)]}. Reads only."""
         out: dict[str, list[tuple[str, str]]] = {"runs": [], "sweeps": []}
         with read_conn(self.engine) as conn:
-            for table in out:
-                rows = conn.execute(text(
-                    f"SELECT id, owner_host, owner_pid, owner_started FROM {table} "
-                    "WHERE status = 'running'"))
-                for row_id, host, pid, started in rows:
-                    owner = Owner(host or "", pid or 0, started or 0)
-                    if alive(owner) is False:
-                        out[table].append((row_id, _lost(owner)))
+            for table, row_id, owner in running_owners(conn):
+                if alive(owner) is False:
+                    out[table].append((row_id, lost_error(owner)))
         return out
 
     def reap(self) -> dict[str, list[str]]:
