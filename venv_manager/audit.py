@@ -9,6 +9,11 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, text
 
+from venv_manager.spec import InvalidSpec
+
+DEFAULT_PAGE = 100  # History's page size when the request leaves it 0
+MAX_PAGE = 1000
+
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS operations (
         id INTEGER PRIMARY KEY,
@@ -72,10 +77,16 @@ class Audit:
             )
 
     def history(self, env_id: str | None = None, label: tuple[str, str] | None = None,
-                status: str | None = None, limit: int = 100, before_id: int | None = None
-                ) -> list[dict[str, Any]]:
-        """Operations newest first, filtered; page with `before_id` (the last id seen)."""
-        where, params = ["1 = 1"], {"limit": limit}
+                status: str | None = None, limit: int = DEFAULT_PAGE,
+                before_id: int | None = None) -> tuple[list[dict[str, Any]], int]:
+        """One page of operations, newest first, filtered, and the `before_id` of the next
+        page (0 when this is the last). Every filter is in the query, so a page holds `limit`
+        matching operations whenever that many are left."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidSpec(f"page_size {limit}: expected 1 to {MAX_PAGE} (0: {DEFAULT_PAGE})")
+        if before_id is not None and before_id < 0:
+            raise InvalidSpec(f"before_id {before_id}: expected the next_before_id of a page")
+        where, params = ["1 = 1"], {"limit": limit + 1}
         if env_id:
             where.append("env_id = :env")
             params["env"] = env_id
@@ -85,13 +96,15 @@ class Audit:
         if before_id:
             where.append("id < :before")
             params["before"] = before_id
+        if label:
+            where.append("EXISTS (SELECT 1 FROM json_each(operations.labels) "
+                         "WHERE json_each.key = :lkey AND json_each.value = :lvalue)")
+            params["lkey"], params["lvalue"] = label
         with self.engine.connect() as conn:
             rows = conn.execute(text(f"SELECT * FROM operations WHERE {' AND '.join(where)} "
                                      "ORDER BY id DESC LIMIT :limit"), params).mappings().all()
-        out = [dict(r, labels=json.loads(r["labels"])) for r in rows]
-        if label:
-            out = [r for r in out if r["labels"].get(label[0]) == label[1]]
-        return out
+        page = [dict(r, labels=json.loads(r["labels"])) for r in rows[:limit]]
+        return page, page[-1]["id"] if len(rows) > limit else 0
 
     def upsert_env(self, env_id: str, spec: dict, labels: dict, python_version: str,
                    size_bytes: int) -> None:

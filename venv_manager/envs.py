@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -35,9 +36,10 @@ from datetime import datetime
 from pathlib import Path
 
 from venv_manager.audit import Audit
-from venv_manager.spec import EnvSpec
+from venv_manager.spec import EnvSpec, InvalidSpec
 
 UV_TIMEOUT_S = 900  # a cold install of a large package set; past this, report and give up
+MAX_RUN_S = 3600.0  # RunCode's longest timeout: a check of an env, not a job
 
 
 class EnvNotFound(KeyError):
@@ -275,12 +277,17 @@ class EnvStore:
             with self._thread_lock(env_id):
                 self._in_use[env_id] -= 1
 
-    def delete(self, env_id: str) -> None:
+    def delete(self, env_id: str, unused_since: float | None = None) -> None:
+        """Remove the env. `unused_since` (Cleanup's cutoff): only if it was last used before
+        then, checked under the lock, so an env handed out since the cleanup looked stays."""
         t0 = time.perf_counter()
         path = self._dir(env_id)
         with self._single_flight(env_id):
             if self._in_use[env_id]:
                 raise EnvInUse(f"env {env_id} is in use; delete it when its jobs are done")
+            row = self.audit.env_row(env_id) if unused_since is not None else None
+            if row and datetime.fromisoformat(row["last_used_at"]).timestamp() >= unused_since:
+                raise EnvInUse(f"env {env_id} was used since the cleanup began")
             if not path.is_dir():
                 raise EnvNotFound(env_id)
             # Rename first: a crash mid-delete leaves a .tmp- dir, never a half env. One left
@@ -301,6 +308,9 @@ class EnvStore:
 
     def run_code(self, env_id: str, code: str, timeout_s: float = 30) -> RunResult:
         """Run a Python snippet in the env (as `python -c`, no shell), with a timeout."""
+        if not (math.isfinite(timeout_s) and 0 < timeout_s <= MAX_RUN_S):
+            raise InvalidSpec(f"timeout_s {timeout_s}: expected seconds, more than 0 and at "
+                              f"most {MAX_RUN_S}")
         t0 = time.perf_counter()
         with self.lease(env_id) as env:
             try:
@@ -317,7 +327,10 @@ class EnvStore:
     def cleanup(self, idle_s: float) -> list[str]:
         """Remove envs unused for longer than idle_s (never one in use), and at once every
         staging dir no live process builds in (a killed builder's leftovers). Returns the
-        env ids removed; the audit record also names the staging dirs."""
+        env ids removed; the audit record also names the staging dirs. idle_s 0 removes
+        every env not in use."""
+        if not (math.isfinite(idle_s) and idle_s >= 0):
+            raise InvalidSpec(f"idle_seconds {idle_s}: expected seconds, 0 or more")
         t0 = time.perf_counter()
         dead, problems = [], []
         for env_id in sorted({p.name[len(".tmp-"):][:64] for p in self._staging()}):
@@ -331,7 +344,7 @@ class EnvStore:
             used = datetime.fromisoformat(env.last_used_at).timestamp()  # stamps carry their zone
             if used < cutoff and not self._in_use[env.env_id]:
                 with contextlib.suppress(EnvInUse, EnvNotFound):
-                    self.delete(env.env_id)
+                    self.delete(env.env_id, unused_since=cutoff)
                     removed.append(env.env_id)
         self.audit.record("Cleanup", None, {}, "error" if problems else "ok",
                           time.perf_counter() - t0, "\n".join(removed + dead),

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from fastapi import Depends, FastAPI, Header, HTTPException
 from pydantic import BaseModel, Field
 
+from venv_manager.audit import DEFAULT_PAGE
 from venv_manager.envs import BuildFailed, EnvInUse, EnvNotFound, EnvStore
 from venv_manager.server import token_ok
 from venv_manager.spec import EnvSpec, InvalidSpec
@@ -90,13 +91,19 @@ def app(store: EnvStore, token: str | None) -> FastAPI:
 
     @api.post("/v1/cleanup", dependencies=guarded)
     def cleanup(idle_seconds: float) -> dict:
-        return {"removed": store.cleanup(idle_seconds)}
+        return {"removed": call(store.cleanup, idle_seconds)}
 
     @api.get("/v1/history", dependencies=guarded)
     def history(env_id: str | None = None, label: str | None = None, status: str | None = None,
-                page_size: int = 100, before_id: int | None = None) -> dict:
-        pair = tuple(label.split("=", 1)) if label and "=" in label else None
-        ops = store.audit.history(env_id, pair, status, page_size, before_id)
-        return {"operations": ops, "next_before_id": ops[-1]["id"] if ops else 0}
+                page_size: int = DEFAULT_PAGE, before_id: int | None = None) -> dict:
+        pair = None
+        if label is not None:
+            key, eq, value = label.partition("=")
+            if not eq or not key:
+                raise HTTPException(422, f"label {label!r}: expected KEY=VALUE")
+            pair = (key, value)
+        ops, next_before_id = call(store.audit.history, env_id, pair, status, page_size,
+                                   before_id)
+        return {"operations": ops, "next_before_id": next_before_id}
 
     return api

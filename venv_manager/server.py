@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from venv_manager.audit import DEFAULT_PAGE
 from venv_manager.envs import BuildFailed, Env, EnvInUse, EnvNotFound, EnvStore
 from venv_manager.proto import venv_manager_pb2 as pb
 from venv_manager.proto import venv_manager_pb2_grpc as pb_grpc
@@ -133,14 +134,15 @@ class VenvManagerServicer(pb_grpc.VenvManagerServicer):
     @_errors
     def History(self, request, context):
         label = (request.label_key, request.label_value) if request.label_key else None
-        ops = self.store.audit.history(request.env_id or None, label, request.status or None,
-                                       request.page_size or 100, request.before_id or None)
+        ops, next_before_id = self.store.audit.history(
+            request.env_id or None, label, request.status or None,
+            request.page_size or DEFAULT_PAGE, request.before_id or None)
         return pb.HistoryResponse(
             operations=[pb.Operation(
                 id=o["id"], at=o["at"], operation=o["operation"], env_id=o["env_id"] or "",
                 labels=o["labels"], status=o["status"], stdout=o["stdout"], stderr=o["stderr"],
                 exit_code=o["exit_code"] or 0, duration_s=o["duration_s"]) for o in ops],
-            next_before_id=ops[-1]["id"] if ops else 0,
+            next_before_id=next_before_id,
         )
 
 

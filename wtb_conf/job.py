@@ -51,7 +51,7 @@ from wtb_conf.intake import (
 )
 from wtb_conf.scoring import eval_key, score_run
 from wtb_conf.store import Store
-from wtb_conf.workflow import breakpoints
+from wtb_conf.workflow import WorkflowError, breakpoints
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +189,15 @@ def run_case(store: Store, run_id: str, app: Any, case: Case, workflow: Mapping[
     return status, final
 
 
+def case_dir(out_dir: Path, name: Any) -> Path:
+    """out/<case>. A case's name is one directory name, and the last part of its thread id
+    (`RUN/CASE`): '../../x' or 'a/b' would put its files outside the job's out/ directory."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise WorkflowError(f"workflow.cases: the case name {name!r} is not a plain directory "
+                            "name; name cases with no '/', '\\' or NUL, and not '.' or '..'")
+    return out_dir / name
+
+
 def _cases(store: Store, cfg: DictConfig, workflow: dict[str, Any], digests: dict[str, str],
            out_dir: Path) -> list[Case]:
     """The job's cases: `workflow.cases`, or for a fork the parent's cases at their fork
@@ -200,10 +209,10 @@ def _cases(store: Store, cfg: DictConfig, workflow: dict[str, Any], digests: dic
             raise ForkError("fork: expected a mapping, e.g. +fork.run=RUN +fork.after=NODE")
         state = workflow.get("state")
         fork = plan(store, spec, list(state) if isinstance(state, Mapping) else None)
-        out = [Case(name, None, out_dir / name, point, fork.updates, fork.pause)
+        out = [Case(name, None, case_dir(out_dir, name), point, fork.updates, fork.pause)
                for name, point in fork.points.items()]
         if fork.unstarted_from_input:
-            out += [Case(name, inputs, out_dir / name)
+            out += [Case(name, inputs, case_dir(out_dir, name))
                     for name, inputs in (workflow.get("cases") or {}).items()
                     if name not in fork.points]
         return out
@@ -217,7 +226,7 @@ def _cases(store: Store, cfg: DictConfig, workflow: dict[str, Any], digests: dic
         base = base_key(workflow, [inputs, digests["inputs"]], digests["env_digest"],
                         digests["code_digest"])
         point = shared_point(store, base, workflow) if share else None
-        out.append(Case(name, inputs, out_dir / name, point, base_key=base))
+        out.append(Case(name, inputs, case_dir(out_dir, name), point, base_key=base))
     return out
 
 

@@ -9,13 +9,14 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from wtb_conf.store.errors import StoreError, UnsafePath
+from wtb_conf.store.errors import ObjectCorrupted, StoreError, UnsafePath
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ LINK_MODE = 0o120000
 # Every temp file the store writes under <blob_root>/objects/ starts with this, so a crash's
 # leftovers can be told from blobs (fsck removes them as orphans).
 TMP_PREFIX = ".tmp-"
+_BLOB_ID = re.compile(r"[0-9a-f]{64}")
 
 _NO_ROOM = {
     errno.ENOSPC: "the disk is full",
@@ -259,10 +261,45 @@ def refuse_beneath_links(paths: Iterable[str], links: set[str]) -> None:
                                  "refusing to restore it")
 
 
+def blob_path(objects: Path, blob_id: str) -> Path:
+    """objects/ab/cdef... of a blob. Only a SHA-256 hex digest names a file: a forged or
+    corrupted row or tree entry (`../../x`) must not make the store open a path elsewhere."""
+    if not isinstance(blob_id, str) or not _BLOB_ID.fullmatch(blob_id):
+        raise ObjectCorrupted(f"blob id {blob_id!r} is not a SHA-256 hex digest; refusing to "
+                              "open a file for it")
+    return objects / blob_id[:2] / blob_id[2:]
+
+
+def _plain_parts(rel: str) -> list[str] | None:
+    """The parts of a plain relative posix path; None for an absolute one, one with an empty,
+    '.' or '..' part, a backslash or a NUL."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or "\0" in rel:
+        return None
+    parts = rel.split("/")
+    return None if any(p in ("", ".", "..") for p in parts) else parts
+
+
+def commit_source(root: str, rel: str) -> str:
+    """root/rel, for a path named to commit_dir(files=...) (`root` resolved). Refuses what is
+    not a plain relative path, and a path whose directory resolves outside root through a
+    symlink: its file would be read from elsewhere. The file itself may be a link: it is
+    stored as one, never followed, as the walk of a whole directory does."""
+    parts = _plain_parts(rel)
+    if parts is None:
+        raise UnsafePath(f"cannot commit {rel!r} under {root}: not a plain relative path "
+                         "(absolute, or with '..', '.' or an empty part); name files relative "
+                         "to the directory committed")
+    full = os.path.join(root, *parts)
+    if not Path(os.path.dirname(full)).resolve().is_relative_to(root):
+        raise UnsafePath(f"cannot commit {rel!r} under {root}: its directory resolves outside "
+                         f"{root} (through a symlink)")
+    return full
+
+
 def safe_target(dest: Path, rel: str) -> Path:
     """dest/rel, refusing absolute paths, '..' and anything that resolves outside dest."""
-    parts = rel.split("/")
-    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in rel:
+    parts = _plain_parts(rel)
+    if parts is None:
         raise UnsafePath(f"tree entry {rel!r} is not a plain relative path; refusing to restore it")
     target = dest.joinpath(*parts)
     if not target.resolve().is_relative_to(dest.resolve()):

@@ -106,7 +106,7 @@ class ObjectStore:
     # -- blobs -------------------------------------------------------------------------
 
     def _blob_path(self, blob_id: str) -> Path:
-        return self.blob_root / "objects" / blob_id[:2] / blob_id[2:]
+        return _files.blob_path(self.blob_root / "objects", blob_id)
 
     def _existing_blobs(self, conn: Connection, ids: Iterable[str]) -> set[str]:
         ids = list(ids)
@@ -218,9 +218,9 @@ class ObjectStore:
         dirs: set[Path | None] = set()  # where blob files were renamed: fsynced before the rows
         fresh: list[tuple[str, os.stat_result, str]] = []  # hashed files to cache
         objects = self.blob_root / "objects"
-        if files is not None:
+        if files is not None:  # (commit_source: no path named may lead outside root)
             files = set(files)
-            found = [(rel, os.lstat(os.path.join(root, rel))) for rel in sorted(files)]
+            found = [(rel, os.lstat(_files.commit_source(root, rel))) for rel in sorted(files)]
         for rel, st in found if files is not None else _files.walk(root):
             if stat.S_ISLNK(st.st_mode):  # stored as a link, never followed (like git)
                 if (target := _files.read_link(os.path.join(root, rel))) is not None:
