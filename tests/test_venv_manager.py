@@ -6,22 +6,29 @@ The envs are kept small (six, a pure-Python wheel) and shared by the tests of th
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import text
 
+from venv_manager.envs import EnvStore
 from venv_manager.genproto import generate
 from venv_manager.proto import venv_manager_pb2 as pb
 from venv_manager.proto import venv_manager_pb2_grpc as pb_grpc
+from venv_manager.rest import app
+from venv_manager.server import grpc_server
 from wtb_conf.envs import EnvError, VenvClient
 
 TOKEN = "s3cret-token"
@@ -235,3 +242,98 @@ def test_an_address_that_does_not_answer_is_a_clear_error_within_seconds():
     with pytest.raises(EnvError, match="venv manager at 127.0.0.1:9 did not answer"):
         VenvClient("127.0.0.1:9")
     assert time.monotonic() - t < 30
+
+
+# -- History paging and Cleanup, as docs/venv_manager.md describes them (no env is built:
+# envs are written the way a build leaves them, and the audit records directly) ----------
+
+
+def _fake_env(store, env_id: str, idle_s: float) -> None:
+    path = store.root / "envs" / env_id
+    path.mkdir()
+    (path / "spec.json").write_text(json.dumps(
+        {"python_version": "3.11.0", "created_at": "2026-11-29T00:00:00+00:00", "spec": {}}))
+    (path / "lock.txt").write_text("six==1.16.0\n")
+    store.audit.upsert_env(env_id, {}, {}, "3.11.0", 0)
+    at = datetime.fromtimestamp(time.time() - idle_s, UTC).isoformat()
+    with store.audit.engine.begin() as conn:
+        conn.execute(text("UPDATE envs SET last_used_at = :at WHERE env_id = :id"),
+                     {"at": at, "id": env_id})
+
+
+@pytest.fixture
+def embedded(tmp_path):
+    """An EnvStore served in this process (no token), and a stub over a real channel."""
+    store = EnvStore(tmp_path / "vm")
+    server, port = grpc_server(store, "127.0.0.1", 0, None)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield store, pb_grpc.VenvManagerStub(channel)
+    channel.close()
+    server.stop(None)
+
+
+def test_history_pages_are_full_newest_first_and_the_last_says_so(embedded):
+    store, stub = embedded
+    labels = [{"variant": "a"}, {"variant": "b"}, {}]
+    for i in range(250):
+        store.audit.record("GetEnv", "e" * 64, labels[i % 3], "ok", 0.0)
+    wanted = [o["id"] for o in store.audit.history(limit=1000)[0]
+              if o["labels"] == {"variant": "a"}]
+    assert len(wanted) == 84
+    pages, before = [], 0
+    while True:  # the label filter used to run after LIMIT: pages came back short or empty
+        page = stub.History(pb.HistoryRequest(label_key="variant", label_value="a",
+                                              page_size=40, before_id=before))
+        pages.append([o.id for o in page.operations])
+        if not page.next_before_id:
+            break
+        assert page.next_before_id == pages[-1][-1]
+        before = page.next_before_id
+    assert [len(p) for p in pages] == [40, 40, 4]
+    assert [i for p in pages for i in p] == wanted  # newest first, none twice, none missed
+    assert len(stub.History(pb.HistoryRequest()).operations) == 100  # page_size 0: 100
+    exact = stub.History(pb.HistoryRequest(label_key="variant", label_value="a", page_size=84))
+    assert len(exact.operations) == 84 and exact.next_before_id == 0  # nothing left
+    rest = TestClient(app(store, None)).get(
+        "/v1/history", params={"label": "variant=a", "page_size": 40, "before_id": pages[0][-1]})
+    assert [o["id"] for o in rest.json()["operations"]] == pages[1]
+    assert rest.json()["next_before_id"] == pages[1][-1]
+
+
+def test_cleanup_removes_idle_envs_and_dead_builds_never_one_in_use(embedded):
+    store, stub = embedded
+    old, recent, leased = "a" * 64, "b" * 64, "c" * 64
+    _fake_env(store, old, idle_s=7200)
+    _fake_env(store, recent, idle_s=60)
+    _fake_env(store, leased, idle_s=7200)
+    dead = store.root / "envs" / f".tmp-{'d' * 64}-x1"  # a killed builder's: its lock is free
+    (dead / "venv").mkdir(parents=True)
+    with store.lease(leased):
+        removed = stub.Cleanup(pb.CleanupRequest(idle_seconds=3600)).removed
+        assert list(removed) == [old]  # env ids only: the dead build is in the audit record
+        assert not dead.exists()
+        record = stub.History(pb.HistoryRequest(page_size=1)).operations[0]
+        assert record.operation == "Cleanup" and dead.name in record.stdout.split()
+        assert sorted(e.env_id for e in stub.ListEnvs(pb.ListEnvsRequest()).envs) == [
+            recent, leased]
+        # idle_seconds 0: every env not in use
+        assert list(stub.Cleanup(pb.CleanupRequest(idle_seconds=0)).removed) == [recent]
+    assert list(stub.Cleanup(pb.CleanupRequest(idle_seconds=0)).removed) == [leased]
+
+
+def test_cleanup_leaves_an_env_used_after_it_looked(embedded, monkeypatch):
+    """Idleness is checked again under the env's lock: an env handed out between the
+    cleanup's look and its delete stays."""
+    store, _ = embedded
+    env_id = "a" * 64
+    _fake_env(store, env_id, idle_s=7200)
+    listed = store.list
+
+    def list_then_use():  # the env is used right after the cleanup listed it
+        envs = listed()
+        store.audit.touch(env_id)
+        return envs
+
+    monkeypatch.setattr(store, "list", list_then_use)
+    assert store.cleanup(3600) == []
+    assert (store.root / "envs" / env_id).is_dir()
