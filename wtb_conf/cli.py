@@ -27,11 +27,20 @@ def _resolve_commit(store: Store, ref: str) -> str:
 
 
 def _reap(store: Store) -> None:
-    """Runs and sweeps whose process died are recorded failed by whoever looks next."""
+    """Runs and sweeps whose process died are recorded failed by whoever writes next."""
     reaped = store.reap()
     if reaped["runs"] or reaped["sweeps"]:
         print(f"wtb: recorded as failed: {len(reaped['runs'])} runs and "
               f"{len(reaped['sweeps'])} sweeps whose processes had died", file=sys.stderr)
+
+
+def _note_lost(store: Store) -> None:
+    """A read-only command cannot record them failed; it says they are not running."""
+    lost = store.lost()
+    if lost["runs"] or lost["sweeps"]:
+        print(f"wtb: {len(lost['runs'])} runs and {len(lost['sweeps'])} sweeps say `running` "
+              "but their processes are gone; the next sweep or `wtb fsck --repair` records "
+              "them failed", file=sys.stderr)
 
 
 def _print_json(data: Any) -> None:
@@ -331,24 +340,24 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list runs (all, or of one sweep)")
     p.add_argument("--sweep", help="a sweep id (or prefix), or 'last'")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_runs)
+    p.set_defaults(fn=cmd_runs, readonly=True)
 
     p = sub.add_parser("show", help="one run: status, metrics, cases, checkpoints, final state")
     p.add_argument("run", help="run id, unique prefix, or 'last'")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_show)
+    p.set_defaults(fn=cmd_show, readonly=True)
 
     p = sub.add_parser("restore", help="write a run's files (final, or at a checkpoint) to DIR")
     p.add_argument("run", help="run id, unique prefix, or 'last'")
     p.add_argument("--checkpoint", help="checkpoint id (or unique prefix) of one of its cases")
     p.add_argument("--to", required=True, help="a new or empty directory")
-    p.set_defaults(fn=cmd_restore)
+    p.set_defaults(fn=cmd_restore, readonly=True)
 
     p = sub.add_parser("diff", help="paths added, removed and changed between runs or commits")
     p.add_argument("a", help="run or commit id (or prefix)")
     p.add_argument("b", help="run or commit id (or prefix)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_diff)
+    p.set_defaults(fn=cmd_diff, readonly=True)
 
     overrides = {"nargs": "*", "metavar": "OVERRIDE",
                  "help": "more Hydra overrides for the new run, e.g. hydra/launcher=basic"}
@@ -409,7 +418,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("log", help="the events of one run")
     p.add_argument("run", help="run id, unique prefix, or 'last'")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_log)
+    p.set_defaults(fn=cmd_log, readonly=True)
 
     p = sub.add_parser("fsck", help="check the store is whole: objects, links, statuses, "
                                     "orphans (read-only unless --repair)")
@@ -447,7 +456,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         readonly = getattr(args, "readonly", False)
         with open_store(args.db, args.blobs, readonly=readonly) as store:
-            if not readonly and args.command != "fsck":  # fsck reports them; --repair reaps
+            if args.command == "fsck":  # it reports them; --repair records them
+                pass
+            elif readonly:
+                _note_lost(store)
+            else:
                 _reap(store)
             code = args.fn(store, args)
         if isinstance(code, int):

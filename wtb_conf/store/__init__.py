@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from wtb_conf.store.errors import (
     ObjectCorrupted,
@@ -83,11 +84,18 @@ def open_store(
     except (ArgumentError, NoSuchModuleError) as e:
         raise StoreError(f"{db_url!r} is not a database URL SQLAlchemy can open ({e}); "
                          "e.g. sqlite:///data/wtb.db") from None
-    except OSError as e:  # the SQLite file's directory cannot be made (a file is in the way)
-        raise StoreError(f"cannot make the directory of the store {db_url!r}: {e}") from None
     try:
         check_version(engine) if readonly else setup(engine)
     except RuntimeError as e:
         engine.dispose()
         raise StoreError(str(e)) from None
+    except OperationalError as e:  # a read-only file or directory, a disk that is full
+        engine.dispose()
+        where = make_url(db_url).render_as_string(hide_password=True)
+        if readonly:
+            raise StoreError(f"cannot read the store {where}: {e.orig}") from None
+        raise StoreError(
+            f"cannot write the store {where}: {e.orig}. Commands that only read (wtb runs, "
+            "show, log, diff, compare, report, fsck) work on a read-only store; a sweep and "
+            "the other commands need to write to its directory") from None
     return Store(engine, blob_root, inline_max, readonly)

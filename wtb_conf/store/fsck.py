@@ -26,14 +26,13 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from sqlalchemy import Connection, bindparam, text
 
 from wtb_conf.store.errors import StoreError
 from wtb_conf.store.lifecycle import lost_error, running_owners
 from wtb_conf.store.liveness import alive
-from wtb_conf.store.schema import read_conn
+from wtb_conf.store.schema import read_conn, readonly_uri
 
 if TYPE_CHECKING:
     from wtb_conf.store import Store
@@ -299,7 +298,7 @@ def _check_links(links: list, checkpoints_path: str | os.PathLike | None,
                    "checkpoint links cannot be checked (--checkpoints names the file)")
         return
     try:  # read-only: fsck never creates or changes LangGraph's file
-        con = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=60)
+        con = sqlite3.connect(readonly_uri(path), uri=True, timeout=60)
         with contextlib.closing(con):
             saved = set(con.execute("SELECT thread_id, checkpoint_ns, checkpoint_id FROM "
                                     "checkpoints"))

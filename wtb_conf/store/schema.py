@@ -6,12 +6,15 @@ database has not seen yet, in one write transaction, and records them in `wtb_mi
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+
+from wtb_conf.store.errors import StoreError
 
 MIGRATIONS: list[str] = [
     # 1: content-addressed objects. A blob with data NULL lives as a file under objects/.
@@ -225,7 +228,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 def _sqlite_readonly(dbapi_conn, _record) -> None:
     dbapi_conn.isolation_level = None
-    dbapi_conn.execute("PRAGMA busy_timeout=60000")
+    dbapi_conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
 
 
 def _sqlite_begin(conn) -> None:
@@ -235,20 +238,50 @@ def _sqlite_begin(conn) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _readonly_params(path: Path) -> dict[str, str]:
+    """SQLite URI parameters that read `path` without writing anything. A WAL database needs
+    its -shm file to read, made by the first reader; in a directory this process cannot write
+    (a read-only mount, another user's store) there is none, and mode=ro fails "unable to open
+    database file". Without a -wal file every committed change is in the database file (the
+    last writer to close merged it), so it can be read as immutable: no locks, no -shm."""
+    if not os.access(path.parent, os.W_OK) and not path.with_name(path.name + "-wal").exists():
+        return {"mode": "ro", "immutable": "1"}
+    return {"mode": "ro"}
+
+
+def readonly_uri(path: Path) -> str:
+    """The URI for sqlite3.connect(..., uri=True) that opens `path` read-only."""
+    params = "&".join(f"{k}={v}" for k, v in _readonly_params(path).items())
+    return f"file:{quote(str(path))}?{params}"  # quoted: a path with '#' or '?' in it
+
+
 def create_store_engine(db_url: str, readonly: bool = False) -> Engine:
-    """An engine for `db_url`; for SQLite, the parent directory is created if missing.
-    `readonly`: SQLite opens the file read-only and nothing takes the write lock."""
+    """An engine for `db_url`; for SQLite, the file's directory is made if its parent exists
+    (`data/` of `sqlite:///data/wtb.db`; a mistyped path further up is an error, not a tree of
+    new directories). `readonly`: SQLite opens the file read-only, nothing takes the write
+    lock, and a store in a read-only directory can be read."""
     url = make_url(db_url)
     if url.get_backend_name() != "sqlite":
         return create_engine(url)
-    if readonly and url.database and url.database != ":memory:":
-        # an SQLite URI: a path with '#' or '?' in it must be quoted
-        engine = create_engine(url.set(database=f"file:{quote(url.database)}",
-                                       query={"mode": "ro", "uri": "true"}))
+    path = Path(url.database) if url.database and url.database != ":memory:" else None
+    if readonly and path is not None:
+        if not path.is_file():
+            raise StoreError(f"no store at {path}: run a sweep (`python -m wtb_conf -m ...`) "
+                             "first, or name the store with --db")
+        engine = create_engine(url.set(database=f"file:{quote(str(path))}",
+                                       query={**_readonly_params(path), "uri": "true"}))
         event.listen(engine, "connect", _sqlite_readonly)
         return engine
-    if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    if path is not None:
+        try:
+            path.parent.mkdir(exist_ok=True)
+        except FileNotFoundError:
+            raise StoreError(f"{db_url}: the directory {path.parent.parent} does not exist: "
+                             "make it, or give a path in an existing directory") from None
+        except OSError as e:  # a file in the way, no permission, a read-only file system
+            why = "a file is in the way" if isinstance(e, FileExistsError) else e.strerror
+            raise StoreError(f"cannot make the directory of the store {db_url}: "
+                             f"{path.parent}: {why}") from None
     engine = create_engine(url)
     event.listen(engine, "connect", _sqlite_pragmas)
     event.listen(engine, "begin", _sqlite_begin)
@@ -271,7 +304,8 @@ def check_version(engine: Engine) -> None:
     if version < len(MIGRATIONS):
         raise RuntimeError(f"{where} has schema version {version}, older than this wtb_conf's "
                            f"({len(MIGRATIONS)}); a read-only command does not migrate it: "
-                           "any other command (`wtb runs`) or a sweep upgrades it")
+                           "the next sweep, or a command that writes (`wtb fsck --repair`), "
+                           "upgrades it")
 
 
 def setup(engine: Engine) -> None:
