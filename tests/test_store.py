@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -587,3 +588,39 @@ def test_bad_storage_values_name_their_key(tmp_path, storage, message):
     assert storage_paths(good, tmp_path)["inline_max"] == 65536
     with pytest.raises(StoreError, match=message):
         storage_paths(good | storage, tmp_path)
+
+
+# -- what the job's identity leaves out (wtb_conf.identity), as docs/config.md says ----------
+
+
+def _documented_non_identity() -> list[str]:
+    doc = (Path(__file__).parent.parent / "docs/config.md").read_text()
+    match = re.search(r"A job's identity is the digest of its resolved config \(without (.*?)\)",
+                      doc, re.S)
+    assert match, "docs/config.md no longer says which keys the job's identity leaves out"
+    return re.findall(r"`([^`]+)`", match.group(1))
+
+
+def test_config_digest_leaves_out_exactly_the_documented_keys():
+    from omegaconf import OmegaConf
+
+    from wtb_conf.identity import NOT_IDENTITY, SCORING_KEYS, config_digest
+
+    documented = _documented_non_identity()
+    assert sorted(documented) == sorted([*NOT_IDENTITY, *(f"workflow.{k}" for k in
+                                                           SCORING_KEYS)])
+    base = {"workflow": {"nodes": {"a": {"_target_": "m.f", "k": 1}}, "cases": {"c": {"x": 1}},
+                         "evaluators": {"e": {"_target_": "m.e"}}, "expected": {"c": {}}},
+            "storage": {"db_url": "sqlite:///a.db"}, "rerun": False, "share_prefixes": True,
+            "compare": {"objective": None, "mode": "max"}, "env": {"packages": []},
+            "fork": None}
+    digest = config_digest(OmegaConf.create(base))
+    for key in documented:  # changing (or dropping) a documented key keeps the identity
+        changed = OmegaConf.create(base)
+        OmegaConf.update(changed, key, {"changed": True}, force_add=True)
+        assert config_digest(changed) == digest, key
+    for key in ("workflow.nodes.a.k", "workflow.cases.c.x", "workflow.name", "env.packages",
+                "fork", "variant"):  # any other key is part of it
+        changed = OmegaConf.create(base)
+        OmegaConf.update(changed, key, "changed", force_add=True)
+        assert config_digest(changed) != digest, key

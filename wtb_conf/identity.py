@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # Keys of the job config that say where or whether to run, or how to judge the outcome, not
 # what runs: left out of the digest (the scoring keys of a workflow too, see wtb_conf.scoring).
+# docs/config.md ("The job cache") lists both; tests/test_store.py holds the two to each other.
 NOT_IDENTITY = ("storage", "rerun", "share_prefixes", "compare")
 SCORING_KEYS = ("evaluators", "expected")
 
