@@ -22,6 +22,7 @@ from hydra.errors import CompactHydraException
 
 from venv_manager.proto import venv_manager_pb2 as pb
 from venv_manager.proto import venv_manager_pb2_grpc as pb_grpc
+from wtb_conf.schemas import EnvConfig, check
 
 CONNECT_TIMEOUT_S = 10  # a configured manager that does not answer within this is an error
 START_TIMEOUT_S = 60
@@ -42,24 +43,20 @@ def driver_python() -> str:
     return f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
-def spec_for(env_cfg: Mapping[str, Any], labels: Mapping[str, str], job: str) -> pb.EnvSpec:
+def spec_for(env_cfg: Any, labels: Mapping[str, str], job: str) -> pb.EnvSpec:
     """The EnvSpec for a job: its packages plus the runtime at the driver's exact versions."""
-    python = env_cfg.get("python") or driver_python()
-    if not isinstance(python, str):  # YAML and Hydra read 3.10 as the number 3.1
-        raise EnvError(f"{job}: env.python={python!r} is a number; write the version as a "
-                       f"string: python: \"{driver_python()}\" in YAML, "
-                       f"env.python='{driver_python()}' on the command line")
+    env = check(EnvConfig, env_cfg, "env", error=lambda message: EnvError(f"{job}: {message}"))
+    python = env.python or driver_python()
     if python.split(".")[:2] != driver_python().split("."):
         raise EnvError(
             f"{job}: env.python={python} but the driver runs Python {driver_python()}; Ray needs "
             f"the same minor version in every process: set env.python to {driver_python()} "
             "(or leave it null)"
         )
-    packages = [str(p) for p in env_cfg.get("packages") or []]
     runtime = [f"{name}=={version(name)}" for name in RUNTIME]
-    return pb.EnvSpec(python=python, packages=[*packages, *runtime],
-                      index_url=str(env_cfg.get("index_url") or ""),
-                      extra_index_urls=[str(u) for u in env_cfg.get("extra_index_urls") or []],
+    return pb.EnvSpec(python=python, packages=[*(env.packages or []), *runtime],
+                      index_url=env.index_url or "",
+                      extra_index_urls=env.extra_index_urls or [],
                       labels={k: str(v) for k, v in labels.items()})
 
 

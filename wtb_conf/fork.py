@@ -17,9 +17,10 @@ from omegaconf import OmegaConf
 from sqlalchemy import text
 
 from wtb_conf.identity import json_digest
+from wtb_conf.schemas import ForkConfig, check
 from wtb_conf.store import Store, StoreError, read_conn
 
-FORK_KEYS = ("run", "checkpoint", "after", "set", "pause")
+FORK_KEYS = tuple(ForkConfig.keys())  # (the model: wtb_conf.schemas.ForkConfig)
 
 
 class ForkError(ValueError):
@@ -65,15 +66,11 @@ def _points(store: Store, run_id: str) -> list[tuple[str, ForkPoint]]:
     return out
 
 
-def plan(store: Store, spec: Mapping[str, Any], state_fields: list[str] | None) -> Fork:
+def plan(store: Store, spec: Any, state_fields: list[str] | None) -> Fork:
     """Validate a `fork:` config against the store and pick each case's checkpoint."""
-    for key in spec:
-        if key not in FORK_KEYS:
-            raise ForkError(f"fork.{key}: unknown key; fork has {', '.join(FORK_KEYS)}")
-    if not spec.get("run"):
-        raise ForkError("fork.run: name the run to fork from, e.g. +fork.run=RUN (`wtb runs`)")
+    fork = check(ForkConfig, spec, "fork", error=ForkError)
     try:
-        run = store.run(store.resolve("runs", str(spec["run"])))
+        run = store.run(store.resolve("runs", fork.run))
     except StoreError as e:
         raise ForkError(f"fork.run: {e}") from None
     if run["status"] == "cached":  # a cache hit ran nothing: its source run has the threads
@@ -84,11 +81,9 @@ def plan(store: Store, spec: Mapping[str, Any], state_fields: list[str] | None) 
     if not points:
         raise ForkError(f"fork.run: run {run['run_id'][:8]} stored no checkpoints to fork from")
     chosen: dict[str, ForkPoint] = {}
-    cp, after = spec.get("checkpoint"), spec.get("after")
-    if cp is not None and after is not None:
-        raise ForkError("fork.checkpoint, fork.after: give one of them, not both")
+    cp, after = fork.checkpoint, fork.after
     if cp is not None:
-        matches = [(c, p) for c, p in points if p.checkpoint_id.startswith(str(cp))]
+        matches = [(c, p) for c, p in points if p.checkpoint_id.startswith(cp)]
         if len(matches) != 1:
             raise ForkError(
                 f"fork.checkpoint: {len(matches) or 'no'} checkpoints of run "
@@ -96,13 +91,10 @@ def plan(store: Store, spec: Mapping[str, Any], state_fields: list[str] | None) 
             )
         chosen = dict(matches)
     elif after is not None:
-        chosen = _after(store, run["run_id"], str(after))
+        chosen = _after(store, run["run_id"], after)
     else:  # resume: each case from its newest checkpoint
         chosen = dict(points)
-    updates = spec.get("set") or {}
-    if not isinstance(updates, Mapping):
-        raise ForkError(f"fork.set: expected a mapping of state fields to values, e.g. "
-                        f"+fork.set.FIELD=VALUE; got {updates!r}")
+    updates = fork.set or {}
     for key in updates:
         if state_fields is not None and key not in state_fields:
             raise ForkError(f"fork.set.{key}: not a state field; the state has "
@@ -111,12 +103,9 @@ def plan(store: Store, spec: Mapping[str, Any], state_fields: list[str] | None) 
         raise ForkError("fork.set: a checkpoint before any node ran holds the case's input, "
                         "not a state to change; fork from a later checkpoint, or change the "
                         "input (workflow.cases)")
-    pause = spec.get("pause", False)
-    if not isinstance(pause, bool):
-        raise ForkError(f"fork.pause: expected true or false, got {pause!r}")
     resume = cp is None and after is None
     every_case = OmegaConf.select(OmegaConf.create(run["config_yaml"]), "fork.checkpoint") is None
-    return Fork(run["run_id"], chosen, dict(updates), pause, resume and every_case)
+    return Fork(run["run_id"], chosen, dict(updates), fork.pause, resume and every_case)
 
 
 def _first_run(thread: dict[str, Any], links: list[dict[str, Any]], node: str,

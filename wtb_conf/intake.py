@@ -18,7 +18,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from wtb_conf.fork import ForkError
 from wtb_conf.identity import identity_of, input_files
+from wtb_conf.schemas import ForkConfig, StorageConfig, check
 from wtb_conf.scoring import check_compare, eval_key, evaluators_of, rescore
 from wtb_conf.store import Store, StoreError, open_store
 from wtb_conf.workflow import WorkflowError, build_graph
@@ -52,29 +54,22 @@ def installed(path: tuple[str, ...] | None = None) -> list[str]:
     return sorted(found)
 
 
-def storage_paths(storage: Mapping[str, Any], base: Path) -> dict[str, Any]:
-    """The storage group with relative paths resolved against `base` (the launch dir)."""
+def storage_paths(storage: Any, base: Path) -> dict[str, Any]:
+    """The storage group, validated, with relative paths resolved against `base` (the launch
+    dir)."""
 
     def path(p: str) -> str:
         return str(p if os.path.isabs(p) else base / p)
 
-    db_url = str(storage["db_url"])
-    if "://" not in db_url:  # SQLAlchemy would take a bare word for nothing; open_store for a path
-        raise StoreError(f"storage.db_url: {db_url!r} is not a database URL: give an "
-                         "SQLAlchemy URL, e.g. sqlite:///data/wtb.db")
-    inline_max = storage["inline_max"]
-    if isinstance(inline_max, bool) or not isinstance(inline_max, int) or inline_max < 0:
-        raise StoreError(f"storage.inline_max: {inline_max!r} is not a size: give the bytes "
-                         "up to which a blob lives in the database, an integer >= 0 "
-                         "(default 65536)")
-    prefix = "sqlite:///"
+    spec = check(StorageConfig, storage, "storage", error=StoreError)
+    db_url, prefix = spec.db_url, "sqlite:///"
     if db_url.startswith(prefix) and db_url[len(prefix):] not in ("", ":memory:"):
         db_url = prefix + path(db_url[len(prefix):])
     return {
         "db_url": db_url,
-        "blob_root": path(storage["blob_root"]),
-        "checkpoints": path(storage["checkpoints"]),
-        "inline_max": inline_max,
+        "blob_root": path(spec.blob_root),
+        "checkpoints": path(spec.checkpoints),
+        "inline_max": spec.inline_max,
     }
 
 
@@ -261,6 +256,8 @@ def check_job(cfg: DictConfig) -> tuple[Any, dict[str, Any], dict, dict | None]:
             "runs in the driver's: only wtb_conf's planner (the default, hydra/launcher=wtb) "
             "provisions envs; drop hydra/launcher=basic or wtb_ray, or use env=default")
     graph = build_graph(cfg.workflow)
+    if cfg.get("fork") is not None:  # its run and checkpoint are looked up when the job runs
+        check(ForkConfig, cfg.fork, "fork", error=ForkError)
     workflow = plain(cfg.workflow)
     evaluators = evaluators_of(workflow)
     compare = check_compare(plain(cfg.get("compare")), workflow)

@@ -24,11 +24,9 @@ from typing import Any
 from wtb_conf import case_context
 from wtb_conf.compare import RATES
 from wtb_conf.identity import SCORING_KEYS, json_digest, sources_digest
+from wtb_conf.schemas import CompareConfig, ScoringConfig, check
 from wtb_conf.store import Store, StoreError
 from wtb_conf.workflow import WorkflowError, _callable
-
-COMPARE_KEYS = ("objective", "mode")
-MODES = ("max", "min")
 
 
 @dataclass(frozen=True)
@@ -38,28 +36,11 @@ class Evaluator:
     expected: inspect.Parameter | None  # the function's `expected` parameter, if it has one
 
 
-def evaluators_of(workflow: Mapping[str, Any]) -> list[Evaluator]:
+def evaluators_of(workflow: Any) -> list[Evaluator]:
     """The workflow's evaluators, imported; errors name the YAML key."""
-    specs = workflow.get("evaluators") or {}
-    if not isinstance(specs, Mapping):
-        raise WorkflowError("workflow.evaluators: expected a mapping NAME: {_target_: ...}")
-    expected = workflow.get("expected")
-    if expected is not None and not isinstance(expected, Mapping):
-        raise WorkflowError("workflow.expected: expected a mapping CASE: reference value")
-    cases = workflow.get("cases") or {}
-    taken = [*(workflow.get("metrics") or {}), *RATES]
-    for case in expected or {}:
-        if cases and case not in cases:
-            raise WorkflowError(f"workflow.expected.{case}: not a case; cases are "
-                                f"{sorted(cases)}")
+    scoring = check(ScoringConfig, workflow, "workflow", error=WorkflowError)
     out = []
-    for name, spec in specs.items():
-        if not isinstance(name, str) or "/" in name:
-            raise WorkflowError(f"workflow.evaluators.{name}: names may not contain '/'")
-        if name in taken:  # one column of the comparison per name
-            raise WorkflowError(f"workflow.evaluators.{name}: a metric (or rate) has that name "
-                                f"already; name the evaluator otherwise ({', '.join(taken)} "
-                                "are taken)")
+    for name, spec in (scoring.evaluators or {}).items():
         fn = _callable(f"workflow.evaluators.{name}", spec)
         target = getattr(fn, "func", fn)
         try:
@@ -72,22 +53,13 @@ def evaluators_of(workflow: Mapping[str, Any]) -> list[Evaluator]:
 
 def check_compare(compare: Any, workflow: Mapping[str, Any]) -> dict[str, Any]:
     """`compare: {objective, mode}`, checked against the workflow's metrics and evaluators."""
-    compare = dict(compare or {})
-    for key in compare:
-        if key not in COMPARE_KEYS:
-            raise WorkflowError(f"compare.{key}: unknown key; compare has "
-                                f"{', '.join(COMPARE_KEYS)}")
-    mode = compare.setdefault("mode", "max")
-    if mode not in MODES:
-        raise WorkflowError(f"compare.mode: {mode!r} is not one of {', '.join(MODES)}")
-    objective = compare.setdefault("objective", None)
+    compare = check(CompareConfig, compare or {}, "compare", error=WorkflowError).model_dump()
+    objective = compare["objective"]
     if objective is None:
         return compare
     metrics = list(workflow.get("metrics") or {})
     scores = list(workflow.get("evaluators") or {})
-    if not isinstance(objective, str) or not (
-            objective in metrics or objective in RATES
-            or objective.split(".")[0] in scores):
+    if not (objective in metrics or objective in RATES or objective.split(".")[0] in scores):
         raise WorkflowError(
             f"compare.objective: {objective!r} is not a metric or a score of this workflow; "
             f"valid: {', '.join([*metrics, *scores, *RATES])} (or NAME.KEY of an evaluator "

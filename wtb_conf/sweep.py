@@ -20,6 +20,8 @@ from omegaconf import DictConfig, open_dict, read_write
 from wtb_conf import compare
 from wtb_conf.intake import SWEEP_ENV, open_store_for
 from wtb_conf.replay import SWEEP_ID_FILE
+from wtb_conf.schemas import ConfigError, check_config
+from wtb_conf.store import StoreError
 from wtb_conf.store.lifecycle import DONE
 
 log = logging.getLogger(__name__)
@@ -92,15 +94,33 @@ def claim_sweep_dir(config: DictConfig) -> Path:
     return path
 
 
+class ConfigRefused(SystemExit):
+    """A config refused when the sweep starts. It carries the CompactHydraException (or store
+    error) that names the key, as a SystemExit: Hydra turns a callback's Exception into a
+    warning and would run the jobs anyway; a SystemExit gets past it, and Python prints its
+    message alone (no traceback) and exits 1."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class SweepCallback(Callback):
     def __init__(self) -> None:
         self.sweep_id: str | None = None
 
     def _start(self, config: DictConfig, multirun: bool) -> None:
+        try:  # before anything is written: a refused sweep leaves the store as it was
+            check_config(config)
+        except ConfigError as e:
+            raise ConfigRefused(e) from None
         if "workflow" not in config:  # Hydra stops it with "You must specify 'workflow'"
             return
         sweep_dir = str(claim_sweep_dir(config)) if multirun else None
-        store, _ = open_store_for(config, Path.cwd())
+        try:
+            store, _ = open_store_for(config, Path.cwd())
+        except StoreError as e:  # a db_url SQLAlchemy cannot open, a dir blocked by a file
+            raise ConfigRefused(e) from None
         with store:
             self.sweep_id = store.create_sweep(sys.argv[1:], sweep_dir)
             try:  # what earlier sweeps left running when they died; never this one's end
