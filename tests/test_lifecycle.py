@@ -146,3 +146,77 @@ def test_migration_8_gives_runs_an_older_sweep_end_failed_their_missing_event(tm
             conn.execute(text("DELETE FROM wtb_migrations WHERE v = 8"))
     with open_store(db, blobs) as store:
         assert _kinds(store, run_id) == ["run_started", "run_failed"]
+
+
+# -- every way a run ends: its last event is its run_* event -------------------------------
+
+EVALUATION = {"source": "run", "eval_key": "k", "compare": {}, "cases": {},
+              "summary": {"scores": {}}}
+
+
+def _completed(store, sweep):  # as wtb_conf.job does: scored, then closed
+    run_id = _run(store, sweep)
+    store.add_evaluation(run_id, **EVALUATION)
+    store.finish_run(run_id, "completed", None, {"m": 1})
+    return run_id, "completed", "run_completed"
+
+
+def _node_failed(store, sweep):
+    run_id = _run(store, sweep)
+    store.add_evaluation(run_id, **EVALUATION)
+    store.finish_run(run_id, "failed", None, {}, "ValueError: five", "tb")
+    return run_id, "failed", "run_failed"
+
+
+def _paused(store, sweep):
+    run_id = _run(store, sweep)
+    store.finish_run(run_id, "paused", None)
+    return run_id, "paused", "run_paused"
+
+
+def _cached(store, sweep):  # the hit's scoring used to come after run_cached
+    earlier, _, _ = _completed(store, sweep)
+    run_id = _run(store, sweep)
+    store.finish_cached(run_id, {"run_id": earlier, "commit": None, "metrics": {"m": 1}},
+                        {**EVALUATION, "source": "cache"})
+    assert store.evaluations(run_id)[0]["source"] == "cache"
+    return run_id, "cached", "run_cached"
+
+
+def _unopened(store, sweep):  # intake.record_unopened: a job that could not even be opened
+    run_id = store.start_run(sweep, 0, [], None, "{}", "", "/tmp/job")
+    store.finish_run(run_id, "failed", None, {}, "ValueError: bad config")
+    return run_id, "failed", "run_failed"
+
+
+def _timed_out(store, sweep):  # the launcher's word (Plan.on_failure -> fail_run)
+    run_id = _run(store, sweep)
+    store.log_event("node", {"node": "work"}, run_id)
+    assert store.fail_run(run_id, "TimeoutError: job #0 ran over hydra.launcher.timeout_s=3")
+    return run_id, "failed", "run_failed"
+
+
+def _interrupted(store, sweep):
+    run_id = _run(store, sweep)
+    store.finish_sweep(sweep, "KeyboardInterrupt")
+    return run_id, "failed", "run_failed"
+
+
+def _lost(store, sweep):
+    run_id = _run(store, sweep, owner=this_process()._replace(pid=2**22 + 7))
+    store.reap()
+    return run_id, "failed", "run_lost"
+
+
+@pytest.mark.parametrize("end", [_completed, _node_failed, _paused, _cached, _unopened,
+                                 _timed_out, _interrupted, _lost],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_every_way_a_run_ends_leaves_its_run_event_last(store, end):
+    run_id, status, kind = end(store, store.create_sweep([]))
+    kinds = _kinds(store, run_id)
+    assert store.run(run_id)["status"] == status
+    assert kinds[0] == "run_started" and kinds[-1] == kind, kinds
+    assert [k for k in kinds if k.startswith("run_")] == ["run_started", kind]
+    # a later re-scoring (`wtb evaluate`) is appended after it, as docs/store.md says
+    store.add_evaluation(run_id, **{**EVALUATION, "source": "evaluate"})
+    assert _kinds(store, run_id)[-2:] == [kind, "evaluated"]

@@ -1,14 +1,16 @@
 """How sweeps and runs start and end: every status change is one transaction with its event.
 
 A run is `running` only while its owner process lives (wtb_conf.store.liveness); it ends as
-completed, failed, cached or paused. Whatever ends it records why, with an event, so that
-`wtb log` and `wtb fsck` can tell the story: the job itself, the launcher (a timeout, a
+completed, failed, cached or paused. Whatever ends it records why, with an event (run_*),
+the last its run records (a later `wtb evaluate` appends `evaluated`), so that `wtb log` and
+`wtb fsck` can tell the story: the job itself, the launcher (a timeout, a
 worker that died: `fail_run`), the sweep's end (`finish_sweep`), or whoever finds its process
 gone (`reap`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
@@ -64,6 +66,7 @@ class Lifecycle:
     """Status changes of sweeps and runs; mixed into Store."""
 
     engine: Engine
+    add_evaluation: Callable[..., str]  # (EvaluationRecords)
 
     def create_sweep(self, argv: list[str], sweep_dir: str | None = None) -> str:
         sweep_id = new_id()
@@ -176,8 +179,13 @@ class Lifecycle:
                 _fail_threads(conn, run_id, error)
             _event(conn, f"run_{status}", {"commit": commit_id, "error": error}, run_id=run_id)
 
-    def finish_cached(self, run_id: str, source: dict[str, Any]) -> None:
-        """Close a run as a cache hit of `source`: its commit and metrics, no work done."""
+    def finish_cached(self, run_id: str, source: dict[str, Any],
+                      evaluation: dict[str, Any] | None = None) -> None:
+        """Close a run as a cache hit of `source`: its commit and metrics, no work done.
+        `evaluation` (add_evaluation's keyword arguments): the hit's scoring, recorded
+        first, so that its log ends with `run_cached` as every run's ends with its run_*."""
+        if evaluation is not None:
+            self.add_evaluation(run_id, **evaluation)
         with self.engine.begin() as conn:
             conn.execute(
                 text("UPDATE runs SET status = 'cached', finished_at = :at, commit_id = :c, "
