@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -207,6 +207,7 @@ class Group(BaseModel):
     what: ClassVar[str]  # "unknown key; <what> has ..."
     shape: ClassVar[str]  # what a valid value looks like as a whole
     required: ClassVar[dict[str, str]] = {}  # key -> what to give when it is missing
+    hint: ClassVar[str] = ""  # an example, after the list of keys
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -221,7 +222,8 @@ class Group(BaseModel):
             known = cls.keys()
             for key in data:
                 if key not in known:
-                    raise _fail(f"unknown key; {cls.what} has {', '.join(known)}", key)
+                    raise _fail(f"unknown key; {cls.what} has {', '.join(known)}"
+                                + (f", e.g. {cls.hint}" if cls.hint else ""), key)
         for key, why in cls.required.items():
             if data.get(key) in (None, "") and not _partial(info):
                 raise _fail(f"missing; {why}", key)
@@ -380,6 +382,11 @@ class WorkflowConfig(ScoringConfig):
             entry |= source in STARTS
         if not entry:
             raise _fail("no edge leaves START; add [START, <first node>]", "edges")
+        for case, inputs in (self.cases or {}).items():
+            for field in inputs:  # LangGraph would drop it without a word
+                if field not in self.state:
+                    raise _fail(f"not a state field; the state has {', '.join(self.state)}",
+                                "cases", case, field)
         for key in ("interrupt_before", "interrupt_after"):
             for i, name in enumerate(getattr(self, key) or []):
                 if name not in nodes:
@@ -434,7 +441,8 @@ class ForkConfig(Group):
     """`+fork.*`: start a job from a checkpoint of an earlier run."""
 
     what = "fork"
-    shape = "a mapping, e.g. +fork.run=RUN +fork.after=NODE"
+    hint = "+fork.run=RUN +fork.after=NODE"
+    shape = f"a mapping, e.g. {hint}"
     required = {"run": "name the run to fork from, e.g. +fork.run=RUN (`wtb runs`)"}
     run: RunId = Field(None, description="the run to fork from: an id or unique prefix")
     checkpoint: RunId | None = Field(None, description="a checkpoint id (or prefix): that case")
@@ -463,6 +471,18 @@ class CompareConfig(Group):
     mode: _one_of("max", "min") = Field("max", description="max or min")
 
 
+class FlagsConfig(Group):
+    """The primary config's own switches (docs/config.md)."""
+
+    model_config = ConfigDict(extra="ignore")
+    what = "the config"
+    shape = "a mapping"
+    rerun: Annotated[StrictBool, _expect("true or false")] = Field(
+        False, description="true: run every job, even one that completed before")
+    share_prefixes: Annotated[StrictBool, _expect("true or false")] = Field(
+        True, description="false: every job runs all its nodes itself")
+
+
 GROUPS: dict[str, type[Group]] = {"workflow": WorkflowConfig, "env": EnvConfig,
                                   "storage": StorageConfig, "fork": ForkConfig,
                                   "compare": CompareConfig}
@@ -470,7 +490,8 @@ M = TypeVar("M", bound=Group)
 
 
 def _key(group: str, loc: Any) -> str:
-    return group + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+    key = group + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+    return key.lstrip(".")
 
 
 def problems(error: ValidationError, group: str) -> list[str]:
@@ -509,20 +530,25 @@ def check(model: type[M], data: Any, group: str, *,
         raise error("\n".join(problems(e, group))) from None
 
 
-def check_config(cfg: Any) -> None:
-    """The groups present in a sweep's primary config, before any job starts: raises one
-    ConfigError listing every problem. Partial, but for storage: the sweep opens its store."""
+def check_config(cfg: Any, whole: Collection[str] = ("storage",)) -> None:
+    """The groups present in a sweep's primary config, before any job starts, and its own
+    switches: raises one ConfigError listing every problem. The groups in `whole` are
+    checked whole, the others `partial`ly (a sweep may change them in every job)."""
     found = []
-    for group, model in GROUPS.items():
+    for group, model in [*GROUPS.items(), ("", FlagsConfig)]:
         try:
-            if group not in cfg:
+            if not group:
+                data = {k: cfg[k] for k in FlagsConfig.keys() if k in cfg}
+            elif group in cfg:
+                data = cfg[group]
+                data = OmegaConf.to_container(data, resolve=True) \
+                    if OmegaConf.is_config(data) else data
+            else:
                 continue
-            data = OmegaConf.to_container(cfg[group], resolve=True) \
-                if OmegaConf.is_config(cfg[group]) else cfg[group]
         except Exception:  # `???`, or what resolves only in a job: the job reports it
             continue
         try:
-            check(model, data, group, partial=model is not StorageConfig)
+            check(model, data, group, partial=group not in whole)
         except ConfigError as e:
             found.append(str(e))
     if found:

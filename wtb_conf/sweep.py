@@ -14,15 +14,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from wtb_conf import compare
+from wtb_conf import compare, intake
+from wtb_conf.fork import ForkError
 from wtb_conf.intake import SWEEP_ENV, open_store_for
 from wtb_conf.replay import SWEEP_ID_FILE
-from wtb_conf.schemas import ConfigError, check_config
+from wtb_conf.schemas import GROUPS, ConfigError, check_config
 from wtb_conf.store import StoreError
 from wtb_conf.store.lifecycle import DONE
+from wtb_conf.workflow import WorkflowError
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,51 @@ def claim_sweep_dir(config: DictConfig) -> Path:
     return path
 
 
+# Sweepers whose jobs differ from the primary config only by their `params` and the command
+# line's sweep overrides (any other may change any key)
+KNOWN_SWEEPERS = ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                  "hydra_plugins.wtb_pairwise_sweeper.sweeper.WtbPairwiseSweeper")
+
+
+def swept_groups(config: DictConfig) -> set[str]:
+    """The top-level keys of `config` (the primary config) that a sweep's jobs may have
+    otherwise: those its sweep overrides and `hydra.sweeper.params` name; `*`: any."""
+    if OmegaConf.select(config, "hydra.sweeper._target_") not in KNOWN_SWEEPERS:
+        return {"*"}
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    try:
+        parser = OverridesParser.create()
+        overrides = [o for o in parser.parse_overrides(list(config.hydra.overrides.task))
+                     if o.is_sweep_override()]  # the others are in the primary config already
+        # every param, a single value too: the sweeper applies them to the jobs only
+        overrides += parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
+    except Exception:  # the sweeper will say what is wrong with them
+        return {"*"}
+    swept = set()
+    for override in overrides:
+        top = override.key_or_group.split(".")[0]
+        if top == "variant":  # `# @package workflow`
+            swept.add("workflow")
+        else:  # a key of the config, or a group that may set anything (+experiment=a,b)
+            swept.add(top if top in config or top in GROUPS else "*")
+    return swept
+
+
+def check_primary(config: DictConfig, swept: set[str]) -> None:
+    """Refuse, before the sweep starts, what would fail in every job: each group's values
+    (whole, unless a sweep may change the group), and when nothing swept can change the
+    workflow, what the jobs would check first (imports, compare.objective, fork.*)."""
+    whole = {"storage"} | ({g for g in GROUPS if g not in swept} if "*" not in swept else set())
+    check_config(config, whole)
+    if "workflow" not in config or not {"workflow", "env", "compare", "fork"} <= whole:
+        return
+    if intake.wants_env(intake.plain(config.get("env"))):
+        return  # its targets import in its env's interpreter, not here
+    intake.check_graph(config)
+    if config.get("fork") is not None:
+        intake.check_fork(config, Path.cwd())
+
+
 class ConfigRefused(SystemExit):
     """A config refused when the sweep starts. It carries the CompactHydraException (or store
     error) that names the key, as a SystemExit: Hydra turns a callback's Exception into a
@@ -111,8 +159,8 @@ class SweepCallback(Callback):
 
     def _start(self, config: DictConfig, multirun: bool) -> None:
         try:  # before anything is written: a refused sweep leaves the store as it was
-            check_config(config)
-        except ConfigError as e:
+            check_primary(config, swept_groups(config) if multirun else set())
+        except (ConfigError, WorkflowError, ForkError, StoreError) as e:
             raise ConfigRefused(e) from None
         if "workflow" not in config:  # Hydra stops it with "You must specify 'workflow'"
             return
