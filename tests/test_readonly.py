@@ -116,7 +116,8 @@ def test_a_store_newer_than_the_code_is_a_clear_error(project, args):
 @pytest.mark.parametrize(("url", "readonly", "message"), [
     ("sqlite:///{tmp}/nope/deeper/wtb.db", False, "the directory {tmp}/nope does not exist"),
     ("sqlite:///{tmp}/nope/wtb.db", True, "no store at {tmp}/nope/wtb.db"),
-    ("sqlite:///{tmp}/file/wtb.db", False, "of the store sqlite:///{tmp}/file/wtb.db: {tmp}/file: a file is in the way"),
+    ("sqlite:///{tmp}/file/wtb.db", False,
+     "of the store sqlite:///{tmp}/file/wtb.db: {tmp}/file: a file is in the way"),
     ("notaurl://", False, "is not a database URL SQLAlchemy can open"),
 ])
 def test_store_urls_that_cannot_work(tmp_path, url, readonly, message):

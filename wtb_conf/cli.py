@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from wtb_conf import views
 from wtb_conf.replay import cmd_rerun, cmd_resume, cmd_rollback
 from wtb_conf.store import Store, StoreError, open_store
 
@@ -56,32 +57,7 @@ def cmd_runs(store: Store, args: argparse.Namespace) -> None:
     runs = store.runs(sweep)
     if args.json:
         return _print_json(runs)
-    _print_runs(runs, f"sweep {sweep[:8]}" if sweep else "all runs")
-
-
-def _print_runs(runs: list[dict], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    metric_names = sorted({k for r in runs for k in r["metrics"] if "/" not in k})
-    table = Table(title=title)
-    for col in ("job", "run", "overrides", "status", "checkpoints", "commit", *metric_names):
-        table.add_column(col)
-    for r in runs:
-        status = r["status"] if r["status"] != "failed" else f"[red]{r['status']}[/red]"
-        table.add_row(
-            str(r["job_num"]), r["run_id"][:8], " ".join(r["overrides"]), status,
-            str(r["checkpoints"]), (r["commit"] or "-")[:12],
-            *(_cell(r["metrics"].get(m, "")) for m in metric_names),
-        )
-    Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None).print(table)
-
-
-def _cell(value: Any, width: int = 12) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    text = str(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
+    views.print_runs(runs, f"sweep {sweep[:8]}" if sweep else "all runs")
 
 
 def _show(store: Store, run_id: str) -> dict[str, Any]:
@@ -106,50 +82,7 @@ def cmd_show(store: Store, args: argparse.Namespace) -> None:
     run = _show(store, store.resolve("runs", args.run))
     if args.json:
         return _print_json(run)
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    console.print(f"[bold]run {run['run_id']}[/bold]  job {run['job_num']} of sweep "
-                  f"{run['sweep_id'][:8]}  [bold]{run['status']}[/bold]")
-    console.print(f"overrides: {' '.join(run['overrides']) or '-'}")
-    console.print(f"job dir:   {run['job_dir']}")
-    console.print(f"commit:    {run['commit'] or '-'}")
-    if run["lineage"]:
-        console.print("forked from: " + " ← ".join(r[:8] for r in run["lineage"]))
-    if run["status"] == "paused":
-        console.print(f"paused: continue with `wtb resume {run['run_id'][:8]}`")
-    if run["metrics"]:
-        console.print("metrics:   " + ", ".join(f"{k}={v}" for k, v in run["metrics"].items()))
-    if run["evaluations"]:
-        newest = run["evaluations"][0]
-        summary = newest["summary"]
-        console.print("scores:    " + (", ".join(f"{k}={v:.4g}" for k, v in
-                                                  summary["scores"].items()) or "-")
-                      + f" (success_rate={summary['success_rate']}, {newest['source']} "
-                      f"{newest['created_at'][:19]}; {len(run['evaluations'])} evaluation(s))",
-                      markup=False, highlight=False)
-        for case, scored in newest["cases"].items():
-            for name, error in scored["errors"].items():
-                console.print(f"[red]evaluator {name} on case {case}: {error}[/red]")
-    if run["error"]:
-        console.print(f"[red]error: {run['error']}[/red]")
-        console.print(run["traceback"] or "", markup=False, highlight=False)
-    for case in run["cases"]:
-        table = Table(title=f"case {case['case']} ({case['status']}) — thread {case['thread_id']}")
-        if case["parent_thread"]:
-            console.print(f"case {case['case']}: forked from thread {case['parent_thread']} at "
-                          f"checkpoint {case['parent_checkpoint']}; inherited "
-                          f"{', '.join(case['inherited']) or 'no nodes'}, executed "
-                          f"{', '.join(case['executed']) or 'no nodes'}")
-        for col in ("step", "checkpoint", "source", "nodes", "commit"):
-            table.add_column(col)
-        for cp in case["checkpoints"]:
-            table.add_row(str(cp["step"]), cp["checkpoint_id"], cp["source"],
-                          ", ".join(cp["nodes"]) or "-", cp["commit"][:12])
-        console.print(table)
-        console.print("final state:", json.dumps(case["final_state"], default=str)[:2000],
-                      markup=False, highlight=False)
+    views.print_run(run)
 
 
 def cmd_restore(store: Store, args: argparse.Namespace) -> None:
@@ -281,52 +214,15 @@ def cmd_fsck(store: Store, args: argparse.Namespace) -> int:
     from wtb_conf.store import fsck
 
     report = fsck.check(store, args.checkpoints)
-    done = None
+    found = done = None
     if args.repair:
         done = fsck.repair(store, report)
         found, report = report, fsck.check(store, args.checkpoints)  # what is left
     if args.json:
         _print_json(report.as_dict() | {"repaired": asdict(done) if done else None})
-    elif done is None:
-        _print_fsck(report)
     else:
-        _print_fsck(found)
-        for table, ids in done.reaped.items():
-            for obj in ids:
-                print(f"repaired: {table[:-1]} {obj} marked failed (lost)")
-        for what, items in done.removed.items():
-            if items:
-                print(f"repaired: removed {len(items)} orphan {what.replace('_', ' ')}")
-        for note in done.skipped:
-            print(f"repair skipped: {note}")
-        print("after repair: " + ("clean" if report.clean else
-                                  f"{len(report.problems)} problems left"))
-        if not report.clean:
-            _print_fsck(report, fixes=False)
+        views.print_fsck(report, found, done)
     return 0 if report.clean else 1
-
-
-def _print_fsck(report: Any, fixes: bool = True, per_kind: int = 20) -> None:
-    """Counts per kind, then each problem (the first `per_kind` of a kind) and, with `fixes`,
-    what --repair does about it."""
-    c = report.checked
-    print(f"wtb fsck: {c.get('commits', 0)} commits, {c.get('trees', 0)} trees, "
-          f"{c.get('blobs', 0)} blobs ({c.get('blob_files', 0)} in files), "
-          f"{c.get('links', 0)} checkpoint links, {c.get('runs', 0)} runs, "
-          f"{c.get('sweeps', 0)} sweeps checked")
-    by_kind = report.by_kind()
-    for kind, problems in by_kind.items():
-        print(f"{kind}: {len(problems)}")
-    for kind, problems in by_kind.items():
-        for p in problems[:per_kind]:
-            print(f"  {kind}: {p.message}")
-            if fixes:
-                print(f"      --repair: {p.repair or 'nothing'}")
-        if len(problems) > per_kind:
-            print(f"  … and {len(problems) - per_kind} more {kind} (--json lists them all)")
-    for note in report.notes:
-        print(f"note: {note}")
-    print("clean" if report.clean else f"{len(report.problems)} problems")
 
 
 def parser() -> argparse.ArgumentParser:
