@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from wtb_conf.fork import ForkError, plan
+from wtb_conf.fork import ForkError
 from wtb_conf.identity import identity_of, input_files
 from wtb_conf.schemas import ForkConfig, StorageConfig, check
 from wtb_conf.scoring import check_compare, eval_key, evaluators_of, rescore
@@ -271,20 +271,6 @@ def check_graph(cfg: DictConfig) -> tuple[Any, dict[str, Any], dict, dict | None
     if cfg.get("fork") is None and (not cases or not isinstance(cases, Mapping)):
         raise WorkflowError("workflow.cases: add at least one input case: `cases: {one: {}}`")
     return graph, workflow, evaluators, compare
-
-
-def check_fork(cfg: DictConfig, base: Path) -> None:
-    """`fork:` against the store, read-only: the run and checkpoints it names. Nothing to
-    check against a store that does not exist yet (the job says so)."""
-    paths = storage_paths(cfg.storage, base)
-    try:
-        store = open_store(paths["db_url"], paths["blob_root"], paths["inline_max"],
-                           readonly=True)
-    except StoreError:
-        return
-    with store:
-        state = plain(cfg.workflow).get("state")
-        plan(store, plain(cfg.fork), list(state) if isinstance(state, Mapping) else None)
 
 
 def record_failure(job: Opened, run_id: str, error: BaseException, out_dir: Path | None = None,

@@ -130,16 +130,14 @@ def swept_groups(config: DictConfig) -> set[str]:
 def check_primary(config: DictConfig, swept: set[str]) -> None:
     """Refuse, before the sweep starts, what would fail in every job: each group's values
     (whole, unless a sweep may change the group), and when nothing swept can change the
-    workflow, what the jobs would check first (imports, compare.objective, fork.*)."""
+    workflow, what the jobs check before they run (imports, compare.objective)."""
     whole = {"storage"} | ({g for g in GROUPS if g not in swept} if "*" not in swept else set())
     check_config(config, whole)
     if "workflow" not in config or not {"workflow", "env", "compare", "fork"} <= whole:
         return
     if intake.wants_env(intake.plain(config.get("env"))):
         return  # its targets import in its env's interpreter, not here
-    intake.check_graph(config)
-    if config.get("fork") is not None:
-        intake.check_fork(config, Path.cwd())
+    intake.check_graph(config)  # (what fork.* names in the store: a job's recorded failure)
 
 
 class ConfigRefused(SystemExit):

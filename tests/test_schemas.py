@@ -1,0 +1,366 @@
+"""The config groups' models (wtb_conf.schemas): one message shape for every bad value, the
+sweep refused before it writes anything, and the JSON Schemas an editor checks YAML with."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, copy_project, run_bench
+from omegaconf import OmegaConf
+
+from wtb_conf.envs import EnvError, spec_for
+from wtb_conf.fork import ForkError, plan
+from wtb_conf.intake import storage_paths
+from wtb_conf.schemas import (
+    GROUPS,
+    ConfigError,
+    EnvConfig,
+    StorageConfig,
+    WorkflowConfig,
+    check,
+    check_config,
+    json_schemas,
+    write_schemas,
+)
+from wtb_conf.scoring import check_compare
+from wtb_conf.store import StoreError, open_store
+from wtb_conf.sweep import swept_groups
+from wtb_conf.workflow import WorkflowError, build_graph
+
+WORKFLOW = {
+    "state": {"x": "int", "trail": {"type": "list", "reducer": "append"}},
+    "nodes": {"add": {"_target_": "flows.add", "amount": 2},
+              "double": {"_target_": "flows.double"}},
+    "edges": [["START", "add"], ["double", "add"]],
+    "routes": {"add": {"router": {"_target_": "flows.small_or_big", "limit": 10},
+                       "to": ["double", "END"]}},
+    "cases": {"one": {"x": 1}},
+}
+STORAGE = {"db_url": "sqlite:///data/wtb.db", "blob_root": "data/blobs",
+           "checkpoints": "data/checkpoints.db", "inline_max": 65536}
+GOOD = {"workflow": WORKFLOW, "env": {"python": None, "packages": []}, "storage": STORAGE,
+        "fork": {"run": "ab12"}, "compare": {"objective": None, "mode": "max"}}
+
+
+def changed(group: str, path: str, value: object) -> object:
+    """GOOD[group] with the key at dotted `path` set to `value` (`-` deletes it; "" is the
+    whole group)."""
+    data = copy.deepcopy(GOOD[group])
+    if not path:
+        return value
+    *parents, last = path.split(".")
+    node = data
+    for key in parents:
+        node = node[key]
+    if value == "-":
+        del node[last]
+    else:
+        node[last] = value
+    return data
+
+
+BAD = [
+    # workflow: types and shapes
+    ("workflow", "edges", 5, "workflow.edges: expected a list of [from, to] pairs, got 5"),
+    ("workflow", "edges", [["START"]], "workflow.edges[0]: expected a pair [from, to], got"),
+    ("workflow", "edges", [["START", "add"], ["dubble", "add"]],
+     "workflow.edges[1]: 'dubble' is not a node; nodes are ['add', 'double'] (or START / END)"),
+    ("workflow", "edges", [["double", "add"]],
+     "workflow.edges: no edge leaves START; add [START, <first node>]"),
+    ("workflow", "edges", [["START", "add"], ["END", "add"]],
+     "workflow.edges[1]: edges go from START or a node to a node or END"),
+    ("workflow", "nodes.add._target_", "not a path!",
+     "workflow.nodes.add._target_: expected a dotted import path like 'pkg.module.func', "
+     "got 'not a path!'"),
+    ("workflow", "nodes.add._target_", "???",
+     "workflow.nodes.add._target_: expected a dotted import path like 'pkg.module.func', "
+     "got ??? (no value given)"),
+    ("workflow", "nodes.add", {"amount": 3},
+     "workflow.nodes.add: expected a mapping with a _target_ (a dotted import path), got"),
+    ("workflow", "nodes.START", {"_target_": "flows.add"},
+     "workflow.nodes.START: START is reserved; rename the node"),
+    ("workflow", "nodes", {}, "workflow.nodes: a workflow needs at least one node"),
+    ("workflow", "nodes", ["add"], "workflow.nodes: expected a mapping NODE: {_target_: "),
+    ("workflow", "state", 5, "workflow.state: expected a mapping FIELD: TYPE or "),
+    ("workflow", "state", {}, "workflow.state: declare the state fields"),
+    ("workflow", "state.x", "integer",
+     "workflow.state.x.type: 'integer' is not one of any, str, int, float, bool, list, dict"),
+    ("workflow", "state.x", {"type": "int", "reducer": "sum"},
+     "workflow.state.x.reducer: 'sum' is not one of append, merge"),
+    ("workflow", "state.x", {"tipe": "int"},
+     "workflow.state.x.tipe: unknown key; a state field has type, reducer"),
+    ("workflow", "state.x", 5, "workflow.state.x: expected a type name (any, str, "),
+    ("workflow", "routes.add", 5,
+     "workflow.routes.add: expected {router: {_target_: ...}, to: [node, ...]}, got 5"),
+    ("workflow", "routes.add.to", [],
+     "workflow.routes.add.to: expected a non-empty list of node names (or END), got []"),
+    ("workflow", "routes.add.to", ["double", "somewhere"],
+     "workflow.routes.add.to: 'somewhere' is not a node; nodes are ['add', 'double']"),
+    ("workflow", "routes.add.to", "-", "workflow.routes.add.to: missing; the names the router"),
+    ("workflow", "routes.ghost", {"router": {"_target_": "a.b"}, "to": ["END"]},
+     "workflow.routes.ghost: 'ghost' is not a node"),
+    ("workflow", "egdes", [], "workflow.egdes: unknown key; a workflow has name, description, "
+                              "state, nodes, edges, routes, cases"),
+    ("workflow", "interrupt_before", ["nope"],
+     "workflow.interrupt_before[0]: 'nope' is not a node; nodes are ['add', 'double']"),
+    ("workflow", "interrupt_after", 5, "workflow.interrupt_after: expected a list of node "
+                                       "names, got 5"),
+    ("workflow", "cases", [1], "workflow.cases: expected a mapping CASE: {field: value, ...}"),
+    ("workflow", "cases.one", None, "workflow.cases.one: expected a mapping FIELD: value"),
+    ("workflow", "cases.one.nope", 1,
+     "workflow.cases.one.nope: not a state field; the state has x, trail"),
+    ("workflow", "metrics", "x", "workflow.metrics: expected a mapping METRIC: state.key.path"),
+    ("workflow", "evaluators", {"a/b": {"_target_": "flows.add"}},
+     "workflow.evaluators.a/b: names may not contain '/'"),
+    ("workflow", "expected", {"uno": 1}, "workflow.expected.uno: not a case; cases are ['one']"),
+    ("workflow", "factory", {"_target_": "flows.factory"},
+     "workflow.factory: a factory builds the whole graph; remove workflow.state"),
+    ("workflow", "", 5, "workflow: expected a mapping of workflow keys"),
+    # env
+    ("env", "python", 3.1, "env.python: 3.1 is a number; write the version as a string: "
+                           "python: \""),
+    ("env", "python", "banana", "env.python: 'banana' is not a Python version; write it like "
+                                "\"3.11\""),
+    ("env", "packages", ["tabulate==="], "env.packages[0]: 'tabulate===' is not a PEP 508 "
+                                         "requirement"),
+    ("env", "packages", "tabulate", "env.packages: expected a list of PEP 508 requirement "
+                                    "strings, e.g. ['tabulate==0.9.0'], got 'tabulate'"),
+    ("env", "packages", ["-r reqs.txt"], "env.packages[0]: '-r reqs.txt' is an option, not a "
+                                         "package"),
+    ("env", "packages", ["x @ https://example.com/x.whl"],
+     "env.packages[0]: 'x @ https://example.com/x.whl' is a direct URL or path; name a package"),
+    ("env", "index_url", "ftp://pypi", "env.index_url: expected an http(s):// URL, got"),
+    ("env", "pkgs", [], "env.pkgs: unknown key; an env has python, packages, index_url, "
+                        "extra_index_urls"),
+    # storage
+    ("storage", "db_url", "notaurl", "storage.db_url: 'notaurl' is not a database URL; give an "
+                                     "SQLAlchemy URL, e.g. sqlite:///data/wtb.db"),
+    *[("storage", "inline_max", bad, f"storage.inline_max: {bad!r} is not a size; give the "
+                                     "bytes up to which a blob lives in the database, an "
+                                     "integer >= 0")
+      for bad in (-1, True, "big", 1.5)],
+    ("storage", "blob_root", "-", "storage.blob_root: missing; the directory of large blobs"),
+    ("storage", "db", "x", "storage.db: unknown key; storage has db_url, blob_root, "
+                           "checkpoints, inline_max"),
+    # fork
+    ("fork", "run", "-", "fork.run: missing; name the run to fork from, e.g. +fork.run=RUN"),
+    ("fork", "when", "now", "fork.when: unknown key; fork has run, checkpoint, after, set, "
+                            "pause, e.g. +fork.run=RUN +fork.after=NODE"),
+    ("fork", "pause", "maybe", "fork.pause: expected true or false, got 'maybe'"),
+    ("fork", "set", 5, "fork.set: expected a mapping of state fields to values"),
+    ("fork", "", {"run": "ab", "checkpoint": "1f", "after": "load"},
+     "fork.checkpoint: fork.after is given too; give one of them, not both"),
+    ("fork", "", 5, "fork: expected a mapping, e.g. +fork.run=RUN +fork.after=NODE, got 5"),
+    # compare
+    ("compare", "mode", "best", "compare.mode: 'best' is not one of max, min"),
+    ("compare", "goal", "x", "compare.goal: unknown key; compare has objective, mode"),
+    ("compare", "objective", 5, "compare.objective: expected the name of a metric, a score, "
+                                "success_rate or pass_rate, got 5"),
+]
+
+
+@pytest.mark.parametrize(("group", "path", "value", "message"), BAD,
+                         ids=[f"{g}.{p}={v!r}"[:60] for g, p, v, _ in BAD])
+def test_a_bad_value_names_its_key_and_what_is_valid(group, path, value, message):
+    with pytest.raises(ConfigError) as info:
+        check(GROUPS[group], changed(group, path, value), group)
+    text = str(info.value)
+    assert text.startswith(message), text
+    assert "\n" not in text and "validation error" not in text and "errors.pydantic" not in text
+
+
+def test_the_good_config_passes_and_keeps_node_params():
+    spec = check(WorkflowConfig, WORKFLOW, "workflow")
+    assert spec.nodes["add"].target == "flows.add" and spec.nodes["add"].params() == {
+        "amount": 2}
+    assert check(GROUPS["fork"], {"run": 12345678}, "fork").run == "12345678"  # Hydra's int
+
+
+def test_every_problem_is_one_line_under_its_group():
+    with pytest.raises(ConfigError) as info:
+        check(StorageConfig, STORAGE | {"db_url": "x", "inline_max": -1, "blob_root": 3},
+              "storage")
+    lines = str(info.value).splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "storage.db_url", "storage.blob_root", "storage.inline_max"]
+
+
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda: build_graph(OmegaConf.create(changed("workflow", "edges", 5))), WorkflowError,
+     "workflow.edges: expected a list"),
+    (lambda: spec_for({"python": 3.1}, {}, "job #0 (env=x)"), EnvError,
+     "job #0 (env=x): env.python: 3.1 is a number"),
+    (lambda: storage_paths(STORAGE | {"inline_max": -1}, Path(".")), StoreError,
+     "storage.inline_max: -1 is not a size"),
+    (lambda: plan(None, {"run": "ab", "pause": "maybe"}, None), ForkError,
+     "fork.pause: expected true or false"),
+    (lambda: check_compare({"mode": "best"}, {}), WorkflowError, "compare.mode: 'best'"),
+])
+def test_each_group_raises_its_own_error_class(call, error, message):
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call()
+
+
+def test_omegaconf_values_are_resolved_before_they_are_checked():
+    cfg = OmegaConf.create({"limit": 10, "workflow": changed("workflow", "routes.add.router",
+                                                             {"_target_": "flows.small_or_big",
+                                                              "limit": "${limit}"})})
+    assert check(WorkflowConfig, cfg.workflow, "workflow").routes["add"].router.params() == {
+        "limit": 10}
+
+
+def test_the_sweep_check_lets_a_swept_group_be_incomplete_but_not_wrong():
+    """A variant may add the node an edge names or set the `_target_` its base leaves `???`:
+    a group a sweep can change is checked partially; its wrong types are refused still."""
+    base = changed("workflow", "edges", [["START", "add"], ["add", "clean"]])
+    base["nodes"]["clean"] = {"_target_": "???"}
+    cfg = OmegaConf.create({"workflow": base, "storage": STORAGE})
+    check_config(cfg, whole={"storage"})
+    with pytest.raises(ConfigError, match=r"workflow.edges\[1\]: 'clean' is not a node|"
+                                          r"workflow.nodes.clean._target_"):
+        check_config(cfg, whole={"storage", "workflow"})
+    cfg.workflow.edges = 5
+    with pytest.raises(ConfigError, match="workflow.edges: expected a list"):
+        check_config(cfg, whole={"storage"})
+    with pytest.raises(ConfigError, match="rerun: expected true or false, got 'maybe'"):
+        check_config(OmegaConf.create({"rerun": "maybe"}))
+
+
+BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+@pytest.mark.parametrize(("task", "params", "sweeper", "swept"), [
+    (["workflow=x", "rerun=true"], {}, BASIC, set()),
+    (["compare.mode=max,min"], {}, BASIC, {"compare"}),
+    ([], {"variant": "a,b", "workflow.routes.r.router.t": "0.1"}, BASIC, {"workflow"}),
+    (["+fork.run=a,b"], {}, BASIC, {"fork"}),
+    (["+experiment=a,b"], {}, BASIC, {"*"}),
+    (["rerun=true"], {}, "some.other.Sweeper", {"*"}),
+])
+def test_which_groups_a_sweep_may_change(task, params, sweeper, swept):
+    cfg = OmegaConf.create({"workflow": {}, "rerun": False, "compare": {}, "hydra": {
+        "overrides": {"task": task}, "sweeper": {"_target_": sweeper, "params": params}}})
+    assert swept_groups(cfg) == swept
+
+
+# -- JSON Schemas ----------------------------------------------------------------------------
+
+SHIPPED = {
+    "workflow": ["conf/workflow/*.yaml"],
+    "variant": ["conf/variant/*.yaml"],
+    "env": ["conf/env/*.yaml", "wtb_conf/conf/env/*.yaml"],
+    "storage": ["wtb_conf/conf/storage/*.yaml"],
+    "experiment": ["experiments/*.yaml"],
+}
+MODELS = {"workflow": WorkflowConfig, "env": EnvConfig, "storage": StorageConfig}
+
+
+def shipped(name: str) -> list[Path]:
+    files = [p for pattern in SHIPPED[name] for p in sorted(ROOT.glob(pattern))]
+    assert files, name
+    return files
+
+
+def test_write_schemas_writes_one_well_formed_file_per_kind(tmp_path):
+    paths = write_schemas(tmp_path / "schemas")
+    assert sorted(p.name for p in paths) == sorted(f"{n}.schema.json" for n in SHIPPED)
+    schemas = {p.name.split(".")[0]: json.loads(p.read_text()) for p in paths}
+    assert schemas == json_schemas()
+    workflow = schemas["workflow"]
+    assert workflow["additionalProperties"] is False
+    assert list(workflow["properties"]) == list(WorkflowConfig.model_fields)
+    assert set(schemas["storage"]["required"]) == {"db_url", "blob_root", "checkpoints",
+                                                   "inline_max"}
+    assert schemas["storage"]["properties"]["inline_max"]["minimum"] == 0
+    node = workflow["$defs"]["CallableSpec"]
+    assert node["required"] == ["_target_"] and node["additionalProperties"] is True
+    assert "required" not in json.dumps(schemas["variant"])  # a variant overlays a few keys
+    assert {"workflow", "env", "storage", "fork", "compare", "rerun"} <= set(
+        schemas["experiment"]["properties"])
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_shipped_group_files_pass_their_model(name):
+    for path in shipped(name):
+        check(MODELS[name], yaml.safe_load(path.read_text()), name)
+
+
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_the_shipped_files_validate_against_the_json_schema(name):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json_schemas()[name]
+    validator = jsonschema.Draft202012Validator(schema)
+    validator.check_schema(schema)
+    for path in shipped(name):
+        errors = list(validator.iter_errors(yaml.safe_load(path.read_text()) or {}))
+        assert not errors, (path, [e.message for e in errors])
+
+
+@pytest.mark.parametrize(("name", "doc"), [
+    ("workflow", {"egdes": []}),
+    ("workflow", {"edges": 5}),
+    ("workflow", {"nodes": {"a": {"amount": 1}}}),
+    ("workflow", {"state": {"x": "integer"}}),
+    ("env", {"python": 3.1}),
+    ("storage", STORAGE | {"inline_max": -1}),
+    ("experiment", {"compare": {"mode": "best"}}),
+])
+def test_the_json_schema_flags_what_the_model_refuses(name, doc):
+    jsonschema = pytest.importorskip("jsonschema")
+    assert list(jsonschema.Draft202012Validator(json_schemas()[name]).iter_errors(doc))
+
+
+# -- the sweep refuses before it writes ------------------------------------------------------
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_bad_value_refuses_the_sweep_with_the_store_untouched(tmp_path):
+    project = copy_project(tmp_path / "fresh")
+    proc = run_bench(project, "-m", "+experiment=demo", "workflow.edges=5", check=False)
+    assert proc.returncode == 1
+    assert "workflow.edges: expected a list of [from, to] pairs, got 5" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Callback" not in proc.stderr
+    assert not (project / "data").exists() and not (project / "multirun").exists()
+
+    project = copy_project(tmp_path / "stored")
+    with open_store(str(project / "data/wtb.db"), project / "data/blobs") as store:
+        store.create_sweep(["earlier"])
+    con = sqlite3.connect(project / "data/wtb.db")
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    before = files_of(project / "data")
+    # the demo sweeps the workflow: its values are checked, what a job checks is left to it;
+    # one workflow for every job: the jobs' own checks run first too (imports, objective)
+    for bad in (["+experiment=demo", "workflow.edges=5"],
+                ["+experiment=demo", "storage.inline_max=-1"],
+                ["+experiment=demo", "env.python=3.11"],
+                ["workflow=file_processing", "workflow.nodes.load._target_=nosuch.mod.fn"],
+                ["workflow=file_processing", "compare.objective=nope"],
+                ["workflow=file_processing", "+fork.run=0000beef", "+fork.pause=maybe"]):
+        proc = run_bench(project, "-m", *bad, check=False)
+        key = bad[-1].lstrip("+").split("=")[0]
+        assert proc.returncode == 1 and f"{key}: " in proc.stderr, (bad, proc.stderr)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        after = {k: v for k, v in files_of(project / "data").items()
+                 if not (k.endswith("-shm") or k.endswith("-wal") and not v)}
+        assert after == before, bad
+
+
+def test_a_bad_value_in_one_job_of_a_sweep_is_that_jobs_recorded_failure(tmp_path):
+    project = copy_project(tmp_path)
+    proc = run_bench(project, "-m", "workflow=file_processing", "compare.mode=max,best",
+                     check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    with open_store(str(project / "data/wtb.db"), project / "data/blobs") as store:
+        runs = {r["job_num"]: r for r in store.runs(store.last_sweep())}
+    assert runs[0]["status"] == "completed"
+    assert runs[1]["status"] == "failed"
+    assert runs[1]["error"] == "WorkflowError: compare.mode: 'best' is not one of max, min"
