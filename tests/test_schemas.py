@@ -277,7 +277,9 @@ def test_write_schemas_writes_one_well_formed_file_per_kind(tmp_path):
     assert set(schemas["storage"]["required"]) == {"db_url", "blob_root", "checkpoints",
                                                    "inline_max"}
     assert schemas["storage"]["properties"]["inline_max"]["minimum"] == 0
-    node = workflow["$defs"]["CallableSpec"]
+    assert workflow["$schema"] == "http://json-schema.org/draft-07/schema#"  # what editors read
+    assert "$defs" not in json.dumps(schemas) and "prefixItems" not in json.dumps(schemas)
+    node = workflow["definitions"]["CallableSpec"]
     assert node["required"] == ["_target_"] and node["additionalProperties"] is True
     assert "required" not in json.dumps(schemas["variant"])  # a variant overlays a few keys
     assert {"workflow", "env", "storage", "fork", "compare", "rerun"} <= set(
@@ -294,7 +296,7 @@ def test_the_shipped_group_files_pass_their_model(name):
 def test_the_shipped_files_validate_against_the_json_schema(name):
     jsonschema = pytest.importorskip("jsonschema")
     schema = json_schemas()[name]
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft7Validator(schema)
     validator.check_schema(schema)
     for path in shipped(name):
         errors = list(validator.iter_errors(yaml.safe_load(path.read_text()) or {}))
@@ -312,7 +314,7 @@ def test_the_shipped_files_validate_against_the_json_schema(name):
 ])
 def test_the_json_schema_flags_what_the_model_refuses(name, doc):
     jsonschema = pytest.importorskip("jsonschema")
-    assert list(jsonschema.Draft202012Validator(json_schemas()[name]).iter_errors(doc))
+    assert list(jsonschema.Draft7Validator(json_schemas()[name]).iter_errors(doc))
 
 
 # -- the sweep refuses before it writes ------------------------------------------------------

@@ -46,7 +46,7 @@ TYPES = ("any", "str", "int", "float", "bool", "list", "dict")
 REDUCERS = ("append", "merge")
 STARTS, ENDS = ("START", "__start__"), ("END", "__end__")  # as written, and LangGraph's own
 MISSING = "???"  # Hydra's mandatory value, not given yet
-DRAFT = "https://json-schema.org/draft/2020-12/schema"
+DRAFT = "http://json-schema.org/draft-07/schema#"
 SCHEMA_DIR = Path(".wtb/schemas")  # suggested default of `wtb schema --out`
 
 
@@ -567,35 +567,39 @@ def _optional(schema: Any) -> Any:
     return schema
 
 
+def _draft7(schema: dict[str, Any]) -> dict[str, Any]:
+    """Draft 7, which every YAML language server reads: definitions under `definitions`."""
+    defs = schema.pop("$defs", None)
+    return {"$schema": DRAFT, **schema, **({"definitions": defs} if defs else {})}
+
+
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """name -> JSON Schema: `workflow`, `variant`, `env`, `storage` (the files of those config
-    groups) and `experiment` (experiments/*.yaml, `# @package _global_`)."""
+    """name -> JSON Schema (draft 7): `workflow`, `variant`, `env`, `storage` (the files of
+    those config groups) and `experiment` (experiments/*.yaml, `# @package _global_`)."""
+    refs = "#/definitions/{model}"
     out: dict[str, dict[str, Any]] = {}
     for name, model, files in (("workflow", WorkflowConfig, "conf/workflow/*.yaml"),
                                ("env", EnvConfig, "conf/env/*.yaml"),
                                ("storage", StorageConfig, "conf/storage/*.yaml")):
-        out[name] = {"$schema": DRAFT, **model.model_json_schema(),
+        out[name] = {**_draft7(model.model_json_schema(ref_template=refs)),
                      "title": f"wtb_conf {name} ({files})"}
     out["variant"] = {**_optional(out["workflow"]),
                       "title": "wtb_conf variant (conf/variant/*.yaml, # @package workflow)"}
-    refs, defs = models_json_schema([(m, "validation") for m in GROUPS.values()])
-    groups = {g: refs[(m, "validation")] for g, m in GROUPS.items()}
-    out["experiment"] = _optional({
-        "$schema": DRAFT, "title": "wtb_conf experiment (experiments/*.yaml, "
-                                   "# @package _global_)",
+    models = [*GROUPS.values(), FlagsConfig]
+    found, defs = models_json_schema([(m, "validation") for m in models], ref_template=refs)
+    flags = defs["$defs"].pop(FlagsConfig.__name__)["properties"]
+    out["experiment"] = _optional(_draft7({
+        "title": "wtb_conf experiment (experiments/*.yaml, # @package _global_)",
         "type": "object",
         "properties": {
-            "defaults": {"type": "array", "description": "Hydra defaults list, e.g. "
-                                                         "- override /workflow: NAME"},
-            "hydra": {"type": "object", "description": "Hydra settings, e.g. "
-                                                       "hydra.sweeper.params"},
-            **groups,
-            "rerun": {"type": "boolean", "description": "true: run jobs that completed before"},
-            "share_prefixes": {"type": "boolean",
-                               "description": "false: every job runs all its nodes"},
+            "defaults": {"type": "array",
+                         "description": "Hydra's defaults list: - override /workflow: NAME"},
+            "hydra": {"type": "object", "description": "Hydra settings: hydra.sweeper.params"},
+            **{g: found[(m, "validation")] for g, m in GROUPS.items()},
+            **flags,
         },
         **defs,
-    })
+    }))
     return out
 
 
