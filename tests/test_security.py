@@ -27,7 +27,7 @@ from venv_manager.envs import EnvStore
 from venv_manager.proto import venv_manager_pb2 as pb
 from venv_manager.proto import venv_manager_pb2_grpc as pb_grpc
 from venv_manager.rest import app
-from venv_manager.server import grpc_server
+from venv_manager.server import check_listen, grpc_server
 from wtb_conf.cli import main as wtb
 from wtb_conf.store import ObjectCorrupted, UnsafePath, open_store
 
@@ -311,6 +311,18 @@ def rest(venv_store):
     return TestClient(app(venv_store, TOKEN))
 
 
+@pytest.mark.parametrize(("host", "token", "refused"), [
+    ("127.0.0.1", None, False), ("::1", None, False), ("localhost", None, False),
+    ("127.0.0.2", None, False), ("0.0.0.0", None, True), ("::", None, True),
+    ("192.168.1.5", None, True), ("example.com", None, True), ("0.0.0.0", "t", False)])
+def test_only_loopback_is_served_without_a_token(host, token, refused):
+    if refused:
+        with pytest.raises(SystemExit, match=f"refusing to listen on {host} without --token"):
+            check_listen(host, token)
+    else:
+        assert check_listen(host, token) is None  # no SystemExit: it may listen there
+
+
 def _code(call, *args, **kwargs) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as err:
         call(*args, timeout=60, **kwargs)
@@ -340,7 +352,8 @@ def test_every_rpc_without_the_right_token_is_unauthenticated(stub, venv_store, 
 
 
 def test_rest_without_the_right_token_is_401_with_a_clear_body(rest):
-    for headers in ({}, {"Authorization": "Bearer wrong"}):
+    for headers in ({}, {"Authorization": "Bearer wrong"},
+                    {"Authorization": "Bearer caf\xe9".encode("latin-1")}):  # was a 500
         r = rest.get("/v1/envs", headers=headers)
         assert r.status_code == 401
         assert r.json() == {"detail": "missing or wrong token: send 'Authorization: Bearer "

@@ -39,7 +39,10 @@ def check_listen(host: str, token: str | None) -> None:
 def token_ok(presented: str | None, token: str | None) -> bool:
     if not token:
         return True
-    return presented is not None and hmac.compare_digest(presented, f"Bearer {token}")
+    # As bytes: compare_digest raises TypeError on a str with non-ASCII characters, which an
+    # HTTP header may hold (a 500 instead of a 401).
+    return presented is not None and hmac.compare_digest(
+        presented.encode("utf-8", "surrogatepass"), f"Bearer {token}".encode())
 
 
 class _TokenInterceptor(grpc.ServerInterceptor):
