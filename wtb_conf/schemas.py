@@ -7,11 +7,10 @@ The models check shapes, types and names within a group. What needs more than th
 (importing a `_target_`, a run in the store, the driver's Python) stays with the code that
 needs it, and reports key paths the same way. Every key is documented in docs/config.md.
 
-Two modes: a job's config is checked whole (required keys, routes to unknown nodes); the
-sweep's primary config is checked `partial`ly, before any job starts: only what no variant or
-sweep override can repair (a variant may add the node an edge names, or the `_target_` its
-base leaves as `???`), so that a sweep is never refused for what its jobs fix.
-"""
+Two modes: whole (a job's config: required keys, routes to unknown nodes), and `partial`, for
+a group of the sweep's primary config that a sweep may change in every job: only its wrong
+values, since a variant may add the node an edge names or set the `_target_` its base leaves
+`???` (wtb_conf.sweep decides which)."""
 
 from __future__ import annotations
 
@@ -129,7 +128,9 @@ def _list_of_names(value: Any) -> Any:
 DottedPath = Annotated[str, BeforeValidator(_dotted),
                        _schema(type="string", pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")]
 Text = Annotated[str, BeforeValidator(_text), _expect("free text")]
-Names = Annotated[list[str], BeforeValidator(_list_of_names), _expect("a list of node names"),
+Key = Annotated[str, _expect("a name (a string)")]
+NodeRef = Annotated[str, _expect("a node name (or START / END)")]
+Names = Annotated[list[NodeRef], BeforeValidator(_list_of_names), _expect("a list of node names"),
                   _schema(anyOf=[{"type": "string"},
                                  {"type": "array", "items": {"type": "string"}}])]
 
@@ -266,7 +267,7 @@ StateSpec = Annotated[StateField, BeforeValidator(_short_field), _schema(anyOf=[
     {"enum": [*TYPES, None]},
     {"type": "object", "additionalProperties": False,
      "properties": {"type": {"enum": list(TYPES)}, "reducer": {"enum": [*REDUCERS, None]}}}])]
-Edge = Annotated[list[str], Field(min_length=2, max_length=2), _expect("a pair [from, to]"),
+Edge = Annotated[list[NodeRef], Field(min_length=2, max_length=2), _expect("a pair [from, to]"),
                  _schema(type="array", items={"type": "string"}, minItems=2, maxItems=2)]
 
 
@@ -276,7 +277,7 @@ class RouteSpec(Group):
     required = {"router": "the callable returning the next node's name: {_target_: ...}",
                 "to": "the names the router may return: [node, ...] (or END)"}
     router: CallableSpec = Field(None, description="fn(state, **params) -> a name in `to`")
-    to: Annotated[list[str], Field(min_length=1),
+    to: Annotated[list[NodeRef], Field(min_length=1),
                   _expect("a non-empty list of node names (or END)")] = Field(
         None, description="the names the router may return: nodes or END")
 
@@ -291,15 +292,17 @@ class ScoringConfig(Group):
     model_config = ConfigDict(extra="ignore")
     what = "a workflow"
     shape = "a mapping of workflow keys (docs/config.md)"
-    cases: _mapping(dict[str, _mapping(dict[str, Any], "FIELD: value (the case's input)")],
+    cases: _mapping(dict[Key, _mapping(dict[Key, Any], "FIELD: value (the case's input)")],
                     "CASE: {field: value, ...}") | None = Field(
         None, description="CASE: the initial state of that case; each runs as its own thread")
-    metrics: _mapping(dict[str, str], "METRIC: state.key.path") | None = Field(
+    metrics: _mapping(dict[Key, Annotated[str, _expect("a dotted path into the final state, "
+                                                        "e.g. rows_out")]],
+                      "METRIC: state.key.path") | None = Field(
         None, description="METRIC: dotted path of a key in each case's final state")
-    evaluators: _mapping(dict[Annotated[str, AfterValidator(_evaluator_name)], CallableSpec],
+    evaluators: _mapping(dict[Annotated[Key, AfterValidator(_evaluator_name)], CallableSpec],
                          "NAME: {_target_: ...}") | None = Field(
         None, description="NAME: {_target_: ..., **params}: scores each case after it ends")
-    expected: _mapping(dict[str, Any], "CASE: reference value") | None = Field(
+    expected: _mapping(dict[Key, Any], "CASE: reference value") | None = Field(
         None, description="CASE: the reference value for evaluators taking `expected`")
 
     @model_validator(mode="after")
@@ -326,16 +329,16 @@ class WorkflowConfig(ScoringConfig):
         "factory", "interrupt_before", "interrupt_after", "evaluators", "expected")
     name: Text | None = Field(None, description="a label for the workflow")
     description: Text | None = Field(None, description="free text")
-    state: _mapping(dict[str, StateSpec], "FIELD: TYPE or FIELD: {type: TYPE, reducer: "
+    state: _mapping(dict[Key, StateSpec], "FIELD: TYPE or FIELD: {type: TYPE, reducer: "
                     "REDUCER}") | None = Field(
         None, description=f"the graph's state: FIELD: TYPE ({', '.join(TYPES)}) or "
                           f"{{type: TYPE, reducer: {' | '.join(REDUCERS)}}}")
-    nodes: _mapping(dict[Annotated[str, AfterValidator(_node_name)], CallableSpec],
+    nodes: _mapping(dict[Annotated[Key, AfterValidator(_node_name)], CallableSpec],
                     "NODE: {_target_: dotted.path, **params}") | None = Field(
         None, description="NODE: {_target_: pkg.fn, **params}, called as fn(state, **params)")
     edges: Annotated[list[Edge], _expect("a list of [from, to] pairs")] | None = Field(
         None, description="[from, to] pairs; START and END are the graph's ends")
-    routes: _mapping(dict[str, RouteSpec], "SOURCE: {router: {_target_: ...}, to: [...]}") \
+    routes: _mapping(dict[Key, RouteSpec], "SOURCE: {router: {_target_: ...}, to: [...]}") \
         | None = Field(None, description="conditional edges, keyed by the node they leave")
     factory: CallableSpec | None = Field(
         None, description="{_target_: pkg.make_graph}: returns an uncompiled StateGraph; "
@@ -448,7 +451,7 @@ class ForkConfig(Group):
     checkpoint: RunId | None = Field(None, description="a checkpoint id (or prefix): that case")
     after: Annotated[str, _expect("a node name")] | None = Field(
         None, description="a node: every case from the checkpoint right after it first ran")
-    set: _mapping(dict[str, Any], "of state fields to values, e.g. +fork.set.FIELD=VALUE") \
+    set: _mapping(dict[Key, Any], "of state fields to values, e.g. +fork.set.FIELD=VALUE") \
         | None = Field(None, description="state updates applied before continuing")
     pause: Annotated[StrictBool, _expect("true or false")] = Field(
         False, description="true: copy state and files, then stop (paused)")
