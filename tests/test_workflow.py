@@ -4,7 +4,7 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from omegaconf import OmegaConf
 
-from wtb_conf.workflow import WorkflowError, build_graph
+from wtb_conf.workflow import WorkflowError, breakpoints, build_graph
 
 
 def wf(**overrides):
@@ -106,3 +106,26 @@ def test_missing_entry_edge():
 def test_unknown_top_level_key_is_named():
     with pytest.raises(WorkflowError, match=r"workflow.egdes: unknown key; a workflow has name, "):
         build_graph(wf(egdes=[]))
+
+
+def test_langgraphs_own_endpoint_names_work_too(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    graph = build_graph(wf(edges=[["__start__", "add"], ["double", "add"]]))
+    assert run(graph)["x"] == 14
+
+
+def test_breakpoints_are_lists_of_known_nodes():
+    assert breakpoints(wf(interrupt_before="double")) == {"interrupt_before": ["double"]}
+    with pytest.raises(WorkflowError, match=r"workflow.interrupt_after\[0\]: 'nope' is not a "
+                                            r"node; nodes are \['add', 'double'\]"):
+        breakpoints(wf(interrupt_after=["nope"]))
+
+
+def test_several_bad_values_are_one_line_each():
+    cfg = wf(metrics={"m": 5}, cases=[1])
+    with pytest.raises(WorkflowError) as info:
+        build_graph(cfg)
+    assert str(info.value).splitlines() == [
+        "workflow.cases: expected a mapping CASE: {field: value, ...}, got [1]",
+        "workflow.metrics.m: expected a dotted path into the final state, e.g. rows_out, got 5",
+    ]
