@@ -246,6 +246,20 @@ def test_repair_fixes_orphans_and_lost_runs_and_keeps_what_commits_reach(world):
     assert world.file(sha(BIG)).is_file()
 
 
+@pytest.mark.parametrize("forged", ["../../../outside", "/etc/passwd"])
+def test_a_forged_blob_id_is_reported_and_repaired_without_touching_a_path(world, forged):
+    """A blobs row whose id is no digest (a store edited by hand, or by someone hostile)
+    is one problem for fsck, and --repair removes the row but unlinks nothing it names."""
+    (world.tmp / "outside").write_text("not the store's")
+    world.sql("INSERT INTO blobs (id, size, data) VALUES (?, 6, NULL)", forged)
+    report = world.check()
+    assert [(p.kind, p.object) for p in report.problems] == [("orphan_blob", forged)]
+    done = fsck.repair(world.store, report)
+    assert done.removed["blobs"] == [forged]
+    assert world.check().clean
+    assert (world.tmp / "outside").read_text() == "not the store's"
+
+
 def test_repair_keeps_an_orphan_a_commit_reaches_after_the_check(world):
     orphan_blob_row(world)  # inline
     big2 = b"another big " * 200

@@ -14,4 +14,5 @@ class ObjectCorrupted(StoreError):
 
 
 class UnsafePath(StoreError):
-    """A tree entry that would be written outside the restore target."""
+    """A path that would leave its root: a tree entry outside the restore target, a file to
+    commit outside the committed directory."""

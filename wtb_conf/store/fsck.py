@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, text
 
-from wtb_conf.store.errors import StoreError
+from wtb_conf.store.errors import ObjectCorrupted, StoreError
 from wtb_conf.store.lifecycle import lost_error, running_owners
 from wtb_conf.store.liveness import alive
 from wtb_conf.store.schema import read_conn, readonly_uri
@@ -229,6 +229,8 @@ def _check_objects(store: Store, conn: Connection, report: Report) -> set[str]:
             walk_tree(tree, store._blob_path(tree).read_bytes())
         except FileNotFoundError:
             gone[tree] = f"its file {store._blob_path(tree)} is missing"
+        except ObjectCorrupted as e:  # an id that is no digest names no file
+            bad[tree] = str(e)
     gone.update((t, "it is not in the store") for t in tree_of.keys() - blob_ids)
     for c in commits:
         if why := gone.get(c.tree) or bad.get(c.tree):
@@ -240,6 +242,9 @@ def _check_objects(store: Store, conn: Connection, report: Report) -> set[str]:
             digest, size = _file_hash(store._blob_path(bid))
         except FileNotFoundError:
             gone[bid] = f"its file {store._blob_path(bid)} is missing"
+            continue
+        except ObjectCorrupted as e:
+            bad[bid] = str(e)
             continue
         if digest != bid:
             bad[bid] = f"its bytes hash to {digest}"
@@ -415,7 +420,8 @@ def repair(store: Store, report: Report) -> Repaired:
         done.removed["stat_cache"] = orphans["stat_cache"]
         _in(conn, "DELETE FROM stat_cache WHERE blob IN :ids", ids)
         unlink_after += [store._blob_path(r[0]) for r in _in(
-            conn, "SELECT id FROM blobs WHERE data IS NULL AND id IN :ids", ids)]
+            conn, "SELECT id FROM blobs WHERE data IS NULL AND id IN :ids", ids)
+            if _BLOB_NAME.fullmatch(r[0])]  # a forged id names no file of ours
         _in(conn, "DELETE FROM blobs WHERE id IN :ids", ids)
         done.removed["blobs"] = ids
         # A blob file that a row names now was adopted by a commit since the check: it stays.
