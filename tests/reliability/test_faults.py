@@ -139,7 +139,12 @@ def test_the_driver_killed_mid_sweep_is_recorded_and_the_same_command_completes(
     while time.monotonic() < deadline and Path(f"/proc/{pid_c}").exists():
         time.sleep(0.05)
     (project / "hang-c").unlink()
-    before = runs(project)  # a writing `wtb` command records what the dead driver left
+    listed = wtb(project, "runs", "--json")  # a read-only command says so, changes nothing
+    assert "their processes are gone" in listed.stderr
+    assert {r["status"] for r in json.loads(listed.stdout)} >= {"running"}
+    repair = wtb(project, "fsck", "--repair")  # a writing command records what the driver left
+    assert "marked failed (lost)" in repair.stdout, repair.stdout + repair.stderr
+    before = runs(project)
     c = next(r for r in before if tag(r) == "c")
     assert c["status"] == "failed" and c["error"].startswith("lost: its process")
     assert events(project, c["run_id"])[-1] == "run_lost"
@@ -201,6 +206,9 @@ def test_under_the_basic_launcher_os_exit_ends_the_sweep_and_the_next_look_recor
     proc = run_bench(project, "-m", "workflow=fault", TAGS, "hydra/launcher=basic",
                      check=False)
     assert proc.returncode == 3  # the job's os._exit(3) ended the driver: nothing can say why
-    b = next(r for r in runs(project) if tag(r) == "b")  # the next look records it
+    b = next(r for r in runs(project) if tag(r) == "b")  # a read-only look only says so
+    assert b["status"] == "running"
+    wtb(project, "fsck", "--repair")  # the next writer records it
+    b = next(r for r in runs(project) if tag(r) == "b")
     assert b["status"] == "failed" and b["error"].startswith("lost: its process")
     assert_nothing_lost(project)
