@@ -167,6 +167,7 @@ ROWS = [
         setup=write("conf/workflow/broken.yaml", "state:\n  x: int\nnodes: [unclosed\n"),
         xfail="a YAML syntax error in a config file is Hydra's raw traceback (yaml.parser."
               "ParserError) instead of one message naming the file and line"),
+    Row("missing-workflow", ("bench", "-m"), ("You must specify 'workflow'", "file_processing")),
     Row("unknown-group", ("bench", *ONE_JOB, "foo=bar"), ("'foo'", "+foo=bar")),
     Row("unknown-option", ("bench", "-m", "workflow=nope"),
         ("Could not find 'workflow/nope'", "Available options", "file_processing")),
@@ -230,6 +231,8 @@ ROWS = [
     # --- env -------------------------------------------------------------------------------
     Row("env.packages-malformed", ("bench", *ONE_JOB, "env.packages=['tabulate===']"),
         ("env.packages", "tabulate===")),
+    Row("env.packages-injection", ("bench", *ONE_JOB, "env.packages=['x; rm -rf /']"),
+        ("env.packages[0]", "'x; rm -rf /'", "PEP 508")),
     Row("env.python-banana", ("bench", *ONE_JOB, "env.python=banana"),
         ("env.python", "banana", "3.11")),
     Row("env.python-unquoted-number", ("bench", *ONE_JOB, "env.python=3.11"),
@@ -237,6 +240,12 @@ ROWS = [
     # --- storage and launcher ----------------------------------------------------------------
     Row("storage.db_url-not-a-url", ("bench", *ONE_JOB, "storage.db_url=notaurl"),
         ("storage.db_url", "notaurl")),
+    Row("storage.db_url-missing-dir",
+        ("bench", *ONE_JOB, "storage.db_url=sqlite:///no/such/x.db"),
+        ("no/such/x.db", "/no does not exist")),
+    Row("storage.db_url-blocked-by-file",
+        ("bench", *ONE_JOB, "storage.db_url=sqlite:///blocker/x.db"),
+        ("blocker", "a file is in the way"), setup=write("blocker", "a file, not a directory\n")),
     Row("storage.inline_max-negative", ("bench", *ONE_JOB, "storage.inline_max=-1"),
         ("storage.inline_max", "-1")),
     Row("num_cpus-negative", ("bench", *ONE_JOB, "hydra.launcher.num_cpus=-1"),
@@ -250,6 +259,9 @@ ROWS = [
     Row("diff-unknown-id", ("wtb", "diff", "zzzz", "last"), ("zzzz",)),
     Row("show-no-such-run", ("wtb", "show", "0000beef"), ("no run matches", "0000beef")),
     Row("show-ambiguous-prefix", ("wtb", "show", "{ambig}"), ("'{ambig}'", "several runs")),
+    Row("wtb-missing-store", ("wtb", "--db", "data/nope.db", "runs"),
+        ("no store at data/nope.db", "--db")),
+    Row("compare-unknown-sweep", ("wtb", "compare", "0000beef"), ("no sweep matches", "0000beef")),
     Row("runs-unknown-sweep", ("wtb", "runs", "--sweep", "0000beef"),
         ("no sweep matches", "0000beef")),
     Row("restore-to-non-empty-dir", ("wtb", "restore", "{run}", "--to", "taken"),
@@ -261,6 +273,11 @@ ROWS = [
     Row("resume-set-unknown-field", ("wtb", "resume", "{run}", "--set", "nope=1"),
         ("nope", "input_csv")),
     Row("rerun-unknown-run", ("wtb", "rerun", "zzzz"), ("zzzz",)),
+    Row("resume-completed-run", ("wtb", "resume", "{run}"),
+        ("is completed", "only paused and failed runs resume", "wtb rollback")),
+    Row("evaluate-non-importable-evaluator",
+        ("wtb", "evaluate", "{run}", "workflow.evaluators.total_ok._target_=nosuch.fn"),
+        ("workflow.evaluators.total_ok._target_", "nosuch.fn")),
     # --- a store that cannot be written -----------------------------------------------------
     Row("rerun-read-only-store", ("wtb", "rerun", "last"), ("read-only",), readonly=True,
         xfail="`wtb rerun` on a read-only store is a traceback (cmd_rerun -> stored_inputs "
