@@ -188,8 +188,19 @@ def _size(value: Any) -> Any:
     return value
 
 
-def _id(value: Any) -> Any:  # Hydra reads +fork.run=12345678 as a number
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+def _hex_id(what: str, extra: str = "", also: tuple[str, ...] = ()) -> Callable[[Any], Any]:
+    """Ids are hexadecimal (checkpoint ids have dashes too); Hydra reads +fork.run=12345678
+    as a number."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if value in also or isinstance(value, str) and value and all(
+                c in "0123456789abcdef" + extra for c in value.lower()):
+            return value
+        raise _fail(f"{_show(value)} is not {what}")
+
+    return check
 
 
 def _add_required(schema: dict[str, Any], cls: type[Group]) -> None:
@@ -436,8 +447,12 @@ class StorageConfig(Group):
         = Field(None, description="blobs up to this many bytes are stored in the database")
 
 
-RunId = Annotated[str, BeforeValidator(_id), _expect("an id or unique prefix"),
-                  _schema(type=["string", "integer"])]
+RunId = Annotated[str, BeforeValidator(_hex_id(
+    "a run id; give an id or a unique prefix of one (hexadecimal: `wtb runs`), or last",
+    also=("last",))), _schema(type=["string", "integer"])]
+CheckpointId = Annotated[str, BeforeValidator(_hex_id(
+    "a checkpoint id; give one or a unique prefix of one (hexadecimal and dashes: "
+    "`wtb show RUN`)", extra="-")), _schema(type=["string", "integer"])]
 
 
 class ForkConfig(Group):
@@ -448,7 +463,8 @@ class ForkConfig(Group):
     shape = f"a mapping, e.g. {hint}"
     required = {"run": "name the run to fork from, e.g. +fork.run=RUN (`wtb runs`)"}
     run: RunId = Field(None, description="the run to fork from: an id or unique prefix")
-    checkpoint: RunId | None = Field(None, description="a checkpoint id (or prefix): that case")
+    checkpoint: CheckpointId | None = Field(
+        None, description="a checkpoint id (or prefix): only that case, from there")
     after: Annotated[str, _expect("a node name")] | None = Field(
         None, description="a node: every case from the checkpoint right after it first ran")
     set: _mapping(dict[Key, Any], "of state fields to values, e.g. +fork.set.FIELD=VALUE") \
