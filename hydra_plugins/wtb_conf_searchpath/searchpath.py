@@ -1,7 +1,8 @@
 """Puts the launch directory's project configs on wtb_conf's search path.
 
 - `<cwd>/conf/` (workflow/, variant/, env/, storage/ groups) ahead of the packaged defaults,
-  so a project's configs are found without --config-dir and may shadow the packaged ones;
+  so a project's configs are found without --config-dir and may shadow the packaged ones
+  (a YAML error in one is a message naming file and line, not a traceback);
 - `<cwd>/experiments/` as the `experiment` group, so `+experiment=NAME` loads
   `experiments/NAME.yaml`.
 
@@ -13,9 +14,11 @@ from __future__ import annotations
 import importlib.util
 import os
 
+import yaml
 from hydra._internal.core_plugins.file_config_source import FileConfigSource
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.object_type import ObjectType
+from hydra.errors import ConfigCompositionException
 from hydra.plugins.config_source import ConfigResult
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
@@ -26,7 +29,31 @@ _PACKAGED_DIR = os.path.realpath(
 GROUP = "experiment"
 
 
-class ExperimentsConfigSource(FileConfigSource):
+class ProjectConfigSource(FileConfigSource):
+    """The project's conf/: Hydra's file source, but a YAML file that does not parse is one
+    message naming the file, line and column, not PyYAML's traceback. Only files a command
+    loads are read: a broken draft beside them stops nothing."""
+
+    @staticmethod
+    def scheme() -> str:
+        return "wtb-project"
+
+    def load_config(self, config_path: str) -> ConfigResult:
+        try:
+            return super().load_config(config_path)
+        except yaml.MarkedYAMLError as e:
+            def at(text: str | None, mark: yaml.Mark | None) -> str:
+                return f"{text} (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+
+            mark = e.problem_mark or e.context_mark
+            path = mark.name if mark else self._normalize_file_name(config_path)
+            problem = ", ".join(filter(None, (at(e.context, e.context_mark),
+                                              at(e.problem, e.problem_mark))))
+            raise ConfigCompositionException(
+                f"{path}: not valid YAML: {problem}; fix the file") from None
+
+
+class ExperimentsConfigSource(ProjectConfigSource):
     """A directory mounted as one config group: `experiment/NAME` -> `<dir>/NAME.yaml`."""
 
     @staticmethod
@@ -78,7 +105,7 @@ class WtbConfSearchPathPlugin(SearchPathPlugin):
         cwd = os.getcwd()
         conf = os.path.join(cwd, "conf")
         if os.path.isdir(conf):
-            search_path.prepend(provider="wtb_conf project", path=f"file://{conf}",
+            search_path.prepend(provider="wtb_conf project", path=f"wtb-project://{conf}",
                                 anchor=None)
         experiments = os.path.join(cwd, "experiments")
         if os.path.isdir(experiments):
