@@ -94,7 +94,13 @@ def cmd_restore(store: Store, args: argparse.Namespace) -> None:
     else:
         commit = _resolve_commit(store, run_id)
         what = "the final commit"
-    paths = store.restore(commit, args.to)
+    try:
+        paths = store.restore(commit, args.to)
+    except OSError as e:  # its parent is missing, read-only, a file
+        if e.errno is None:  # the store's own "exists and is not empty"
+            raise
+        why = "a file is in the way" if isinstance(e, FileExistsError) else e.strerror
+        raise StoreError(f"--to {args.to}: cannot restore there: {why}") from None
     print(f"restored {len(paths)} files of run {run_id[:8]}, {what}, into {args.to}")
 
 
@@ -361,8 +367,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = args.fn(store, args)
         if isinstance(code, int):
             return code
-    except (StoreError, FileExistsError) as e:
+    except StoreError as e:
         print(f"wtb: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # where restore --to or report --out cannot write
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"wtb: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     return 0
 
