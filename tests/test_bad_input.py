@@ -153,10 +153,6 @@ def spec(**kw) -> pb.EnvSpec:
     return pb.EnvSpec(**{"python": PY, "packages": ["six==1.16.0"], **kw})
 
 
-FORK_AT_JOB_START = (
-    "refused only when the job starts, as a recorded failed run (the store changes), though the "
-    "value is wrong whatever the store holds (not a hex id / not a node of workflow.nodes); "
-    "docs/config.md puts every fork.* check at job start")
 SWEEP_RECORDED = ("the launcher refuses it only after the sweep was recorded (a failed sweep "
                   "with 0 jobs: the store changes)")
 
@@ -164,9 +160,7 @@ ROWS = [
     # --- config files and groups -----------------------------------------------------------
     Row("yaml-syntax-error", ("bench", "-m", "workflow=broken"),
         ("broken.yaml", "line"),
-        setup=write("conf/workflow/broken.yaml", "state:\n  x: int\nnodes: [unclosed\n"),
-        xfail="a YAML syntax error in a config file is Hydra's raw traceback (yaml.parser."
-              "ParserError) instead of one message naming the file and line"),
+        setup=write("conf/workflow/broken.yaml", "state:\n  x: int\nnodes: [unclosed\n")),
     Row("missing-workflow", ("bench", "-m"), ("You must specify 'workflow'", "file_processing")),
     Row("unknown-group", ("bench", *ONE_JOB, "foo=bar"), ("'foo'", "+foo=bar")),
     Row("unknown-option", ("bench", "-m", "workflow=nope"),
@@ -219,9 +213,9 @@ ROWS = [
                    write("badnodes.py", LISTY_PY))),
     # --- fork ----------------------------------------------------------------------------
     Row("fork.run-not-an-id", ("bench", *ONE_JOB, "+fork.run=nosuchrun"),
-        ("fork.run", "nosuchrun"), xfail=FORK_AT_JOB_START),
+        ("fork.run", "nosuchrun")),
     Row("fork.after-unknown-node", ("bench", *ONE_JOB, "+fork.run={run}", "+fork.after=nonode"),
-        ("fork.after", "nonode", "load"), xfail=FORK_AT_JOB_START),
+        ("fork.after", "nonode", "load"), records_failure=True),
     Row("fork.run-unknown", ("bench", *ONE_JOB, "+fork.run=0000beef"),
         ("fork.run", "no run matches '0000beef'"), records_failure=True),
     Row("fork.pause-not-bool", ("bench", *ONE_JOB, "+fork.run={run}", "+fork.pause=maybe"),
