@@ -369,3 +369,16 @@ def test_a_bad_value_in_one_job_of_a_sweep_is_that_jobs_recorded_failure(tmp_pat
     assert runs[0]["status"] == "completed"
     assert runs[1]["status"] == "failed"
     assert runs[1]["error"] == "WorkflowError: compare.mode: 'best' is not one of max, min"
+
+
+def test_wtb_schema_writes_them_without_a_store(tmp_path, monkeypatch, capsys):
+    from wtb_conf.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["schema"]) == 0
+    written = sorted(p.name for p in (tmp_path / ".wtb/schemas").iterdir())
+    assert written == sorted(f"{n}.schema.json" for n in json_schemas())
+    assert ".wtb/schemas/workflow.schema.json" in capsys.readouterr().out
+    assert not (tmp_path / "data").exists()  # no store was made
+    assert main(["schema", "--out", "/proc/wtb"]) == 1
+    assert "wtb: error: /proc/wtb: No such file or directory" in capsys.readouterr().err

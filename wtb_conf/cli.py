@@ -214,6 +214,15 @@ def cmd_report(store: Store, args: argparse.Namespace) -> None:
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB): open it in a browser")
 
 
+def cmd_schema(args: argparse.Namespace) -> None:
+    from wtb_conf.schemas import write_schemas
+
+    for path in write_schemas(Path(args.out)):
+        print(path)
+    print("map them to your files in your editor: docs/config.md, 'Completion and checking in "
+          "your editor'")
+
+
 def cmd_fsck(store: Store, args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -322,6 +331,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_log, readonly=True)
 
+    p = sub.add_parser("schema", help="write JSON Schemas of the config files, for an editor "
+                                      "to complete and check them (no store needed)")
+    p.add_argument("--out", metavar="DIR", default=".wtb/schemas",
+                   help="the directory to write them into (default: .wtb/schemas)")
+    p.set_defaults(fn=cmd_schema, store=False)
+
     p = sub.add_parser("fsck", help="check the store is whole: objects, links, statuses, "
                                     "orphans (read-only unless --repair)")
     p.add_argument("--checkpoints", default="data/checkpoints.db",
@@ -351,31 +366,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
             ap.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
-    if "://" not in args.db and not Path(args.db).exists():
+    needs_store = getattr(args, "store", True)
+    if needs_store and "://" not in args.db and not Path(args.db).exists():
         print(f"wtb: error: no store at {args.db}: run `python -m wtb_conf -m ...` here first, "
               "or pass --db", file=sys.stderr)
         return 2
     try:
-        readonly = getattr(args, "readonly", False)
-        with open_store(args.db, args.blobs, readonly=readonly) as store:
-            if args.command == "fsck":  # it reports them; --repair records them
-                pass
-            elif readonly:
-                _note_lost(store)
-            else:
-                _reap(store)
-            code = args.fn(store, args)
-        if isinstance(code, int):
-            return code
+        code = _with_store(args) if needs_store else args.fn(args)
     except StoreError as e:
         print(f"wtb: error: {e}", file=sys.stderr)
         return 1
-    except OSError as e:  # where restore --to or report --out cannot write
+    except OSError as e:  # where restore --to, report --out or schema --out cannot write
         where = f"{e.filename}: " if e.filename else ""
         print(f"wtb: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
+
+def _with_store(args: argparse.Namespace) -> int | None:
+    readonly = getattr(args, "readonly", False)
+    with open_store(args.db, args.blobs, readonly=readonly) as store:
+        if args.command == "fsck":  # it reports them; --repair records them
+            pass
+        elif readonly:
+            _note_lost(store)
+        else:
+            _reap(store)
+        return args.fn(store, args)
 
 if __name__ == "__main__":
     sys.exit(main())
