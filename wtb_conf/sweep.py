@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
@@ -22,7 +23,7 @@ from wtb_conf import compare, intake
 from wtb_conf.fork import ForkError
 from wtb_conf.intake import SWEEP_ENV, open_store_for
 from wtb_conf.replay import SWEEP_ID_FILE
-from wtb_conf.schemas import GROUPS, ConfigError, check_config
+from wtb_conf.schemas import GROUPS, check_config
 from wtb_conf.store import StoreError
 from wtb_conf.store.lifecycle import DONE
 from wtb_conf.workflow import WorkflowError
@@ -59,6 +60,7 @@ def _cause(error: BaseException | None) -> str | None:
 # of a dead process's flock, so a crashed sweep's dir is free again).
 _claims: list[int] = []
 SWEEP_LOCK = ".wtb-sweep.lock"
+WTB_LAUNCHER = "hydra_plugins.wtb_conf_launcher.launcher.WtbRayLauncher"
 
 
 def _quoted(path: Path) -> str:
@@ -130,7 +132,13 @@ def swept_groups(config: DictConfig) -> set[str]:
 def check_primary(config: DictConfig, swept: set[str]) -> None:
     """Refuse, before the sweep starts, what would fail in every job: each group's values
     (whole, unless a sweep may change the group), and when nothing swept can change the
-    workflow, what the jobs check before they run (imports, compare.objective)."""
+    workflow, what the jobs check before they run (imports, compare.objective); and settings
+    wtb_conf's launcher would refuse once it starts."""
+    launcher = OmegaConf.select(config, "hydra.launcher", default=None)
+    if launcher is not None and launcher.get("_target_") == WTB_LAUNCHER:
+        from hydra_plugins.wtb_conf_launcher import _core
+
+        _core.check(OmegaConf.to_container(launcher, resolve=True))
     whole = {"storage"} | ({g for g in GROUPS if g not in swept} if "*" not in swept else set())
     check_config(config, whole)
     if "workflow" not in config or not {"workflow", "env", "compare", "fork"} <= whole:
@@ -158,7 +166,7 @@ class SweepCallback(Callback):
     def _start(self, config: DictConfig, multirun: bool) -> None:
         try:  # before anything is written: a refused sweep leaves the store as it was
             check_primary(config, swept_groups(config) if multirun else set())
-        except (ConfigError, WorkflowError, ForkError, StoreError) as e:
+        except (CompactHydraException, WorkflowError, ForkError, StoreError) as e:
             raise ConfigRefused(e) from None
         if "workflow" not in config:  # Hydra stops it with "You must specify 'workflow'"
             return

@@ -39,7 +39,8 @@ class LauncherError(CompactHydraException, ValueError):
 
 
 def check(params: dict[str, Any]) -> None:
-    """Ranges the structured config's types cannot express; errors name the key."""
+    """What the structured config's types cannot express; errors name the key. Called by the
+    launcher, and by wtb_conf's sweep callback before it records the sweep."""
     limits = {"num_actors": 1, "num_cpus": 0.01, "max_retries": 0, "timeout_s": 0.001,
               "memory": 1}
     for key, low in limits.items():
@@ -48,6 +49,13 @@ def check(params: dict[str, Any]) -> None:
             unset = " (or leave it unset)" if key in ("num_actors", "memory", "timeout_s") else ""
             raise LauncherError(f"hydra.launcher.{key}={value} is out of range: use at least {low}"
                              + unset)
+    if params.get("address") or os.environ.get("RAY_ADDRESS"):
+        return  # a cluster's CPUs are known once it answers (Pool.ray_up)
+    # local workers, or the local Ray started for the jobs that need one
+    cpus = (params.get("init_kwargs") or {}).get("num_cpus") or local_cpus()
+    if params["num_cpus"] > cpus:
+        raise LauncherError(f"hydra.launcher.num_cpus={params['num_cpus']} but this machine "
+                            f"has {cpus} CPUs; ask for at most that many")
 
 
 def local_cpus() -> int:
@@ -78,9 +86,6 @@ class Pool:
         # when the launcher is gone (Hydra's test suites make one per test), or at exit: before
         # multiprocessing's own exit handler, which would wait for the workers forever
         atexit.register(weakref.finalize(self, _close, self.workers, self.idle))
-        if self.local and params["num_cpus"] > local_cpus():
-            raise LauncherError(f"hydra.launcher.num_cpus={params['num_cpus']} but this machine "
-                             f"has {local_cpus()} CPUs; ask for at most that many")
         self.size = params.get("num_actors") or slots(local_cpus(), params["num_cpus"])
         self.shared: list[Any] | None = None  # per batch, for actors
         self.ray_slots = 0  # actors the cluster can place at once, once Ray is up
