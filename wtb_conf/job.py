@@ -26,6 +26,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.errors import InvalidUpdateError
 from omegaconf import DictConfig
 
 from wtb_conf import case_context
@@ -164,7 +165,11 @@ def run_case(store: Store, run_id: str, app: Any, case: Case, workflow: Mapping[
         paused = case.pause or bool(app.get_state(config).next)
         status = "paused" if paused else "completed"
     except BaseException as e:  # Ctrl-C too: the thread says why it stopped
-        failure = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        named = _node_error(e, app, config)
+        failure = {"error": f"{type(named).__name__}: {named}",
+                   "traceback": traceback.format_exc()}
+        if named is not e:
+            raise named from e
         raise
     finally:
         final: dict[str, Any] = {}
@@ -187,6 +192,21 @@ def run_case(store: Store, run_id: str, app: Any, case: Case, workflow: Mapping[
             log.error("case %s: its failure was not recorded: %s: %s", case.name,
                       type(e).__name__, e)
     return status, final
+
+
+def _node_error(error: BaseException, app: Any, config: dict) -> BaseException:
+    """LangGraph's "Expected dict, got [2]" does not say which node returned it; this does
+    (the node still due at the newest checkpoint)."""
+    if not (isinstance(error, InvalidUpdateError)
+            and "INVALID_GRAPH_NODE_RETURN_VALUE" in str(error)):
+        return error
+    try:
+        node = ", ".join(app.get_state(config).next) or "?"
+    except Exception:
+        return error
+    got = str(error).splitlines()[0].removeprefix("Expected dict, got ")
+    return WorkflowError(f"workflow.nodes.{node}: the node returned {got[:200]}, not a dict: "
+                         "a node returns a dict of the state fields it updates (or None)")
 
 
 def case_dir(out_dir: Path, name: Any) -> Path:
