@@ -35,6 +35,10 @@ def test_rerunning_the_demo_reports_every_job_cached(tmp_path):
         assert a["status"] == "completed" and b["status"] == "cached"
         assert b["cached_from"] == a["run_id"] and b["commit"] == a["commit"]
         assert b["job_key"] == a["job_key"] and b["metrics"] == a["metrics"]
+    with open_store(str(project / "data/wtb.db"), project / "data/blobs") as store:
+        for b in second:  # scored as a hit, then closed: its log ends with run_cached
+            assert [e["kind"] for e in store.events(b["run_id"])][-2:] == ["evaluated",
+                                                                           "run_cached"]
     # rerun=true bypasses the cache; the workflow is deterministic, so the commits match
     run_bench(project, "-m", "+experiment=demo", "rerun=true")
     third = sweeps(project)[2]

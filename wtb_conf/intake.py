@@ -232,8 +232,7 @@ def _wait_for_twin(store: Store, run_id: str, job_key: str) -> None:
 
 
 def record_cached(job: Opened, run_id: str, earlier: dict, evaluation: dict) -> dict[str, Any]:
-    job.store.finish_cached(run_id, earlier)
-    job.store.add_evaluation(run_id, **evaluation)
+    job.store.finish_cached(run_id, earlier, evaluation)  # scored first: run_cached ends its log
     return {"run_id": run_id, "status": "cached", "commit": earlier["commit"], "error": None,
             "metrics": earlier["metrics"], "cached_from": earlier["run_id"],
             "scores": evaluation["summary"]["scores"]}
