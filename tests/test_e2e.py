@@ -151,11 +151,19 @@ def test_user_project_with_a_failing_variant(user_project):
         assert store.threads(b["run_id"])[0]["inherited"] == ["step1"]
 
 
-def test_bad_target_is_a_recorded_failure_naming_the_key(user_project):
+def test_bad_target_refuses_the_run_naming_the_key_and_writes_nothing(user_project):
     proc = run_bench(user_project, "workflow=mine", "variant=typo", check=False)
     assert proc.returncode != 0
     assert ("workflow.nodes.step2._target_: cannot import 'mynodes.bmup': 'mynodes' has no "
             "attribute 'bmup'") in proc.stderr
+    assert not (user_project / "data").exists()  # refused before the store was opened
+
+
+def test_bad_target_in_one_job_of_a_sweep_is_a_recorded_failure(user_project):
+    proc = run_bench(user_project, "-m", "workflow=mine", "variant=a,typo", check=False)
+    assert proc.returncode == 1
+    assert "1 of 2 jobs failed" in proc.stderr
+    assert "workflow.nodes.step2._target_: cannot import 'mynodes.bmup'" in proc.stderr
 
 
 def test_unknown_workflow_and_variant_list_the_available_ones(user_project):
