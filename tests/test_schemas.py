@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from wtb_conf.envs import EnvError, spec_for
 from wtb_conf.fork import ForkError, plan
 from wtb_conf.intake import storage_paths
+from wtb_conf.json_schemas import json_schemas, write_schemas
 from wtb_conf.schemas import (
     GROUPS,
     ConfigError,
@@ -24,8 +25,6 @@ from wtb_conf.schemas import (
     WorkflowConfig,
     check,
     check_config,
-    json_schemas,
-    write_schemas,
 )
 from wtb_conf.scoring import check_compare
 from wtb_conf.store import StoreError, open_store

@@ -215,7 +215,7 @@ def cmd_report(store: Store, args: argparse.Namespace) -> None:
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
-    from wtb_conf.schemas import write_schemas
+    from wtb_conf.json_schemas import write_schemas
 
     for path in write_schemas(Path(args.out)):
         print(path)
