@@ -1,18 +1,20 @@
 """The bad inputs of a user's first hour (issue #12), as one table.
 
-Each row is a mistake: a command (`python -m wtb_conf ...`, `wtb ...`, or a gRPC call to the
-venv manager), the setup it needs, and the fragments its message must contain: the culprit (a
-YAML key, a package string, a path, an id) and what would be valid. Every row checks that the
-message (stderr, or the gRPC details) has them, has no traceback, that the exit is non-zero
-(or the gRPC status is the expected one), and that the store (every file under `data/`; for
-the venv manager its data dir) is byte for byte what it was. The rows marked
-`records_failure` are runtime failures: by the product's rule a failing job is a recorded
-failure, never the end of the sweep, so there the store changes; they check instead that the
-run is recorded `failed` with an error naming the node or router and what was valid, that
-`wtb fsck` is clean and that the sweep exits 1.
+Each row is a mistake: a command (`python -m wtb_conf ...`, `wtb ...`, or a gRPC / HTTP call
+to the venv manager), the setup it needs, and the fragments its message must contain: the
+culprit (a YAML key, a package string, a path, an id) and what would be valid. Every row
+checks that the message (stderr, or the gRPC details / HTTP body) has them and no traceback,
+that the exit is non-zero (or the status is the expected one), and that the store (every file
+under `data/`; for the venv manager its data dir) is byte for byte what it was. The rows
+marked `records_failure` are job-time failures: a failing job is a recorded failure, never the
+end of the sweep, so there the store changes; they check instead that one run is recorded
+`failed` with an error naming the node, router or key and what was valid, that the sweep
+exits 1 and lists it, and that `wtb fsck` is clean.
 
-Every row runs in its own copy of one seeded project (the demo swept once), so no row depends
-on another's order or leftovers. docs/reliability.md ("Bad input") lists the rows.
+Every row runs in its own copy of one seeded project (the demo swept, then again as cache hits
+until two run ids share a first digit), so no row depends on another's order or leftovers.
+A row that fails today because of a product defect is a strict xfail saying what is wrong.
+docs/reliability.md ("Bad input") lists the rows; the last test keeps the two in step.
 """
 
 from __future__ import annotations
