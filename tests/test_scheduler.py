@@ -531,6 +531,9 @@ def test_a_pool_that_cannot_warm_a_worker_fails_the_jobs_left():
                         "(or leave it unset)"),
         ({"num_actors": 2, "max_retries": -3, "timeout_s": None},
          "hydra.launcher.max_retries=-3 is out of range: use at least 0"),
+        ({"num_cpus": 3, "init_kwargs": {"num_cpus": 2}},
+         "hydra.launcher.num_cpus=3 but the local Ray is given 2 (hydra.launcher.init_kwargs."
+         "num_cpus) CPUs; ask for at most that many"),
     ],
 )
 def test_check_names_the_key_its_value_and_the_lowest_valid_one(params, message):
@@ -547,7 +550,8 @@ def test_check_names_the_key_its_value_and_the_lowest_valid_one(params, message)
          "memory": None, "fail_fast": False},
         {"num_actors": 1, "num_cpus": 0.01, "max_retries": 0, "timeout_s": 0.001, "memory": 1},
         {"num_actors": 64, "num_cpus": 8, "max_retries": 10, "timeout_s": 3600,
-         "memory": 2 ** 30},
+         "memory": 2 ** 30, "address": "auto"},  # a cluster's CPUs are checked once it answers
+        {"num_cpus": 8, "init_kwargs": {"num_cpus": 8}},  # the local Ray is given 8
     ],
 )
 def test_check_passes_params_in_range(params):

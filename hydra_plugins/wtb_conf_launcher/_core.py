@@ -52,10 +52,13 @@ def check(params: dict[str, Any]) -> None:
     if params.get("address") or os.environ.get("RAY_ADDRESS"):
         return  # a cluster's CPUs are known once it answers (Pool.ray_up)
     # local workers, or the local Ray started for the jobs that need one
-    cpus = (params.get("init_kwargs") or {}).get("num_cpus") or local_cpus()
-    if params["num_cpus"] > cpus:
-        raise LauncherError(f"hydra.launcher.num_cpus={params['num_cpus']} but this machine "
-                            f"has {cpus} CPUs; ask for at most that many")
+    given = (params.get("init_kwargs") or {}).get("num_cpus")
+    cpus = given or local_cpus()
+    if params.get("num_cpus", 1.0) > cpus:
+        where = (f"the local Ray is given {cpus} (hydra.launcher.init_kwargs.num_cpus)" if given
+                 else f"this machine has {cpus}")
+        raise LauncherError(f"hydra.launcher.num_cpus={params['num_cpus']} but {where} CPUs; "
+                            "ask for at most that many")
 
 
 def local_cpus() -> int:

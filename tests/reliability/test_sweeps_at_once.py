@@ -84,14 +84,16 @@ def test_a_retry_that_succeeds_leaves_a_completed_sweep(tmp_path):
     assert_nothing_lost(project)
 
 
-def test_a_sweep_the_launcher_cannot_run_is_failed_with_the_error(tmp_path):
+def test_a_sweep_the_launcher_cannot_run_is_refused_before_it_is_recorded(tmp_path):
+    """The launcher's settings are checked by the sweep callback before the sweep's row is
+    written (a sweep the launcher stops later, Ctrl-C, is failed with the error: test_faults)."""
     project = project_in(tmp_path)
     proc = run_bench(project, "-m", "workflow=fault", "hydra.launcher.num_actors=0",
                      check=False)
     assert proc.returncode == 1
-    [sweep] = sweeps(project)
-    assert sweep["status"] == "failed" and "num_actors" in sweep["error"], sweep
-    assert "ended early" in proc.stderr
+    assert "hydra.launcher.num_actors=0 is out of range: use at least 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (project / "data/wtb.db").exists()
 
 
 def test_a_sweep_with_no_workflow_writes_nothing_to_the_store(tmp_path):
