@@ -63,7 +63,11 @@ def test_reader_works_in_a_read_only_directory_and_writes_nothing(project, tmp_p
     assert digest(project / "data") == before
 
 
-def test_writer_in_a_read_only_directory_is_one_clear_error(project):
+@pytest.mark.parametrize("after_a_reader", [False, True])
+def test_writer_in_a_read_only_directory_is_one_clear_error(project, after_a_reader):
+    if after_a_reader:  # a read-only connection leaves an empty -wal and the -shm behind
+        assert wtb(project, "runs").returncode == 0
+        assert (project / "data/wtb.db-wal").exists()
     before = digest(project / "data")
     proc = wtb(project, "rerun", "last", wrap=read_only_mount(project / "data"))
     assert proc.returncode == 1

@@ -26,7 +26,13 @@ from wtb_conf.store.evaluations import EvaluationRecords
 from wtb_conf.store.lifecycle import Lifecycle
 from wtb_conf.store.objects import CommitStats, Diff, Entry, ObjectStore
 from wtb_conf.store.records import RunRecords
-from wtb_conf.store.schema import check_version, create_store_engine, read_conn, setup
+from wtb_conf.store.schema import (
+    cannot_write,
+    check_version,
+    create_store_engine,
+    read_conn,
+    setup,
+)
 
 # Measured in benchmarks/store_bench.py: below this size a row in SQLite beats a file.
 DEFAULT_INLINE_MAX = 64 * 1024
@@ -94,8 +100,5 @@ def open_store(
         where = make_url(db_url).render_as_string(hide_password=True)
         if readonly:
             raise StoreError(f"cannot read the store {where}: {e.orig}") from None
-        raise StoreError(
-            f"cannot write the store {where}: {e.orig}. Commands that only read (wtb runs, "
-            "show, log, diff, compare, report, fsck) work on a read-only store; a sweep and "
-            "the other commands need to write to its directory") from None
+        raise StoreError(cannot_write(where, e.orig)) from None
     return Store(engine, blob_root, inline_max, readonly)

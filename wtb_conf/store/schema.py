@@ -255,6 +255,12 @@ def readonly_uri(path: Path) -> str:
     return f"file:{quote(str(path))}?{params}"  # quoted: a path with '#' or '?' in it
 
 
+def cannot_write(db_url: str, why: object) -> str:
+    return (f"cannot write the store {db_url}: {why}. Commands that only read (wtb runs, show, "
+            "log, diff, restore, compare, report, fsck) work on a read-only store; a sweep and "
+            "the other commands need to write to its directory")
+
+
 def create_store_engine(db_url: str, readonly: bool = False) -> Engine:
     """An engine for `db_url`; for SQLite, the file's directory is made if its parent exists
     (`data/` of `sqlite:///data/wtb.db`; a mistyped path further up is an error, not a tree of
@@ -272,6 +278,10 @@ def create_store_engine(db_url: str, readonly: bool = False) -> Engine:
                                        query={**_readonly_params(path), "uri": "true"}))
         event.listen(engine, "connect", _sqlite_readonly)
         return engine
+    if path is not None and path.exists() and not (os.access(path, os.W_OK)
+                                                   and os.access(path.parent, os.W_OK)):
+        # SQLite would open it read-only without a word, and fail at the first write
+        raise StoreError(cannot_write(db_url, f"{path} or its directory is read-only"))
     if path is not None:
         try:
             path.parent.mkdir(exist_ok=True)
