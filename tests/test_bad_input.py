@@ -281,17 +281,9 @@ ROWS = [
     Row("sweep-read-only-store", ("bench", *ONE_JOB, "rerun=true"),
         ("cannot write the store", "read-only"), readonly=True),
     Row("rerun-read-only-store-after-wtb-runs", ("wtb", "rerun", "last"),
-        ("cannot write the store", "read-only"), readonly=True, setup=after_wtb_runs,
-        xfail="with the empty -wal and the -shm a read-only command leaves, `wtb rerun` on a "
-              "read-only store opens it for writing and fails later with a traceback: "
-              "commit_dir's _fs_now touches blobs/.clock (OSError: Read-only file system), "
-              "then 'attempt to write a readonly database'"),
+        ("cannot write the store", "read-only"), readonly=True, setup=after_wtb_runs),
     Row("sweep-read-only-store-after-wtb-runs", ("bench", *ONE_JOB, "rerun=true"),
-        ("cannot write the store", "read-only"), readonly=True, setup=after_wtb_runs,
-        xfail="with the empty -wal and the -shm a read-only command leaves, a sweep on a "
-              "read-only store is a traceback: SweepCallback.on_multirun_start raises "
-              "OperationalError (attempt to write a readonly database: PRAGMA wal_checkpoint) "
-              "and Hydra prints it whole"),
+        ("cannot write the store", "read-only"), readonly=True, setup=after_wtb_runs),
     Row("runs-schema-too-new", ("wtb", "runs"), ("99", "upgrade wtb_conf"), setup=schema_99),
     Row("sweep-schema-too-new", ("bench", *ONE_JOB), ("99", "upgrade wtb_conf"),
         setup=schema_99),
