@@ -6,6 +6,16 @@ from pathlib import Path
 
 NOT_CALLABLE = 42
 
+# The graph most tests build: add, then double until x is big enough (a route back to add).
+WORKFLOW = {
+    "state": {"x": "int", "trail": {"type": "list", "reducer": "append"}},
+    "nodes": {"add": {"_target_": "flows.add", "amount": 2},
+              "double": {"_target_": "flows.double"}},
+    "edges": [["START", "add"], ["double", "add"]],
+    "routes": {"add": {"router": {"_target_": "flows.small_or_big", "limit": 10},
+                       "to": ["double", "END"]}},
+}
+
 
 def add(state: dict, amount: int = 1) -> dict:
     Path(f"add-{state['x']}.txt").write_text(str(state["x"] + amount))

@@ -8,6 +8,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import flows
 import pytest
 import yaml
 from conftest import ROOT, copy_project, run_bench
@@ -31,15 +32,7 @@ from wtb_conf.store import StoreError, open_store
 from wtb_conf.sweep import swept_groups
 from wtb_conf.workflow import WorkflowError, build_graph
 
-WORKFLOW = {
-    "state": {"x": "int", "trail": {"type": "list", "reducer": "append"}},
-    "nodes": {"add": {"_target_": "flows.add", "amount": 2},
-              "double": {"_target_": "flows.double"}},
-    "edges": [["START", "add"], ["double", "add"]],
-    "routes": {"add": {"router": {"_target_": "flows.small_or_big", "limit": 10},
-                       "to": ["double", "END"]}},
-    "cases": {"one": {"x": 1}},
-}
+WORKFLOW = {**flows.WORKFLOW, "cases": {"one": {"x": 1}}}
 STORAGE = {"db_url": "sqlite:///data/wtb.db", "blob_root": "data/blobs",
            "checkpoints": "data/checkpoints.db", "inline_max": 65536}
 GOOD = {"workflow": WORKFLOW, "env": {"python": None, "packages": []}, "storage": STORAGE,

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import copy
+
+import flows
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from omegaconf import OmegaConf
@@ -8,14 +11,7 @@ from wtb_conf.workflow import WorkflowError, breakpoints, build_graph
 
 
 def wf(**overrides):
-    base = {
-        "state": {"x": "int", "trail": {"type": "list", "reducer": "append"}},
-        "nodes": {"add": {"_target_": "flows.add", "amount": 2},
-                  "double": {"_target_": "flows.double"}},
-        "edges": [["START", "add"], ["double", "add"]],
-        "routes": {"add": {"router": {"_target_": "flows.small_or_big", "limit": 10},
-                           "to": ["double", "END"]}},
-    }
+    base = copy.deepcopy(flows.WORKFLOW)
     base.update(overrides)
     return OmegaConf.create(base)
 
