@@ -129,16 +129,20 @@ def swept_groups(config: DictConfig) -> set[str]:
     return swept
 
 
-def check_primary(config: DictConfig, swept: set[str]) -> None:
-    """Refuse, before the sweep starts, what would fail in every job: each group's values
-    (whole, unless a sweep may change the group), and when nothing swept can change the
-    workflow, what the jobs check before they run (imports, compare.objective); and settings
-    wtb_conf's launcher would refuse once it starts."""
+def check_launcher(config: DictConfig) -> None:
+    """Settings wtb_conf's launcher would refuse once it starts, after the sweep is recorded
+    (Hydra makes the launcher after the callbacks' on_multirun_start)."""
     launcher = OmegaConf.select(config, "hydra.launcher", default=None)
     if launcher is not None and launcher.get("_target_") == WTB_LAUNCHER:
         from hydra_plugins.wtb_conf_launcher import _core
 
         _core.check(OmegaConf.to_container(launcher, resolve=True))
+
+
+def check_primary(config: DictConfig, swept: set[str]) -> None:
+    """Refuse, before the sweep starts, what would fail in every job: each group's values
+    (whole, unless a sweep may change the group), and when nothing swept can change the
+    workflow, what the jobs check before they run (imports, compare.objective)."""
     whole = {"storage"} | ({g for g in GROUPS if g not in swept} if "*" not in swept else set())
     check_config(config, whole)
     if "workflow" not in config or not {"workflow", "env", "compare", "fork"} <= whole:
@@ -165,6 +169,8 @@ class SweepCallback(Callback):
 
     def _start(self, config: DictConfig, multirun: bool) -> None:
         try:  # before anything is written: a refused sweep leaves the store as it was
+            if multirun:  # a single run (no -m) uses no launcher
+                check_launcher(config)
             check_primary(config, swept_groups(config) if multirun else set())
         except (CompactHydraException, WorkflowError, ForkError, StoreError) as e:
             raise ConfigRefused(e) from None
