@@ -363,6 +363,21 @@ def test_a_bad_value_in_one_job_of_a_sweep_is_that_jobs_recorded_failure(tmp_pat
     assert runs[1]["error"] == "WorkflowError: compare.mode: 'best' is not one of max, min"
 
 
+def test_a_value_that_resolves_only_in_a_job_is_left_to_the_jobs(tmp_path):
+    """`${hydra:...}` cannot resolve when the sweep starts: the check lets it be, and the
+    sweep is recorded as one sweep with its jobs (not one stray sweep per job)."""
+    project = copy_project(tmp_path)
+    wf = project / "conf/workflow/file_processing.yaml"
+    wf.write_text(wf.read_text().replace(
+        "settings_file: experiments/", "settings_file: ${hydra:runtime.cwd}/experiments/"))
+    assert "${hydra:runtime.cwd}" in wf.read_text()
+    proc = run_bench(project, "-m", "workflow=file_processing", "storage.inline_max=3000,4000")
+    assert "2 of 2 jobs completed" in proc.stdout and "Callback" not in proc.stderr
+    with open_store(str(project / "data/wtb.db"), project / "data/blobs") as store:
+        [sweep] = {r["sweep_id"] for r in store.runs()}
+        assert sweep == store.last_sweep()
+
+
 def test_wtb_schema_writes_them_without_a_store(tmp_path, monkeypatch, capsys):
     from wtb_conf.cli import main
 

@@ -174,13 +174,15 @@ class SweepCallback(Callback):
             check_primary(config, swept_groups(config) if multirun else set())
         except (CompactHydraException, WorkflowError, ForkError, StoreError) as e:
             raise ConfigRefused(e) from None
+        except Exception as e:  # `${hydra:...}` resolves only in a job: the jobs check it
+            log.debug("config not checked at the sweep's start: %s: %s", type(e).__name__, e)
         if "workflow" not in config:  # Hydra stops it with "You must specify 'workflow'"
             return
-        sweep_dir = str(claim_sweep_dir(config)) if multirun else None
-        try:
+        try:  # before the sweep dir is claimed: a refused sweep leaves nothing behind
             store, _ = open_store_for(config, Path.cwd())
         except StoreError as e:  # a db_url SQLAlchemy cannot open, a dir blocked by a file
             raise ConfigRefused(e) from None
+        sweep_dir = str(claim_sweep_dir(config)) if multirun else None
         with store:
             self.sweep_id = store.create_sweep(sys.argv[1:], sweep_dir)
             try:  # what earlier sweeps left running when they died; never this one's end
