@@ -120,6 +120,7 @@ def test_a_store_newer_than_the_code_is_a_clear_error(project, args):
 @pytest.mark.parametrize(("url", "readonly", "message"), [
     ("sqlite:///{tmp}/nope/deeper/wtb.db", False, "the directory {tmp}/nope does not exist"),
     ("sqlite:///{tmp}/nope/wtb.db", True, "no store at {tmp}/nope/wtb.db"),
+    ("sqlite:///{tmp}", True, "{tmp} is a directory; name the store's database file in it"),
     ("sqlite:///{tmp}/file/wtb.db", False,
      "of the store sqlite:///{tmp}/file/wtb.db: {tmp}/file: a file is in the way"),
     ("notaurl://", False, "is not a database URL SQLAlchemy can open"),

@@ -532,8 +532,8 @@ def test_a_pool_that_cannot_warm_a_worker_fails_the_jobs_left():
         ({"num_actors": 2, "max_retries": -3, "timeout_s": None},
          "hydra.launcher.max_retries=-3 is out of range: use at least 0"),
         ({"num_cpus": 3, "init_kwargs": {"num_cpus": 2}},
-         "hydra.launcher.num_cpus=3 but the local Ray is given 2 (hydra.launcher.init_kwargs."
-         "num_cpus) CPUs; ask for at most that many"),
+         "hydra.launcher.num_cpus=3 but the local Ray is given 2 CPUs (hydra.launcher."
+         "init_kwargs.num_cpus); ask for at most that many"),
     ],
 )
 def test_check_names_the_key_its_value_and_the_lowest_valid_one(params, message):

@@ -55,9 +55,9 @@ def check(params: dict[str, Any]) -> None:
     given = (params.get("init_kwargs") or {}).get("num_cpus")
     cpus = given or local_cpus()
     if params.get("num_cpus", 1.0) > cpus:
-        where = (f"the local Ray is given {cpus} (hydra.launcher.init_kwargs.num_cpus)" if given
-                 else f"this machine has {cpus}")
-        raise LauncherError(f"hydra.launcher.num_cpus={params['num_cpus']} but {where} CPUs; "
+        where = (f"the local Ray is given {cpus} CPUs (hydra.launcher.init_kwargs.num_cpus)"
+                 if given else f"this machine has {cpus} CPUs")
+        raise LauncherError(f"hydra.launcher.num_cpus={params['num_cpus']} but {where}; "
                             "ask for at most that many")
 
 

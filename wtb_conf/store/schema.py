@@ -271,6 +271,9 @@ def create_store_engine(db_url: str, readonly: bool = False) -> Engine:
         return create_engine(url)
     path = Path(url.database) if url.database and url.database != ":memory:" else None
     if readonly and path is not None:
+        if path.is_dir():
+            raise StoreError(f"{path} is a directory; name the store's database file in it, "
+                             "e.g. --db data/wtb.db")
         if not path.is_file():
             raise StoreError(f"no store at {path}: run a sweep (`python -m wtb_conf -m ...`) "
                              "first, or name the store with --db")
