@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pgserver import PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,3 +56,26 @@ def demo(tmp_path_factory) -> Path:
     proc = run_bench(project, "-m", "+experiment=demo")
     (project / "sweep.out").write_text(proc.stdout + proc.stderr)
     return project
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One real PostgreSQL server for the session (tests/pgserver.py), started on first use."""
+    server = PgServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """An SQLAlchemy URL of a new, empty PostgreSQL database of this test's own."""
+    return pg_server.url(pg_server.new_database())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """The store's database, once on SQLite and once on PostgreSQL: a test that takes this
+    fixture runs against both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'data' / 'wtb.db'}"
+    return request.getfixturevalue("pg_url")
