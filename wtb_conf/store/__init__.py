@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
 from wtb_conf.store.errors import (
     ObjectCorrupted,
@@ -27,9 +27,11 @@ from wtb_conf.store.lifecycle import Lifecycle
 from wtb_conf.store.objects import CommitStats, Diff, Entry, ObjectStore
 from wtb_conf.store.records import RunRecords
 from wtb_conf.store.schema import (
+    EXAMPLES,
     cannot_write,
     check_version,
     create_store_engine,
+    missing_database,
     read_conn,
     setup,
 )
@@ -80,7 +82,8 @@ def open_store(
 ) -> Store:
     """Open (creating or migrating as needed) the store at `db_url` with blobs under `blob_root`.
 
-    `db_url` is an SQLAlchemy URL (`sqlite:///data/wtb.db`) or a plain path to a SQLite file.
+    `db_url` is an SQLAlchemy URL (`sqlite:///data/wtb.db`, `postgresql+psycopg://user@host/db`)
+    or a plain path to a SQLite file. A PostgreSQL database must exist; its tables are made.
     `readonly`: open an existing store for queries only: no migration, no write lock.
     """
     if "://" not in db_url:
@@ -89,16 +92,34 @@ def open_store(
         engine = create_store_engine(db_url, readonly)
     except (ArgumentError, NoSuchModuleError) as e:
         raise StoreError(f"{db_url!r} is not a database URL SQLAlchemy can open ({e}); "
-                         "e.g. sqlite:///data/wtb.db") from None
+                         f"e.g. {EXAMPLES}") from None
     try:
         check_version(engine) if readonly else setup(engine)
     except RuntimeError as e:
         engine.dispose()
         raise StoreError(str(e)) from None
-    except OperationalError as e:  # a read-only file or directory, a disk that is full
+    except DBAPIError as e:  # a read-only file or directory, a disk that is full, no server
         engine.dispose()
         where = make_url(db_url).render_as_string(hide_password=True)
+        if engine.dialect.name == "postgresql":
+            raise StoreError(_postgres_error(where, e, readonly)) from None
+        if not isinstance(e, OperationalError):
+            raise
         if readonly:
             raise StoreError(f"cannot read the store {where}: {e.orig}") from None
         raise StoreError(cannot_write(where, e.orig)) from None
     return Store(engine, blob_root, inline_max, readonly)
+
+
+def _postgres_error(where: str, e: DBAPIError, readonly: bool) -> str:
+    """The message for a PostgreSQL store that cannot be opened (by the error's SQLSTATE)."""
+    why = str(e.orig).strip().splitlines()[0] if str(e.orig).strip() else type(e.orig).__name__
+    state = getattr(e.orig, "sqlstate", None)
+    if missing_database(e):
+        return (f"cannot open the store {where}: the database does not exist on that server; "
+                "create it (createdb NAME, or CREATE DATABASE) or name an existing one")
+    if state in ("42501", "25006") and not readonly:  # no privilege; a read-only server
+        return (f"cannot write the store {where}: {why}. Commands that only read (wtb runs, "
+                "show, log, diff, restore, compare, report, fsck) need only SELECT; a sweep "
+                "and the other commands need to create and write its tables")
+    return f"cannot {'read' if readonly else 'open'} the store {where}: {why}"

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, text
 from wtb_conf.store.liveness import Owner, alive, this_process
 from wtb_conf.store.objects import now_iso
 from wtb_conf.store.records import _dumps, _event, new_id
-from wtb_conf.store.schema import read_conn
+from wtb_conf.store.schema import lock, read_conn
 
 RUN_STATUSES = ("running", "completed", "failed", "cached", "paused")
 DONE = ("completed", "cached")  # statuses of a job that needs no rerun (the job cache)
@@ -55,6 +55,25 @@ def _fail_running(conn: Connection, run_id: str, error: str, traceback: str | No
     return True
 
 
+def _start_time(conn: Connection, job_key: str | None) -> str:
+    """A run's started_at, taken inside the transaction that inserts it, after every earlier
+    start of the same job has committed: `running_twin` tells identical jobs apart by it
+    (the earliest runs, the later ones wait for it and reuse it).
+
+    SQLite: BEGIN IMMEDIATE holds the one write lock already: starts are serialized, and this
+    process's clock orders them. PostgreSQL: transactions run side by side, and a start time
+    taken before another start committed could be the older one and yet not be seen by it:
+    both would run. The job key's advisory lock makes starts of one job take turns (other
+    jobs never wait), and the server's clock orders them: the jobs of a sweep across
+    machines whose clocks differ are still ordered by one clock."""
+    if conn.dialect.name != "postgresql":
+        return now_iso()
+    if job_key is not None:
+        lock(conn, f"job:{job_key}")
+    return conn.execute(text("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', :f)"),
+                        {"f": 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'}).scalar_one()  # = now_iso()
+
+
 def _fail_threads(conn: Connection, run_id: str, error: str | None) -> None:
     """The case threads a failed run cut short end with it (one that failed keeps its own
     error)."""
@@ -88,6 +107,10 @@ class Lifecycle:
         not count), else 'completed'. Runs still running lost their process with the sweep:
         each is marked failed, with an event."""
         with self.engine.begin() as conn:
+            # Ends of sweeps and reaping change many rows at once: one at a time, as under
+            # SQLite's write lock (PostgreSQL: two of them could lock runs rows in opposite
+            # orders and deadlock, and a reaper could count a run this one is failing).
+            lock(conn, "sweep ends")
             cause = f"interrupted: the sweep ended ({error})" if error else INTERRUPTED
             for (run_id,) in conn.execute(
                     text("SELECT id FROM runs WHERE sweep_id = :s AND status = 'running'"),
@@ -130,6 +153,7 @@ class Lifecycle:
         run_id = new_id()
         identity = identity or {}
         with self.engine.begin() as conn:
+            started = _start_time(conn, identity.get("job_key"))
             conn.execute(
                 text(
                     "INSERT INTO runs (id, sweep_id, job_num, status, overrides, workflow, "
@@ -144,7 +168,7 @@ class Lifecycle:
                 {"id": run_id, "sweep_id": sweep_id, "job_num": job_num,
                  "overrides": _dumps(overrides), "workflow": workflow,
                  "config_yaml": config_yaml, "config_digest": config_digest,
-                 "job_dir": job_dir, "at": now_iso(), "python": python, "env_id": env_id,
+                 "job_dir": job_dir, "at": started, "python": python, "env_id": env_id,
                  "env_lock": _dumps(env_lock) if env_lock is not None else None,
                  "job_key": identity.get("job_key"), "env_digest": identity.get("env_digest"),
                  "code_digest": identity.get("code_digest"), "parent_run": parent_run,
@@ -221,6 +245,7 @@ class Lifecycle:
             return {"runs": [], "sweeps": []}
         reaped: dict[str, list[str]] = {"runs": [], "sweeps": []}
         with self.engine.begin() as conn:
+            lock(conn, "sweep ends")  # (see finish_sweep); each UPDATE re-checks 'running'
             for run_id, error in found["runs"]:
                 if _fail_running(conn, run_id, error, kind="run_lost"):
                     reaped["runs"].append(run_id)
