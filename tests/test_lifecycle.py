@@ -3,6 +3,7 @@ waits for, and the events every status change leaves (wtb_conf.store.lifecycle, 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 
@@ -53,8 +54,9 @@ def test_alive(owner, expected):
 
 
 @pytest.fixture
-def store(tmp_path):
-    with open_store(str(tmp_path / "wtb.db"), tmp_path / "blobs") as s:
+def store(db_url, tmp_path):
+    """On SQLite and on PostgreSQL (conftest's db_url)."""
+    with open_store(db_url, tmp_path / "blobs") as s:
         yield s
 
 
@@ -115,6 +117,18 @@ def test_which_running_twin_a_job_waits_for(store, twin_owner, waits):
     assert store.running_twin(twin, "k") is None  # only the one that started first is waited for
 
 
+def test_start_times_have_one_format_on_either_database(store):
+    """On PostgreSQL a run's start time is the server's clock (identical jobs on several
+    machines are ordered by one clock): it must read like every other time the store writes,
+    or `ORDER BY started_at` would mix two formats."""
+    sweep = store.create_sweep([])
+    runs = [_run(store, sweep), _run(store, sweep, key=None)]
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")
+    started = [store.run(r)["started_at"] for r in runs]
+    assert all(stamp.fullmatch(s) for s in [*started, store.sweep(sweep)["created_at"]])
+    assert started == sorted(started) and started[0] >= store.sweep(sweep)["created_at"][:19]
+
+
 def test_finish_sweep_fails_its_running_runs_with_events_and_counts_last_attempts(store):
     sweep = store.create_sweep([])
     retried = _run(store, sweep)
@@ -136,8 +150,8 @@ def test_fail_run_never_overrides_an_end_the_run_recorded_itself(store):
     assert store.run(run_id)["status"] == "completed"
 
 
-def test_migration_8_gives_runs_an_older_sweep_end_failed_their_missing_event(tmp_path):
-    db, blobs = str(tmp_path / "wtb.db"), tmp_path / "blobs"
+def test_migration_8_gives_runs_an_older_sweep_end_failed_their_missing_event(db_url, tmp_path):
+    db, blobs = db_url, tmp_path / "blobs"
     with open_store(db, blobs) as store:
         run_id = _run(store, store.create_sweep([]))
         with store.engine.begin() as conn:  # what finish_sweep did before migration 7
