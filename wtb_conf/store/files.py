@@ -10,13 +10,17 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from wtb_conf.store.errors import ObjectCorrupted, StoreError, UnsafePath
+
+if TYPE_CHECKING:
+    from wtb_conf.store.blobdirs import BlobDir
 
 log = logging.getLogger(__name__)
 
@@ -197,12 +201,12 @@ def write_blob(data: bytes, objects: Path, final: Path) -> Path | None:
         raise
 
 
-def read_file(path: str, st: os.stat_result, inline_max: int, objects: Path
+def read_file(path: str, st: os.stat_result, inline_max: int, blobs: BlobDir
               ) -> tuple[bytes | TempBlob, os.stat_result] | None:
-    """A regular file's bytes if it has at most inline_max of them, else a TempBlob holding
-    them (hashed, not yet placed), with its fstat after the read. None, with a warning, if it
-    vanished since the scan or is no longer a regular file: O_NOFOLLOW, a file swapped for a
-    link meanwhile is not followed; O_NONBLOCK, nor does one swapped for a fifo block."""
+    """A regular file's bytes if it has at most inline_max of them, else a TempBlob of `blobs`
+    holding them (hashed, not yet placed), with its fstat after the read. None, with a warning,
+    if it vanished since the scan or is no longer a regular file: O_NOFOLLOW, a file swapped for
+    a link meanwhile is not followed; O_NONBLOCK, nor does one swapped for a fifo block."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as e:
@@ -216,7 +220,7 @@ def read_file(path: str, st: os.stat_result, inline_max: int, objects: Path
         if st.st_size <= inline_max:
             data = read_head(fd, inline_max + 1, st.st_size)
         if len(data) > inline_max or st.st_size > inline_max:  # (or it grew meanwhile)
-            tmp = TempBlob(objects)
+            tmp = blobs.temp(path)
             tmp.write(data)
             tmp.copy_from(fd, st.st_size)
         after = os.fstat(fd)
@@ -225,7 +229,8 @@ def read_file(path: str, st: os.stat_result, inline_max: int, objects: Path
     except BaseException as e:
         if tmp is not None:
             tmp.discard()
-        if err := no_room(e, f"cannot commit {path}: writing its blob into {objects} failed"):
+        if err := no_room(e, f"cannot commit {path}: writing its blob into {blobs.objects} "
+                             "failed"):
             raise err from e
         raise
     finally:
@@ -264,10 +269,15 @@ def refuse_beneath_links(paths: Iterable[str], links: set[str]) -> None:
 def blob_path(objects: Path, blob_id: str) -> Path:
     """objects/ab/cdef... of a blob. Only a SHA-256 hex digest names a file: a forged or
     corrupted row or tree entry (`../../x`) must not make the store open a path elsewhere."""
+    return objects / blob_name(blob_id)
+
+
+def blob_name(blob_id: str) -> str:
+    """`ab/cdef...`: where a blob lives under objects/ (see blob_path)."""
     if not isinstance(blob_id, str) or not _BLOB_ID.fullmatch(blob_id):
         raise ObjectCorrupted(f"blob id {blob_id!r} is not a SHA-256 hex digest; refusing to "
                               "open a file for it")
-    return objects / blob_id[:2] / blob_id[2:]
+    return f"{blob_id[:2]}/{blob_id[2:]}"
 
 
 def _plain_parts(rel: str) -> list[str] | None:
@@ -305,3 +315,41 @@ def safe_target(dest: Path, rel: str) -> Path:
     if not target.resolve().is_relative_to(dest.resolve()):
         raise UnsafePath(f"tree entry {rel!r} resolves outside {dest}; refusing to restore it")
     return target
+
+
+def restore_tree(dest: Path, commit_id: str, tree_of: Callable[[str], dict],
+                 copy_blob: Callable[..., None], read_blob: Callable[[str, str], bytes],
+                 fault: Callable[[str], object]) -> list[str]:
+    """ObjectStore.restore: the commit's files into a sibling temp dir of `dest`, every blob
+    re-hashed as it is copied (copy_blob), then renamed into place."""
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise FileExistsError(f"{dest} exists and is not empty; restore into a new directory")
+    tree = tree_of(commit_id)
+    links = sorted(rel for rel, e in tree.items() if e.mode == LINK_MODE)
+    refuse_beneath_links(tree, set(links))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.restoring-"))
+    rel = ""
+    try:
+        for rel, entry in sorted(tree.items()):
+            if entry.mode == LINK_MODE:
+                continue
+            target = safe_target(staging, rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copy_blob(entry.blob, target, rel, entry.mode)
+            fault("restore_file_written")
+        for rel in links:  # verbatim, wherever they point: a link is data, as in git
+            target = safe_target(staging, rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.fsdecode(read_blob(tree[rel].blob, rel)), target)
+        fault("restore_staged")
+        if dest.exists():
+            dest.rmdir()
+        os.replace(staging, dest)
+    except BaseException as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if err := no_room(e, f"cannot restore {rel} of commit {commit_id} into {dest} "
+                             f"(staged in {dest.parent})"):
+            raise err from e
+        raise
+    return sorted(tree)

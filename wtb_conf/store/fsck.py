@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, text
 
+from wtb_conf.store.blobdirs import blob_id_of
 from wtb_conf.store.errors import ObjectCorrupted, StoreError
 from wtb_conf.store.lifecycle import lost_error, running_owners
 from wtb_conf.store.liveness import alive
@@ -108,32 +109,10 @@ def _in(conn: Connection, sql: str, ids: list[str]) -> list:
     return out
 
 
-def _file_hash(path: Path) -> tuple[str, int]:
-    """The file's SHA-256 and size, streamed in chunks: a blob file may not fit in memory."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest(), os.fstat(f.fileno()).st_size
-
-
 def _entries(data: bytes) -> list[list]:
     """A tree's [path, blob, size, mode] entries. A tree that re-hashes to its id is what a
     commit wrote: its entries are not checked one by one (a million take seconds)."""
     return list(json.loads(data)["entries"])
-
-
-def _scan_files(objects: Path) -> tuple[dict[str, Path], list[Path], list[Path]]:
-    """Blob files (`objects/ab/cdef...`) by id, `.tmp-*` leftovers, and other files."""
-    blobs: dict[str, Path] = {}
-    tmps, odd = [], []
-    for dirpath, _, names in os.walk(objects):
-        for name in names:
-            path = Path(dirpath, name)
-            if name.startswith(".tmp-"):
-                tmps.append(path)
-            elif path.parent.parent == objects and _BLOB_NAME.fullmatch(path.parent.name + name):
-                blobs[path.parent.name + name] = path
-            else:
-                odd.append(path)
-    return blobs, tmps, odd
 
 
 def check(store: Store, checkpoints_path: str | os.PathLike | None,
@@ -143,7 +122,7 @@ def check(store: Store, checkpoints_path: str | os.PathLike | None,
     report = Report()
     # Files are listed before the snapshot: a commit writes its blob files before its rows,
     # so every row the snapshot holds has its file on disk by then.
-    files, tmps, odd = _scan_files(store.blob_root / "objects")
+    files, tmps, odd = store.blobs.scan()
     with read_conn(store.engine) as conn:
         conn.exec_driver_sql("BEGIN")  # one snapshot for every query: a sweep may be writing
         try:
@@ -167,16 +146,15 @@ def check(store: Store, checkpoints_path: str | os.PathLike | None,
                   for b, p in files.items() if b not in known]
     candidates += [(p, f"{p} is a temp file a writer left", "orphan_tmp") for p in tmps]
     for path, message, kind in candidates:
-        try:
-            young = path.stat().st_mtime > time.time() - grace
-        except FileNotFoundError:
+        # (an object store's clock, S3's LastModified, is the server's)
+        if (mtime := store.blobs.modified(path)) is None:
             continue  # renamed into place or removed since the listing
-        if young:
+        if mtime > time.time() - grace:
             report.notes.append(f"{message}, but younger than {grace:g} s: it may be a commit "
                                 "in flight; left alone")
         else:
-            report.orphans["files"].append(str(path))
-            report.add(kind, str(path), message)
+            report.orphans["files"].append(path)
+            report.add(kind, path, message)
     report.notes += [f"{p} is not a blob file; left alone" for p in odd]
     report.checked["files"] = len(files)
     return report
@@ -226,7 +204,7 @@ def _check_objects(store: Store, conn: Connection, report: Report) -> set[str]:
             bad[bid] = f"it holds {len(data)} bytes, its row says {size}"
     for tree in tree_of.keys() & file_rows.keys():  # trees too big to be inline
         try:
-            walk_tree(tree, store._blob_path(tree).read_bytes())
+            walk_tree(tree, b"".join(store.blobs.chunks(tree)))
         except FileNotFoundError:
             gone[tree] = f"its file {store._blob_path(tree)} is missing"
         except ObjectCorrupted as e:  # an id that is no digest names no file
@@ -239,7 +217,7 @@ def _check_objects(store: Store, conn: Connection, report: Report) -> set[str]:
 
     for bid in reached.keys() & file_rows.keys():  # each file once, streamed
         try:
-            digest, size = _file_hash(store._blob_path(bid))
+            digest, size = store.blobs.digest(bid)
         except FileNotFoundError:
             gone[bid] = f"its file {store._blob_path(bid)} is missing"
             continue
@@ -393,7 +371,7 @@ def repair(store: Store, report: Report) -> Repaired:
         # the blobs such a tree reached cannot be told from orphans: delete no blob row
         done.skipped.append("orphan blobs left alone: a commit's tree is missing or corrupted")
         blobs = set()
-    unlink_after: list[Path] = []
+    unlink_after: list[str] = []
     with store.engine.begin() as conn:  # BEGIN IMMEDIATE: no commit lands while we decide
         # A run or sweep still running (a live process, or one on another host; not one an
         # older wtb_conf left with no owner) may be about to reuse an orphan in a commit.
@@ -419,20 +397,20 @@ def repair(store: Store, report: Report) -> Repaired:
                          [{"r": r, "p": p} for r, p in orphans["stat_cache"]])
         done.removed["stat_cache"] = orphans["stat_cache"]
         _in(conn, "DELETE FROM stat_cache WHERE blob IN :ids", ids)
-        unlink_after += [store._blob_path(r[0]) for r in _in(
+        unlink_after += [str(store._blob_path(r[0])) for r in _in(
             conn, "SELECT id FROM blobs WHERE data IS NULL AND id IN :ids", ids)
             if _BLOB_NAME.fullmatch(r[0])]  # a forged id names no file of ours
         _in(conn, "DELETE FROM blobs WHERE id IN :ids", ids)
         done.removed["blobs"] = ids
         # A blob file that a row names now was adopted by a commit since the check: it stays.
-        paths = [Path(p) for p in orphans["files"]]  # each older than the grace period
+        paths = orphans["files"]  # each older than the grace period
         named = {r[0] for r in _in(conn, "SELECT id FROM blobs WHERE id IN :ids",
-                                   [p.parent.name + p.name for p in paths])}
+                                   [blob_id_of(p) for p in paths])}
         for path in paths:
-            if path.parent.name + path.name not in named and path.exists():
-                path.unlink()
-                done.removed["files"].append(str(path))
+            if blob_id_of(path) not in named and store.blobs.modified(path) is not None:
+                store.blobs.remove(path)
+                done.removed["files"].append(path)
     for path in unlink_after:  # the rows are gone for good: their files go too
-        path.unlink(missing_ok=True)
-        done.removed["files"].append(str(path))
+        store.blobs.remove(path)
+        done.removed["files"].append(path)
     return done

@@ -2,7 +2,8 @@
 
 A blob's id is the SHA-256 of its bytes. Blobs up to `inline_max` bytes live in the `blobs`
 table (one SQLite page write instead of a file create, rename and fsync; see
-docs/benchmarks.md); larger ones are files under `<blob_root>/objects/ab/cdef...`.
+docs/benchmarks.md); larger ones are files under `<blob_root>/objects/ab/cdef...`, in a directory
+or an object store (blobdirs.py).
 A tree is the JSON manifest of a directory (path -> blob, size, mode), stored as a blob, so
 identical trees are stored once; a symlink is an entry whose blob is its target and whose mode
 is git's 0o120000. A commit names a tree, a parent and a message; its id is the digest of those
@@ -16,9 +17,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import stat
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,8 +28,9 @@ from sqlalchemy import Connection, Engine, bindparam, text
 from sqlalchemy.exc import OperationalError
 
 from wtb_conf.store import files as _files
+from wtb_conf.store.blobdirs import BlobDir, LocalBlobDir, open_blob_dir
 from wtb_conf.store.errors import ObjectCorrupted, ObjectNotFound, StoreError
-from wtb_conf.store.files import LINK_MODE, TempBlob, no_room, safe_target
+from wtb_conf.store.files import LINK_MODE, TempBlob, no_room, safe_target  # noqa: F401 (tests)
 from wtb_conf.store.schema import read_conn
 
 log = logging.getLogger(__name__)
@@ -90,13 +90,22 @@ def executemany(conn: Connection, table: str, rows: list[dict], conflict: str = 
 
 
 class ObjectStore:
-    """Blobs, trees and commits over one engine and one blob directory."""
+    """Blobs, trees and commits over one engine and one blob directory (or object store)."""
 
     def __init__(self, engine: Engine, blob_root: str | os.PathLike, inline_max: int,
                  readonly: bool = False) -> None:
         self.engine = engine
         self.readonly = readonly
-        self.blob_root = Path(blob_root).resolve()
+        self.blobs: BlobDir = open_blob_dir(blob_root)
+        # (a Path for a directory, as it always was; the URL for an object store)
+        self.blob_root = self.blobs.base if isinstance(self.blobs, LocalBlobDir) else \
+            self.blobs.root
+        if not readonly:
+            try:  # a bucket that is not there fails the store's opening, not a job's commit
+                self.blobs.check()
+            except StoreError:
+                engine.dispose()
+                raise
         self.inline_max = inline_max
         self.last_commit = CommitStats()
         # Stat cache of each committed root, kept after the first load: a job commits its case
@@ -105,8 +114,8 @@ class ObjectStore:
 
     # -- blobs -------------------------------------------------------------------------
 
-    def _blob_path(self, blob_id: str) -> Path:
-        return _files.blob_path(self.blob_root / "objects", blob_id)
+    def _blob_path(self, blob_id: str) -> Path | str:
+        return self.blobs.path(blob_id)
 
     def _existing_blobs(self, conn: Connection, ids: Iterable[str]) -> set[str]:
         ids = list(ids)
@@ -129,9 +138,8 @@ class ObjectStore:
             if blob_id in existing:
                 continue
             inline = len(data) <= self.inline_max
-            if not inline and not self._blob_path(blob_id).exists():
-                dirs.add(_files.write_blob(data, self.blob_root / "objects",
-                                           self._blob_path(blob_id)))
+            if not inline and not self.blobs.exists(blob_id):
+                dirs.add(self.blobs.write(blob_id, data))
             rows.append({"id": blob_id, "size": len(data), "data": data if inline else None})
         rows += [{"id": b, "size": size, "data": None} for b, size in big.items()
                  if b not in existing and b not in small]
@@ -152,7 +160,7 @@ class ObjectStore:
             chunks: Iterable[bytes] = [bytes(row.data)]
         else:
             try:
-                chunks = _files.chunks_of(open(self._blob_path(blob_id), "rb", buffering=0))
+                chunks = self.blobs.chunks(blob_id)
             except FileNotFoundError:
                 raise ObjectCorrupted(
                     f"{what} is corrupted: {self._blob_path(blob_id)} is missing"
@@ -217,7 +225,7 @@ class ObjectStore:
         big: dict[str, int] = {}  # blob id -> size: streamed into their blob files already
         dirs: set[Path | None] = set()  # where blob files were renamed: fsynced before the rows
         fresh: list[tuple[str, os.stat_result, str]] = []  # hashed files to cache
-        objects = self.blob_root / "objects"
+        blobs, objects = self.blobs, self.blobs.objects
         if files is not None:  # (commit_source: no path named may lead outside root)
             files = set(files)
             found = [(rel, os.lstat(_files.commit_source(root, rel))) for rel in sorted(files)]
@@ -235,7 +243,7 @@ class ObjectStore:
             if not stat.S_ISREG(st.st_mode):  # (named in `files`; the walk skips them)
                 log.warning("%s is not a regular file or symlink; not committed", full)
                 continue
-            if (got := _files.read_file(full, st, self.inline_max, objects)) is None:
+            if (got := _files.read_file(full, st, self.inline_max, blobs)) is None:
                 continue  # vanished: logged
             data, after = got
             stats.hashed += 1
@@ -258,7 +266,7 @@ class ObjectStore:
         commit_id = hashlib.sha256(
             json.dumps([tree_id, parent, message], separators=(",", ":")).encode()
         ).hexdigest()
-        racy_after = self._fs_now()
+        racy_after = self._fs_now(root)
         try:
             rows = self._stage_blobs(small, big, dirs)
             for d in dirs - {None}:
@@ -319,22 +327,20 @@ class ObjectStore:
         blob_id = tmp.hash.hexdigest()
         try:
             _fault and _fault("blob_copied")
-            dirs.add(tmp.place(self._blob_path(blob_id)))
+            dirs.add(self.blobs.place(tmp, blob_id))
             _fault and _fault("blob_written")
         except BaseException as e:
             tmp.discard()
-            objects = self.blob_root / "objects"
+            objects = self.blobs.objects
             if err := no_room(e, f"cannot commit {path}: writing its blob into {objects} failed"):
                 raise err from e
             raise
         return blob_id
 
-    def _fs_now(self) -> int:
-        """The filesystem clock, read like git reads its index mtime (see _update_stat_cache)."""
-        marker = self.blob_root / ".clock"
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-        return marker.stat().st_mtime_ns
+    def _fs_now(self, near: str | None = None) -> int:
+        """The filesystem clock, read like git reads its index mtime (see _update_stat_cache):
+        for files committed from `near`."""
+        return self.blobs.clock(near)
 
     def _update_stat_cache(self, conn, root, cache, entries, fresh, racy_after,
                            files=None, gone=()) -> dict:
@@ -379,38 +385,8 @@ class ObjectStore:
         into place: a corrupted blob, an unsafe path or a full disk leaves `dest` untouched.
         Symlinks are recreated as stored, after every file, and nothing is written beneath one.
         """
-        dest = Path(dest).absolute()
-        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-            raise FileExistsError(f"{dest} exists and is not empty; restore into a new directory")
-        tree = self.tree(commit_id)
-        links = sorted(rel for rel, e in tree.items() if e.mode == LINK_MODE)
-        _files.refuse_beneath_links(tree, set(links))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.restoring-"))
-        rel = ""
-        try:
-            for rel, entry in sorted(tree.items()):
-                if entry.mode == LINK_MODE:
-                    continue
-                target = safe_target(staging, rel)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                self.copy_blob(entry.blob, target, rel, entry.mode)
-                _fault and _fault("restore_file_written")
-            for rel in links:  # verbatim, wherever they point: a link is data, as in git
-                target = safe_target(staging, rel)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(os.fsdecode(self.read_blob(tree[rel].blob, rel)), target)
-            _fault and _fault("restore_staged")
-            if dest.exists():
-                dest.rmdir()
-            os.replace(staging, dest)
-        except BaseException as e:
-            shutil.rmtree(staging, ignore_errors=True)
-            if err := no_room(e, f"cannot restore {rel} of commit {commit_id} into {dest} "
-                                 f"(staged in {dest.parent})"):
-                raise err from e
-            raise
-        return sorted(tree)
+        return _files.restore_tree(Path(dest).absolute(), commit_id, self.tree, self.copy_blob,
+                                   self.read_blob, lambda step: _fault and _fault(step))
 
     def diff(self, a: str, b: str) -> Diff:
         """Paths added, removed and changed (content, mode, link target) from commit a to b."""
