@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from wtb_conf import views
+from wtb_conf.checkpoints import is_postgres, libpq_url, store_url
 from wtb_conf.replay import cmd_rerun, cmd_resume, cmd_rollback
 from wtb_conf.store import Store, StoreError, open_store
 
@@ -228,11 +229,14 @@ def cmd_fsck(store: Store, args: argparse.Namespace) -> int:
 
     from wtb_conf.store import fsck
 
-    report = fsck.check(store, args.checkpoints)
+    checkpoints = args.checkpoints
+    if checkpoints is None:  # the packaged storage=postgres keeps both in one database
+        checkpoints = libpq_url(args.db) if is_postgres(args.db) else "data/checkpoints.db"
+    report = fsck.check(store, checkpoints)
     found = done = None
     if args.repair:
         done = fsck.repair(store, report)
-        found, report = report, fsck.check(store, args.checkpoints)  # what is left
+        found, report = report, fsck.check(store, checkpoints)  # what is left
     if args.json:
         _print_json(report.as_dict() | {"repaired": asdict(done) if done else None})
     else:
@@ -242,10 +246,11 @@ def cmd_fsck(store: Store, args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="wtb", description="Inspect the runs wtb_conf recorded.")
-    ap.add_argument("--db", default="data/wtb.db",
-                    help="store database: SQLAlchemy URL or SQLite path (default: data/wtb.db)")
+    ap.add_argument("--db", default="data/wtb.db", type=store_url,
+                    help="store database: SQLAlchemy URL (sqlite:///..., postgresql://...) or "
+                         "SQLite path (default: data/wtb.db)")
     ap.add_argument("--blobs", default="data/blobs",
-                    help="blob directory (default: data/blobs)")
+                    help="blob directory or fsspec URL (default: data/blobs)")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("runs", help="list runs (all, or of one sweep)")
@@ -339,9 +344,10 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fsck", help="check the store is whole: objects, links, statuses, "
                                     "orphans (read-only unless --repair)")
-    p.add_argument("--checkpoints", default="data/checkpoints.db",
-                   help="LangGraph's checkpoints file the links point into "
-                        "(default: data/checkpoints.db)")
+    p.add_argument("--checkpoints", metavar="FILE_OR_URL",
+                   help="LangGraph's checkpointer the links point into: its SQLite file or a "
+                        "postgresql:// URL (default: data/checkpoints.db; with a PostgreSQL "
+                        "--db, that database)")
     p.add_argument("--repair", action=_Repair, nargs=0,
                    help="remove orphans and mark runs a dead process left running failed")
     p.add_argument("--json", action="store_true")

@@ -21,6 +21,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from wtb_conf.checkpoints import is_postgres, store_url
+
 TYPES = ("any", "str", "int", "float", "bool", "list", "dict")
 REDUCERS = ("append", "merge")
 STARTS, ENDS = ("START", "__start__"), ("END", "__end__")  # as written, and LangGraph's own
@@ -151,11 +153,71 @@ def _index_url(value: Any) -> Any:
     return value
 
 
+def _interpolation(value: Any) -> bool:
+    """`${oc.env:VAR,default}` as written in a file: a config is checked resolved, so only a
+    file read as it is (by an editor, or the shipped files' test) still has one."""
+    return isinstance(value, str) and value.startswith("${") and value.endswith("}")
+
+
+def _url(value: str) -> str:
+    """A URL for a message, without its password."""
+    scheme, sep, rest = value.partition("://")
+    auth, at, host = rest.rpartition("@")
+    if not (sep and at and ":" in auth):
+        return show(value)
+    return show(f"{scheme}://{auth.split(':')[0]}:***@{host}")
+
+
+STORE_URLS = "sqlite:///PATH (e.g. sqlite:///data/wtb.db) or postgresql+psycopg://USER@HOST/DB"
+
+
 def _db_url(value: Any) -> Any:
+    if _interpolation(value):
+        return value
     if not isinstance(value, str) or "://" not in value:
         # SQLAlchemy would take a bare word for nothing; open_store for a path
         raise fail(f"{show(value)} is not a database URL; give an SQLAlchemy URL, "
-                    "e.g. sqlite:///data/wtb.db")
+                    "e.g. sqlite:///data/wtb.db or postgresql+psycopg://USER@HOST/DB")
+    dialect, _, driver = value.partition("://")[0].lower().partition("+")
+    if dialect == "sqlite":
+        return value
+    if dialect in ("postgresql", "postgres"):
+        if driver in ("", "psycopg"):
+            return store_url(value)  # a libpq URL gets psycopg's driver name
+        raise fail(f"{_url(value)} names the driver {driver!r}; wtb_conf reaches PostgreSQL "
+                   "through psycopg (3): postgresql+psycopg://USER@HOST/DB")
+    raise fail(f"{_url(value)} is not a SQLite or PostgreSQL URL; give {STORE_URLS}")
+
+
+def _checkpoints(value: Any) -> Any:
+    if _interpolation(value) or isinstance(value, str) and value.strip() and (
+            "://" not in value or is_postgres(value)):
+        return value
+    what = _url(value) if isinstance(value, str) else show(value)
+    raise fail(f"{what} is not a SQLite file path or a postgresql:// URL; give a path like "
+               "data/checkpoints.db or postgresql://USER@HOST/DB")
+
+
+def _blob_root(value: Any) -> Any:
+    example = "a directory like data/blobs (shared by every node) or s3://bucket/prefix"
+    if _interpolation(value):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise fail(f"expected a directory path or an fsspec URL, got {show(value)}; {example}")
+    protocols, sep, rest = value.partition("://")
+    if not sep:
+        return value
+    if not rest.strip("/"):
+        raise fail(f"{show(value)} names no bucket or directory; {example}")
+    try:
+        import fsspec  # (here: only a URL needs it, and an env may not have it)
+    except ImportError:
+        return value  # the blob store says what it needs
+    known = fsspec.available_protocols()
+    for protocol in protocols.split("::"):  # fsspec chains them: simplecache::s3://...
+        if protocol not in known:
+            raise fail(f"{show(value)} is not a directory path or an fsspec URL: fsspec knows "
+                       f"no protocol {protocol!r}; {example}")
     return value
 
 
@@ -189,6 +251,8 @@ PythonVersion = Annotated[str, BeforeValidator(_python_version),
 PackageString = Annotated[str, BeforeValidator(_requirement)]
 IndexUrl = Annotated[str, BeforeValidator(_index_url)]
 DbUrl = Annotated[str, BeforeValidator(_db_url), json_schema(type="string", pattern="://")]
+CheckpointsAt = Annotated[str, BeforeValidator(_checkpoints), json_schema(type="string")]
+BlobRoot = Annotated[str, BeforeValidator(_blob_root), json_schema(type="string")]
 Size = Annotated[int, BeforeValidator(_size), json_schema(type="integer", minimum=0)]
 
 RunId = Annotated[str, BeforeValidator(_hex_id(
@@ -201,3 +265,24 @@ CheckpointId = Annotated[str, BeforeValidator(_hex_id(
 
 def mapping(value: type, valid: str) -> Any:
     return Annotated[value, expect(f"a mapping {valid}")]
+
+
+def _key(group: str, loc: Any) -> str:
+    key = group + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+    return key.lstrip(".")
+
+
+def problems(error: ValidationError, group: str) -> list[str]:
+    """`<group>.<key path>: <what is wrong>; <what would be valid>`, one per problem."""
+    out: list[str] = []
+    for err in error.errors(include_url=False):
+        ctx = err.get("ctx") or {}
+        loc = [p for p in err["loc"] if p != "[key]"] + list(ctx.get("at") or ())
+        if err["type"] == "wtb":
+            text = ctx["text"]
+        else:  # a check without a message of ours: pydantic's, with the value
+            text = f"{err['msg'][:1].lower()}{err['msg'][1:]}, got {show(err.get('input'))}"
+        line = f"{_key(group, loc)}: {text}"
+        if line not in out:
+            out.append(line)
+    return out

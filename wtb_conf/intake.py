@@ -56,10 +56,11 @@ def installed(path: tuple[str, ...] | None = None) -> list[str]:
 
 def storage_paths(storage: Any, base: Path) -> dict[str, Any]:
     """The storage group, validated, with relative paths resolved against `base` (the launch
-    dir)."""
+    dir). URLs (postgresql://..., s3://...) are passed on as they are: they name the same
+    place from every directory and node."""
 
     def path(p: str) -> str:
-        return str(p if os.path.isabs(p) else base / p)
+        return p if "://" in p else str(p if os.path.isabs(p) else base / p)
 
     spec = check(StorageConfig, storage, "storage", error=StoreError)
     db_url, prefix = spec.db_url, "sqlite:///"

@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import os
-import sqlite3
 import time
 import traceback
 from collections.abc import Mapping
@@ -25,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.errors import InvalidUpdateError
 from omegaconf import DictConfig
 
 from wtb_conf import case_context
+from wtb_conf.checkpoints import open_checkpointer
 from wtb_conf.fork import (
     ForkError,
     ForkPoint,
@@ -287,10 +286,8 @@ def _run(job: Opened, run_id: str, cfg: DictConfig, started: float) -> dict[str,
         statuses: list[str] = []
         graph, workflow, evaluators, compare = check_job(cfg)
         cases = _cases(store, cfg, workflow, job.digests, out_dir)
-        Path(job.paths["checkpoints"]).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(job.paths["checkpoints"], check_same_thread=False, timeout=60)
-        with contextlib.closing(conn):
-            app = graph.compile(checkpointer=SqliteSaver(conn), **breakpoints(cfg.workflow))
+        with open_checkpointer(job.paths["checkpoints"]) as saver:  # (storage.checkpoints)
+            app = graph.compile(checkpointer=saver, **breakpoints(cfg.workflow))
             for case in cases:  # a failing case is recorded on its thread; the others still run
                 try:
                     status, finals[case.name] = run_case(store, run_id, app, case, workflow,

@@ -37,7 +37,9 @@ from wtb_conf.config_values import (
     REDUCERS,
     STARTS,
     TYPES,
+    BlobRoot,
     CheckpointId,
+    CheckpointsAt,
     ConfigError,
     DbUrl,
     DottedPath,
@@ -58,6 +60,7 @@ from wtb_conf.config_values import (
     json_schema,
     mapping,
     one_of,
+    problems,
     show,
 )
 
@@ -288,14 +291,14 @@ class StorageConfig(Group):
     shape = "a mapping with db_url, blob_root, checkpoints, inline_max"
     required = {"db_url": "an SQLAlchemy URL, e.g. sqlite:///data/wtb.db",
                 "blob_root": "the directory of large blobs, e.g. data/blobs",
-                "checkpoints": "LangGraph's SQLite file, e.g. data/checkpoints.db",
+                "checkpoints": "LangGraph's SQLite file or a postgresql:// URL",
                 "inline_max": "bytes up to which a blob lives in the database, e.g. 65536"}
-    db_url: DbUrl = Field(
-        None, description="SQLAlchemy URL of the store's database")
-    blob_root: Annotated[str, expect("a directory path")] = Field(
-        None, description="directory of blobs larger than inline_max")
-    checkpoints: Annotated[str, expect("a file path")] = Field(
-        None, description="SQLite file of LangGraph's SqliteSaver")
+    db_url: DbUrl = Field(None, description="the store's database: sqlite:///PATH or "
+                                            "postgresql+psycopg://USER@HOST/DB")
+    blob_root: BlobRoot = Field(None, description="blobs larger than inline_max: a directory "
+                                                  "or an fsspec URL (s3://bucket/prefix)")
+    checkpoints: CheckpointsAt = Field(None, description="LangGraph's checkpointer: a SQLite "
+                                                         "file or a postgresql:// URL")
     inline_max: Size = Field(
         None, description="blobs up to this many bytes are stored in the database")
 
@@ -351,27 +354,6 @@ GROUPS: dict[str, type[Group]] = {"workflow": WorkflowConfig, "env": EnvConfig,
                                   "storage": StorageConfig, "fork": ForkConfig,
                                   "compare": CompareConfig}
 M = TypeVar("M", bound=Group)
-
-
-def _key(group: str, loc: Any) -> str:
-    key = group + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
-    return key.lstrip(".")
-
-
-def problems(error: ValidationError, group: str) -> list[str]:
-    """`<group>.<key path>: <what is wrong>; <what would be valid>`, one per problem."""
-    out: list[str] = []
-    for err in error.errors(include_url=False):
-        ctx = err.get("ctx") or {}
-        loc = [p for p in err["loc"] if p != "[key]"] + list(ctx.get("at") or ())
-        if err["type"] == "wtb":
-            text = ctx["text"]
-        else:  # a check without a message of ours: pydantic's, with the value
-            text = f"{err['msg'][:1].lower()}{err['msg'][1:]}, got {show(err.get('input'))}"
-        line = f"{_key(group, loc)}: {text}"
-        if line not in out:
-            out.append(line)
-    return out
 
 
 def _without_missing(data: Any) -> Any:
