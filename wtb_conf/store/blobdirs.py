@@ -289,7 +289,7 @@ class FsspecBlobDir:
             return os.fstat(f.fileno()).st_mtime_ns
 
     def check(self) -> None:
-        if not self.s3:
+        if not (self.fs and self.s3):  # (an unknown scheme fails here)
             return
         bucket = self.root[self.root.index("://") + 3:].split("/", 1)[0]
         with self._io("cannot store blobs"):
