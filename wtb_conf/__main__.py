@@ -15,7 +15,9 @@ ConfigStore.instance().store(
     group="hydra/launcher", name="wtb", provider="wtb_conf",
     node={"defaults": ["wtb_ray"],
           "planner": {"_target_": "wtb_conf.planner.Planner", "venv_manager": None,
-                      "venv_manager_token": None, "venv_data": "data/venv_manager"},
+                      "venv_manager_token": None, "venv_data": "data/venv_manager",
+                      # for its check at the sweep's start (shared_disk=false)
+                      "storage": "${storage}"},
           "summary": False},  # the sweep callback prints the comparison
 )
 

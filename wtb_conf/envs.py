@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from importlib.metadata import version
@@ -32,6 +33,21 @@ ENSURE_TIMEOUT_S = 1800  # a cold build of ray and friends from PyPI
 # versions: Ray must match exactly, and the job code runs the same libraries as the driver.
 RUNTIME = ("ray", "hydra-core", "omegaconf", "langgraph", "langgraph-checkpoint-sqlite",
            "sqlalchemy", "rich")
+# ... and what the job's store needs: PostgreSQL's client and checkpointer, fsspec for an
+# object-store blob root (only then: they are not small, and most envs run on SQLite)
+POSTGRES_RUNTIME = ("psycopg", "psycopg-binary", "psycopg-pool", "langgraph-checkpoint-postgres")
+FSSPEC_RUNTIME = ("fsspec", "s3fs")
+
+
+def runtime_for(storage: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The distributions an env's job needs to run against `storage` (the job's group)."""
+    names = RUNTIME
+    storage = storage or {}
+    if any(str(storage.get(k) or "").startswith("postgres") for k in ("db_url", "checkpoints")):
+        names += POSTGRES_RUNTIME
+    if "://" in str(storage.get("blob_root") or ""):
+        names += FSSPEC_RUNTIME
+    return names
 
 
 class EnvError(CompactHydraException):
@@ -43,8 +59,10 @@ def driver_python() -> str:
     return f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
-def spec_for(env_cfg: Any, labels: Mapping[str, str], job: str) -> pb.EnvSpec:
-    """The EnvSpec for a job: its packages plus the runtime at the driver's exact versions."""
+def spec_for(env_cfg: Any, labels: Mapping[str, str], job: str,
+             storage: Mapping[str, Any] | None = None) -> pb.EnvSpec:
+    """The EnvSpec for a job: its packages plus the runtime (for its `storage`) at the
+    driver's exact versions."""
     env = check(EnvConfig, env_cfg, "env", error=lambda message: EnvError(f"{job}: {message}"))
     python = env.python or driver_python()
     if python.split(".")[:2] != driver_python().split("."):
@@ -53,7 +71,7 @@ def spec_for(env_cfg: Any, labels: Mapping[str, str], job: str) -> pb.EnvSpec:
             f"the same minor version in every process: set env.python to {driver_python()} "
             "(or leave it null)"
         )
-    runtime = [f"{name}=={version(name)}" for name in RUNTIME]
+    runtime = [f"{name}=={version(name)}" for name in runtime_for(storage)]
     return pb.EnvSpec(python=python, packages=[*(env.packages or []), *runtime],
                       index_url=env.index_url or "",
                       extra_index_urls=env.extra_index_urls or [],
@@ -100,24 +118,20 @@ class VenvClient:
         self.channel.close()
 
 
-@contextlib.contextmanager
-def connect(address: str | None, token: str | None, data_dir: Path) -> Iterator[VenvClient]:
-    """A client for the manager at `address`, or for one started here (and stopped after)."""
-    if address:
-        client = VenvClient(address, token)
-        try:
-            yield client
-        finally:
-            client.close()
-        return
+def start_manager(data_dir: Path, die_with_parent: bool = False,
+                  ) -> tuple[subprocess.Popen, str, Any]:
+    """`python -m venv_manager serve` on a free loopback port with its data in `data_dir`:
+    (process, gRPC address, its log file). `die_with_parent`: killed when this process dies
+    (a node's agent: a manager must not outlive the Ray worker that started it)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    log = open(data_dir / "manager.log", "a")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "venv_manager", "serve", "--grpc-port", "0", "--rest-port", "-1",
-         "--data", str(data_dir)],
-        stdout=subprocess.PIPE, stderr=log, text=True,
-        env={**os.environ, "VENV_MANAGER_TOKEN": ""},
-    )
+    log = open(data_dir / "manager.log", "a")  # noqa: SIM115 (the caller closes it)
+    serve = ["-m", "venv_manager", "serve", "--grpc-port", "0", "--rest-port", "-1",
+             "--data", str(data_dir)]
+    if die_with_parent:  # PR_SET_PDEATHSIG, set in the child, kept across its exec
+        serve = ["-c", "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); "
+                       "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])", *serve]
+    proc = subprocess.Popen([sys.executable, *serve], stdout=subprocess.PIPE, stderr=log,
+                            text=True, env={**os.environ, "VENV_MANAGER_TOKEN": ""})
     line: list[str] = []
     reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
     reader.start()
@@ -128,7 +142,20 @@ def connect(address: str | None, token: str | None, data_dir: Path) -> Iterator[
         raise EnvError("the embedded venv manager did not start; see "
                        f"{data_dir / 'manager.log'}:\n"
                        + (data_dir / "manager.log").read_text()[-2000:])
-    address = line[0].split("grpc=")[1].split()[0]
+    return proc, line[0].split("grpc=")[1].split()[0], log
+
+
+@contextlib.contextmanager
+def connect(address: str | None, token: str | None, data_dir: Path) -> Iterator[VenvClient]:
+    """A client for the manager at `address`, or for one started here (and stopped after)."""
+    if address:
+        client = VenvClient(address, token)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    proc, address, log = start_manager(data_dir)
     client = VenvClient(address)
     try:
         yield client
@@ -137,3 +164,57 @@ def connect(address: str | None, token: str | None, data_dir: Path) -> Iterator[
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+def bench_path(root: Path) -> Path:
+    """wtb_conf and its Hydra plugins (every `hydra_plugins/wtb_*`: the job's pickled Hydra
+    state names them all), linked into `root` (new): an env's workers get these on their path
+    without this interpreter's site-packages (and its other packages)."""
+    import hydra_plugins.wtb_conf_launcher as launcher
+
+    plugins = Path(launcher.__file__).parent.parent
+    (root / "hydra_plugins").mkdir(parents=True)
+    (root / "wtb_conf").symlink_to(Path(__file__).parent)
+    for path in sorted(plugins.glob("wtb_*/__init__.py")):
+        (root / "hydra_plugins" / path.parent.name).symlink_to(path.parent)
+    return root
+
+
+# -- on a node of a cluster: its agent (hydra_plugins.wtb_conf_launcher._nodes) runs these
+ENVS_ROOT = "WTB_ENVS_ROOT"  # a node's venv manager data dir; default below
+_node: dict[str, Any] = {}  # this process's manager, client and bench path, once started
+_node_lock = threading.Lock()
+
+
+def envs_root() -> Path:
+    """Where this node's envs live: $WTB_ENVS_ROOT, else ~/.cache/wtb_conf/venv_manager (kept
+    across Ray restarts: an env is content-addressed, so a kept one is as good as new)."""
+    root = os.environ.get(ENVS_ROOT)
+    return Path(root) if root else Path.home() / ".cache" / "wtb_conf" / "venv_manager"
+
+
+def _node_client() -> VenvClient:
+    with _node_lock:
+        proc = _node.get("proc")
+        if proc is None or proc.poll() is not None:  # first use, or the manager died
+            if proc is not None:
+                _node["client"].close()
+                _node["log"].close()
+            proc, address, log = start_manager(envs_root(), die_with_parent=True)
+            _node.update(proc=proc, log=log, client=VenvClient(address))
+            if "bench" not in _node:
+                _node["bench"] = str(bench_path(Path(tempfile.mkdtemp(
+                    prefix="wtb-bench-path-"))))
+        return _node["client"]
+
+
+def provide_on_node(spec: bytes, job: str) -> tuple[str, list[str], dict[str, str]]:
+    """The env of a serialized EnvSpec on this node, built or found by the node's own venv
+    manager (started on first use): (python, its path for the bench, env vars for the job).
+    `job` names the first job that wanted it, for messages."""
+    from wtb_conf.intake import ENV_ID
+
+    client = _node_client()
+    env = client.ensure(pb.EnvSpec.FromString(spec), job)
+    client.check_interpreter(env, job)
+    return env.python_path, [_node["bench"]], {ENV_ID: env.env_id}

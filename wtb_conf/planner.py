@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -30,9 +31,9 @@ from typing import Any, NamedTuple
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from hydra_plugins.wtb_conf_launcher.plan import Job, Plan
+from hydra_plugins.wtb_conf_launcher.plan import Job, NodeEnv, Plan
 from wtb_conf import intake
-from wtb_conf.envs import connect, spec_for
+from wtb_conf.envs import bench_path, connect, provide_on_node, spec_for
 from wtb_conf.fork import first_step_key
 from wtb_conf.workflow import BREAKPOINTS
 
@@ -41,19 +42,9 @@ log = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def _bench_path() -> Iterator[str]:
-    """wtb_conf and its Hydra plugins (every `hydra_plugins/wtb_*`: the job's pickled Hydra
-    state names them all), linked into a directory of their own: an env's workers get these
-    on their path without the driver's site-packages (and its other packages)."""
-    import hydra_plugins.wtb_conf_launcher as launcher
-
-    plugins = Path(launcher.__file__).parent.parent
     root = Path(tempfile.mkdtemp(prefix="wtb-bench-path-"))
     try:
-        (root / "hydra_plugins").mkdir()
-        (root / "wtb_conf").symlink_to(Path(intake.__file__).parent)
-        for path in sorted(plugins.glob("wtb_*/__init__.py")):
-            (root / "hydra_plugins" / path.parent.name).symlink_to(path.parent)
-        yield str(root)
+        yield str(bench_path(root))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -94,10 +85,19 @@ class Planner:
     node's other fields (docs/launcher.md)."""
 
     def __init__(self, venv_manager: str | None = None, venv_manager_token: str | None = None,
-                 venv_data: str = "data/venv_manager") -> None:
+                 venv_data: str = "data/venv_manager", storage: Any = None) -> None:
         self.venv_manager = venv_manager
         self.venv_manager_token = venv_manager_token
         self.venv_data = venv_data
+        # (`${storage}`, for check() at the sweep's start; each job's own is in its config)
+
+    @staticmethod
+    def check(params: dict[str, Any]) -> None:
+        """At the sweep's start when jobs run on nodes that do not share the driver's disk
+        (hydra.launcher.shared_disk=false): every node must reach the store."""
+        storage = (params.get("planner") or {}).get("storage")
+        if storage is not None:
+            check_shared_storage(storage)
 
     @contextlib.contextmanager
     def __call__(self, jobs: list[Job]) -> Iterator[list[Plan]]:
@@ -109,9 +109,14 @@ class Planner:
             for i, job in enumerate(jobs):
                 env = envs[i]
                 if env is not None:
+                    plans[i].where = f"ray, env {job.config.hydra.runtime.choices.get('env')}"
+                if isinstance(env, NodeEnv):  # its lock is known on its node: the job looks
+                    plans[i].node_env = env   # for a cache hit itself, there
+                    plans[i].on_failure = functools.partial(self._failed, job, cfgs[i], None)
+                    continue
+                if env is not None:
                     plans[i].python, plans[i].python_path = env.python, [env.bench_path]
                     plans[i].env_vars[intake.ENV_ID] = env.env_id
-                    plans[i].where = f"ray, env {job.config.hydra.runtime.choices.get('env')}"
                 self._settle(job, cfgs[i], plans[i], env)
                 if not plans[i].done:
                     plans[i].on_failure = functools.partial(self._failed, job, cfgs[i], env)
@@ -184,8 +189,10 @@ class Planner:
             plan.result = intake.record_failure(opened, run_id, e)
 
     def _envs(self, stack: contextlib.ExitStack, jobs: list[Job],
-              cfgs: list[DictConfig]) -> list[JobEnv | None]:
-        """Per job: its env, or None for the driver's interpreter."""
+              cfgs: list[DictConfig]) -> list[JobEnv | NodeEnv | None]:
+        """Per job: its env, or None for the driver's interpreter. On a cluster joined by
+        address, an env is made on the node each job lands on (NodeEnv), unless
+        `venv_manager` names a manager (whose paths must then be valid on every node)."""
         specs: list[bytes | None] = []
         distinct: dict[bytes, tuple[Any, str]] = {}  # spec -> (spec, the first job wanting it)
         for job, cfg in zip(jobs, cfgs, strict=True):
@@ -196,12 +203,23 @@ class Planner:
             choices = job.config.hydra.runtime.choices
             labels = {k: choices[k] for k in ("workflow", "variant", "env") if choices.get(k)}
             name = f"job #{job.num} ({' '.join(job.overrides)})"
-            spec = spec_for(env_cfg, labels, name)
+            spec = spec_for(env_cfg, labels, name, _plain(cfg.get("storage")))
             key = spec.SerializeToString(deterministic=True)
             distinct.setdefault(key, (spec, name))
             specs.append(key)
         if not distinct:
             return [None] * len(jobs)
+        launcher = jobs[0].config.hydra.launcher
+        if not self.venv_manager and (launcher.get("address") or os.environ.get("RAY_ADDRESS")):
+            # the key: the spec's digest (labels aside: they do not change the env)
+            node_envs = {}
+            for key, (spec, name) in distinct.items():
+                bare = type(spec)()
+                bare.CopyFrom(spec)
+                bare.ClearField("labels")
+                digest = hashlib.sha256(bare.SerializeToString(deterministic=True)).hexdigest()
+                node_envs[key] = NodeEnv(digest, functools.partial(provide_on_node, key, name))
+            return [node_envs[k] if k else None for k in specs]
         data = Path(self.venv_data).absolute()
         client = stack.enter_context(connect(self.venv_manager, self.venv_manager_token, data))
         bench_path = stack.enter_context(_bench_path())
@@ -234,3 +252,28 @@ class Planner:
                 plans[i].waits_for = first[key]
             else:
                 first[key] = i
+
+
+def check_shared_storage(storage: Any) -> None:
+    """A store every node reaches: not a file on the driver's disk (SQLite), and a blob root
+    that is not inside the launch dir. Errors name the key and what would be valid."""
+    from hydra_plugins.wtb_conf_launcher._settings import LauncherError
+
+    storage = _plain(storage)
+    why = ("but hydra.launcher.shared_disk=false runs jobs on nodes that do not share this "
+           "machine's disk")
+    db_url = str(storage.get("db_url") or "")
+    if db_url.startswith("sqlite"):
+        raise LauncherError(f"storage.db_url={db_url} is an SQLite file here, {why}: use a "
+                            "PostgreSQL server every node reaches, storage.db_url="
+                            "postgresql+psycopg://USER@HOST/DB (or storage=postgres)")
+    checkpoints = str(storage.get("checkpoints") or "")
+    if "://" not in checkpoints:
+        raise LauncherError(f"storage.checkpoints={checkpoints} is an SQLite file here, {why}: "
+                            "use a PostgreSQL URL, storage.checkpoints=postgresql://USER@HOST/DB "
+                            "(storage=postgres uses storage.db_url's database)")
+    blob_root = str(storage.get("blob_root") or "")
+    if "://" not in blob_root and not os.path.isabs(blob_root):
+        raise LauncherError(f"storage.blob_root={blob_root} is inside the launch dir, {why}: "
+                            "use a directory every node mounts at the same absolute path, or "
+                            "an object store URL, storage.blob_root=s3://BUCKET/PREFIX")

@@ -20,54 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
-from hydra.errors import CompactHydraException
 from omegaconf import OmegaConf, open_dict
 
 from ._local import LocalWorker
 from ._run import WorkerDied, completed, failed
+from ._settings import LauncherError, check, local_cpus, slots  # noqa: F401 (API)
 from .launcher import WtbRayLauncher
 from .plan import Job, Plan
 from .progress import Progress
 
 log = logging.getLogger(__name__)
 RAY_START_TIMEOUT_S = 180  # ray.init takes 5-6 s here; past this something is wrong, say so
-
-
-class LauncherError(CompactHydraException, ValueError):
-    """A launcher setting, or a planner's answer, that cannot work: Hydra prints the message
-    alone, which names the key (no traceback: nothing in it would help)."""
-
-
-def check(params: dict[str, Any]) -> None:
-    """What the structured config's types cannot express; errors name the key. Called by the
-    launcher, and by wtb_conf's sweep callback before it records the sweep."""
-    limits = {"num_actors": 1, "num_cpus": 0.01, "max_retries": 0, "timeout_s": 0.001,
-              "memory": 1}
-    for key, low in limits.items():
-        value = params.get(key)
-        if value is not None and value < low:
-            unset = " (or leave it unset)" if key in ("num_actors", "memory", "timeout_s") else ""
-            raise LauncherError(f"hydra.launcher.{key}={value} is out of range: use at least {low}"
-                             + unset)
-    if params.get("address") or os.environ.get("RAY_ADDRESS"):
-        return  # a cluster's CPUs are known once it answers (Pool.ray_up)
-    # local workers, or the local Ray started for the jobs that need one
-    given = (params.get("init_kwargs") or {}).get("num_cpus")
-    cpus = given or local_cpus()
-    if params.get("num_cpus", 1.0) > cpus:
-        where = (f"the local Ray is given {cpus} CPUs (hydra.launcher.init_kwargs.num_cpus)"
-                 if given else f"this machine has {cpus} CPUs")
-        raise LauncherError(f"hydra.launcher.num_cpus={params['num_cpus']} but {where}; "
-                            "ask for at most that many")
-
-
-def local_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def slots(cpus: float, num_cpus: float) -> int:
-    """Jobs at once on `cpus` when each reserves `num_cpus` (2 / 0.1 is 20, not 19)."""
-    return max(1, int(cpus / num_cpus + 1e-9))
 
 
 class Pool:
@@ -104,7 +67,9 @@ class Pool:
                 os.environ.setdefault("RAY_AUTH_MODE", "token")
             from ._ray import Cluster
 
-            self.cluster = Cluster(self.params.get("address"), self.params["init_kwargs"])
+            self.cluster = Cluster(self.params.get("address"), self.params["init_kwargs"],
+                                   None if self.params.get("shared_disk", True)
+                                   else self.launch_dir)
         return self.cluster.start()
 
     def ray_up(self) -> bool:
@@ -132,7 +97,7 @@ class Pool:
         return self.local and self.cluster is None
 
     def _new(self, plan: Plan) -> Any:
-        if not plan.python and self._forkable():
+        if not plan.interpreter and self._forkable():
             worker = LocalWorker(self.task_function, self.hydra_context, self.launch_dir,
                                  self.code_paths)
         else:
@@ -142,8 +107,7 @@ class Pool:
 
             if self.shared is None:
                 self.shared = _ray.shared(self.hydra_context, self.task_function)
-            worker = _ray.new_worker(plan.python, plan.python_path, self.params,
-                                     self.launch_dir, plan.where)
+            worker = _ray.new_worker(plan, self.params, self.launch_dir, self.cluster)
         self.workers.append(worker)
         return worker
 
@@ -153,13 +117,13 @@ class Pool:
             self.release(self._new(Plan()), Plan())
 
     def acquire(self, plan: Plan, limit: int) -> Any | None:
-        key = plan.python or ""
+        key = plan.interpreter
         while self.idle.get(key):
             worker = self.idle[key].pop()
             if worker.alive():
                 return worker
             self.discard(worker)  # it died while idle
-        on_ray = bool(plan.python) or not self._forkable()
+        on_ray = bool(plan.interpreter) or not self._forkable()
         if on_ray and not self.ray_up():
             return None
         full = len(self.workers) >= min(self.size, limit)
@@ -177,14 +141,14 @@ class Pool:
 
     def warm(self, plan: Plan, limit: int) -> None:
         """Make a worker for a job that cannot start yet, so it is up when the job can."""
-        key = plan.python or ""
+        key = plan.interpreter
         if len(self.workers) < min(self.size, limit) and not self.idle.get(key):
             worker = self._new(plan)
             if worker is not None:
                 self.release(worker, plan)
 
     def release(self, worker: Any, plan: Plan) -> None:
-        self.idle.setdefault(plan.python or "", []).append(worker)
+        self.idle.setdefault(plan.interpreter, []).append(worker)
 
     def discard(self, worker: Any) -> None:
         self.workers.remove(worker)
@@ -273,7 +237,7 @@ class Scheduler:
         no_worker: set[str] = set()  # interpreters with no worker to give now
         for item in ready:
             i, attempt = item
-            key = self.plans[i].python or ""
+            key = self.plans[i].interpreter
             if self.stop_reason is not None or key in no_worker:
                 continue
             worker = self._guard(self.pool.acquire, self.plans[i], len(self.jobs))
@@ -400,7 +364,7 @@ def launch(launcher: WtbRayLauncher, job_overrides: Sequence[Sequence[str]],
     no_planner = contextlib.nullcontext([Plan() for _ in jobs])
     with launcher.planner(jobs) if launcher.planner else no_planner as plans:
         check_plans(plans, len(jobs))
-        if any(not p.done and (p.python or not pool.local) for p in plans):
+        if any(not p.done and (p.interpreter or not pool.local) for p in plans):
             pool.start_ray()  # in the background, while local jobs run
         progress = Progress([list(filter_overrides(j.overrides)) for j in jobs],
                             initial_job_idx, params.get("progress"), params["summary"])

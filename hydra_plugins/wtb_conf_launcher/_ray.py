@@ -19,9 +19,11 @@ import ray
 from hydra.core.singleton import Singleton
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnschedulableError, RayActorError
 
+from . import _nodes
 from ._run import WorkerDied, enter, execute
+from .plan import Plan
 
 # The holder starts a local cluster and keeps it until its stdin closes. It runs in a session
 # of its own, so the whole cluster can be stopped at once (ray.shutdown stops its processes
@@ -35,14 +37,18 @@ sys.stdin.read()
 
 
 class Cluster:
-    """Ray for this process: started on the first `start()`, in the background."""
+    """Ray for this process: started on the first `start()`, in the background. `ship`: the
+    launch dir to ship to every actor (shared_disk: false)."""
 
-    def __init__(self, address: str | None, init_kwargs: dict[str, Any]) -> None:
+    def __init__(self, address: str | None, init_kwargs: dict[str, Any],
+                 ship: str | None = None) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.init_kwargs = {"include_dashboard": False, **init_kwargs}
+        self.ship = ship
         self.ready: Future | None = None
         self.started = 0.0  # time.monotonic() of start()
         self.holder: subprocess.Popen | None = None
+        self.placer: _nodes.Placer | None = None  # once an actor is pinned to a node
 
     def start(self) -> Future:
         if self.ready is None:
@@ -55,7 +61,8 @@ class Cluster:
         try:
             address = self.address or self._hold()
             if not ray.is_initialized():
-                ray.init(address=address, log_to_driver=True)
+                ray.init(address=address, log_to_driver=True,
+                         runtime_env=_nodes.ship(self.ship) if self.ship else None)
             atexit.register(self.stop)  # after ray's own handler, so it runs before it
             self.ready.set_result(ray.cluster_resources())
         except BaseException as e:  # reported by the scheduler, on the main thread
@@ -85,40 +92,67 @@ class Cluster:
 
 @ray.remote
 class JobActor:
-    def __init__(self, launch_dir: str, code_paths: list[str]) -> None:
-        enter(launch_dir, code_paths)
+    def __init__(self, launch_dir: str | None, code_paths: list[str]) -> None:
+        # None: the launch dir was shipped; Ray made its copy this worker's cwd
+        self.shipped = launch_dir is None
+        self.launch_dir = launch_dir or os.getcwd()
+        enter(self.launch_dir, code_paths)
 
     def run(self, config: DictConfig, env_vars: dict[str, str], hydra_context: HydraContext,
             task_function: TaskFunction, singleton_state: dict[Any, Any]) -> tuple[Any, float]:
         Singleton.set_state(singleton_state)
+        if self.shipped:
+            _nodes.relocate(config, self.launch_dir, _nodes.jobs_root())
         return execute(task_function, hydra_context, config, env_vars)
 
 
 class RayWorker:
-    """One actor. Arguments shared by every job (`shared`) are shipped once per batch."""
+    """One actor, made now or, for a job pinned to a node, once its interpreter is ready
+    there. Arguments shared by every job (`shared`) are shipped once per batch."""
 
-    def __init__(self, options: dict[str, Any], launch_dir: str, code_paths: list[str],
-                 where: str) -> None:
-        self.actor = JobActor.options(**options).remote(launch_dir, code_paths)
+    def __init__(self, actor: Future, where: str, placer: _nodes.Placer | None = None) -> None:
+        self.actor = actor  # resolves to the actor handle
         self.where = where
+        self.placer, self.node = placer, None
+
+    def pinned(self, node: str) -> None:
+        self.node = node
+        self.where = f"{self.where}, node {node[:8]}"
 
     def submit(self, config: DictConfig, env_vars: dict[str, str], shared: list[Any]) -> Future:
         out: Future = Future()
 
-        def done(f: Future) -> None:
-            try:
-                out.set_result(f.result())
-            except RayActorError as e:
+        def failed(e: BaseException) -> None:
+            if isinstance(e, RayActorError | ActorUnschedulableError):  # its node is gone, too?
+                if self.placer is not None and self.node is not None:
+                    self.placer.gone(self.node)
                 out.set_exception(WorkerDied(f"its actor died: {e}"))
-            except BaseException as e:  # raised outside run_job: report the cause itself
+            else:  # raised outside run_job (or the env could not be made): the cause itself
                 cause = e.as_instanceof_cause() if hasattr(e, "as_instanceof_cause") else e
                 out.set_exception(cause)
 
-        self.actor.run.remote(config, env_vars, *shared).future().add_done_callback(done)
+        def done(f: Future) -> None:
+            try:
+                out.set_result(f.result())
+            except BaseException as e:
+                failed(e)
+
+        def made(f: Future) -> None:
+            try:
+                actor = f.result()
+            except BaseException as e:
+                failed(e)
+                return
+            actor.run.remote(config, env_vars, *shared).future().add_done_callback(done)
+
+        self.actor.add_done_callback(made)
         return out
 
     def kill(self) -> None:
-        ray.kill(self.actor, no_restart=True)
+        if self.placer is not None and self.node is not None:
+            self.placer.placed[self.node] -= 1
+        self.actor.add_done_callback(
+            lambda f: f.exception() is None and ray.kill(f.result(), no_restart=True))
 
     def alive(self) -> bool:
         return True  # Ray reports a dead actor on the job's future
@@ -134,15 +168,29 @@ def shared(hydra_context: HydraContext, task_function: TaskFunction) -> list[Any
     return [ray.put(hydra_context), ray.put(task_function), ray.put(Singleton.get_state())]
 
 
-def new_worker(python: str | None, python_path: list[str], params: dict[str, Any],
-               launch_dir: str, where: str | None) -> RayWorker:
+def new_worker(plan: Plan, params: dict[str, Any], launch_dir: str,
+               cluster: Cluster) -> RayWorker:
     options: dict[str, Any] = {"num_cpus": params["num_cpus"]}
     if params.get("memory"):
         options["memory"] = params["memory"]
-    if python:
+    if plan.python:
         # A runtime_env keeps Ray from using the workers it prestarted: only other interpreters
         # get one. The path is set before the worker starts: unpickling the actor class needs it.
-        options["runtime_env"] = {"py_executable": python,
-                                  "env_vars": {"PYTHONPATH": os.pathsep.join(python_path)}}
-    return RayWorker(options, launch_dir, list(params.get("code_paths") or []),
-                     where or "ray")
+        options["runtime_env"] = {"py_executable": plan.python,
+                                  "env_vars": {"PYTHONPATH": os.pathsep.join(plan.python_path)}}
+    code_paths = list(params.get("code_paths") or [])
+    actor_dir = None if cluster.ship else launch_dir
+    where = plan.where or "ray"
+
+    def make(opts: dict[str, Any]) -> Any:
+        return JobActor.options(**opts).remote(actor_dir, code_paths)
+
+    if not (plan.node_env or cluster.ship):  # Ray places it: every node has what it needs
+        made: Future = Future()
+        made.set_result(make(options))
+        return RayWorker(made, where)
+    if cluster.placer is None:
+        cluster.placer = _nodes.Placer(params["num_cpus"])
+    worker = RayWorker(Future(), where, cluster.placer)
+    worker.actor = _nodes.place(cluster.placer, plan, options, make, worker.pinned)
+    return worker

@@ -39,6 +39,10 @@ class WtbRayLauncherConf:
     planner: Any = None
     # directories put on the workers' sys.path, after the launch directory (always first)
     code_paths: list[str] = field(default_factory=list)
+    # whether every node of the cluster (address) sees the driver's launch dir at its path;
+    # false: it is shipped to each actor (Ray working_dir), job dirs go under each node's Ray
+    # temp dir, jobs are pinned to nodes, and the store must be reachable from every node
+    shared_disk: bool = True
     # extra keyword arguments for ray.init, e.g. {num_cpus: 4}
     init_kwargs: dict[str, Any] = field(default_factory=dict)
 

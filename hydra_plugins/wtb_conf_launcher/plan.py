@@ -27,6 +27,18 @@ class Job:
 
 
 @dataclass
+class NodeEnv:
+    """An interpreter found or built on whichever node the job's actor lands (a cluster joined
+    by address), not a path made here: `provide()` runs there, once per `key` per node, in
+    that node's agent (its own Python, with the launcher importable), and returns
+    (python, python_path, env_vars) for the actor. Pickled: a module-level function or a
+    functools.partial of one."""
+
+    key: str  # names the interpreter: equal keys, equal interpreters
+    provide: Callable[[], tuple[str, list[str], dict[str, str]]]
+
+
+@dataclass
 class Plan:
     # the job is done without running: `result` is its return value, or `error` its failure
     done: bool = False
@@ -36,6 +48,8 @@ class Plan:
     python: str | None = None
     # directories that interpreter needs on its path to unpickle the task function
     python_path: list[str] = field(default_factory=list)
+    # instead of `python`: an interpreter provided on the node the job's actor lands
+    node_env: NodeEnv | None = None
     # set in the worker's environment while the job runs
     env_vars: dict[str, str] = field(default_factory=dict)
     # index in the batch of a job that must finish before this one starts
@@ -45,3 +59,8 @@ class Plan:
     # told of a failure the job could not record itself, as (error, retrying, since): it timed
     # out, its worker died, or it never started; `since`: time.time() when that attempt began
     on_failure: Callable[[BaseException, bool, float], None] | None = None
+
+    @property
+    def interpreter(self) -> str:
+        """Which workers can run the job: "" is the driver's interpreter."""
+        return self.python or (f"node-env:{self.node_env.key}" if self.node_env else "")

@@ -1,0 +1,171 @@
+"""Jobs on several nodes, for real: a Ray cluster of `ray start` processes on this machine
+(tests/raycluster.py): a head with no CPUs (no job lands where the driver's files are) and two
+worker nodes, each with its own Ray temp dir and envs root, and each in a mount namespace in
+which the driver's launch dirs are hidden under a tmpfs. The sweep joins it with
+`hydra.launcher.address` and `shared_disk=false`: the code and input files reach the nodes
+only as the launcher ships them, each node builds its envs with its own venv manager, and
+every run lands in the one store the driver reads.
+
+The head's health checks are tightened (a node killed is declared dead in ~3 s, not ~30 s) so
+that the lost-node test does not wait on Ray's production defaults.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import copy_project, run_bench
+from raycluster import RayCluster
+
+from wtb_conf.store import open_store
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not shutil.which("unshare"),
+                                reason="needs Linux mount namespaces (unshare)")
+
+WAIT_S = 240  # a bound on waiting for a job to reach a node, not a timing assertion
+
+# A workflow whose one node waits until a flag file exists (a path outside the hidden dir):
+# the lost-node test kills a node while its job is surely running, then lets the jobs go on.
+SLOW_NODES = '''
+import os, time
+from pathlib import Path
+
+
+def wait(state, flag):
+    Path("started").write_text(os.environ.get("WTB_ENV_ID", ""))
+    while not Path(flag).exists():
+        time.sleep(0.1)
+    return {"done": True}
+'''
+SLOW_WORKFLOW = """
+state: {done: bool}
+nodes:
+  wait: {_target_: slow_nodes.wait, flag: ???}
+edges: [[START, wait], [wait, END]]
+cases:
+  one: {}
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    # short: Ray's socket paths under each node's temp dir must stay under 107 bytes
+    root = Path(tempfile.mkdtemp(prefix="wtbmn-", dir="/tmp"))
+    hidden = tmp_path_factory.mktemp("driver")  # every launch dir below; hidden on the nodes
+    nodes = RayCluster(root, hidden, workers=2, worker_cpus=1,
+                       head_config={"health_check_period_ms": 500,
+                                    "health_check_timeout_ms": 1000,
+                                    "health_check_failure_threshold": 3})
+    started = time.monotonic()
+    try:
+        nodes.start()
+        print(f"\ncluster of 3 nodes up in {time.monotonic() - started:.1f} s")
+        yield nodes, hidden, root
+    finally:
+        nodes.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def storage(root: Path, pg_url: str) -> list[str]:
+    """The store and checkpoints in PostgreSQL, blobs in a directory outside the hidden one
+    (a shared disk, as an NFS mount would be)."""
+    return [f"storage.db_url={pg_url}", f"storage.checkpoints={pg_url}",
+            f"storage.blob_root={root / 'shared' / 'blobs'}"]
+
+
+def on_cluster(nodes: RayCluster) -> list[str]:
+    return [f"hydra.launcher.address={nodes.address}", "hydra.launcher.shared_disk=false"]
+
+
+def runs_of(store_args: list[str]) -> list[dict]:
+    values = dict(a.split("=", 1) for a in store_args)
+    with open_store(values["storage.db_url"], values["storage.blob_root"]) as store:
+        return [store.run(r["run_id"]) for r in store.runs(store.last_sweep())]
+
+
+def node_of(run: dict, ids: dict[str, str]) -> str:
+    """The node a run's job ran on: its job dir is <node temp>/wtb-jobs/<node id>/..."""
+    return next(name for node_id, name in ids.items() if f"/wtb-jobs/{node_id}/" in run["job_dir"])
+
+
+def test_a_sweep_with_two_envs_runs_across_the_nodes_into_one_store(cluster, tmp_path, pg_url):
+    nodes, hidden, root = cluster
+    project = copy_project(Path(tempfile.mkdtemp(dir=hidden)))
+    store_args = storage(root, pg_url)
+    started = time.monotonic()
+    proc = run_bench(project, "-m", "+experiment=envs_demo", *on_cluster(nodes), *store_args)
+    took = time.monotonic() - started
+    ids = nodes.node_ids()
+    runs = runs_of(store_args)
+    print(f"envs_demo on 2 nodes: {took:.1f} s (env builds included)\n{proc.stdout}")
+    assert sorted(r["job_num"] for r in runs) == [0, 1]
+    where = {r["job_num"]: node_of(r, ids) for r in runs}
+    assert set(where.values()) == {"n1", "n2"}, where  # one job per node: both nodes ran one
+    for run in runs:
+        assert run["status"] == "completed", run["error"]
+        node = where[run["job_num"]]
+        # the env was built on that node, under its own envs root, by its own manager
+        assert run["python"].startswith(str(root / node / "envs")), run["python"]
+        assert run["launch_dir"] != str(project)  # it ran from the shipped copy
+    versions = {r["metrics"]["orders/tabulate_version"] for r in runs}
+    assert versions == {"0.8.10", "0.9.0"}
+    # every file back on the driver, from the store alone, equal to what the node wrote
+    for run in runs:
+        out = tmp_path / run["run_id"]
+        values = dict(a.split("=", 1) for a in store_args)
+        subprocess.run([sys.executable, "-m", "wtb_conf.cli", "--db", values["storage.db_url"],
+                        "--blobs", values["storage.blob_root"], "restore", run["run_id"],
+                        "--to", str(out)], check=True, capture_output=True, text=True)
+        written = Path(run["job_dir"]) / "out"
+        expected = {p.relative_to(written): p.read_bytes()
+                    for p in written.rglob("*") if p.is_file()}
+        assert expected and {p.relative_to(out): p.read_bytes()
+                             for p in out.rglob("*") if p.is_file()} == expected
+
+
+def test_a_node_lost_mid_sweep_has_its_jobs_retried_on_the_other(cluster, tmp_path, pg_url):
+    nodes, hidden, root = cluster
+    project = copy_project(Path(tempfile.mkdtemp(dir=hidden)))
+    (project / "slow_nodes.py").write_text(SLOW_NODES)
+    (project / "conf/workflow/slow.yaml").write_text(SLOW_WORKFLOW)
+    flag = root / "shared" / f"go-{tmp_path.name}"
+    store_args = storage(root, pg_url)
+    ids = {name: node_id for node_id, name in nodes.node_ids().items()}
+    started = time.monotonic()
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "wtb_conf", "-m", "workflow=slow", "+x=1,2",
+         f"workflow.nodes.wait.flag={flag}", *on_cluster(nodes), *store_args,
+         "hydra.launcher.max_retries=1"],
+        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # both jobs running, one per node: kill n1 while its job waits for the flag
+        jobs = {name: root / name / "wtb-jobs" / ids[name] for name in ("n1", "n2")}
+        deadline = time.monotonic() + WAIT_S
+        while not all(list(d.rglob("started")) for d in jobs.values()):
+            assert sweep.poll() is None, sweep.stdout.read()
+            assert time.monotonic() < deadline, "the jobs did not start on both nodes"
+            time.sleep(0.2)
+        killed = time.monotonic()
+        nodes.kill("n1")
+        flag.write_text("go")
+        out, _ = sweep.communicate(timeout=WAIT_S)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    print(f"lost-node sweep: {time.monotonic() - started:.1f} s, "
+          f"{time.monotonic() - killed:.1f} s after the kill\n{out}")
+    assert sweep.returncode == 0, out
+    runs = runs_of(store_args)
+    final = {r["job_num"]: r for r in runs}  # the newest run of each job (runs come in order)
+    assert {r["status"] for r in final.values()} == {"completed"}, final
+    assert {node_of(r, {ids["n2"]: "n2"}) for r in final.values()} == {"n2"}
+    lost = [r for r in runs if r["status"] == "failed"]
+    assert len(lost) == 1 and "WorkerDied" in lost[0]["error"], [r["error"] for r in runs]
+    assert "retried" in lost[0]["error"] and f"/wtb-jobs/{ids['n1']}/" in lost[0]["job_dir"]
+    assert "retrying (1/1)" in out
