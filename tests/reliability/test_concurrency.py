@@ -1,4 +1,5 @@
-"""8 processes x 500 commits into one SQLite store at once: no errors, every commit readable.
+"""8 processes x 500 commits into one store at once, on SQLite and on PostgreSQL: no errors,
+every commit readable.
 
 Each process is a real interpreter (this file run as a script). All of them open the same
 fresh store at the same moment (so the schema set-up races too), then commit their own
@@ -14,9 +15,10 @@ tree holds exactly the files the process wrote, and every blob re-hashes. Commit
 (p50/p99/max) is printed, not asserted: `pytest -s tests/reliability/test_concurrency.py`.
 benchmarks/concurrency_bench.py runs the same workload with 1, 2, 4 and 8 processes.
 
-Also here: stores opened while another process turns the new file to WAL or copies a big WAL
-back at close (both used to fail with "database is locked"), and 8 identical jobs recorded
-at the same moment (one runs, the others wait for it and reuse it).
+Also here: 8 identical jobs recorded at the same moment (one runs, the others wait for it and
+reuse it), on both databases; and, SQLite only, stores opened while another process turns the
+new file to WAL or copies a big WAL back at close (both used to fail with "database is
+locked").
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ class Workdir:
             self.remove("own/extra/x.txt")
 
 
-def worker(proc: int, base: Path, commits: int) -> None:
+def worker(proc: int, base: Path, commits: int, db_url: str) -> None:
     """One process: wait for the others, open the store, commit `commits` times; write what
     it did to base/result-<proc>.json."""
     from wtb_conf.store import open_store
@@ -107,7 +109,7 @@ def worker(proc: int, base: Path, commits: int) -> None:
         result["errors"].append(f"process {proc}, {what}:\n{traceback.format_exc()}")
 
     try:
-        store = open_store(str(base / "wtb.db"), base / "blobs")
+        store = open_store(db_url, base / "blobs")
     except Exception:
         error("open_store")
         (base / f"result-{proc}.json").write_text(json.dumps(result))
@@ -153,7 +155,7 @@ def worker(proc: int, base: Path, commits: int) -> None:
     (base / f"result-{proc}.json").write_text(json.dumps(result))
 
 
-def twin_worker(proc: int, base: Path, processes: int) -> None:
+def twin_worker(proc: int, base: Path, processes: int, db_url: str) -> None:
     """One of `processes` identical jobs recorded at the same moment, as wtb_conf.job does:
     record the run, then look for an earlier run of the same job still running (the one to
     wait for and reuse). The one that finds none completes once all have looked; the others
@@ -165,7 +167,7 @@ def twin_worker(proc: int, base: Path, processes: int) -> None:
     (sync / f"ready-{proc}").touch()
     while not (sync / "go").exists():
         time.sleep(0.002)
-    with open_store(str(base / "wtb.db"), base / "blobs") as store:
+    with open_store(db_url, base / "blobs") as store:
         sweep = store.create_sweep(["twins", str(proc)])
         run = store.start_run(sweep, 0, [], "twins", "{}", "digest", str(base),
                               identity={"job_key": "the-same-job"})
@@ -235,7 +237,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
-def check_store(base: Path, results: list[dict], commits: int) -> None:
+def check_store(base: Path, db_url: str, results: list[dict], commits: int) -> None:
     """Every returned commit exists with its parent, holds exactly the files its process
     wrote, and every blob re-hashes; the tables hold what the processes wrote."""
     from sqlalchemy import text
@@ -244,7 +246,7 @@ def check_store(base: Path, results: list[dict], commits: int) -> None:
     from wtb_conf.store.schema import read_conn
 
     processes = len(results)
-    with open_store(str(base / "wtb.db"), base / "blobs") as store:
+    with open_store(db_url, base / "blobs") as store:
         with read_conn(store.engine) as conn:
             parents = dict(conn.execute(text("SELECT id, parent FROM commits")).all())
         verified: set[str] = set()
@@ -284,15 +286,15 @@ def check_store(base: Path, results: list[dict], commits: int) -> None:
         assert len(verified) > len(big)
 
 
-def test_concurrent_commits(tmp_path):
+def test_concurrent_commits(db_url, tmp_path):
     started = time.perf_counter()
-    results = start_workers(tmp_path, PROCESSES, "commits", COMMITS)
+    results = start_workers(tmp_path, PROCESSES, "commits", COMMITS, db_url)
     wall = time.perf_counter() - started
     errors = [e for r in results for e in r["errors"]]
     assert not errors, f"{len(errors)} errors; the first:\n{errors[0]}"
     assert [len(r["commits"]) for r in results] == [COMMITS] * PROCESSES
     checked = time.perf_counter()
-    check_store(tmp_path, results, COMMITS)
+    check_store(tmp_path, db_url, results, COMMITS)
     latencies = [c[2] * 1e3 for r in results for c in r["commits"]]
     print(f"\n{PROCESSES} processes x {COMMITS} commits in {wall:.1f} s "
           f"({len(latencies) / wall:.0f} commits/s), checked in "
@@ -301,7 +303,7 @@ def test_concurrent_commits(tmp_path):
           f"max {max(latencies):.1f} ms, mean {statistics.fmean(latencies):.1f} ms")
 
 
-def test_stores_opened_at_once_wait_while_one_turns_the_new_file_to_wal(tmp_path):
+def test_sqlite_stores_opened_at_once_wait_while_one_turns_the_new_file_to_wal(tmp_path):
     """Processes opening a new store at the same moment: one turns the file to WAL, which
     needs it alone. SQLite does not wait (busy_timeout) for a process that is in the middle
     of it (it holds the reserved lock of a rollback-journal file), it says "database is
@@ -328,7 +330,7 @@ def test_stores_opened_at_once_wait_while_one_turns_the_new_file_to_wal(tmp_path
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_open_waits_out_a_checkpoint_at_close(tmp_path):
+def test_sqlite_open_waits_out_a_checkpoint_at_close(tmp_path):
     """The last connection to close a store copies the whole WAL into the database holding an
     exclusive lock: seconds for a big WAL (1.2 GB took 18 s here). A process opening the
     store meanwhile waits for it; it used to fail with "database is locked" after 5 s, the
@@ -353,22 +355,22 @@ def test_open_waits_out_a_checkpoint_at_close(tmp_path):
     assert waited > 5
 
 
-def test_identical_jobs_recorded_at_once_one_runs_the_others_reuse_it(tmp_path):
+def test_identical_jobs_recorded_at_once_one_runs_the_others_reuse_it(db_url, tmp_path):
     """8 runs of the same job recorded at the same moment: exactly one finds no earlier twin
     running and runs; every other one waits for that one and gets it as its cache hit. (The
-    order is the one SQLite's write lock gives: a run's started_at is taken inside the
-    transaction that inserts it.)"""
+    order is the one the job key's lock gives: SQLite's write lock, PostgreSQL's advisory
+    lock on the key; a run's started_at is taken inside the transaction that inserts it.)"""
     from wtb_conf.store import open_store
 
-    results = start_workers(tmp_path, PROCESSES, "twins", PROCESSES, timeout=120)
+    results = start_workers(tmp_path, PROCESSES, "twins", PROCESSES, db_url, timeout=120)
     winners = [r["run"] for r in results if r["twin"] is None]
     assert len(winners) == 1, f"{len(winners)} of {PROCESSES} identical jobs ran"
     assert all(r["hit"] == winners[0] for r in results if r["twin"] is not None)
-    with open_store(str(tmp_path / "wtb.db"), tmp_path / "blobs") as store:
+    with open_store(db_url, tmp_path / "blobs") as store:
         statuses = sorted(r["status"] for r in store.runs())
     assert statuses == ["cached"] * (PROCESSES - 1) + ["completed"]
 
 
 if __name__ == "__main__":
     kind, proc, base = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
-    {"commits": worker, "twins": twin_worker}[kind](proc, base, int(sys.argv[4]))
+    {"commits": worker, "twins": twin_worker}[kind](proc, base, int(sys.argv[4]), sys.argv[5])
