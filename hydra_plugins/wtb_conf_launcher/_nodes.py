@@ -111,14 +111,16 @@ class Placer:
 
 def relocate(config: DictConfig, launch_dir: str, jobs_root: Path) -> None:
     """A shipped job runs from its copy of the launch dir, with its job dir on this node."""
-    with read_write(config), open_dict(config):
-        driver_dir = Path(str(config.hydra.runtime.cwd))
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        try:
-            rel = sweep_dir.relative_to(driver_dir)
-        except ValueError:  # a sweep dir outside the launch dir: its path, under the root
-            rel = sweep_dir.relative_to(sweep_dir.anchor)
+    driver_dir = Path(str(config.hydra.runtime.cwd))
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    try:
+        rel = sweep_dir.relative_to(driver_dir)
+    except ValueError:  # a sweep dir outside the launch dir: its path, under the root
+        rel = sweep_dir.relative_to(sweep_dir.anchor)
+    # (Hydra marks hydra.runtime read-only itself: each node is opened on its own)
+    with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
         config.hydra.runtime.cwd = launch_dir
+    with read_write(config.hydra.sweep), open_dict(config.hydra.sweep):
         config.hydra.sweep.dir = str(jobs_root / rel)
 
 
