@@ -172,7 +172,6 @@ def _postgres_engine(url: URL, readonly: bool) -> Engine:
         # 'running' that waited for another transaction's row lock re-checks its WHERE on
         # the row as that one left it. Set explicitly: a server's default may differ.
         isolation_level="READ COMMITTED",
-        pool_pre_ping=True,  # a connection the server closed (restart, idle timeout)
     )
     _fork_safe(engine)
     return engine

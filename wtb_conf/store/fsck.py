@@ -33,7 +33,7 @@ from wtb_conf.store.blobdirs import blob_id_of
 from wtb_conf.store.errors import ObjectCorrupted, StoreError
 from wtb_conf.store.lifecycle import lost_error, running_owners
 from wtb_conf.store.liveness import alive
-from wtb_conf.store.schema import read_conn, readonly_uri
+from wtb_conf.store.schema import lock, read_conn, readonly_uri
 
 if TYPE_CHECKING:
     from wtb_conf.store import Store
@@ -124,7 +124,9 @@ def check(store: Store, checkpoints_path: str | os.PathLike | None,
     # so every row the snapshot holds has its file on disk by then.
     files, tmps, odd = store.blobs.scan()
     with read_conn(store.engine) as conn:
-        conn.exec_driver_sql("BEGIN")  # one snapshot for every query: a sweep may be writing
+        # one snapshot for every query: a sweep may be writing (PostgreSQL: REPEATABLE READ)
+        conn.exec_driver_sql("BEGIN" if conn.dialect.name == "sqlite" else
+                             "BEGIN ISOLATION LEVEL REPEATABLE READ")
         try:
             known = _check_objects(store, conn, report)
             links = _check_refs(conn, report)
@@ -373,6 +375,7 @@ def repair(store: Store, report: Report) -> Repaired:
         blobs = set()
     unlink_after: list[str] = []
     with store.engine.begin() as conn:  # BEGIN IMMEDIATE: no commit lands while we decide
+        lock(conn, "blobs")  # (PostgreSQL: every commit_dir holds it shared)
         # A run or sweep still running (a live process, or one on another host; not one an
         # older wtb_conf left with no owner) may be about to reuse an orphan in a commit.
         busy = [f"{table[:-1]} {obj}" for table, obj, owner in running_owners(conn)

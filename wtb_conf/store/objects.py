@@ -31,7 +31,7 @@ from wtb_conf.store import files as _files
 from wtb_conf.store.blobdirs import BlobDir, LocalBlobDir, open_blob_dir
 from wtb_conf.store.errors import ObjectCorrupted, ObjectNotFound, StoreError
 from wtb_conf.store.files import LINK_MODE, TempBlob, no_room, safe_target  # noqa: F401 (tests)
-from wtb_conf.store.schema import read_conn
+from wtb_conf.store.schema import lock, read_conn
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,9 @@ def executemany(conn: Connection, table: str, rows: list[dict], conflict: str = 
     if not rows:
         return
     cols = list(rows[0])
+    # In key order (the first columns): PostgreSQL locks each key as it inserts it, and two
+    # commits inserting the same new blobs in different orders would deadlock.
+    rows = sorted(rows, key=lambda r: [r[c] for c in cols[:2]])
     sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({{}}) {conflict}"
     mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(conn.dialect.paramstyle)
     if mark is None:  # a driver with named parameters: let SQLAlchemy bind them
@@ -289,6 +292,10 @@ class ObjectStore:
                     return commit_id
         try:
             with self.engine.begin() as conn:
+                # PostgreSQL (no-ops on SQLite's one write lock): repair waits for commits,
+                # commits of one directory (its stat cache rows) take turns.
+                lock(conn, "blobs", shared=True)
+                lock(conn, f"stat_cache:{root}")
                 if parent is not None and not self._has_commit(conn, parent):
                     raise ObjectNotFound(f"parent commit {parent} is not in the store")
                 # The blobs found stored before this transaction must still be: `wtb fsck
