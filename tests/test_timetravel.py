@@ -1,5 +1,9 @@
 """Fork, rollback, breakpoints + resume, `wtb rerun RUN` and shared prefixes, the way a user
-runs them: `python -m wtb_conf` and `wtb` in a project directory, on the session's Ray."""
+runs them: `python -m wtb_conf` and `wtb` in a project directory, on the session's Ray.
+
+Every test runs twice: with the store and LangGraph's checkpointer in SQLite files (the
+default), and both in one PostgreSQL database of the session's server (the project's own
+`conf/storage/default.yaml` names it; `wtb` gets it as `--db`)."""
 
 from __future__ import annotations
 
@@ -9,13 +13,31 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import copy_project, run_bench
 
 DEMO = ("-m", "workflow=file_processing")
+DB: dict[Path, str] = {}  # a project on PostgreSQL -> its store URL, for `wtb --db`
+
+
+def new_project(dest: Path, backend: str, request: pytest.FixtureRequest) -> Path:
+    """A copy of the demo project; on PostgreSQL, with a new database for its store and
+    checkpointer, which its storage config names (shadowing the packaged default)."""
+    project = copy_project(dest)
+    if backend == "postgresql":
+        server = request.getfixturevalue("pg_server")
+        db = server.new_database()
+        storage = {"db_url": server.url(db), "checkpoints": server.url(db, driver="postgresql"),
+                   "blob_root": "data/blobs", "inline_max": 65536}
+        (project / "conf/storage").mkdir(parents=True, exist_ok=True)
+        (project / "conf/storage/default.yaml").write_text(yaml.safe_dump(storage))
+        DB[project] = storage["db_url"]
+    return project
 
 
 def wtb(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "wtb_conf.cli", *args], cwd=project,
+    db = ["--db", DB[project]] if project in DB else []
+    proc = subprocess.run([sys.executable, "-m", "wtb_conf.cli", *db, *args], cwd=project,
                           capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
@@ -36,11 +58,18 @@ def case(run: dict, name: str) -> dict:
     return next(c for c in run["cases"] if c["case"] == name)
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def backend(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
+def project(tmp_path_factory, backend, request) -> Path:
     """Two variants of the demo workflow: job 0 runs every node, job 1 shares `load`."""
-    project = copy_project(tmp_path_factory.mktemp("timetravel"))
+    project = new_project(tmp_path_factory.mktemp(f"timetravel-{backend}"), backend, request)
     run_bench(project, *DEMO, "variant=drop_invalid,fill_defaults")
+    local = {"wtb.db", "checkpoints.db"} & {p.name for p in project.glob("data/*")}
+    assert local == (set() if backend == "postgresql" else {"wtb.db", "checkpoints.db"})
     return project
 
 
@@ -51,7 +80,8 @@ def base(project) -> list[dict]:
     return runs
 
 
-def test_shared_prefix_runs_once_and_gives_the_same_outputs(project, base, tmp_path):
+def test_shared_prefix_runs_once_and_gives_the_same_outputs(project, base, backend, request,
+                                                           tmp_path):
     drop, fill = (show(project, r["run_id"]) for r in base)
     for name in ("orders", "returns"):
         assert case(drop, name)["inherited"] == [] and case(drop, name)["parent_thread"] is None
@@ -61,7 +91,7 @@ def test_shared_prefix_runs_once_and_gives_the_same_outputs(project, base, tmp_p
         assert c["parent_thread"] == case(drop, name)["thread_id"]
         assert c["checkpoints"][0]["source"] == "fork"
     # Opting out, the same job runs every node itself, and its outputs are the same.
-    alone = copy_project(tmp_path)
+    alone = new_project(tmp_path, backend, request)
     run_bench(alone, *DEMO, "variant=drop_invalid,fill_defaults", "share_prefixes=false")
     unshared = json.loads(wtb(alone, "runs", "--sweep", "last", "--json").stdout)
     assert [r["commit"] for r in unshared] == [r["commit"] for r in base]
