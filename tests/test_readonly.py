@@ -137,3 +137,142 @@ def test_the_data_directory_of_a_new_store_is_made(tmp_path):
     with open_store(f"sqlite:///{tmp_path}/data/wtb.db", tmp_path / "data/blobs") as store:
         assert store.runs() == []
     assert (tmp_path / "data" / "wtb.db").is_file()
+
+
+# -- PostgreSQL: read-only is the server's word ------------------------------------------
+# A read-only store on PostgreSQL is opened with default_transaction_read_only=on: the server
+# refuses every write, whatever the code does; readers never wait for writers (MVCC). The
+# rows below are the ones above that mean something there (no directory, no -wal).
+
+
+def _pg_store(url: str, tmp_path: Path) -> tuple[str, str]:
+    """A store in the database `url` with one completed run; (run id, commit id)."""
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    (src / "a.txt").write_text("alpha")
+    with open_store(url, tmp_path / "blobs") as store:
+        commit = store.commit_dir(src, "first")
+        sweep = store.create_sweep(["test"])
+        run = store.start_run(sweep, 0, [], "wf", "{}", "d", str(tmp_path))
+        store.finish_run(run, "completed", commit, {"m": 1})
+        store.finish_sweep(sweep)
+    return run, commit
+
+
+def pg_digest(url: str) -> dict[str, list]:
+    """Every row of every table of the database, as text."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    libpq = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = current_schema() ORDER BY 1")]
+        return {t: sorted(map(repr, conn.execute(f'SELECT * FROM "{t}"'))) for t in tables}
+
+
+def test_postgresql_a_read_only_store_reads_and_the_server_refuses_its_writes(pg_url, tmp_path):
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from wtb_conf.store.schema import setup
+
+    run, commit = _pg_store(pg_url, tmp_path)
+    before = pg_digest(pg_url)
+    with open_store(pg_url, tmp_path / "blobs", readonly=True) as store:
+        assert store.run(run)["status"] == "completed" and store.tree(commit)
+        for write in (lambda: store.create_sweep(["x"]), lambda: store.log_event("x", {}, run),
+                      lambda: setup(store.engine)):  # a migration is refused too
+            with pytest.raises(DBAPIError, match="read-only transaction"):
+                write()
+        with store.engine.begin() as conn, pytest.raises(DBAPIError, match="read-only"):
+            conn.execute(text("DELETE FROM runs"))
+    assert pg_digest(pg_url) == before
+
+
+@pytest.mark.parametrize("args", [["runs", "--json"], ["show", "last"], ["log", "last"],
+                                  ["compare"], ["fsck"]], ids=lambda a: a[0])
+def test_postgresql_readers_write_nothing(pg_url, tmp_path, args):
+    _pg_store(pg_url, tmp_path)
+    before = pg_digest(pg_url)
+    proc = wtb(tmp_path, "--db", pg_url, "--blobs", str(tmp_path / "blobs"), *args)
+    assert proc.returncode == 0, proc.stderr
+    assert pg_digest(pg_url) == before
+
+
+def test_postgresql_readers_do_not_wait_for_a_writer(pg_url, tmp_path):
+    """A sweep's transaction holds row locks and the store's advisory locks (here: a run's row
+    being updated, a set-up, a sweep's end): a reader takes none, and never queues."""
+    from sqlalchemy import text
+
+    from wtb_conf.store.schema import create_store_engine, lock
+
+    run, _ = _pg_store(pg_url, tmp_path)
+    writer = create_store_engine(pg_url)
+    with writer.begin() as conn:
+        for name in ("wtb_migrations", "sweep ends", "blobs"):
+            lock(conn, name)
+        conn.execute(text("UPDATE runs SET status = 'failed' WHERE id = :r"), {"r": run})
+        conn.execute(text("LOCK TABLE runs IN EXCLUSIVE MODE"))  # all but plain reads wait
+        with open_store(pg_url, tmp_path / "blobs", readonly=True) as store:
+            assert store.run(run)["status"] == "completed"  # the committed row
+        proc = wtb(tmp_path, "--db", pg_url, "--blobs", str(tmp_path / "blobs"), "runs")
+        assert proc.returncode == 0, proc.stderr
+        conn.rollback()
+    writer.dispose()
+
+
+def test_postgresql_readers_do_not_migrate_an_older_store_and_refuse_a_newer(pg_url, tmp_path):
+    from sqlalchemy import text
+
+    from wtb_conf.store.schema import MIGRATIONS, create_store_engine
+
+    _pg_store(pg_url, tmp_path)
+    newest = len(MIGRATIONS)
+    engine = create_store_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM wtb_migrations WHERE v = :v"), {"v": newest})
+    before = pg_digest(pg_url)
+    with pytest.raises(StoreError, match=rf"schema version {newest - 1}, older than this "
+                                         rf"wtb_conf's \({newest}\); a read-only command"):
+        open_store(pg_url, tmp_path / "blobs", readonly=True)
+    assert pg_digest(pg_url) == before
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO wtb_migrations (v) VALUES (:v), (99)"), {"v": newest})
+    engine.dispose()
+    for readonly in (True, False):
+        with pytest.raises(StoreError, match="has schema version 99, newer than this wtb_conf "
+                                             r"knows \(\d+\): upgrade wtb_conf"):
+            open_store(pg_url, tmp_path / "blobs", readonly=readonly)
+
+
+def test_postgresql_urls_that_cannot_work(pg_server, tmp_path):
+    """The messages of the SQLite rows above, with the URL (its password hidden)."""
+    import psycopg
+
+    empty, other = pg_server.new_database(), pg_server.new_database()
+    with psycopg.connect(pg_server.url(other, driver="postgresql"), autocommit=True) as conn:
+        conn.execute("CREATE TABLE mine (a INTEGER)")
+
+    def url(db: str, port: int = pg_server.port) -> str:
+        return f"postgresql+psycopg://{pg_server.user}:s3cret@127.0.0.1:{port}/{db}"
+
+    def hidden(db: str, port: int = pg_server.port) -> str:
+        return url(db, port).replace("s3cret", "***")
+
+    cases = [
+        (url("nosuchdb"), True, f"no store at {hidden('nosuchdb')}: the database does not "
+                                "exist on that server"),
+        (url("nosuchdb"), False, f"cannot open the store {hidden('nosuchdb')}: the database "
+                                 "does not exist on that server; create it"),
+        (url(empty), True, f"no store at {hidden(empty)}: the database holds no tables yet"),
+        (url(other), True, f"{hidden(other)} is not a wtb_conf store"),
+        (url("x", port=1), True, f"cannot read the store {hidden('x', 1)}: connection failed"),
+        (url("x", port=1), False, f"cannot open the store {hidden('x', 1)}: connection failed"),
+    ]
+    for db_url, readonly, message in cases:
+        with pytest.raises(StoreError) as e:
+            open_store(db_url, tmp_path / "blobs", readonly=readonly)
+        assert message in str(e.value) and "s3cret" not in str(e.value), (db_url, readonly)
+    assert not (tmp_path / "blobs").exists()
