@@ -15,16 +15,13 @@ written before its row): it is a note, not a problem, and `repair()` leaves it a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import sqlite3
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, text
@@ -33,7 +30,7 @@ from wtb_conf.store.blobdirs import blob_id_of
 from wtb_conf.store.errors import ObjectCorrupted, StoreError
 from wtb_conf.store.lifecycle import lost_error, running_owners
 from wtb_conf.store.liveness import alive
-from wtb_conf.store.schema import lock, read_conn, readonly_uri
+from wtb_conf.store.schema import lock, read_conn
 
 if TYPE_CHECKING:
     from wtb_conf.store import Store
@@ -270,33 +267,30 @@ def _check_refs(conn: Connection, report: Report) -> list:
 
 def _check_links(links: list, checkpoints_path: str | os.PathLike | None,
                  report: Report) -> None:
-    """Every link's (thread, namespace, checkpoint) must be in LangGraph's SqliteSaver file."""
+    """Every link's (thread, namespace, checkpoint) must be in LangGraph's checkpointer: its
+    SQLite file or its PostgreSQL database (wtb_conf.checkpoints reads either, read-only)."""
+    from wtb_conf.checkpoints import CheckpointsError, describe, missing
+
     if not links:
         return
     if checkpoints_path is None:
         report.notes.append(f"no LangGraph checkpoints file given: the {len(links)} links "
                             "were checked against commits only")
         return
-    path = Path(checkpoints_path).absolute()
-    if not path.is_file():
-        report.add("checkpoints_file", str(path), f"{path} does not exist: the {len(links)} "
-                   "checkpoint links cannot be checked (--checkpoints names the file)")
-        return
-    try:  # read-only: fsck never creates or changes LangGraph's file
-        con = sqlite3.connect(readonly_uri(path), uri=True, timeout=60)
-        with contextlib.closing(con):
-            saved = set(con.execute("SELECT thread_id, checkpoint_ns, checkpoint_id FROM "
-                                    "checkpoints"))
-    except sqlite3.Error as e:
-        report.add("checkpoints_file", str(path), f"{path} is not a LangGraph checkpoints "
-                   f"file ({e}): the {len(links)} checkpoint links cannot be checked")
+    where = describe(checkpoints_path)
+    try:
+        absent = missing(checkpoints_path, [(link.thread_id, link.checkpoint_ns,
+                                             link.checkpoint_id) for link in links])
+    except CheckpointsError as e:
+        report.add("checkpoints_file", where, f"{e}: the {len(links)} checkpoint links cannot "
+                   "be checked")
         return
     for link in links:
-        if (link.thread_id, link.checkpoint_ns, link.checkpoint_id) not in saved:
+        if (link.thread_id, link.checkpoint_ns, link.checkpoint_id) in absent:
             report.add("link_missing_checkpoint", link.checkpoint_id,
                        f"checkpoint {link.checkpoint_id} of thread {link.thread_id} (run "
                        f"{link.run_id}) is linked to commit {link.commit_id} but is not in "
-                       f"{path}")
+                       f"{where}")
 
 
 def _check_statuses(conn: Connection, report: Report) -> None:
