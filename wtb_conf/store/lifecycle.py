@@ -43,7 +43,9 @@ def lost_error(owner: Owner) -> str:
 def _fail_running(conn: Connection, run_id: str, error: str, traceback: str | None = None,
                   kind: str = "run_failed") -> bool:
     """Mark a run that is still running failed with `error`, and its open case threads too.
-    False if it had ended meanwhile (its own end wins: it knew more)."""
+    False if it had ended meanwhile (its own end wins: it knew more). The check is the
+    UPDATE's own WHERE: on PostgreSQL an UPDATE that waited for another transaction's lock on
+    the row re-checks it on the row as that one left it, so a run is failed at most once."""
     done = conn.execute(
         text("UPDATE runs SET status = 'failed', finished_at = :at, error = :e, "
              "traceback = coalesce(:tb, traceback) WHERE id = :id AND status = 'running'"),
@@ -273,7 +275,10 @@ class Lifecycle:
 
     def running_twin(self, run_id: str, job_key: str) -> str | None:
         """The oldest other run of the same job (`job_key`) that started before `run_id` and
-        is still running with a live owner: the one this run should wait for."""
+        is still running with a live owner: the one this run should wait for. Read after
+        this run's start committed: every start of the same job before it had committed
+        too, and has an older started_at (`_start_time`: SQLite's write lock, PostgreSQL's
+        lock on the job key), so exactly one of runs started at once finds none."""
         with read_conn(self.engine) as conn:
             rows = conn.execute(
                 text("SELECT r.id, r.owner_host, r.owner_pid, r.owner_started FROM runs r, "

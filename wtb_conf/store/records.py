@@ -210,6 +210,8 @@ class RunRecords:
             return row.id
         if not ref or not all(c in "0123456789abcdef" for c in ref.lower()):
             raise ObjectNotFound(f"{ref!r} is not an id: ids are hexadecimal")
+        # LIKE is case-sensitive on PostgreSQL and not on SQLite: ids are written lowercase
+        # hex, and the prefix is lowered, so both match the same rows (no '%' or '_' in it).
         with read_conn(self.engine) as conn:
             rows = conn.execute(
                 text(f"SELECT id FROM {table} WHERE id LIKE :p LIMIT 2"),
