@@ -1,14 +1,21 @@
 """End to end: `python -m wtb_conf` as a subprocess, Hydra's sweeper and basic launcher, a real
-LangGraph SqliteSaver, the real store. Nothing on this path is mocked."""
+LangGraph SqliteSaver, the real store. Nothing on this path is mocked. The demo sweep runs on
+PostgreSQL too (the store and LangGraph's PostgresSaver, the packaged storage=postgres)."""
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
+import psycopg
 import pytest
-from conftest import run_bench
+import yaml
+from conftest import copy_project, run_bench
 
 from wtb_conf.store import open_store
 
@@ -92,6 +99,54 @@ def test_identical_outputs_are_stored_once(demo):
         assert len(ids) == 1
         rows = c.execute(text("SELECT count(*) FROM blobs WHERE id = :i"), {"i": ids.pop()})
         assert rows.scalar_one() == 1
+
+
+def wtb(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wtb_conf.cli", *args], cwd=project,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_demo_sweep_on_postgresql(pg_server, tmp_path):
+    """The demo with `storage=postgres`, its URL from the environment as a team would set it
+    (a plain libpq URL: the store gets psycopg's driver name, the checkpointer defaults to
+    the same database); no database file is written, and wtb reads it all by URL."""
+    db = pg_server.new_database()
+    libpq = pg_server.url(db, driver="postgresql")
+    project = copy_project(tmp_path / "project")
+    sweep = subprocess.run([sys.executable, "-m", "wtb_conf", "-m", "+experiment=demo",
+                            "storage=postgres"], cwd=project, capture_output=True, text=True,
+                           timeout=600, env={**os.environ, "WTB_DB_URL": libpq})
+    assert sweep.returncode == 0, sweep.stdout + sweep.stderr
+    assert not list(project.glob("data/*.db*"))
+    url = pg_server.url(db)  # postgresql+psycopg://, as storage.db_url is stored
+    proc = wtb(project, "--db", url, "runs", "--sweep", "last", "--json")
+    runs = json.loads(proc.stdout)
+    assert [r["status"] for r in runs] == ["completed"] * 4, proc.stderr
+    assert {r["metrics"]["orders/rows_in"] for r in runs} == {12}
+    shown = json.loads(wtb(project, "--db", url, "show", runs[0]["run_id"], "--json").stdout)
+    storage = yaml.safe_load(shown["config_yaml"])["storage"]  # resolved: a replay's store
+    assert (storage["db_url"], storage["checkpoints"]) == (libpq, libpq)
+    orders = next(c for c in shown["cases"] if c["case"] == "orders")
+    after_clean = next(c for c in orders["checkpoints"] if c["nodes"] == ["clean"])
+    proc = wtb(project, "--db", url, "restore", runs[0]["run_id"], "--checkpoint",
+               after_clean["checkpoint_id"], "--to", str(tmp_path / "at-clean"))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "at-clean").iterdir()) == ["clean.csv",
+                                                                        "loaded.json"]
+    # every link's checkpoint is in LangGraph's tables: --checkpoints by URL, or by default
+    # the --db database
+    for extra in (["--checkpoints", libpq], []):
+        proc = wtb(project, "--db", url, "fsck", *extra, "--json")
+        report = json.loads(proc.stdout)
+        assert proc.returncode == 0 and report["problems"] == [], proc.stdout + proc.stderr
+        assert report["checked"]["links"] >= 12
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        conn.execute("DELETE FROM checkpoints WHERE checkpoint_id = %s",
+                     (after_clean["checkpoint_id"],))
+    proc = wtb(project, "--db", url, "fsck", "--checkpoints", libpq)
+    assert proc.returncode == 1
+    assert f"link_missing_checkpoint: checkpoint {after_clean['checkpoint_id']}" in proc.stdout
+    assert "@127.0.0.1" in proc.stdout  # it names the database
 
 
 USER_WORKFLOW = """
