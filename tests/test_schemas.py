@@ -137,6 +137,20 @@ BAD = [
                                      "integer >= 0")
       for bad in (-1, True, "big", 1.5)],
     ("storage", "blob_root", "-", "storage.blob_root: missing; the directory of large blobs"),
+    ("storage", "db_url", "mysql://u:secret@h/db", "storage.db_url: 'mysql://u:***@h/db' is not "
+     "a SQLite or PostgreSQL URL; give sqlite:///PATH (e.g. sqlite:///data/wtb.db) or "
+     "postgresql+psycopg://USER@HOST/DB"),
+    ("storage", "db_url", "postgresql+psycopg2://h/db", "storage.db_url: "
+     "'postgresql+psycopg2://h/db' names the driver 'psycopg2'; wtb_conf reaches PostgreSQL "
+     "through psycopg (3): postgresql+psycopg://USER@HOST/DB"),
+    ("storage", "checkpoints", "mysql://x", "storage.checkpoints: 'mysql://x' is not a SQLite "
+     "file path or a postgresql:// URL; give a path like data/checkpoints.db or "
+     "postgresql://USER@HOST/DB"),
+    ("storage", "checkpoints", 5, "storage.checkpoints: 5 is not a SQLite file path"),
+    ("storage", "blob_root", "foo://bucket/x", "storage.blob_root: 'foo://bucket/x' is not a "
+     "directory path or an fsspec URL: fsspec knows no protocol 'foo'; a directory like "
+     "data/blobs (shared by every node) or s3://bucket/prefix"),
+    ("storage", "blob_root", "s3://", "storage.blob_root: 's3://' names no bucket or directory"),
     ("storage", "db", "x", "storage.db: unknown key; storage has db_url, blob_root, "
                            "checkpoints, inline_max"),
     # fork
@@ -174,6 +188,23 @@ def test_the_good_config_passes_and_keeps_node_params():
     assert spec.nodes["add"].target == "flows.add" and spec.nodes["add"].params() == {
         "amount": 2}
     assert check(GROUPS["fork"], {"run": 12345678}, "fork").run == "12345678"  # Hydra's int
+
+
+@pytest.mark.parametrize(("key", "value", "stored"), [
+    ("db_url", "sqlite:///data/wtb.db", "sqlite:////launch/data/wtb.db"),
+    ("db_url", "postgresql+psycopg://u@h:5432/db", "postgresql+psycopg://u@h:5432/db"),
+    ("db_url", "postgresql://u@h/db", "postgresql+psycopg://u@h/db"),  # psycopg's, not psycopg2
+    ("db_url", "postgres://u@h/db", "postgresql+psycopg://u@h/db"),
+    ("checkpoints", "data/checkpoints.db", "/launch/data/checkpoints.db"),
+    ("checkpoints", "/abs/cp.db", "/abs/cp.db"),
+    ("checkpoints", "postgresql://u@h/db", "postgresql://u@h/db"),
+    ("checkpoints", "postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+    ("blob_root", "data/blobs", "/launch/data/blobs"),
+    ("blob_root", "/mnt/shared/blobs", "/mnt/shared/blobs"),
+    ("blob_root", "s3://bucket/prefix", "s3://bucket/prefix"),  # a URL is not a relative path
+])
+def test_storage_accepts_paths_and_urls(key, value, stored):
+    assert storage_paths(STORAGE | {key: value}, Path("/launch"))[key] == stored
 
 
 def test_every_problem_is_one_line_under_its_group():
