@@ -12,7 +12,9 @@ that the lost-node test does not wait on Ray's production defaults.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -96,6 +98,15 @@ def node_of(run: dict, ids: dict[str, str]) -> str:
     return next(name for node_id, name in ids.items() if f"/wtb-jobs/{node_id}/" in run["job_dir"])
 
 
+def audit(envs_root: Path, env_id: str) -> float:
+    """Seconds the node's venv manager took to build `env_id`, from its audit records."""
+    with contextlib.closing(sqlite3.connect(envs_root / "env_audit.db")) as db:
+        rows = db.execute("SELECT duration_s FROM operations WHERE env_id = ? AND "
+                          "status = 'built'", (env_id,)).fetchall()
+    assert len(rows) == 1, rows  # built once there, by that node's own manager
+    return rows[0][0]
+
+
 def test_a_sweep_with_two_envs_runs_across_the_nodes_into_one_store(cluster, tmp_path, pg_url):
     nodes, hidden, root = cluster
     project = copy_project(Path(tempfile.mkdtemp(dir=hidden)))
@@ -114,6 +125,8 @@ def test_a_sweep_with_two_envs_runs_across_the_nodes_into_one_store(cluster, tmp
         node = where[run["job_num"]]
         # the env was built on that node, under its own envs root, by its own manager
         assert run["python"].startswith(str(root / node / "envs")), run["python"]
+        built = audit(root / node / "envs", run["env_id"])
+        print(f"env {run['env_id'][:12]} built on {node} in {built:.1f} s")
         assert run["launch_dir"] != str(project)  # it ran from the shipped copy
     versions = {r["metrics"]["orders/tabulate_version"] for r in runs}
     assert versions == {"0.8.10", "0.9.0"}
@@ -129,6 +142,12 @@ def test_a_sweep_with_two_envs_runs_across_the_nodes_into_one_store(cluster, tmp
                     for p in written.rglob("*") if p.is_file()}
         assert expected and {p.relative_to(out): p.read_bytes()
                              for p in out.rglob("*") if p.is_file()} == expected
+    # again: each job finds its env on its node (no build) and its earlier run by the lock
+    # its node reports: both cache hits, recorded by the jobs themselves on their nodes
+    started = time.monotonic()
+    run_bench(project, "-m", "+experiment=envs_demo", *on_cluster(nodes), *store_args)
+    print(f"the same sweep again: {time.monotonic() - started:.1f} s")
+    assert {r["status"] for r in runs_of(store_args)} == {"cached"}
 
 
 def test_a_node_lost_mid_sweep_has_its_jobs_retried_on_the_other(cluster, tmp_path, pg_url):
@@ -171,3 +190,36 @@ def test_a_node_lost_mid_sweep_has_its_jobs_retried_on_the_other(cluster, tmp_pa
     assert len(lost) == 1 and "WorkerDied" in lost[0]["error"], [r["error"] for r in runs]
     assert "retried" in lost[0]["error"] and f"/wtb-jobs/{ids['n1']}/" in lost[0]["job_dir"]
     assert "retrying (1/1)" in out
+
+
+PG = "postgresql+psycopg://wtb@db.example:5432/wtb"  # never reached: refused before
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ([], "storage.db_url=sqlite:///data/wtb.db is an SQLite file here, but "
+         "hydra.launcher.shared_disk=false runs jobs on nodes that do not share this machine's "
+         "disk: use a PostgreSQL server every node reaches, "
+         "storage.db_url=postgresql+psycopg://USER@HOST/DB (or storage=postgres)"),
+    ([f"storage.db_url={PG}"], "storage.checkpoints=data/checkpoints.db is an SQLite file here"),
+    ([f"storage.db_url={PG}", f"storage.checkpoints={PG}"],
+     "storage.blob_root=data/blobs is inside the launch dir, but hydra.launcher.shared_disk="
+     "false runs jobs on nodes that do not share this machine's disk: use a directory every "
+     "node mounts at the same absolute path, or an object store URL, "
+     "storage.blob_root=s3://BUCKET/PREFIX"),
+])
+def test_a_store_the_nodes_cannot_reach_is_refused_at_the_start(tmp_path, overrides, message):
+    project = copy_project(tmp_path)
+    proc = run_bench(project, "-m", "+experiment=envs_demo", "hydra.launcher.address=127.0.0.1:9",
+                     "hydra.launcher.shared_disk=false", *overrides, check=False)
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (project / "data").exists()
+
+
+def test_shared_disk_false_without_a_cluster_is_refused(tmp_path):
+    project = copy_project(tmp_path)
+    proc = run_bench(project, "-m", "+experiment=envs_demo", "hydra.launcher.shared_disk=false",
+                     check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "hydra.launcher.shared_disk=false ships the launch dir to the nodes of a Ray " \
+           "cluster: set hydra.launcher.address" in proc.stderr
+    assert not (project / "data").exists()

@@ -74,10 +74,9 @@ def agent(node_id: str) -> Any:
     return NodeAgent.options(
         name=f"wtb-node-{node_id}", namespace=NAMESPACE, lifetime="detached",
         get_if_exists=True,
+        # In the node's own Python. (With shared_disk=false it inherits the working_dir of
+        # the sweep that made it, as every actor of a job does: Ray has no opting out.)
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        # not the sweep's shipped launch dir: the agent outlives the sweep, in the node's
-        # own Python, importing the node's wtb_conf
-        runtime_env={"working_dir": None},
     ).remote()
 
 
