@@ -18,8 +18,10 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import copy_project, run_bench
@@ -37,6 +39,7 @@ WAIT_S = 240  # a bound on waiting for a job to reach a node, not a timing asser
 SLOW_NODES = '''
 import os, time
 from pathlib import Path
+from typing import Any
 
 
 def wait(state, flag):
@@ -164,21 +167,34 @@ def test_a_node_lost_mid_sweep_has_its_jobs_retried_on_the_other(cluster, tmp_pa
          f"workflow.nodes.wait.flag={flag}", *on_cluster(nodes), *store_args,
          "hydra.launcher.max_retries=1"],
         cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(sweep.stdout), daemon=True)
+    reader.start()
+
+    def wait_for(what: str, done: Any) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not done():
+            assert sweep.poll() is None or done(), "".join(lines)
+            assert time.monotonic() < deadline, f"{what}:\n{''.join(lines)}"
+            time.sleep(0.2)
+
     try:
         # both jobs running, one per node: kill n1 while its job waits for the flag
         jobs = {name: root / name / "wtb-jobs" / ids[name] for name in ("n1", "n2")}
-        deadline = time.monotonic() + WAIT_S
-        while not all(list(d.rglob("started")) for d in jobs.values()):
-            assert sweep.poll() is None, sweep.stdout.read()
-            assert time.monotonic() < deadline, "the jobs did not start on both nodes"
-            time.sleep(0.2)
+        wait_for("the jobs did not start on both nodes",
+                 lambda: all(list(d.rglob("started")) for d in jobs.values()))
         killed = time.monotonic()
         nodes.kill("n1")
+        # the flag only once the lost job is being retried: n2's job still holds the one CPU
+        # left, so the retried job must wait for it (not for an actor that can never start)
+        wait_for("the lost job was not retried", lambda: "retrying (1/1)" in "".join(lines))
         flag.write_text("go")
-        out, _ = sweep.communicate(timeout=WAIT_S)
+        sweep.wait(timeout=WAIT_S)
+        reader.join(timeout=WAIT_S)
     finally:
         if sweep.poll() is None:
             sweep.kill()
+    out = "".join(lines)
     print(f"lost-node sweep: {time.monotonic() - started:.1f} s, "
           f"{time.monotonic() - killed:.1f} s after the kill\n{out}")
     assert sweep.returncode == 0, out

@@ -81,7 +81,8 @@ class Pool:
                     f"Ray did not start within {RAY_START_TIMEOUT_S} s (hydra.launcher.address="
                     f"{self.cluster.address!r}); is the cluster reachable?")
             return False
-        resources = ready.result()
+        ready.result()  # raises what stopped Ray from starting
+        resources = self.cluster.resources
         self.ray_slots = slots(resources.get("CPU", 0), self.params["num_cpus"])
         if self.params["num_cpus"] > resources.get("CPU", 0):  # Ray would wait forever
             raise LauncherError(
@@ -153,6 +154,10 @@ class Pool:
     def discard(self, worker: Any) -> None:
         self.workers.remove(worker)
         worker.kill()
+        if not isinstance(worker, LocalWorker) and self.cluster is not None:
+            # a lost node takes its CPUs along: count only what is left, or an actor for a
+            # retried job would wait forever for CPUs that idle actors hold
+            self.cluster.refresh()
 
     def submit(self, worker: Any, job: Job, plan: Plan) -> Future:
         if isinstance(worker, LocalWorker):

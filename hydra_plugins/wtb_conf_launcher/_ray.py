@@ -49,6 +49,7 @@ class Cluster:
         self.started = 0.0  # time.monotonic() of start()
         self.holder: subprocess.Popen | None = None
         self.placer: _nodes.Placer | None = None  # once an actor is pinned to a node
+        self.resources: dict[str, float] = {}  # the cluster's, as of start() or refresh()
 
     def start(self) -> Future:
         if self.ready is None:
@@ -64,7 +65,8 @@ class Cluster:
                 ray.init(address=address, log_to_driver=True,
                          runtime_env=_nodes.ship(self.ship) if self.ship else None)
             atexit.register(self.stop)  # after ray's own handler, so it runs before it
-            self.ready.set_result(ray.cluster_resources())
+            self.resources = ray.cluster_resources()
+            self.ready.set_result(self.resources)
         except BaseException as e:  # reported by the scheduler, on the main thread
             self.ready.set_exception(e)
 
@@ -77,6 +79,10 @@ class Cluster:
             raise RuntimeError(f"a local Ray cluster did not start (ray.init("
                                f"{self.init_kwargs}) exited {self.holder.wait()}); see above")
         return address
+
+    def refresh(self) -> None:
+        if self.ready is not None and self.ready.done() and ray.is_initialized():
+            self.resources = ray.cluster_resources()
 
     def stop(self) -> None:
         """Every result is stored by now: leave, and stop a cluster of our own at once."""
