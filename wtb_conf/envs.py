@@ -110,7 +110,7 @@ class VenvClient:
         found = reply.stdout.split()[0] if reply.stdout else ""
         if reply.exit_code != 0 or found != version("ray"):
             raise EnvError(f"{job}: env {env.env_id[:12]} ({env.python_path}) cannot run an "
-                           f"actor: it has Ray {found or 'missing'}, the driver "
+                           f"actor: it has Ray {found or 'missing'}, the cluster runs "
                            f"{version('ray')}\n{reply.stderr.strip()}")
         return json.loads(reply.stdout.splitlines()[1])
 

@@ -22,6 +22,7 @@ Imported with _ray, only when a batch needs Ray.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter, defaultdict
 from concurrent.futures import Future
@@ -59,6 +60,8 @@ class NodeAgent:
             entry = self.found.setdefault(key, (threading.Lock(), []))
         lock, done = entry
         with lock:  # the first ask builds; the others wait for it and share its answer
+            if done and done[0][0] and not os.path.exists(done[0][1][0]):
+                done.clear()  # its interpreter was removed meanwhile (a Cleanup): again
             if not done:
                 try:
                     done.append((True, provide()))
