@@ -1,18 +1,22 @@
 """`fork.after=NODE` on runs that inherited NODE instead of running it: a prefix-sharing run,
 a cache hit, a resumed run and a replay of one. The fork starts from the checkpoint of the
 step that ran NODE, in whichever run of the case's lineage that was, as `python -m wtb_conf`
-and `wtb` do it in a project directory (basic launcher: in-process, one job after another)."""
+and `wtb` do it in a project directory (basic launcher: in-process, one job after another).
+Like test_timetravel, every test runs on SQLite and on PostgreSQL (store and checkpointer)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import sqlite3
+import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
-from conftest import copy_project, run_bench
-from test_timetravel import case, new_run, show, wtb
+import yaml
+from conftest import run_bench
+from test_timetravel import DB, case, new_project, new_run, show, wtb
 
 DEMO = ("-m", "workflow=file_processing")
 BASIC = "hydra/launcher=basic"
@@ -54,9 +58,37 @@ def check_case(new: dict, log: list[dict], name: str, origin: dict, at: dict,
             if e["kind"] == "fork"] == [(source["thread_id"], at["checkpoint_id"])]
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    return copy_project(tmp_path_factory.mktemp("fork_lineage"))
+def execute(project: Path, sql: str, *params: str) -> None:
+    """One statement (`?` placeholders) on the project's store, SQLite or PostgreSQL."""
+    if project not in DB:
+        with sqlite3.connect(project / "data/wtb.db") as db:
+            db.execute(sql, params)
+        return
+    libpq = DB[project].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(libpq, autocommit=True) as db:
+        db.execute(sql.replace("?", "%s"), params)
+
+
+def copy_with_store(project: Path, dest: Path, request) -> Path:
+    """The project directory copied; on PostgreSQL with a copy of its database too."""
+    shutil.copytree(project, dest)
+    if project in DB:
+        server = request.getfixturevalue("pg_server")
+        name, source = f"t_{uuid.uuid4().hex[:12]}", DB[project].rsplit("/", 1)[1]
+        with psycopg.connect(server.url(driver="postgresql"), autocommit=True) as db:
+            db.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')  # names: not parameters
+        config = dest / "conf/storage/default.yaml"
+        storage = yaml.safe_load(config.read_text())
+        storage |= {"db_url": server.url(name), "checkpoints": server.url(name, "postgresql")}
+        config.write_text(yaml.safe_dump(storage))
+        DB[dest] = storage["db_url"]
+    return dest
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def project(tmp_path_factory, request) -> Path:
+    return new_project(tmp_path_factory.mktemp(f"fork_lineage-{request.param}"),
+                       request.param, request)
 
 
 @pytest.fixture(scope="module")
@@ -180,25 +212,23 @@ def test_fork_checkpoint_of_runs_that_inherited(project, grid, resumed, kind, co
     check_case(new, log, "orders", holder, at, executed)
 
 
-def test_refused_when_the_store_lost_the_ancestors_checkpoint(project, resumed, tmp_path):
+def test_refused_when_the_store_lost_the_ancestors_checkpoint(project, resumed, tmp_path,
+                                                              request):
     """In a copy of the store without the paused run's checkpoint links of `orders` (and
     then without its thread), the replay's `clean` cannot be traced: the error names where
     it came from instead of forking from a later checkpoint."""
-    copy = tmp_path / "copy"
-    shutil.copytree(project, copy)
+    copy = copy_with_store(project, tmp_path / "copy", request)
     replay, paused = resumed["replay"]["run_id"], resumed["paused"]["run_id"]
     thread = case(resumed["paused"], "orders")["thread_id"]
     # rerun=true: the same fork already ran in this store; not its cache hit
     args = (*DEMO, *DROP, f"+fork.run={replay}", "+fork.after=clean", "rerun=true", BASIC)
-    with sqlite3.connect(copy / "data/wtb.db") as db:
-        db.execute("DELETE FROM checkpoint_links WHERE thread_id = ?", (thread,))
+    execute(copy, "DELETE FROM checkpoint_links WHERE thread_id = ?", thread)
     proc = run_bench(copy, *args, check=False)
     assert proc.returncode == 1
     assert (f"fork.after: case 'orders' of run {replay[:8]} inherited node 'clean' from run "
             f"{paused[:8]}, and the store holds no checkpoint of that run's case right after "
             f"'clean'") in proc.stderr
-    with sqlite3.connect(copy / "data/wtb.db") as db:
-        db.execute("DELETE FROM threads WHERE thread_id = ?", (thread,))
+    execute(copy, "DELETE FROM threads WHERE thread_id = ?", thread)
     proc = run_bench(copy, *args, check=False)
     assert proc.returncode == 1
     assert (f"fork.after: case 'orders' of run {replay[:8]} inherited node 'clean' from "
