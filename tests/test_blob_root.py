@@ -169,6 +169,23 @@ def test_an_unchanged_recommit_stores_nothing_and_a_stored_blob_is_not_sent_agai
     assert where.stamp(sha(big)) == before
 
 
+def test_a_reused_object_that_is_old_is_refreshed_not_uploaded(s3, tmp_path, monkeypatch):
+    """`fsck --repair` removes an orphan older than an hour: an old object a commit reuses is
+    made young again (copied onto itself, server-side) so that repair cannot take it."""
+    big = os.urandom(6000)
+    with open_store(str(tmp_path / "wtb.db"), s3.url, INLINE_MAX) as store:
+        store.commit_dir(write(tmp_path / "a", {"big.bin": big}))
+        before = s3.modified(s3.key(sha(big)))
+        time.sleep(1.1)  # LastModified has whole seconds
+        monkeypatch.setattr(store.blobs, "_upload", lambda *a: pytest.fail("uploaded again"))
+        store.commit_dir(write(tmp_path / "b", {"big.bin": big}))
+        assert s3.modified(s3.key(sha(big))) == before  # young enough: left as it is
+        monkeypatch.setattr(store.blobs, "REFRESH_S", 0.5)
+        store.commit_dir(write(tmp_path / "c", {"big.bin": big}))
+        assert s3.modified(s3.key(sha(big))) > before
+        assert s3.get(s3.key(sha(big))) == big
+
+
 @pytest.mark.parametrize("how", ["corrupted", "missing"])
 def test_a_corrupted_or_missing_blob_is_named_and_nothing_is_restored(store, where, tmp_path,
                                                                       how):

@@ -182,7 +182,7 @@ def _modified(info: dict[str, Any]) -> float:
 def _no_bucket(e: FileNotFoundError) -> bool:
     """Whether s3fs raised this for a bucket that does not exist (not for a missing key)."""
     code = (getattr(e.__cause__, "response", None) or {}).get("Error", {}).get("Code")
-    return code in ("NoSuchBucket", "404") or "bucket does not exist" in str(e)
+    return code == "NoSuchBucket" or "bucket does not exist" in str(e)
 
 
 def _abandon(f: Any) -> None:
@@ -289,12 +289,13 @@ class FsspecBlobDir:
             return os.fstat(f.fileno()).st_mtime_ns
 
     def check(self) -> None:
-        if not (self.fs and self.s3):  # (an unknown scheme fails here)
+        fs = self.fs  # (an unknown scheme fails here)
+        if not self.s3:
             return
         bucket = self.root[self.root.index("://") + 3:].split("/", 1)[0]
         with self._io("cannot store blobs"):
             try:
-                self.fs.info(bucket)  # HEAD bucket: one request, when a store opens to write
+                fs.info(bucket)  # HEAD bucket: one request, when a store opens to write
             except FileNotFoundError:
                 raise StoreError(self._no_bucket_message("cannot store blobs")) from None
 
