@@ -51,7 +51,7 @@ def session(sid: int) -> list[int]:
             continue
         # pid (comm) state ppid pgrp session ...: comm may hold spaces and parentheses
         fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[3]) == sid:
+        if int(fields[3]) == sid and fields[0] != "Z":  # a zombie is dead already
             found.append(int(entry))
     return found
 
@@ -64,12 +64,16 @@ class Node:
         """SIGKILL to every process of the node's session: `ray start`, the raylet, and the
         workers, which put themselves in process groups of their own (but stay in the
         session), with whatever they started: a lost machine."""
-        for pid in session(self.proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait()
+        deadline = time.monotonic() + 30
+        while (left := session(self.proc.pid)) and time.monotonic() < deadline:
+            for pid in left:  # again until none is left: one may have forked meanwhile
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if self.proc.poll() is None:
+                self.proc.wait()
+            time.sleep(0.1)
 
 
 class RayCluster:

@@ -130,7 +130,8 @@ def test_a_sweep_with_two_envs_runs_across_the_nodes_into_one_store(cluster, tmp
         assert run["python"].startswith(str(root / node / "envs")), run["python"]
         built = audit(root / node / "envs", run["env_id"])
         print(f"env {run['env_id'][:12]} built on {node} in {built:.1f} s")
-        assert run["launch_dir"] != str(project)  # it ran from the shipped copy
+        # its input file was found on its node, where only the shipped copy has it
+        assert run["inputs_commit"], run
     versions = {r["metrics"]["orders/tabulate_version"] for r in runs}
     assert versions == {"0.8.10", "0.9.0"}
     # every file back on the driver, from the store alone, equal to what the node wrote
