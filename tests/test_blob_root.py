@@ -242,6 +242,58 @@ def test_repair_removes_only_orphans_older_than_the_grace_period(store, where, t
     assert (tmp_path / "dest/kept.bin").read_bytes() == kept
 
 
+KILLED = 86
+CRASH = r"""
+import os, sys
+from wtb_conf.store import objects, open_store
+
+db, blobs, src, step = sys.argv[1:]
+if step == "mid_upload":  # os._exit once a part of the multipart upload is on the server
+    import s3fs.core
+
+    upload_chunk = s3fs.core.S3File._upload_chunk
+
+    def dying(self, final=False):
+        out = upload_chunk(self, final)
+        if self.parts:
+            os._exit(86)
+        return out
+
+    s3fs.core.S3File._upload_chunk = dying
+else:  # os._exit at that step of commit_dir, as in tests/reliability/test_commit_faults.py
+    objects._fault = lambda name: name == step and os._exit(86)
+open_store(db, blobs, inline_max=1024).commit_dir(src, "crashed")
+"""
+
+
+@pytest.mark.parametrize("step", ["blob_copied", "mid_upload", "blob_written", "blobs_staged"])
+def test_a_commit_killed_while_it_uploads_leaves_no_partial_object(s3, tmp_path, step):
+    """A kill -9 before, during (a multipart upload with a part sent) or after an upload: no
+    object is ever partial under its name, and what is left is an orphan that fsck --repair
+    removes."""
+    huge = os.urandom(FsspecBlobDir.PART + MIB)
+    src = write(tmp_path / "src", {"huge.bin": huge, "small.bin": os.urandom(500)})
+    db = str(tmp_path / "wtb.db")
+    proc = subprocess.run([sys.executable, "-c", CRASH, db, s3.url, str(src), step],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == KILLED, proc.stderr
+    key = s3.key(sha(huge))
+    if key in s3.keys():
+        assert step != "mid_upload" and s3.get(key) == huge  # whole, or not there
+    else:
+        assert step in ("blob_copied", "mid_upload")
+    if step == "mid_upload":  # the parts sent wait, unseen, for the bucket's lifecycle rule
+        assert s3.client.list_multipart_uploads(Bucket=s3.name).get("Uploads")
+    with open_store(db, s3.url, INLINE_MAX) as store:
+        report = fsck.check(store, None, grace=0)
+        assert {p.kind for p in report.problems} <= {"orphan_file"}, report.problems
+        fsck.repair(store, report)
+        assert fsck.check(store, None, grace=0).clean
+        commit = store.commit_dir(src, "again")
+        store.restore(commit, tmp_path / "dest")
+    assert snapshot(tmp_path / "dest") == snapshot(src)
+
+
 def test_the_cli_restores_and_checks_a_store_whose_blobs_are_in_s3(s3, tmp_path, capsys):
     big = os.urandom(5000)
     db = str(tmp_path / "wtb.db")
