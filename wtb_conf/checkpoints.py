@@ -65,8 +65,8 @@ def describe(where: str | os.PathLike) -> str:
 
     try:
         return make_url(libpq_url(str(where))).render_as_string(hide_password=True)
-    except Exception:  # not parseable by SQLAlchemy: libpq may still take it
-        return libpq_url(str(where)).split("@")[-1]
+    except Exception:  # not parseable by SQLAlchemy (libpq may still take it): no user part
+        return "postgresql://" + str(where).partition("://")[2].rpartition("@")[2]
 
 
 @contextlib.contextmanager
