@@ -666,3 +666,44 @@ def test_config_digest_leaves_out_exactly_the_documented_keys():
         changed = OmegaConf.create(base)
         OmegaConf.update(changed, key, "changed", force_add=True)
         assert config_digest(changed) != digest, key
+
+
+def test_repair_waits_for_a_commit_in_flight_and_keeps_the_blobs_it_names(store, tmp_path,
+                                                                          monkeypatch):
+    """An orphan blob a commit is about to name: `wtb fsck --repair` must not remove it under
+    the commit. SQLite: repair's BEGIN IMMEDIATE waits for the commit's write lock;
+    PostgreSQL: repair takes the 'blobs' lock that every commit holds shared."""
+    import threading
+
+    from wtb_conf.store import fsck, objects
+
+    data = b"orphan until committed"
+    blob = hashlib.sha256(data).hexdigest()
+    with store.engine.begin() as conn:  # stored, but no commit reaches it: an orphan
+        conn.execute(text("INSERT INTO blobs (id, size, data) VALUES (:i, :s, :d)"),
+                     {"i": blob, "s": len(data), "d": data})
+    report = fsck.check(store, None)
+    assert report.orphans["blobs"] == [blob]
+    inside, release = threading.Event(), threading.Event()
+
+    def pause(step: str) -> None:  # the commit holds its transaction open here
+        if step == "in_transaction":
+            inside.set()
+            assert release.wait(30)
+
+    monkeypatch.setattr(objects, "_fault", pause)
+    commits, repairs = [], []
+    committer = threading.Thread(target=lambda: commits.append(
+        store.commit_dir(write(tmp_path / "out", {"a.txt": data}), "first")))
+    committer.start()
+    assert inside.wait(30)
+    repairer = threading.Thread(target=lambda: repairs.append(fsck.repair(store, report)))
+    repairer.start()
+    repairer.join(1.0)
+    assert repairer.is_alive(), "repair did not wait for the commit in flight"
+    release.set()
+    committer.join(30)
+    repairer.join(60)
+    assert commits and repairs and repairs[0].removed["blobs"] == []
+    assert store.read_blob(store.tree(commits[0])["a.txt"].blob) == data
+    assert store.fsck() == []
