@@ -126,6 +126,13 @@ def test_bad_fork_configs_are_recorded_failures_naming_the_key(project, base):
     proc = run_bench(project, *DEMO, f"+fork.run={base[0]['run_id']}", "+fork.when=now",
                      check=False)
     assert proc.returncode == 1 and "fork.when: unknown key; fork has run," in proc.stderr
+    # a checkpoint is copied within one checkpointer: not from another file or database
+    other = project / "data/other-checkpoints.db"
+    proc = run_bench(project, *DEMO, f"+fork.run={base[0]['run_id']}", "+fork.after=load",
+                     f"storage.checkpoints={other}", check=False)
+    assert proc.returncode == 1
+    assert f"is not in this job's checkpointer ({other}); fork with the storage config " \
+           "(storage.checkpoints) the run used" in proc.stderr
 
 
 def test_rerun_one_run_from_the_store_gives_the_same_commit(project, base):

@@ -189,8 +189,8 @@ def _after(store: Store, run_id: str, node: str) -> dict[str, ForkPoint]:
     return chosen
 
 
-def copy_checkpoint(saver: Any, point: ForkPoint, thread_id: str) -> None:
-    """Copy the checkpoint into `thread_id` of the same saver.
+def copy_checkpoint(saver: Any, point: ForkPoint, thread_id: str, where: str = "") -> None:
+    """Copy the checkpoint into `thread_id` of the same saver (at `where`, for the message).
 
     Its pending writes stay behind: they are what the parent's next step wrote (with
     durability="sync" every finished task's writes are saved against the checkpoint it
@@ -199,9 +199,12 @@ def copy_checkpoint(saver: Any, point: ForkPoint, thread_id: str) -> None:
                                "checkpoint_id": point.checkpoint_id}}
     tup = saver.get_tuple(source)
     if tup is None:
+        # a SQLite file and a PostgreSQL database are two checkpointers: a checkpoint is
+        # copied within one, so the run's own storage.checkpoints must be this job's
         raise ForkError(
             f"fork: checkpoint {point.checkpoint_id} of run {point.run_id[:8]} is not in this "
-            "checkpointer; fork with the storage config (storage.checkpoints) the run used"
+            f"job's checkpointer{f' ({where})' if where else ''}; fork with the storage config "
+            "(storage.checkpoints) the run used"
         )
     target = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
     saver.put(target, tup.checkpoint, tup.metadata, tup.checkpoint["channel_versions"])

@@ -28,7 +28,7 @@ from langgraph.errors import InvalidUpdateError
 from omegaconf import DictConfig
 
 from wtb_conf import case_context
-from wtb_conf.checkpoints import open_checkpointer
+from wtb_conf.checkpoints import describe, open_checkpointer
 from wtb_conf.fork import (
     ForkError,
     ForkPoint,
@@ -106,9 +106,10 @@ class Case:
 
 
 def run_case(store: Store, run_id: str, app: Any, case: Case, workflow: Mapping[str, Any],
-             launch_dir: Path) -> tuple[str, dict[str, Any]]:
+             launch_dir: Path, checkpoints: str = "") -> tuple[str, dict[str, Any]]:
     """Run one input case as its own thread; commit and link after every checkpoint.
-    Returns its status (completed, or paused at a breakpoint) and final state."""
+    Returns its status (completed, or paused at a breakpoint) and final state.
+    `checkpoints`: where app's checkpointer is (storage.checkpoints), for messages."""
     thread_id = f"{run_id}/{case.name}"
     fork = case.fork
     store.start_thread(run_id, thread_id, case.name, fork and vars(fork))
@@ -131,7 +132,8 @@ def run_case(store: Store, run_id: str, app: Any, case: Case, workflow: Mapping[
         stream_input = plain(case.inputs)
         if fork:
             store.restore(fork.commit, case.dir)
-            copy_checkpoint(app.checkpointer, fork, thread_id)
+            copy_checkpoint(app.checkpointer, fork, thread_id,
+                            describe(checkpoints) if checkpoints else "")
             link(fork.checkpoint_id, fork.step, "fork", [], fork.commit)
             store.log_event("fork", {"thread_id": thread_id, "from_thread": fork.thread_id,
                                      "checkpoint_id": fork.checkpoint_id}, run_id)
@@ -291,7 +293,7 @@ def _run(job: Opened, run_id: str, cfg: DictConfig, started: float) -> dict[str,
             for case in cases:  # a failing case is recorded on its thread; the others still run
                 try:
                     status, finals[case.name] = run_case(store, run_id, app, case, workflow,
-                                                         launch_dir)
+                                                         launch_dir, job.paths["checkpoints"])
                 except Exception as e:
                     log.error("run %s: case %s failed: %s: %s", run_id, case.name,
                               type(e).__name__, e)
