@@ -196,7 +196,10 @@ def _pg_found(url: str, wanted: set[Key]) -> set[Key]:
     ordered = sorted(wanted)
     found: set[Key] = set()
     with _connect(url) as conn:
-        conn.read_only = True  # BEGIN READ ONLY: one snapshot, and no write can slip in
+        # BEGIN READ ONLY, REPEATABLE READ: nothing can be written, and every chunk's query
+        # reads the same snapshot (READ COMMITTED, the default, takes one per statement)
+        conn.read_only = True
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         try:
             with conn.transaction():
                 for i in range(0, len(ordered), _CHUNK):
