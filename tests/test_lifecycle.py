@@ -129,6 +129,53 @@ def test_start_times_have_one_format_on_either_database(store):
     assert started == sorted(started) and started[0] >= store.sweep(sweep)["created_at"][:19]
 
 
+def test_a_start_of_the_same_job_waits_for_one_in_flight(store, monkeypatch):
+    """Two starts of one job, the first held inside its transaction once it has its start
+    time. The second must wait for it, then find it as the twin to wait for. Were it not to
+    wait (PostgreSQL without the job key's lock), it would commit first and find no twin,
+    and the first, committed later, would find the second younger: both would run. A start
+    of another job does not wait on PostgreSQL (SQLite has one write lock for all)."""
+    import threading
+
+    from wtb_conf.store import lifecycle
+
+    original = lifecycle._start_time
+    inside, release = threading.Event(), threading.Event()
+
+    def held(conn, job_key):
+        at = original(conn, job_key)
+        if threading.current_thread().name == "first":
+            inside.set()
+            assert release.wait(30)
+        return at
+
+    monkeypatch.setattr(lifecycle, "_start_time", held)
+    sweep = store.create_sweep([])
+    runs: dict[str, str] = {}
+
+    def start(name: str, key: str = "k") -> threading.Thread:
+        remote = _other(0, "node-2")  # (this process's own running run would be abandoned)
+        thread = threading.Thread(
+            target=lambda: runs.__setitem__(name, _run(store, sweep, key, owner=remote)),
+            name=name)
+        thread.start()
+        return thread
+
+    first = start("first")
+    assert inside.wait(30)
+    second = start("second")
+    if store.engine.dialect.name == "postgresql":
+        start("other job", key="other").join(10)
+        assert "other job" in runs, "a start of another job waited"
+    second.join(1.0)
+    assert second.is_alive(), "the second start did not wait for the first"
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert store.running_twin(runs["second"], "k") == runs["first"]
+    assert store.running_twin(runs["first"], "k") is None
+
+
 def test_finish_sweep_fails_its_running_runs_with_events_and_counts_last_attempts(store):
     sweep = store.create_sweep([])
     retried = _run(store, sweep)
