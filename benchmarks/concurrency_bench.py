@@ -177,7 +177,8 @@ def report(cfg: dict, commits: int) -> dict:
     }
     print(f"  all: {out['commits']} commits in {wall:.1f} s = {out['rate']:.0f} commits/s; "
           f"commit p50 {out['p50']:.1f} / p99 {out['p99']:.1f} / max {out['max']:.1f} ms; "
-          f"{len(waits)} write transactions, {out['waited']:.0%} waited for the lock "
+          f"{len(waits)} {'write transactions' if cfg['db'] == 'sqlite' else 'advisory locks'}"
+          f", {out['waited']:.0%} waited for the lock "
           f"(p99 {out['wait_p99']:.1f} ms, max {out['wait_max']:.1f} ms), lock held p50 "
           f"{out['hold_p50']:.2f} / p99 {out['hold_p99']:.1f} ms; busy errors {out['busy']}; "
           f"WAL max {out['wal_max']:.0f} MB")
