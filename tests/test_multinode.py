@@ -240,3 +240,42 @@ def test_shared_disk_false_without_a_cluster_is_refused(tmp_path):
     assert "hydra.launcher.shared_disk=false ships the launch dir to the nodes of a Ray " \
            "cluster: set hydra.launcher.address" in proc.stderr
     assert not (project / "data").exists()
+
+
+def test_a_shipped_job_runs_from_its_copy_with_its_job_dir_on_its_node(tmp_path):
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.wtb_conf_launcher._nodes import relocate
+
+    config = OmegaConf.create({"hydra": {"runtime": {"cwd": "/home/me/proj"},
+                                         "sweep": {"dir": "/home/me/proj/multirun/d/t"}}})
+    OmegaConf.set_readonly(config.hydra.runtime, True)  # as Hydra leaves it
+    relocate(config, "/ray/copy", tmp_path / "jobs")
+    assert config.hydra.runtime.cwd == "/ray/copy"
+    assert config.hydra.sweep.dir == str(tmp_path / "jobs" / "multirun/d/t")
+    # a sweep dir outside the launch dir: its whole path, under the node's jobs root
+    outside = OmegaConf.create({"hydra": {"runtime": {"cwd": "/home/me/proj"},
+                                          "sweep": {"dir": "/scratch/sweeps/x"}}})
+    relocate(outside, "/ray/copy", tmp_path / "jobs")
+    assert outside.hydra.sweep.dir == str(tmp_path / "jobs" / "scratch/sweeps/x")
+
+
+def test_placement_prefers_free_nodes_then_those_with_the_env(monkeypatch):
+    from hydra_plugins.wtb_conf_launcher import _nodes
+
+    nodes = [{"NodeID": "head", "Alive": True, "Resources": {}},
+             {"NodeID": "a", "Alive": True, "Resources": {"CPU": 2.0}},
+             {"NodeID": "b", "Alive": True, "Resources": {"CPU": 2.0}},
+             {"NodeID": "gone", "Alive": False, "Resources": {"CPU": 8.0}}]
+    monkeypatch.setattr(_nodes.ray, "nodes", lambda: nodes)
+    placer = _nodes.Placer(num_cpus=1.0)
+    placer.provided["b"].add("env1")
+    assert placer.pick("env1") == "b"  # both free: the one that has the env
+    placer.placed["b"] = 2
+    assert placer.pick("env1") == "a"  # b is full: a free node, even without the env
+    placer.placed["a"] = 2
+    assert placer.pick("env1") == "b"  # all full: it waits where its env is
+    nodes[2]["Alive"] = False
+    placer.gone("b")  # an actor died there and Ray lists the node dead: never again
+    nodes[2]["Alive"] = True
+    assert placer.pick("env1") == "a"
