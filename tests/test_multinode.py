@@ -154,6 +154,28 @@ def test_a_sweep_with_two_envs_runs_across_the_nodes_into_one_store(cluster, tmp
     assert {r["status"] for r in runs_of(store_args)} == {"cached"}
 
 
+def test_on_a_shared_disk_each_job_still_gets_its_env_on_its_node(cluster, tmp_path, pg_url):
+    """shared_disk left true: this launch dir is outside the hidden one, so every node sees it
+    at its path (as an NFS home would be). Nothing is shipped and the job dirs are the usual
+    ones, but the envs are still the nodes' own; after the test above, found, not built."""
+    nodes, _, root = cluster
+    project = copy_project(tmp_path / "project")
+    store_args = storage(root, pg_url)
+    started = time.monotonic()
+    run_bench(project, "-m", "+experiment=envs_demo", f"hydra.launcher.address={nodes.address}",
+              *store_args)
+    print(f"envs_demo on 2 nodes, shared disk: {time.monotonic() - started:.1f} s")
+    runs = runs_of(store_args)
+    where = {}
+    for run in runs:
+        assert run["status"] == "completed", run["error"]
+        assert run["job_dir"].startswith(str(project / "multirun")), run["job_dir"]
+        where[run["job_num"]] = next(n for n in ("n1", "n2")
+                                     if run["python"].startswith(str(root / n / "envs")))
+        audit(root / where[run["job_num"]] / "envs", run["env_id"])  # built there once only
+    assert set(where.values()) == {"n1", "n2"}, where
+
+
 def test_a_node_lost_mid_sweep_has_its_jobs_retried_on_the_other(cluster, tmp_path, pg_url):
     nodes, hidden, root = cluster
     project = copy_project(Path(tempfile.mkdtemp(dir=hidden)))
@@ -210,36 +232,53 @@ def test_a_node_lost_mid_sweep_has_its_jobs_retried_on_the_other(cluster, tmp_pa
 
 
 PG = "postgresql+psycopg://wtb@db.example:5432/wtb"  # never reached: refused before
+WHY = ("but hydra.launcher.shared_disk=false runs jobs on nodes that do not share this "
+       "machine's disk")
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ([], "storage.db_url=sqlite:///data/wtb.db is an SQLite file here, but "
-         "hydra.launcher.shared_disk=false runs jobs on nodes that do not share this machine's "
-         "disk: use a PostgreSQL server every node reaches, "
-         "storage.db_url=postgresql+psycopg://USER@HOST/DB (or storage=postgres)"),
-    ([f"storage.db_url={PG}"], "storage.checkpoints=data/checkpoints.db is an SQLite file here"),
-    ([f"storage.db_url={PG}", f"storage.checkpoints={PG}"],
-     "storage.blob_root=data/blobs is inside the launch dir, but hydra.launcher.shared_disk="
-     "false runs jobs on nodes that do not share this machine's disk: use a directory every "
-     "node mounts at the same absolute path, or an object store URL, "
-     "storage.blob_root=s3://BUCKET/PREFIX"),
-])
-def test_a_store_the_nodes_cannot_reach_is_refused_at_the_start(tmp_path, overrides, message):
+def test_a_store_the_nodes_cannot_reach_is_refused_before_the_sweep_is_recorded(tmp_path):
     project = copy_project(tmp_path)
     proc = run_bench(project, "-m", "+experiment=envs_demo", "hydra.launcher.address=127.0.0.1:9",
-                     "hydra.launcher.shared_disk=false", *overrides, check=False)
-    assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+                     "hydra.launcher.shared_disk=false", check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert (f"storage.db_url=sqlite:///data/wtb.db is an SQLite file here, {WHY}: use a "
+            "PostgreSQL server every node reaches, storage.db_url="
+            "postgresql+psycopg://USER@HOST/DB (or storage=postgres)") in proc.stderr
     assert "Traceback" not in proc.stderr and not (project / "data").exists()
 
 
-def test_shared_disk_false_without_a_cluster_is_refused(tmp_path):
-    project = copy_project(tmp_path)
-    proc = run_bench(project, "-m", "+experiment=envs_demo", "hydra.launcher.shared_disk=false",
-                     check=False)
-    assert proc.returncode == 1, proc.stderr
-    assert "hydra.launcher.shared_disk=false ships the launch dir to the nodes of a Ray " \
-           "cluster: set hydra.launcher.address" in proc.stderr
-    assert not (project / "data").exists()
+@pytest.mark.parametrize("storage_cfg, message", [
+    ({"db_url": PG, "checkpoints": "data/checkpoints.db", "blob_root": "/shared/blobs"},
+     f"storage.checkpoints=data/checkpoints.db is an SQLite file here, {WHY}: use a PostgreSQL "
+     "URL, storage.checkpoints=postgresql://USER@HOST/DB (storage=postgres uses "
+     "storage.db_url's database)"),
+    ({"db_url": PG, "checkpoints": PG, "blob_root": "data/blobs"},
+     f"storage.blob_root=data/blobs is inside the launch dir, {WHY}: use a directory every "
+     "node mounts at the same absolute path, or an object store URL, "
+     "storage.blob_root=s3://BUCKET/PREFIX"),
+])
+def test_the_store_check_names_the_key_and_what_is_valid(storage_cfg, message):
+    from hydra_plugins.wtb_conf_launcher._settings import LauncherError, check
+
+    params = {"address": "127.0.0.1:9", "shared_disk": False,
+              "planner": {"_target_": "wtb_conf.planner.Planner", "storage": storage_cfg}}
+    with pytest.raises(LauncherError) as e:
+        check(params)
+    assert str(e.value) == message
+    # a store every node reaches passes: PostgreSQL, an absolute (shared) or s3:// blob root
+    for blob_root in ("/shared/blobs", "s3://bucket/prefix"):
+        check({**params, "planner": {**params["planner"], "storage": {
+            "db_url": PG, "checkpoints": PG, "blob_root": blob_root}}})
+
+
+def test_shared_disk_false_without_a_cluster_is_refused(monkeypatch):
+    from hydra_plugins.wtb_conf_launcher._settings import LauncherError, check
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(LauncherError, match="hydra.launcher.shared_disk=false ships the launch "
+                                            "dir to the nodes of a Ray cluster: set "
+                                            "hydra.launcher.address"):
+        check({"shared_disk": False})
 
 
 def test_a_shipped_job_runs_from_its_copy_with_its_job_dir_on_its_node(tmp_path):
@@ -269,6 +308,7 @@ def test_placement_prefers_free_nodes_then_those_with_the_env(monkeypatch):
              {"NodeID": "gone", "Alive": False, "Resources": {"CPU": 8.0}}]
     monkeypatch.setattr(_nodes.ray, "nodes", lambda: nodes)
     placer = _nodes.Placer(num_cpus=1.0)
+    placer.asked = True  # (no Ray here: the agents are not asked what they have)
     placer.provided["b"].add("env1")
     assert placer.pick("env1") == "b"  # both free: the one that has the env
     placer.placed["b"] = 2

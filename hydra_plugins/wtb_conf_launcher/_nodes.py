@@ -10,7 +10,8 @@ Imported with _ray, only when a batch needs Ray.
   `NodeEnv.provide` once per key (concurrent asks wait for the first; a failure is kept, so
   every job of a broken env fails at once with the same message).
 - **Placement**: each actor is pinned (hard node affinity) to the alive node with the most
-  free job slots, preferring one that has the job's interpreter already. A job retried after
+  free job slots, preferring one that has the job's interpreter already (the agents are
+  asked once per sweep what they have). A job retried after
   its node was lost goes to a node that is alive (a lost node is never picked again).
 - **Shipping** (`shared_disk: false`): the driver's launch dir goes to every actor as the
   job's Ray `working_dir` (zipped and uploaded once by `ray.init`, unpacked once per node,
@@ -72,6 +73,11 @@ class NodeAgent:
             raise value
         return value
 
+    def keys(self) -> list[str]:
+        """The interpreters this node has provided (an earlier sweep's included)."""
+        with self.lock:
+            return [k for k, (_, done) in self.found.items() if done and done[0][0]]
+
 
 def agent(node_id: str) -> Any:
     return NodeAgent.options(
@@ -91,6 +97,7 @@ class Placer:
         self.placed: Counter[str] = Counter()
         self.provided: defaultdict[str, set[str]] = defaultdict(set)  # node -> env keys
         self.lost: set[str] = set()  # nodes an actor died on that Ray no longer lists alive
+        self.asked = False  # whether the agents were asked what they have (ask)
 
     def pick(self, key: str | None) -> str:
         nodes = [n for n in ray.nodes() if n["Alive"] and n["NodeID"] not in self.lost
@@ -98,12 +105,31 @@ class Placer:
         if not nodes:
             raise RuntimeError(f"no alive Ray node has {self.num_cpus} CPUs for a job "
                                "(hydra.launcher.num_cpus)")
+        if key is not None and not self.asked:
+            self.ask([n["NodeID"] for n in nodes])
 
         def score(node: dict[str, Any]) -> tuple[bool, bool, float]:
             free = node["Resources"]["CPU"] / self.num_cpus - self.placed[node["NodeID"]]
             return free >= 1, key in self.provided[node["NodeID"]], free
 
         return max(nodes, key=score)["NodeID"]
+
+    def ask(self, node_ids: list[str]) -> None:
+        """What the nodes' agents have from earlier sweeps, once per sweep: a job goes where
+        its env is already, rather than have it built on another node."""
+        self.asked = True
+        agents = {}
+        for node_id in node_ids:
+            try:
+                agents[node_id] = ray.get_actor(f"wtb-node-{node_id}", namespace=NAMESPACE)
+            except ValueError:  # no agent there yet
+                continue
+        refs = {node_id: a.keys.remote() for node_id, a in agents.items()}
+        for node_id, ref in refs.items():
+            try:
+                self.provided[node_id].update(ray.get(ref, timeout=10))
+            except Exception:  # an agent that does not answer: it knows nothing, then
+                continue
 
     def gone(self, node_id: str) -> None:
         """An actor on `node_id` died: if Ray says the node is gone, never pick it again."""
