@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from langgraph.checkpoint.sqlite import SqliteSaver
+from sqlalchemy import text
 
 from wtb_conf.store import DEFAULT_INLINE_MAX, fsck, open_store
 from wtb_conf.store.objects import executemany, now_iso
@@ -125,7 +126,9 @@ def build(root: Path, commits: int, files: int, threads: int, seed: int = 0) -> 
             executemany(conn, "blobs", [
                 {"id": b, "size": (objects / b[:2] / b[2:]).stat().st_size, "data": None}
                 for b, d in blobs.items() if d is None], "ON CONFLICT (id) DO NOTHING")
-            executemany(conn, "commits", rows)
+            # parents first (executemany sorts rows by key, which a chain's FKs would fail)
+            conn.execute(text("INSERT INTO commits (id, tree, parent, message, created_at) "
+                              "VALUES (:id, :tree, :parent, :message, :created_at)"), rows)
             executemany(conn, "checkpoint_links", links)
             executemany(conn, "events", events)
             executemany(conn, "stat_cache", [
