@@ -707,3 +707,28 @@ def test_repair_waits_for_a_commit_in_flight_and_keeps_the_blobs_it_names(store,
     assert commits and repairs and repairs[0].removed["blobs"] == []
     assert store.read_blob(store.tree(commits[0])["a.txt"].blob) == data
     assert store.fsck() == []
+
+
+def test_a_forked_worker_never_uses_its_parents_connection(pg_url, tmp_path):
+    """PostgreSQL only (a SQLite connection is a file, not a session): local workers are forked
+    from the command, with its store's pool. A socket both processes use at once would mix
+    their messages; the child makes its own connection, and the parent's stays usable."""
+    with open_store(pg_url, tmp_path / "blobs") as store:
+        parent_sweep = store.create_sweep(["parent"])  # the pool now holds a connection
+        pid = os.fork()
+        if pid == 0:  # the worker, busy while the parent queries: any failure is its status
+            code = 1
+            try:
+                for _ in range(20):
+                    with store.engine.begin() as conn:
+                        conn.execute(text("SELECT pg_sleep(0.01)"))
+                child_sweep = store.create_sweep(["child"])
+                code = 0 if store.sweep(child_sweep)["argv"] == ["child"] else 2
+            finally:
+                os._exit(code)
+        for _ in range(50):
+            assert store.sweep(parent_sweep)["argv"] == ["parent"]
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        with store.engine.connect() as c:
+            assert c.execute(text("SELECT count(*) FROM sweeps")).scalar_one() == 2
