@@ -7,12 +7,12 @@ Imported with _ray, only when a batch needs Ray.
 - A node's interpreters come from its **agent**: a detached actor per node (named
   `wtb-node-<node id>` in namespace `wtb`, no CPU), started the first time a job there needs
   one and kept as long as the node, in the node's own Python. It runs a planner's
-  `NodeEnv.provide` once per key (concurrent asks wait for the first; a failure is kept, so
-  every job of a broken env fails at once with the same message).
+  `NodeEnv.provide` once per key (concurrent asks wait for the first; a failure is kept for
+  the sweep, so every job of a broken env fails at once with the same message).
 - **Placement**: each actor is pinned (hard node affinity) to the alive node with the most
   free job slots, preferring one that has the job's interpreter already (the agents are
-  asked once per sweep what they have). A job retried after
-  its node was lost goes to a node that is alive (a lost node is never picked again).
+  asked once per sweep what they have). A job retried after its node was lost goes to a
+  node that is alive (a lost node is never picked again).
 - **Shipping** (`shared_disk: false`): the driver's launch dir goes to every actor as the
   job's Ray `working_dir` (zipped and uploaded once by `ray.init`, unpacked once per node,
   without data/, multirun/, outputs/, .wtb/, .git, venvs and what .gitignore / .rayignore
@@ -56,19 +56,23 @@ class NodeAgent:
         self.lock = threading.Lock()
         self.found: dict[str, tuple[threading.Lock, list[Any]]] = {}
 
-    def provide(self, key: str, provide: Any) -> tuple[str, list[str], dict[str, str]]:
+    def provide(self, key: str, provide: Any,
+                sweep: str) -> tuple[str, list[str], dict[str, str]]:
+        """`sweep`: the asking driver's job id; a failure is kept for that sweep only (the
+        next one tries again: the index may be back)."""
         with self.lock:
             entry = self.found.setdefault(key, (threading.Lock(), []))
         lock, done = entry
         with lock:  # the first ask builds; the others wait for it and share its answer
-            if done and done[0][0] and not os.path.exists(done[0][1][0]):
-                done.clear()  # its interpreter was removed meanwhile (a Cleanup): again
+            if done and (done[0][0] and not os.path.exists(done[0][1][0])  # a Cleanup took it
+                         or not done[0][0] and done[0][2] != sweep):
+                done.clear()
             if not done:
                 try:
-                    done.append((True, provide()))
+                    done.append((True, provide(), sweep))
                 except Exception as e:
-                    done.append((False, e))
-        ok, value = done[0]
+                    done.append((False, e, sweep))
+        ok, value, _ = done[0]
         if not ok:
             raise value
         return value
@@ -160,7 +164,7 @@ def jobs_root() -> Path:
 def place(placer: Placer, plan: Any, options: dict[str, Any], make: Any,
           on_node: Any) -> Future:
     """An actor for `plan` on the node `placer` picks: its interpreter provided there first
-    (plan.node_env), then `make(options)` with node affinity. Resolves to (actor, node id);
+    (plan.node_env), then `make(options)` with node affinity. Resolves to the actor;
     `on_node(node_id)` is told the node at once."""
     key = plan.node_env.key if plan.node_env else None
     node = placer.pick(key)
@@ -195,5 +199,7 @@ def place(placer: Placer, plan: Any, options: dict[str, Any], make: Any,
         placer.provided[node].add(key)
         made(python, path, env_vars)
 
-    agent(node).provide.remote(key, plan.node_env.provide).future().add_done_callback(provided)
+    sweep = ray.get_runtime_context().get_job_id()
+    agent(node).provide.remote(key, plan.node_env.provide, sweep).future().add_done_callback(
+        provided)
     return out
