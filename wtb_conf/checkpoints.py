@@ -61,12 +61,9 @@ def describe(where: str | os.PathLike) -> str:
     its password."""
     if not is_postgres(where):
         return str(Path(where).absolute())
-    from sqlalchemy.engine import make_url
+    from wtb_conf.store.engine import redact
 
-    try:
-        return make_url(libpq_url(str(where))).render_as_string(hide_password=True)
-    except Exception:  # not parseable by SQLAlchemy (libpq may still take it): no user part
-        return "postgresql://" + str(where).partition("://")[2].rpartition("@")[2]
+    return redact(libpq_url(str(where)))
 
 
 @contextlib.contextmanager
@@ -86,8 +83,9 @@ def open_checkpointer(where: str | os.PathLike) -> Iterator[Any]:
 
     try:
         # autocommit: LangGraph's migrations include CREATE INDEX CONCURRENTLY, which cannot
-        # run in a transaction; prepare_threshold=0 keeps it working behind PgBouncer (as
-        # LangGraph's own from_conn_string does)
+        # run in a transaction; prepare_threshold=0 as LangGraph's own from_conn_string (no
+        # server-side prepared statements; the set-up's session advisory lock still needs a
+        # session of its own, so not PgBouncer's transaction pooling)
         conn = _connect(str(where), autocommit=True, prepare_threshold=0, row_factory=dict_row)
         with contextlib.ExitStack() as undo:
             undo.callback(conn.close)
@@ -109,6 +107,10 @@ def _connect(url: str, **kwargs: Any) -> Any:
         if "connect_timeout" not in conninfo_to_dict(conninfo):
             kwargs["connect_timeout"] = 30  # libpq's default is to wait forever
         return psycopg.connect(conninfo, **kwargs)
+    except psycopg.ProgrammingError:  # libpq could not parse it: its words may quote a password
+        raise CheckpointsError(f"{describe(url)} is not a URL libpq can read; write it like "
+                               "postgresql://USER@HOST:5432/DB (percent-encode special "
+                               "characters)") from None
     except psycopg.Error as e:
         raise CheckpointsError(f"cannot connect to the checkpointer {describe(url)}: "
                                f"{_one_line(e)}") from None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
 from wtb_conf.store.errors import (
@@ -33,6 +32,7 @@ from wtb_conf.store.schema import (
     create_store_engine,
     missing_database,
     read_conn,
+    redact,
     setup,
 )
 
@@ -100,7 +100,7 @@ def open_store(
         raise StoreError(str(e)) from None
     except DBAPIError as e:  # a read-only file or directory, a disk that is full, no server
         engine.dispose()
-        where = make_url(db_url).render_as_string(hide_password=True)
+        where = redact(db_url)
         if engine.dialect.name == "postgresql":
             raise StoreError(_postgres_error(where, e, readonly)) from None
         if not isinstance(e, OperationalError):

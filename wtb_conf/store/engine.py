@@ -102,12 +102,26 @@ def cannot_write(db_url: str, why: object) -> str:
             "the other commands need to write to its directory")
 
 
+def redact(url: str | URL) -> str:
+    """A database URL for a message: no password, neither in its user part nor as libpq's
+    `?password=` (a run's messages are stored and printed)."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # not SQLAlchemy's form (libpq may still take it): keep host and path
+        scheme, _, rest = str(url).partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2].partition('?')[0]}"
+    if "@" in (parsed.host or "") + (parsed.password or ""):
+        # an unencoded '@' in the password: SQLAlchemy split it in the wrong place
+        return f"{parsed.drivername}://{str(url).rpartition('@')[2].partition('?')[0]}"
+    return parsed.difference_update_query(["password"]).render_as_string(hide_password=True)
+
+
 def shown(url: str | URL | Engine) -> str:
     """A store's URL as messages show it: the password hidden, a SQLite file as its path."""
     url = url.url if isinstance(url, Engine) else make_url(url)
     if url.get_backend_name() == "sqlite":
         return unquote((url.database or "").removeprefix("file:"))
-    return url.render_as_string(hide_password=True)
+    return redact(url)
 
 
 def create_store_engine(db_url: str, readonly: bool = False) -> Engine:

@@ -21,6 +21,7 @@ from wtb_conf.store.engine import (  # noqa: F401  (re-exported: the store's mod
     missing_database,
     read_conn,
     readonly_uri,
+    redact,
     shown,
 )
 
@@ -275,7 +276,7 @@ def setup(engine: Engine) -> None:
         conn.execute(text("CREATE TABLE IF NOT EXISTS wtb_migrations (v INTEGER PRIMARY KEY)"))
         done = {row[0] for row in conn.execute(text("SELECT v FROM wtb_migrations"))}
         if done and max(done) > len(MIGRATIONS):
-            where = engine.url.render_as_string(hide_password=True)
+            where = redact(engine.url)
             raise RuntimeError(f"{where} has schema version {max(done)}, newer than this "
                                f"wtb_conf knows ({len(MIGRATIONS)}): upgrade wtb_conf")
         for version in range(1, len(MIGRATIONS) + 1):
