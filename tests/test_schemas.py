@@ -147,9 +147,15 @@ BAD = [
      "file path or a postgresql:// URL; give a path like data/checkpoints.db or "
      "postgresql://USER@HOST/DB"),
     ("storage", "checkpoints", 5, "storage.checkpoints: 5 is not a SQLite file path"),
-    ("storage", "blob_root", "foo://bucket/x", "storage.blob_root: 'foo://bucket/x' is not a "
-     "directory path or an fsspec URL: fsspec knows no protocol 'foo'; a directory like "
-     "data/blobs (shared by every node) or s3://bucket/prefix"),
+    ("storage", "blob_root", "foo://bucket/x", "storage.blob_root: 'foo://bucket/x': blobs can "
+     "go to a directory or to S3 (s3://), whose uploads are whole or nothing; not 'foo'; a "
+     "directory like data/blobs (shared by every node) or s3://bucket/prefix"),
+    ("storage", "blob_root", "sftp://host/blobs", "storage.blob_root: 'sftp://host/blobs': "
+     "blobs can go to a directory or to S3 (s3://), whose uploads are whole or nothing; not "
+     "'sftp'"),
+    ("storage", "blob_root", "simplecache::s3://b/x", "storage.blob_root: "
+     "'simplecache::s3://b/x': blobs can go to a directory or to S3 (s3://), whose uploads "
+     "are whole or nothing; not 'simplecache::s3'"),
     ("storage", "blob_root", "s3://", "storage.blob_root: 's3://' names no bucket or directory"),
     ("storage", "db", "x", "storage.db: unknown key; storage has db_url, blob_root, "
                            "checkpoints, inline_max"),

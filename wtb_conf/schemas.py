@@ -296,7 +296,7 @@ class StorageConfig(Group):
     db_url: DbUrl = Field(None, description="the store's database: sqlite:///PATH or "
                                             "postgresql+psycopg://USER@HOST/DB")
     blob_root: BlobRoot = Field(None, description="blobs larger than inline_max: a directory "
-                                                  "or an fsspec URL (s3://bucket/prefix)")
+                                                  "or an S3 URL (s3://bucket/prefix)")
     checkpoints: CheckpointsAt = Field(None, description="LangGraph's checkpointer: a SQLite "
                                                          "file or a postgresql:// URL")
     inline_max: Size = Field(

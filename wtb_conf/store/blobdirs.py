@@ -62,10 +62,18 @@ class BlobDir(Protocol):
 
 def open_blob_dir(blob_root: str | os.PathLike) -> BlobDir:
     root = os.fspath(blob_root)
+    if "::" in root.partition("/")[0]:  # fsspec's chained URLs (simplecache::s3://...)
+        raise StoreError(f"{root}: a chained fsspec URL cannot hold blobs; give a directory "
+                         "or s3://bucket/prefix")
     if (scheme := _SCHEME.match(root)) is None:
         return LocalBlobDir(root)
     if scheme.group(1).lower() == "file":
         return LocalBlobDir(root[scheme.end():])
+    if scheme.group(1).lower() not in ("s3", "s3a"):
+        # other fsspec file systems (sftp, hdfs, local://) write an object in place: a killed
+        # commit would leave part of a blob under its final name
+        raise StoreError(f"{root}: blobs can go to a directory or to S3 (s3://), whose "
+                         f"uploads are whole or nothing; not {scheme.group(1)!r}")
     return FsspecBlobDir(root)
 
 
