@@ -142,8 +142,6 @@ class Planner:
         out, its worker died, it never started, it raised before recording a run): on the
         run of that attempt, if the job got to record one, else as a failed run of its own."""
         cause = f"{type(error).__name__}: {error}"
-        # the attempt's runs started after `since` (both clocks are this machine's)
-        begun = datetime.fromtimestamp(since, UTC).isoformat(timespec="microseconds")
         with _as_job(job):
             try:
                 opened = intake.open_job(cfg, job.config.hydra, env and env.lock)
@@ -152,6 +150,9 @@ class Planner:
                 intake.record_unopened(cfg, job.config.hydra, cause)
                 return
             with opened.store as store:
+                # the attempt's runs started after `since`, by the clock of their start times
+                begun = datetime.fromtimestamp(since + store.clock_offset(), UTC).isoformat(
+                    timespec="microseconds")
                 attempt = [r for r in store.runs(opened.sweep_id)
                            if r["job_num"] == job.num and r["started_at"] >= begun]
                 if attempt:  # a run that ended on its own knew more than the launcher does

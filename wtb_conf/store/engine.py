@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import weakref
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -26,6 +27,8 @@ EXAMPLES = "sqlite:///data/wtb.db, or postgresql+psycopg://USER:PASSWORD@HOST:54
 # The first key of every advisory lock the store takes ("wtbc"), so that its locks cannot be
 # mistaken for another application's on the same PostgreSQL database.
 _LOCK_CLASS = 0x77746263
+_FIXED = {"wtb_migrations": 1, "blobs": 2, "sweep ends": 3}  # lock(): names with fixed keys
+_KINDS = {"job": _LOCK_CLASS + 1, "stat_cache": _LOCK_CLASS + 2}  # lock(): hashed kinds
 
 
 def _journal_mode_wal(cur) -> None:
@@ -186,6 +189,9 @@ def _postgres_engine(url: URL, readonly: bool) -> Engine:
         # 'running' that waited for another transaction's row lock re-checks its WHERE on
         # the row as that one left it. Set explicitly: a server's default may differ.
         isolation_level="READ COMMITTED",
+        # A connection the server or a NAT dropped (a restart, an idle timeout during a long
+        # node) is found at checkout, not by the job's next write: one round trip per checkout
+        pool_pre_ping=True,
     )
     _fork_safe(engine)
     return engine
@@ -207,6 +213,16 @@ def _fork_safe(engine: Engine) -> None:
             record.dbapi_connection = proxy.dbapi_connection = None
             raise exc.DisconnectionError("connection made in another process")
 
+    # A child that closes the engine it inherited would otherwise close the parent's sessions
+    # (psycopg's close() sends Terminate whoever calls it): the child forgets them unclosed.
+    ref = weakref.ref(engine)
+
+    def forget() -> None:
+        if (inherited := ref()) is not None:
+            inherited.dispose(close=False)
+
+    os.register_at_fork(after_in_child=forget)
+
 
 def missing_database(e: exc.DBAPIError) -> bool:
     """Whether `e` says the PostgreSQL database does not exist. At connect time psycopg gives
@@ -221,12 +237,19 @@ def lock(conn: Connection, name: str, shared: bool = False) -> None:
     to lock yet (a job key before its first run) or spans many rows (a sweep's end, repair).
 
     SQLite: nothing to do, the transaction holds the database's one write lock already
-    (BEGIN IMMEDIATE). PostgreSQL: a transaction-level advisory lock on the name's hash; a
-    collision of two names' hashes only makes one wait for the other, never lets both in."""
+    (BEGIN IMMEDIATE). PostgreSQL: a transaction-level advisory lock. The names in _FIXED have
+    keys of their own; `kind:value` names are hashed within a class per kind, so a collision
+    can only be with a name of the same kind, of which a transaction takes one: it makes one
+    wait for the other, never both hold a lock, and never a deadlock (a hash equal to a lock
+    held shared, then asked for exclusively, would be one)."""
     if conn.dialect.name != "postgresql":
         return
     fn = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
-    conn.execute(text(f"SELECT {fn}(:c, hashtext(:n))"), {"c": _LOCK_CLASS, "n": name})
+    if name in _FIXED:
+        conn.execute(text(f"SELECT {fn}(:c, :k)"), {"c": _LOCK_CLASS, "k": _FIXED[name]})
+        return
+    kind, _, value = name.partition(":")
+    conn.execute(text(f"SELECT {fn}(:c, hashtext(:n))"), {"c": _KINDS[kind], "n": value})
 
 
 def read_conn(engine: Engine) -> Connection:

@@ -10,6 +10,7 @@ gone (`reap`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -88,6 +89,15 @@ class Lifecycle:
 
     engine: Engine
     add_evaluation: Callable[..., str]  # (EvaluationRecords)
+
+    def clock_offset(self) -> float:
+        """Seconds the clock of the runs' start times is ahead of this process's: the
+        server's on PostgreSQL (_start_time), this process's own on SQLite."""
+        if self.engine.dialect.name != "postgresql":
+            return 0.0
+        with read_conn(self.engine) as conn:
+            server = conn.execute(text("SELECT extract(epoch FROM clock_timestamp())"))
+            return float(server.scalar_one()) - time.time()
 
     def create_sweep(self, argv: list[str], sweep_dir: str | None = None) -> str:
         sweep_id = new_id()

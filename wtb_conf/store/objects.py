@@ -79,9 +79,11 @@ def executemany(conn: Connection, table: str, rows: list[dict], conflict: str = 
     if not rows:
         return
     cols = list(rows[0])
-    # In key order (the first columns): PostgreSQL locks each key as it inserts it, and two
-    # commits inserting the same new blobs in different orders would deadlock.
-    rows = sorted(rows, key=lambda r: [r[c] for c in cols[:2]])
+    if conn.dialect.name == "postgresql":
+        # In key order (the callers' first two columns are their conflict key): PostgreSQL
+        # locks each key as it inserts it, and two commits inserting the same new blobs in
+        # different orders would deadlock. (SQLite: one writer at a time.)
+        rows = sorted(rows, key=lambda r: [r[c] for c in cols[:2]])
     sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({{}}) {conflict}"
     mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(conn.dialect.paramstyle)
     if mark is None:  # a driver with named parameters: let SQLAlchemy bind them

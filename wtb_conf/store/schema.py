@@ -10,7 +10,7 @@ them in `wtb_migrations`, as LangGraph's savers do with their own migrations tab
 from __future__ import annotations
 
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from wtb_conf.store.engine import (  # noqa: F401  (re-exported: the store's modules use them)
     DIALECTS,
@@ -264,6 +264,16 @@ def _empty(conn: Connection) -> bool:
     )).scalar_one()
 
 
+def _current(engine: Engine) -> bool:
+    """Whether the store has every migration (a failed query means no: setup() finds out)."""
+    try:
+        with read_conn(engine) as conn:
+            return conn.execute(text("SELECT max(v) FROM wtb_migrations")).scalar() == len(
+                MIGRATIONS)
+    except DBAPIError:
+        return False
+
+
 def setup(engine: Engine) -> None:
     """Create the schema or bring it up to date. Safe to call from many processes at once:
     on SQLite the transaction holds the write lock; on PostgreSQL two CREATE TABLE IF NOT
@@ -271,6 +281,10 @@ def setup(engine: Engine) -> None:
     processes could both apply a migration, so set-ups take turns on an advisory lock. DDL
     is transactional on both: a migration that fails leaves no half of itself behind."""
     dialect = engine.dialect.name
+    if dialect == "postgresql" and _current(engine):
+        # the usual case, and the DDL below needs CREATE on the schema, which a role that
+        # only reads and writes rows lacks (PostgreSQL 15 grants it on `public` to no one)
+        return
     with engine.begin() as conn:
         lock(conn, "wtb_migrations")
         conn.execute(text("CREATE TABLE IF NOT EXISTS wtb_migrations (v INTEGER PRIMARY KEY)"))
