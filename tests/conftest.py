@@ -69,7 +69,9 @@ def pg_server():
 @pytest.fixture
 def pg_url(pg_server) -> str:
     """An SQLAlchemy URL of a new, empty PostgreSQL database of this test's own."""
-    return pg_server.url(pg_server.new_database())
+    name = pg_server.new_database()
+    yield pg_server.url(name)
+    pg_server.drop_database(name)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
