@@ -132,6 +132,8 @@ def test_a_sweep_with_two_envs_runs_across_the_nodes_into_one_store(cluster, tmp
         print(f"env {run['env_id'][:12]} built on {node} in {built:.1f} s")
         # its input file was found on its node, where only the shipped copy has it
         assert run["inputs_commit"], run
+        # and the run records the driver's launch dir (what `wtb rerun` goes back to)
+        assert run["launch_dir"] == str(project), run["launch_dir"]
     versions = {r["metrics"]["orders/tabulate_version"] for r in runs}
     assert versions == {"0.8.10", "0.9.0"}
     # every file back on the driver, from the store alone, equal to what the node wrote

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 SWEEP_ENV = "WTB_SWEEP_ID"  # set by the sweep callback in the driver; jobs file under it
 ENV_ID = "WTB_ENV_ID"  # set by the planner for a job that runs in a venv_manager env
+# set by the planner: the driver's launch dir, which a run records (a job shipped to another
+# node runs in a copy of it there, which `wtb rerun` on the driver could not find)
+LAUNCH_DIR_ENV = "WTB_LAUNCH_DIR"
 
 
 @functools.cache
@@ -183,7 +186,7 @@ def record_start(job: Opened, cfg: DictConfig, hc: DictConfig, python: str = sys
         env_lock=job.lock,
         identity=job.digests,
         parent_run=_parent_of(job.store, cfg),
-        launch_dir=str(job.launch_dir),
+        launch_dir=os.environ.get(LAUNCH_DIR_ENV) or str(job.launch_dir),
         inputs_commit=job.inputs,
     )
 
@@ -203,7 +206,7 @@ def record_unopened(cfg: DictConfig, hc: DictConfig, error: str) -> None:
             sweep_id, hc.job.get("num") or 0, list(hc.overrides.task),
             hc.runtime.choices.get("workflow"), config_yaml, "",
             os.path.abspath(os.path.join(hc.sweep.dir, str(hc.sweep.subdir))),
-            launch_dir=str(launch_dir))
+            launch_dir=os.environ.get(LAUNCH_DIR_ENV) or str(launch_dir))
         store.finish_run(run_id, "failed", None, {}, error)
 
 

@@ -39,6 +39,8 @@ from wtb_conf.workflow import BREAKPOINTS
 
 log = logging.getLogger(__name__)
 
+STORAGE_ENV = ("WTB_DB_URL", "WTB_CHECKPOINTS", "WTB_BLOB_ROOT")  # conf/storage/postgres.yaml
+
 
 @contextlib.contextmanager
 def _bench_path() -> Iterator[str]:
@@ -103,7 +105,14 @@ class Planner:
     def __call__(self, jobs: list[Job]) -> Iterator[list[Plan]]:
         cfgs = [_task_config(j.config) for j in jobs]
         sweep = os.environ.get(intake.SWEEP_ENV)
-        plans = [Plan(env_vars={intake.SWEEP_ENV: sweep} if sweep else {}) for _ in jobs]
+        # storage=postgres resolves these in each job: a job on another node must find the
+        # store the sweep's start checked (the driver's), not its node's or the default
+        forwarded = {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}
+        if sweep:
+            forwarded[intake.SWEEP_ENV] = sweep
+        plans = [Plan(env_vars={**forwarded,
+                                intake.LAUNCH_DIR_ENV: str(j.config.hydra.runtime.cwd)})
+                 for j in jobs]
         with contextlib.ExitStack() as stack:
             envs = self._envs(stack, jobs, cfgs)
             for i, job in enumerate(jobs):
