@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -230,8 +231,9 @@ def cmd_fsck(store: Store, args: argparse.Namespace) -> int:
     from wtb_conf.store import fsck
 
     checkpoints = args.checkpoints
-    if checkpoints is None:  # the packaged storage=postgres keeps both in one database
-        checkpoints = libpq_url(args.db) if is_postgres(args.db) else "data/checkpoints.db"
+    if checkpoints is None:  # as the packaged storage=postgres: by default in the store's db
+        checkpoints = os.environ.get("WTB_CHECKPOINTS") or (
+            libpq_url(args.db) if is_postgres(args.db) else "data/checkpoints.db")
     report = fsck.check(store, checkpoints)
     found = done = None
     if args.repair:
@@ -246,11 +248,14 @@ def cmd_fsck(store: Store, args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="wtb", description="Inspect the runs wtb_conf recorded.")
-    ap.add_argument("--db", default="data/wtb.db", type=store_url,
+    # storage=postgres reads these variables: where a sweep found its store, wtb does too
+    ap.add_argument("--db", default=os.environ.get("WTB_DB_URL") or "data/wtb.db",
+                    type=store_url,
                     help="store database: SQLAlchemy URL (sqlite:///..., postgresql://...) or "
-                         "SQLite path (default: data/wtb.db)")
-    ap.add_argument("--blobs", default="data/blobs",
-                    help="blob directory or fsspec URL (default: data/blobs)")
+                         "SQLite path (default: $WTB_DB_URL, else data/wtb.db)")
+    ap.add_argument("--blobs", default=os.environ.get("WTB_BLOB_ROOT") or "data/blobs",
+                    help="blob directory or s3:// URL (default: $WTB_BLOB_ROOT, else "
+                         "data/blobs)")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("runs", help="list runs (all, or of one sweep)")
@@ -346,8 +351,8 @@ def parser() -> argparse.ArgumentParser:
                                     "orphans (read-only unless --repair)")
     p.add_argument("--checkpoints", metavar="FILE_OR_URL",
                    help="LangGraph's checkpointer the links point into: its SQLite file or a "
-                        "postgresql:// URL (default: data/checkpoints.db; with a PostgreSQL "
-                        "--db, that database)")
+                        "postgresql:// URL (default: $WTB_CHECKPOINTS, else the --db "
+                        "database if PostgreSQL, else data/checkpoints.db)")
     p.add_argument("--repair", action=_Repair, nargs=0,
                    help="remove orphans and mark runs a dead process left running failed")
     p.add_argument("--json", action="store_true")
