@@ -13,6 +13,7 @@ a user namespace of its own.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shlex
@@ -55,6 +56,12 @@ def session(sid: int) -> list[int]:
             found.append(int(entry))
     return found
 
+
+
+def _die_with_parent() -> None:
+    # a killed test session (a CI timeout) takes its nodes along: `ray start --block` stops
+    # the node's processes on SIGTERM (the signal survives unshare's and sh's exec)
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 class Node:
     def __init__(self, name: str, proc: subprocess.Popen, temp_dir: Path, log: Path) -> None:
@@ -105,7 +112,7 @@ class RayCluster:
         with open(log, "w") as out:
             proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env={**self.env, **env},
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_die_with_parent)
         node = Node(name, proc, temp_dir, log)
         self.nodes[name] = node
         return node

@@ -6,13 +6,14 @@ which the driver's launch dirs are hidden under a tmpfs. The sweep joins it with
 only as the launcher ships them, each node builds its envs with its own venv manager, and
 every run lands in the one store the driver reads.
 
-The head's health checks are tightened (a node killed is declared dead in ~3 s, not ~30 s) so
-that the lost-node test does not wait on Ray's production defaults.
+The cluster keeps Ray's own health checks (a killed node is listed dead only after tens of
+seconds): the launcher must retry a lost node's jobs on the others without waiting for them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -65,10 +66,9 @@ def cluster(tmp_path_factory):
     # short: Ray's socket paths under each node's temp dir must stay under 107 bytes
     root = Path(tempfile.mkdtemp(prefix="wtbmn-", dir="/tmp"))
     hidden = tmp_path_factory.mktemp("driver")  # every launch dir below; hidden on the nodes
-    nodes = RayCluster(root, hidden, workers=2, worker_cpus=1,
-                       head_config={"health_check_period_ms": 500,
-                                    "health_check_timeout_ms": 1000,
-                                    "health_check_failure_threshold": 3})
+    # Ray's own health checks (tens of seconds before a lost node is listed dead): the
+    # launcher must not wait for them to retry a lost node's job on the others
+    nodes = RayCluster(root, hidden, workers=2, worker_cpus=1)
     started = time.monotonic()
     try:
         nodes.start()
@@ -110,6 +110,18 @@ def audit(envs_root: Path, env_id: str) -> float:
     return rows[0][0]
 
 
+def builds(root: Path) -> int:
+    """Env builds on either node, from their managers' audits: two envs, two builds, when each
+    job goes where its env is (or gets it built there once)."""
+    total = 0
+    for node in ("n1", "n2"):
+        if (root / node / "envs" / "env_audit.db").exists():
+            with contextlib.closing(sqlite3.connect(root / node / "envs" / "env_audit.db")) as db:
+                total += db.execute("SELECT count(*) FROM operations "
+                                    "WHERE status = 'built'").fetchone()[0]
+    return total
+
+
 def test_a_sweep_with_two_envs_runs_across_the_nodes_into_one_store(cluster, tmp_path, pg_url):
     nodes, hidden, root = cluster
     project = copy_project(Path(tempfile.mkdtemp(dir=hidden)))
@@ -136,6 +148,7 @@ def test_a_sweep_with_two_envs_runs_across_the_nodes_into_one_store(cluster, tmp
         assert run["launch_dir"] == str(project), run["launch_dir"]
     versions = {r["metrics"]["orders/tabulate_version"] for r in runs}
     assert versions == {"0.8.10", "0.9.0"}
+    built = builds(root)
     # every file back on the driver, from the store alone, equal to what the node wrote
     for run in runs:
         out = tmp_path / run["run_id"]
@@ -154,6 +167,7 @@ def test_a_sweep_with_two_envs_runs_across_the_nodes_into_one_store(cluster, tmp
     run_bench(project, "-m", "+experiment=envs_demo", *on_cluster(nodes), *store_args)
     print(f"the same sweep again: {time.monotonic() - started:.1f} s")
     assert {r["status"] for r in runs_of(store_args)} == {"cached"}
+    assert builds(root) == built  # each job went where its env was: nothing built again
 
 
 def test_on_a_shared_disk_each_job_still_gets_its_env_on_its_node(cluster, tmp_path, pg_url):
@@ -271,6 +285,28 @@ def test_the_store_check_names_the_key_and_what_is_valid(storage_cfg, message):
     for blob_root in ("/shared/blobs", "s3://bucket/prefix"):
         check({**params, "planner": {**params["planner"], "storage": {
             "db_url": PG, "checkpoints": PG, "blob_root": blob_root}}})
+
+
+def test_a_store_inside_the_launch_dir_or_code_outside_it_is_refused(tmp_path, monkeypatch):
+    """Absolute paths the nodes would write or read on their own disks: a blob root in the
+    launch dir (each node's copy: the driver never sees the blobs), a checkpoints URL that is
+    SQLite's, code_paths outside the shipped launch dir."""
+    from hydra_plugins.wtb_conf_launcher._settings import LauncherError, check
+
+    monkeypatch.chdir(tmp_path)
+    params = {"address": "127.0.0.1:9", "shared_disk": False,
+              "planner": {"_target_": "wtb_conf.planner.Planner", "storage": {
+                  "db_url": PG, "checkpoints": PG, "blob_root": "/shared/blobs"}}}
+    check(params)
+    for change, culprit in [({"blob_root": str(tmp_path / "data/blobs")}, "storage.blob_root"),
+                            ({"blob_root": f"file://{tmp_path}/b"}, "storage.blob_root"),
+                            ({"checkpoints": "sqlite:////x/cp.db"}, "storage.checkpoints")]:
+        storage = {**params["planner"]["storage"], **change}
+        with pytest.raises(LauncherError, match=re.escape(culprit)):
+            check({**params, "planner": {**params["planner"], "storage": storage}})
+    with pytest.raises(LauncherError, match=r"hydra.launcher.code_paths: /opt/mycode is outside"):
+        check({**params, "code_paths": ["/opt/mycode"]})
+    check({**params, "code_paths": ["lib", str(tmp_path / "src")]})  # shipped with the dir
 
 
 def test_shared_disk_false_without_a_cluster_is_refused(monkeypatch):

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.wtb_conf_launcher.plan import Job, NodeEnv, Plan
 from wtb_conf import intake
+from wtb_conf.checkpoints import is_postgres
 from wtb_conf.envs import bench_path, connect, provide_on_node, spec_for
 from wtb_conf.fork import first_step_key
 from wtb_conf.workflow import BREAKPOINTS
@@ -278,12 +279,15 @@ def check_shared_storage(storage: Any) -> None:
                             "PostgreSQL server every node reaches, storage.db_url="
                             "postgresql+psycopg://USER@HOST/DB (or storage=postgres)")
     checkpoints = str(storage.get("checkpoints") or "")
-    if "://" not in checkpoints:
+    if not is_postgres(checkpoints):
         raise LauncherError(f"storage.checkpoints={checkpoints} is an SQLite file here, {why}: "
                             "use a PostgreSQL URL, storage.checkpoints=postgresql://USER@HOST/DB "
                             "(storage=postgres uses storage.db_url's database)")
     blob_root = str(storage.get("blob_root") or "")
-    if "://" not in blob_root and not os.path.isabs(blob_root):
+    local = "://" not in blob_root or blob_root.lower().startswith("file://")
+    path = Path(blob_root.partition("://")[2] if "://" in blob_root else blob_root)
+    if local and (not path.is_absolute() or path.resolve().is_relative_to(Path.cwd().resolve())):
+        # a node writes into its own copy of the launch dir: the driver never sees the blobs
         raise LauncherError(f"storage.blob_root={blob_root} is inside the launch dir, {why}: "
                             "use a directory every node mounts at the same absolute path, or "
                             "an object store URL, storage.blob_root=s3://BUCKET/PREFIX")

@@ -38,7 +38,9 @@ NAMESPACE = "wtb"
 # what a shipped launch dir leaves out (gitignore patterns; "/x/" is x/ at its top only):
 # the driver's store and job dirs, envs, git (Ray adds .git, venv, .venv, __pycache__ itself)
 SHIP_EXCLUDES = ["/data/", "/multirun/", "/outputs/", "/.wtb/", ".git", ".venv", "venv",
-                 "__pycache__", "*.pyc"]
+                 "__pycache__", "*.pyc",
+                 # secrets: the package is kept in the cluster's GCS and unpacked on every node
+                 ".env", ".env.*", ".aws/", ".ssh/", ".netrc", ".pgpass", "*.pem", "*.key"]
 JOBS_DIR = "wtb-jobs"  # under the node's Ray temp dir: the job dirs of shipped jobs
 
 
@@ -101,6 +103,9 @@ class Placer:
         self.placed: Counter[str] = Counter()
         self.provided: defaultdict[str, set[str]] = defaultdict(set)  # node -> env keys
         self.lost: set[str] = set()  # nodes an actor died on that Ray no longer lists alive
+        # nodes an actor died on: Ray may list a lost node alive for tens of seconds (its
+        # health checks), and a retry placed there never runs; picked last from then on
+        self.suspect: set[str] = set()
         self.asked = False  # whether the agents were asked what they have (ask)
 
     def pick(self, key: str | None) -> str:
@@ -112,9 +117,10 @@ class Placer:
         if key is not None and not self.asked:
             self.ask([n["NodeID"] for n in nodes])
 
-        def score(node: dict[str, Any]) -> tuple[bool, bool, float]:
+        def score(node: dict[str, Any]) -> tuple[bool, bool, bool, float]:
             free = node["Resources"]["CPU"] / self.num_cpus - self.placed[node["NodeID"]]
-            return free >= 1, key in self.provided[node["NodeID"]], free
+            return (node["NodeID"] not in self.suspect, free >= 1,
+                    key in self.provided[node["NodeID"]], free)
 
         return max(nodes, key=score)["NodeID"]
 
@@ -136,7 +142,9 @@ class Placer:
                 continue
 
     def gone(self, node_id: str) -> None:
-        """An actor on `node_id` died: if Ray says the node is gone, never pick it again."""
+        """An actor on `node_id` died: pick it last from now on; if Ray says the node is gone,
+        never again."""
+        self.suspect.add(node_id)
         if not any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()):
             self.lost.add(node_id)
 

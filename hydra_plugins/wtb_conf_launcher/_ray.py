@@ -83,6 +83,16 @@ class Cluster:
     def refresh(self) -> None:
         if self.ready is not None and self.ready.done() and ray.is_initialized():
             self.resources = ray.cluster_resources()
+            if self.placer is None or not self.placer.suspect:
+                return
+            # Ray lists a lost node alive until its health checks give up (tens of seconds):
+            # counting its CPUs, the pool would make an actor for a retried job that waits
+            # for a CPU an idle actor of ours holds, forever
+            lost = sum(n["Resources"].get("CPU", 0) for n in ray.nodes()
+                       if n["Alive"] and n["NodeID"] in self.placer.suspect)
+            left = self.resources.get("CPU", 0) - lost
+            if left >= self.placer.num_cpus:  # (every node suspect: count them all after all)
+                self.resources = {**self.resources, "CPU": left}
 
     def stop(self) -> None:
         """Every result is stored by now: leave, and stop a cluster of our own at once."""

@@ -31,6 +31,14 @@ def check(params: dict[str, Any]) -> None:
         raise LauncherError("hydra.launcher.shared_disk=false ships the launch dir to the nodes "
                             "of a Ray cluster: set hydra.launcher.address (or RAY_ADDRESS) to "
                             "that cluster's, or leave shared_disk true for jobs on this machine")
+    if params.get("shared_disk") is False:
+        for path in params.get("code_paths") or []:
+            if os.path.isabs(path) and not os.path.realpath(path).startswith(
+                    os.path.realpath(os.getcwd()) + os.sep):
+                raise LauncherError(f"hydra.launcher.code_paths: {path} is outside the launch "
+                                    "dir, which is all hydra.launcher.shared_disk=false ships "
+                                    "to the nodes: put the code in the launch dir (a relative "
+                                    "path), or install it on every node")
     check_planner(params)
     if joined:
         return  # a cluster's CPUs are known once it answers (Pool.ray_up)
