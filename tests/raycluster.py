@@ -128,16 +128,31 @@ class RayCluster:
             self.address = f"127.0.0.1:{port}"
             self.wait_for(1)
             for i in range(1, self.workers + 1):
-                name = f"n{i}"
-                self._start(name, [f"--address={self.address}",
-                                   f"--num-cpus={self.worker_cpus}",
-                                   f"--labels=wtb-node={name}"],
-                            True, {"WTB_ENVS_ROOT": str(self.root / name / "envs")})
+                self._worker(f"n{i}")
             self.wait_for(1 + self.workers)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _worker(self, name: str) -> None:
+        self._start(name, [f"--address={self.address}", f"--num-cpus={self.worker_cpus}",
+                           f"--labels=wtb-node={name}"],
+                    True, {"WTB_ENVS_ROOT": str(self.root / name / "envs")})
+
+    def restart(self, name: str) -> None:
+        """A worker node `kill(name)` took, back as a new node (same name, temp dir, envs
+        root), once Ray lists the old one dead: the cluster as the next test expects it."""
+        old = {i for i, n in self.node_ids().items() if n == name}
+        self._worker(name)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            alive = {i: n for i, n in self.node_ids().items() if n == name}
+            if alive and not old & set(alive):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node {name} did not come back within {START_TIMEOUT_S} s")
+            time.sleep(0.5)
 
     def nodes_info(self) -> list[dict]:
         out = subprocess.run([sys.executable, "-c", NODES_SCRIPT, self.address],

@@ -207,6 +207,7 @@ def test_a_node_lost_mid_sweep_has_its_jobs_retried_on_the_other(cluster, tmp_pa
          "hydra.launcher.max_retries=1"],
         cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
+    restart = False
     reader = threading.Thread(target=lambda: lines.extend(sweep.stdout), daemon=True)
     reader.start()
 
@@ -224,6 +225,7 @@ def test_a_node_lost_mid_sweep_has_its_jobs_retried_on_the_other(cluster, tmp_pa
                  lambda: all(list(d.rglob("started")) for d in jobs.values()))
         killed = time.monotonic()
         nodes.kill("n1")
+        restart = True
         # the flag only once the lost job is being retried: n2's job still holds the one CPU
         # left, so the retried job must wait for it (not for an actor that can never start)
         wait_for("the lost job was not retried", lambda: "retrying (1/1)" in "".join(lines))
@@ -233,6 +235,8 @@ def test_a_node_lost_mid_sweep_has_its_jobs_retried_on_the_other(cluster, tmp_pa
     finally:
         if sweep.poll() is None:
             sweep.kill()
+        if restart:
+            nodes.restart("n1")  # for whichever test uses the cluster next
     out = "".join(lines)
     print(f"lost-node sweep: {time.monotonic() - started:.1f} s, "
           f"{time.monotonic() - killed:.1f} s after the kill\n{out}")

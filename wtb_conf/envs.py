@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -118,11 +119,13 @@ class VenvClient:
         self.channel.close()
 
 
-def start_manager(data_dir: Path, die_with_parent: bool = False,
+def start_manager(data_dir: Path, die_with_parent: bool = False, token: str = "",
                   ) -> tuple[subprocess.Popen, str, Any]:
     """`python -m venv_manager serve` on a free loopback port with its data in `data_dir`:
     (process, gRPC address, its log file). `die_with_parent`: killed when this process dies
-    (a node's agent: a manager must not outlive the Ray worker that started it)."""
+    (a node's agent: a manager must not outlive the Ray worker that started it). `token`:
+    required of every caller (a node's manager lives as long as the node, and RunCode runs
+    code: no other local user may call it)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log = open(data_dir / "manager.log", "a")  # noqa: SIM115 (the caller closes it)
     serve = ["-m", "venv_manager", "serve", "--grpc-port", "0", "--rest-port", "-1",
@@ -131,7 +134,7 @@ def start_manager(data_dir: Path, die_with_parent: bool = False,
         serve = ["-c", "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); "
                        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])", *serve]
     proc = subprocess.Popen([sys.executable, *serve], stdout=subprocess.PIPE, stderr=log,
-                            text=True, env={**os.environ, "VENV_MANAGER_TOKEN": ""})
+                            text=True, env={**os.environ, "VENV_MANAGER_TOKEN": token})
     line: list[str] = []
     reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
     reader.start()
@@ -200,8 +203,9 @@ def _node_client() -> VenvClient:
             if proc is not None:
                 _node["client"].close()
                 _node["log"].close()
-            proc, address, log = start_manager(envs_root(), die_with_parent=True)
-            _node.update(proc=proc, log=log, client=VenvClient(address))
+            token = secrets.token_hex(16)
+            proc, address, log = start_manager(envs_root(), die_with_parent=True, token=token)
+            _node.update(proc=proc, log=log, client=VenvClient(address, token))
             if "bench" not in _node:
                 _node["bench"] = str(bench_path(Path(tempfile.mkdtemp(
                     prefix="wtb-bench-path-"))))
