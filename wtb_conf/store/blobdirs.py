@@ -352,10 +352,10 @@ class FsspecBlobDir:
             while chunk := os.pread(tmp.fd, _files.CHUNK_SIZE, offset):
                 f.write(chunk)
                 offset += len(chunk)
+            f.close()  # the one PUT, or the completion of the multipart upload
         except BaseException:
-            _abandon(f)
+            _abandon(f)  # (a completion that failed too: its parts would be billed, unseen)
             raise
-        f.close()  # the one PUT, or the completion of the multipart upload
 
     def _refresh(self, key: str, tmp: TempBlob) -> None:
         """Make a reused object young again without sending its bytes, if the store can."""
