@@ -220,7 +220,6 @@ class FsspecBlobDir:
         self.root = url.rstrip("/")
         self.objects = self.root + "/objects"
         self.protocol = _SCHEME.match(url).group(1).lower()
-        self.s3 = self.protocol in ("s3", "s3a")
         self._fs: Any = None
         self._pid = 0
 
@@ -231,7 +230,7 @@ class FsspecBlobDir:
             import fsspec
 
             # (no listings cache: another process adds and removes objects meanwhile)
-            kwargs = {"use_listings_cache": False} if self.s3 else {}
+            kwargs = {"use_listings_cache": False}
             try:
                 self._fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, **kwargs)
             except (ImportError, ValueError) as e:
@@ -297,9 +296,7 @@ class FsspecBlobDir:
             return os.fstat(f.fileno()).st_mtime_ns
 
     def check(self) -> None:
-        fs = self.fs  # (an unknown scheme fails here)
-        if not self.s3:
-            return
+        fs = self.fs
         bucket = self.root[self.root.index("://") + 3:].split("/", 1)[0]
         with self._io("cannot store blobs"):
             try:
@@ -359,7 +356,7 @@ class FsspecBlobDir:
 
     def _refresh(self, key: str, tmp: TempBlob) -> None:
         """Make a reused object young again without sending its bytes, if the store can."""
-        if self.s3 and tmp.size < 5 << 30:  # (S3 copies at most 5 GiB in one request)
+        if tmp.size < 5 << 30:  # (S3 copies at most 5 GiB in one request)
             bucket, _, name = key[key.index("://") + 3:].partition("/")
             self.fs.call_s3("copy_object", Bucket=bucket, Key=name, MetadataDirective="REPLACE",
                             CopySource={"Bucket": bucket, "Key": name})
