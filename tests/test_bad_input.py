@@ -217,6 +217,8 @@ ROWS = [
     # --- fork ----------------------------------------------------------------------------
     Row("fork.run-not-an-id", ("bench", *ONE_JOB, "+fork.run=nosuchrun"),
         ("fork.run", "nosuchrun")),
+    Row("fork.run-read-as-number", ("bench", *ONE_JOB, "+fork.run=12e34"),
+        ("fork.run", "read as the number 1.2e+35", "+fork.run=\"'12e34'\"")),
     Row("fork.after-unknown-node", ("bench", *ONE_JOB, "+fork.run={run}", "+fork.after=nonode"),
         ("fork.after", "nonode", "load"), records_failure=True),
     Row("fork.run-unknown", ("bench", *ONE_JOB, "+fork.run=0000beef"),

@@ -166,6 +166,9 @@ BAD = [
     ("fork", "pause", "maybe", "fork.pause: expected true or false, got 'maybe'"),
     ("fork", "run", "nosuchrun", "fork.run: 'nosuchrun' is not a run id; give an id or a unique "
                                  "prefix of one (hexadecimal: `wtb runs`), or last"),
+    ("fork", "run", 4.604786e30, "fork.run: the id was read as the number 4.604786e+30 (digits "
+                                 "and one e look like one); quote it: +fork.run=\"'12e34'\""),
+    ("fork", "checkpoint", 1e5, "fork.checkpoint: the id was read as the number 100000.0"),
     ("fork", "checkpoint", "after-load", "fork.checkpoint: 'after-load' is not a checkpoint id"),
     ("fork", "set", 5, "fork.set: expected a mapping of state fields to values"),
     ("fork", "", {"run": "ab", "checkpoint": "1f", "after": "load"},
@@ -426,3 +429,17 @@ def test_wtb_schema_writes_them_without_a_store(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "data").exists()  # no store was made
     assert main(["schema", "--out", "/proc/wtb"]) == 1
     assert "wtb: error: /proc/wtb: No such file or directory" in capsys.readouterr().err
+
+
+def test_no_prefix_of_a_new_id_is_read_as_a_number():
+    """Hydra reads +fork.run=4604786e24 as a float (and the digits are gone): ids wtb makes
+    start with a letter, so whatever prefix a user copies stays a string."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from wtb_conf.store.records import new_id
+
+    parser = OverridesParser.create()
+    for hex_id in (new_id() for _ in range(200)):
+        for n in (1, 4, 10):
+            value = parser.parse_override(f"+fork.run={hex_id[:n]}").value()
+            assert value == hex_id[:n], hex_id

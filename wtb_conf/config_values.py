@@ -225,13 +225,18 @@ def _size(value: Any) -> Any:
     return value
 
 
-def _hex_id(what: str, extra: str = "", also: tuple[str, ...] = ()) -> Callable[[Any], Any]:
+def _hex_id(what: str, key: str, extra: str = "",
+            also: tuple[str, ...] = ()) -> Callable[[Any], Any]:
     """Ids are hexadecimal (checkpoint ids have dashes too); Hydra reads +fork.run=12345678
     as a number."""
 
     def check(value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
+        if isinstance(value, float):  # the digits the user typed are gone
+            raise fail(f"the id was read as the number {value!r} (digits and one e look like "
+                       f"one); quote it: +{key}=\"'12e34'\" on the command line, '12e34' "
+                       "in YAML")
         if value in also or isinstance(value, str) and value and all(
                 c in "0123456789abcdef" + extra for c in value.lower()):
             return value
@@ -254,10 +259,10 @@ Size = Annotated[int, BeforeValidator(_size), json_schema(type="integer", minimu
 
 RunId = Annotated[str, BeforeValidator(_hex_id(
     "a run id; give an id or a unique prefix of one (hexadecimal: `wtb runs`), or last",
-    also=("last",))), json_schema(type=["string", "integer"])]
+    "fork.run", also=("last",))), json_schema(type=["string", "integer"])]
 CheckpointId = Annotated[str, BeforeValidator(_hex_id(
     "a checkpoint id; give one or a unique prefix of one (hexadecimal and dashes: "
-    "`wtb show RUN`)", extra="-")), json_schema(type=["string", "integer"])]
+    "`wtb show RUN`)", "fork.checkpoint", extra="-")), json_schema(type=["string", "integer"])]
 
 
 def mapping(value: type, valid: str) -> Any:

@@ -18,7 +18,12 @@ from wtb_conf.store.schema import read_conn
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """A uuid4 in hex that starts with a letter: Hydra reads `+fork.run=4604786e24` (a short
+    id of digits and one e) as a number, and no prefix of an id that starts with a letter can
+    be one."""
+    while (hex_id := uuid.uuid4().hex)[0] not in "abcdef":
+        pass
+    return hex_id
 
 
 def _dumps(value: Any) -> str:
