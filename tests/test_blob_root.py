@@ -8,7 +8,6 @@ missing credentials or an unreachable endpoint say, and the demo sweep with ever
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import s3server
-from conftest import copy_project, run_bench
+from conftest import copy_project, run_bench, sha, write
 
 from wtb_conf.cli import main
 from wtb_conf.store import ObjectCorrupted, StoreError, fsck, open_store
@@ -27,17 +26,6 @@ from wtb_conf.store.blobdirs import FsspecBlobDir, LocalBlobDir, open_blob_dir
 s3, s3_server = s3server.s3, s3server.s3_server  # the fixtures
 INLINE_MAX = 1024
 MIB = 1 << 20
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def write(root: Path, files: dict[str, bytes]) -> Path:
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    return root
 
 
 def snapshot(root: Path) -> dict[str, bytes | str]:

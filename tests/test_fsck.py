@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import copy_project, run_bench
+from conftest import copy_project, run_bench, sha, write
 from langgraph.checkpoint.sqlite import SqliteSaver
 from sqlalchemy import text
 
@@ -22,17 +21,6 @@ from wtb_conf.store import fsck, liveness, open_store
 BIG = b"big " * 600  # above the fixture's inline_max: a blob file
 DEAD_PID = 4194305  # above Linux's highest possible pid_max: no such process, ever
 OLD = time.time() - 2 * fsck.GRACE_S  # an orphan file older than the grace period
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def write(root: Path, files: dict[str, bytes]) -> Path:
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    return root
 
 
 def settle(store, root: Path) -> None:

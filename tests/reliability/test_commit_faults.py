@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write
 from sqlalchemy import text
 
 from wtb_conf.store import fsck, open_store
@@ -58,13 +59,6 @@ RESTORE_STEPS = [
     ("restore_file_written", 4),
     ("restore_staged", 1),  # everything staged, before the rename into place
 ]
-
-
-def write(root: Path, files: dict[str, bytes]) -> Path:
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    return root
 
 
 def snapshot(root: Path) -> dict[str, bytes | str]:
