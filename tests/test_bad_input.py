@@ -263,7 +263,7 @@ ROWS = [
     Row("storage.checkpoints-unreachable",
         ("bench", *ONE_JOB, "storage.checkpoints=postgresql://nobody@127.0.0.1:1/wtb"),
         ("storage.checkpoints", "cannot connect to the checkpointer "
-         "postgresql://nobody@127.0.0.1:1/wtb", "Connection refused"), records_failure=True),
+         "postgresql://nobody@127.0.0.1:1/wtb", "Connection refused")),
     Row("storage.blob_root-unknown-protocol",
         ("bench", *ONE_JOB, "storage.blob_root=foo://bucket/blobs"),
         ("storage.blob_root", "'foo'", "s3://bucket/prefix")),

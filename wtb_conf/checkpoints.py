@@ -66,6 +66,16 @@ def describe(where: str | os.PathLike) -> str:
     return redact(libpq_url(str(where)))
 
 
+def check_reachable(where: str | os.PathLike) -> None:
+    """At the sweep's start: a PostgreSQL checkpointer no job could reach refuses the sweep
+    (each job would wait for it, then fail). A SQLite file is made by the first job."""
+    if is_postgres(where):
+        try:
+            _connect(str(where)).close()
+        except CheckpointsError as e:
+            raise CheckpointsError(f"storage.checkpoints: {e}") from None
+
+
 @contextlib.contextmanager
 def open_checkpointer(where: str | os.PathLike) -> Iterator[Any]:
     """LangGraph's checkpointer at `where` (a SQLite file, or a PostgreSQL URL whose tables

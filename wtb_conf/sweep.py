@@ -19,7 +19,7 @@ from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from wtb_conf import compare, intake
+from wtb_conf import checkpoints, compare, intake
 from wtb_conf.fork import ForkError
 from wtb_conf.intake import SWEEP_ENV, open_store_for
 from wtb_conf.replay import SWEEP_ID_FILE
@@ -179,8 +179,13 @@ class SweepCallback(Callback):
         if "workflow" not in config:  # Hydra stops it with "You must specify 'workflow'"
             return
         try:  # before the sweep dir is claimed: a refused sweep leaves nothing behind
-            store, _ = open_store_for(config, Path.cwd())
+            store, paths = open_store_for(config, Path.cwd())
         except StoreError as e:  # a db_url SQLAlchemy cannot open, a dir blocked by a file
+            raise ConfigRefused(e) from None
+        try:
+            checkpoints.check_reachable(paths["checkpoints"])
+        except StoreError as e:
+            store.close()
             raise ConfigRefused(e) from None
         sweep_dir = str(claim_sweep_dir(config)) if multirun else None
         with store:
