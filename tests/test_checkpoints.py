@@ -9,6 +9,7 @@ import sqlite3
 
 import psycopg
 import pytest
+from conftest import copy_project, run_bench
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
@@ -127,3 +128,18 @@ def test_urls():
     assert store_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
     assert store_url("sqlite:///x.db") == "sqlite:///x.db" and store_url("x.db") == "x.db"
     assert describe("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
+
+
+@pytest.mark.parametrize("multirun", [True, False], ids=["sweep", "single-run"])
+def test_an_unreachable_checkpointer_refuses_the_sweep_before_a_store_is_made(tmp_path, multirun):
+    """Checked before the store is opened: a new project keeps no data/ (no store made, none
+    migrated), and no job waits for the server."""
+    project = copy_project(tmp_path)
+    proc = run_bench(project, *(["-m"] if multirun else []), "workflow=file_processing",
+                     "storage.checkpoints=postgresql://nobody@127.0.0.1:1/wtb", check=False)
+    assert proc.returncode == 1
+    assert ("storage.checkpoints: cannot connect to the checkpointer "
+            "postgresql://nobody@127.0.0.1:1/wtb") in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (project / "data").exists() and not (project / "multirun").exists()
+

@@ -166,7 +166,7 @@ def test_an_interrupted_resume_is_rerun_from_its_stored_config(gate):
     [done] = reported(proc.stdout)
     done = show(gate, done)
     assert done["status"] == "completed" and done["parent_run"] == base["run_id"]
-    assert done["overrides"] == stopped["overrides"] == [f"+fork.run='{base['run_id']}'", HOLD]
+    assert done["overrides"] == stopped["overrides"] == [f"+fork.run={base['run_id']}", HOLD]
     assert done["config_yaml"] == stopped["config_yaml"]
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from sqlalchemy import text
 
+from wtb_conf.config_values import id_override
 from wtb_conf.identity import json_digest
 from wtb_conf.schemas import ForkConfig, check
 from wtb_conf.store import Store, StoreError, read_conn
@@ -169,7 +170,8 @@ def _after(store: Store, run_id: str, node: str) -> dict[str, ForkPoint]:
                 raise ForkError(
                     f"fork.after: case {case!r} of run {run_id[:8]} inherited node {node!r} "
                     f"from {where}; fork one of the run's own checkpoints instead: "
-                    f"+fork.run={run_id[:8]} +fork.checkpoint=CP (`wtb show {run_id[:8]}`)")
+                    f"{id_override('fork.run', run_id[:8], shell=True)} +fork.checkpoint=CP "
+                    f"(`wtb show {run_id[:8]}`)")
             seen.add(parent)
             upto = thread["parent_checkpoint"]
             source, thread, links = records[parent]
@@ -185,7 +187,8 @@ def _after(store: Store, run_id: str, node: str) -> dict[str, ForkPoint]:
                 f"fork.after: case {case!r} of run {run_id[:8]} inherited node {node!r} from "
                 f"run {source[:8]}, and the store holds no checkpoint of that run's case right "
                 f"after {node!r}; `wtb show {source[:8]}` lists the ones it holds, "
-                f"+fork.run={source[:8]} +fork.checkpoint=CP forks from one")
+                f"{id_override('fork.run', source[:8], shell=True)} +fork.checkpoint=CP "
+                "forks from one")
     return chosen
 
 

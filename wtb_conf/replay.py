@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import text
 
+from wtb_conf.config_values import id_override
 from wtb_conf.store import ObjectNotFound, Store, StoreError
 from wtb_conf.store.schema import read_conn
 
@@ -242,7 +243,7 @@ def cmd_resume(store: Store, args: argparse.Namespace) -> int:
         )
     # --set values go in the replayed config, not on Hydra's command line, where a comma
     # would make a sweep of them.
-    return _replay(store, run["run_id"], [f"+fork.run='{run['run_id']}'", *args.overrides],
+    return _replay(store, run["run_id"], [id_override("fork.run", run["run_id"]), *args.overrides],
                    "resume", fork={"set": sets} if sets else {})
 
 
@@ -250,8 +251,7 @@ def cmd_rollback(store: Store, args: argparse.Namespace) -> int:
     """A new run, paused, whose state and files are RUN's at the checkpoint."""
     run_id = _with_checkpoints(store, store.resolve("runs", args.run))
     cp = store.checkpoint(run_id, args.checkpoint)
-    # quoted: an id of digits and one e (an older store's) is a number to Hydra
-    fork = [f"+fork.run='{run_id}'", f"+fork.checkpoint='{cp['checkpoint_id']}'",
+    fork = [id_override("fork.run", run_id), f"+fork.checkpoint={cp['checkpoint_id']}",
             "+fork.pause=true"]
     return _replay(store, run_id, [*fork, *args.overrides], "rollback", fork={})
 

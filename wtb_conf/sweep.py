@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from wtb_conf import checkpoints, compare, intake
 from wtb_conf.fork import ForkError
-from wtb_conf.intake import SWEEP_ENV, open_store_for
+from wtb_conf.intake import SWEEP_ENV, open_store_for, storage_paths
 from wtb_conf.replay import SWEEP_ID_FILE
 from wtb_conf.schemas import GROUPS, check_config
 from wtb_conf.store import StoreError
@@ -178,14 +178,11 @@ class SweepCallback(Callback):
             log.debug("config not checked at the sweep's start: %s: %s", type(e).__name__, e)
         if "workflow" not in config:  # Hydra stops it with "You must specify 'workflow'"
             return
-        try:  # before the sweep dir is claimed: a refused sweep leaves nothing behind
-            store, paths = open_store_for(config, Path.cwd())
+        try:  # before the store is made or migrated and the sweep dir claimed: a refused
+            # sweep leaves nothing behind
+            checkpoints.check_reachable(storage_paths(config.storage, Path.cwd())["checkpoints"])
+            store, _ = open_store_for(config, Path.cwd())
         except StoreError as e:  # a db_url SQLAlchemy cannot open, a dir blocked by a file
-            raise ConfigRefused(e) from None
-        try:
-            checkpoints.check_reachable(paths["checkpoints"])
-        except StoreError as e:
-            store.close()
             raise ConfigRefused(e) from None
         sweep_dir = str(claim_sweep_dir(config)) if multirun else None
         with store:
