@@ -445,17 +445,17 @@ def test_no_prefix_of_a_new_id_is_read_as_a_number():
             assert value == hex_id[:n], hex_id
 
 
-@pytest.mark.parametrize("hex_id, shell, expected", [
+@pytest.mark.parametrize("hex_id, typed, expected", [
     ("a1b2", False, "+fork.run=a1b2"),
     ("a1b2", True, "+fork.run=a1b2"),
     ("4604786e24", False, "+fork.run='4604786e24'"),  # an argv element: Hydra unquotes it
     ("4604786e24", True, "+fork.run=\"'4604786e24'\""),  # typed in a shell
 ])
-def test_id_override_quotes_an_older_stores_numeric_looking_id(hex_id, shell, expected):
+def test_id_override_quotes_an_older_stores_numeric_looking_id(hex_id, typed, expected):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from wtb_conf.config_values import id_override
 
-    assert id_override("fork.run", hex_id, shell) == expected
-    if not shell:
+    assert id_override("fork.run", hex_id, typed) == expected
+    if not typed:
         assert OverridesParser.create().parse_override(expected).value() == hex_id

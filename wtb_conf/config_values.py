@@ -225,13 +225,14 @@ def _size(value: Any) -> Any:
     return value
 
 
-def id_override(key: str, hex_id: str, shell: bool = False) -> str:
+def id_override(key: str, hex_id: str, typed: bool = False) -> str:
     """`+KEY=ID` for Hydra's command line. Ids wtb makes start with a letter; an older store's
     may be digits and one e, which Hydra reads as a number, so it is quoted: for an argv
-    element (`+fork.run='ID'`), or for a shell (`+fork.run="'ID'"`) when `shell`."""
+    element (`+fork.run='ID'`), or, `typed`, for a person to type in a shell
+    (`+fork.run="'ID'"`)."""
     if hex_id[:1].isalpha():
         return f"+{key}={hex_id}"
-    return f"+{key}=\"'{hex_id}'\"" if shell else f"+{key}='{hex_id}'"
+    return f"+{key}=\"'{hex_id}'\"" if typed else f"+{key}='{hex_id}'"
 
 
 def _hex_id(what: str, key: str, extra: str = "",

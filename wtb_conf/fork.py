@@ -170,7 +170,7 @@ def _after(store: Store, run_id: str, node: str) -> dict[str, ForkPoint]:
                 raise ForkError(
                     f"fork.after: case {case!r} of run {run_id[:8]} inherited node {node!r} "
                     f"from {where}; fork one of the run's own checkpoints instead: "
-                    f"{id_override('fork.run', run_id[:8], shell=True)} +fork.checkpoint=CP "
+                    f"{id_override('fork.run', run_id[:8], typed=True)} +fork.checkpoint=CP "
                     f"(`wtb show {run_id[:8]}`)")
             seen.add(parent)
             upto = thread["parent_checkpoint"]
@@ -187,7 +187,7 @@ def _after(store: Store, run_id: str, node: str) -> dict[str, ForkPoint]:
                 f"fork.after: case {case!r} of run {run_id[:8]} inherited node {node!r} from "
                 f"run {source[:8]}, and the store holds no checkpoint of that run's case right "
                 f"after {node!r}; `wtb show {source[:8]}` lists the ones it holds, "
-                f"{id_override('fork.run', source[:8], shell=True)} +fork.checkpoint=CP "
+                f"{id_override('fork.run', source[:8], typed=True)} +fork.checkpoint=CP "
                 "forks from one")
     return chosen
 
