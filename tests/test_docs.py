@@ -90,3 +90,17 @@ def test_every_top_level_and_fork_key_is_documented():
         assert f"| `{key}` |" in CONFIG_MD, f"{key} is not in docs/config.md"
     for key in FORK_KEYS:
         assert f"| `fork.{key}` |" in CONFIG_MD, f"fork.{key} is not in docs/config.md"
+
+
+def test_every_probe_row_names_a_test_that_exists():
+    """docs/reliability.md's "Faults and inputs found by probes": each row's test exists."""
+    doc = (ROOT / "docs/reliability.md").read_text()
+    match = re.search(r"^## Faults and inputs found by probes\n(.*?)(?=^## |\Z)", doc, re.M | re.S)
+    assert match, "docs/reliability.md has no 'Faults and inputs found by probes' section"
+    rows = [line for line in match.group(1).splitlines() if line.startswith("| ")][2:]
+    for row in rows:
+        ref = re.search(r"`(tests/[\w/]+\.py)::(\w+)`", row)
+        assert ref, f"this row names no test: {row}"
+        path, name = ref.groups()
+        source = (ROOT / path).read_text()
+        assert re.search(rf"^(async )?def {name}\b", source, re.M), f"{path} has no {name}"
