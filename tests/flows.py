@@ -51,3 +51,41 @@ def factory():
     g.add_edge(START, "inc")
     g.add_edge("inc", END)
     return g
+
+
+def keep_going(state: dict, limit: int = 3) -> str:
+    """A router with an exit (END) that it never takes: the loop ends only at a guard."""
+    return "double"
+
+
+def _graph(edges: list[tuple[str, str]], routes: dict[str, list[str] | None] | None = None):
+    from typing import TypedDict
+
+    from langgraph.graph import StateGraph
+
+    class S(TypedDict):
+        x: int
+
+    g = StateGraph(S)
+    for name in dict.fromkeys(n for edge in edges for n in edge if not n.startswith("__")):
+        g.add_node(name, lambda s: {"x": s["x"] + 1})
+    for src, dst in edges:
+        g.add_edge(src, dst)
+    for src, targets in (routes or {}).items():
+        g.add_conditional_edges(src, lambda s: "b", targets)
+    return g
+
+
+def factory_cycle():
+    """START -> a -> b -> a: no way out."""
+    return _graph([("__start__", "a"), ("a", "b"), ("b", "a")])
+
+
+def factory_cycle_with_exit():
+    """START -> a -> b, and b routes to a or END."""
+    return _graph([("__start__", "a"), ("a", "b")], {"b": ["a", "__end__"]})
+
+
+def factory_undeclared_router():
+    """A router with no declared targets: where it goes cannot be known, so it is let be."""
+    return _graph([("__start__", "a"), ("a", "b")], {"b": None})

@@ -125,3 +125,60 @@ def test_several_bad_values_are_one_line_each():
         "workflow.cases: expected a mapping CASE: {field: value, ...}, got [1]",
         "workflow.metrics.m: expected a dotted path into the final state, e.g. rows_out, got 5",
     ]
+
+
+LOOP = [["START", "add"], ["double", "add"]]
+
+
+@pytest.mark.parametrize(
+    ("edges", "to", "message"),
+    [
+        # add <-> double, and the route's exit was dropped: every path loops
+        (LOOP, ["double"], r"workflow.edges: nodes \['add', 'double'\] cannot reach END: "
+                           r"every path from them loops; add an edge or route to END"),
+        # double leads to a self-loop: add can still end, double cannot
+        ([["START", "add"], ["double", "double"]], ["double", "END"],
+         r"nodes \['double'\] cannot reach END"),
+        # an exit through the route (the router may never take it: the recursion limit's job)
+        (LOOP, ["double", "END"], None),
+        # a node with no way onward ends the run after it: an exit too
+        ([["START", "add"]], ["double"], None),
+    ],
+)
+def test_a_graph_with_no_way_to_end_is_refused_naming_the_nodes(edges, to, message):
+    cfg = wf(edges=edges)
+    cfg.routes.add.to = to
+    if message is None:
+        build_graph(cfg)
+    else:
+        with pytest.raises(WorkflowError, match=message):
+            build_graph(cfg)
+
+
+def test_the_demo_with_its_exit_replaced_by_a_loop_is_refused():
+    from conftest import ROOT
+
+    cfg = OmegaConf.load(ROOT / "conf/workflow/file_processing.yaml")
+    cfg.edges = [e if list(e) != ["summarize", "END"] else ["summarize", "load"]
+                 for e in cfg.edges]
+    with pytest.raises(WorkflowError, match=r"workflow.edges: nodes \['load', 'clean', "
+                                            r"'validate', 'quarantine', 'summarize'\] cannot"):
+        build_graph(cfg)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("flows.factory_cycle", r"workflow.factory: the graph's nodes \['a', 'b'\] cannot "
+                                r"reach END"),
+        ("flows.factory_cycle_with_exit", None),
+        ("flows.factory_undeclared_router", None),
+    ],
+)
+def test_a_factorys_graph_is_checked_for_a_way_to_end(target, message):
+    cfg = OmegaConf.create({"factory": {"_target_": target}})
+    if message is None:
+        build_graph(cfg)
+    else:
+        with pytest.raises(WorkflowError, match=message):
+            build_graph(cfg)

@@ -126,6 +126,7 @@ def build_graph(workflow: Any) -> StateGraph:
                 f"workflow.factory: returned a {type(graph).__name__}; it must return an "
                 "uncompiled langgraph StateGraph (the bench compiles it with its checkpointer)"
             )
+        check_exits(graph, "workflow.factory: the graph's")
         return graph
 
     graph = StateGraph(state_schema(spec.state))
@@ -138,7 +139,60 @@ def build_graph(workflow: Any) -> StateGraph:
         targets = {n: ENDPOINTS.get(n, n) for n in route.to}
         fn = _router(key, _callable(f"{key}.router", route.router), source, targets)
         graph.add_conditional_edges(ENDPOINTS.get(source, source), fn, list(targets.values()))
+    check_exits(graph, "workflow.edges:")
     return graph
+
+
+def dead_ends(graph: StateGraph) -> list[str]:
+    """The nodes a run can reach from START from which no path leads to END: a run that gets
+    there loops until something stops it. Read from the StateGraph's own edges, routes
+    (branches) and Command destinations, not from `compile().get_graph()`: that drawing adds
+    a conditional edge to END that a plain cycle does not have (LangGraph 1.2), so it would
+    pass the very graph this is for. A node with no way onward ends the run after it, and a
+    router whose targets were not declared (no path map, no Literal hint) may go anywhere:
+    both count as ways out, so only a graph known to loop is refused."""
+    onward: dict[str, set[str]] = {name: set() for name in [START, *graph.nodes]}
+    for src, dst in graph.edges:
+        onward.setdefault(src, set()).add(dst)
+    for starts, dst in graph.waiting_edges:  # add_edge([a, b], c): c waits for both
+        for src in starts:
+            onward.setdefault(src, set()).add(dst)
+    exits = {END}
+    for src, branches in graph.branches.items():
+        for branch in branches.values():
+            if branch.ends is None:
+                exits.add(src)
+            else:
+                onward.setdefault(src, set()).update(branch.ends.values())
+    for name, node in graph.nodes.items():
+        ends = node.ends or ()
+        onward[name].update(ends.values() if isinstance(ends, Mapping) else ends)
+    exits.update(name for name in graph.nodes if not onward[name])
+
+    def closure(seeds: set[str], edges: dict[str, set[str]]) -> set[str]:
+        seen, todo = set(seeds), list(seeds)
+        while todo:
+            for nxt in edges.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    back: dict[str, set[str]] = {}
+    for src, dsts in onward.items():
+        for dst in dsts:
+            back.setdefault(dst, set()).add(src)
+    runs, ends = closure({START}, onward), closure(exits, back)
+    return [name for name in graph.nodes if name in runs and name not in ends]
+
+
+def check_exits(graph: StateGraph, key: str) -> None:
+    """Refuse a graph in which some node cannot reach END (`key`: who to blame, e.g.
+    `workflow.edges:`): such a run would loop, storing a checkpoint and a commit per step."""
+    stuck = dead_ends(graph)
+    if stuck:
+        raise WorkflowError(f"{key} nodes {stuck} cannot reach END: every path from them "
+                            "loops; add an edge or route to END")
 
 
 def breakpoints(workflow: Any) -> dict[str, list[str]]:
