@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from hydra_plugins.wtb_conf_launcher._core import Scheduler, check, check_plans, slots
 from hydra_plugins.wtb_conf_launcher._run import WorkerDied, completed, failed
 from hydra_plugins.wtb_conf_launcher.plan import Job, Plan
-from hydra_plugins.wtb_conf_launcher.progress import Progress
+from hydra_plugins.wtb_conf_launcher.progress import Progress, outcome
 
 FIRST = 10  # the batch's first hydra.job.num: messages name job numbers, not indexes
 COMPLETED, FAILED = JobStatus.COMPLETED, JobStatus.FAILED
@@ -228,11 +228,19 @@ class Outcome:
 
     @property
     def statuses(self) -> list[JobStatus]:
-        return [r.status for r in self.results]
+        """FAILED for a failure the planner recorded too (a COMPLETED JobReturn whose value
+        says so, for Hydra's sweeper to go on)."""
+        return [FAILED if outcome(r)[0] == "failed" else r.status for r in self.results]
 
     def error(self, i: int) -> BaseException:
-        assert self.results[i].status == FAILED
-        return self.results[i]._return_value
+        ret = self.results[i]
+        if ret.status == COMPLETED:  # recorded: the same exception, in its value
+            assert ret.return_value["status"] == "failed"
+            assert ret.return_value["error"] == (f"{type(ret.return_value['exception']).__name__}"
+                                                 f": {ret.return_value['exception']}")
+            return ret.return_value["exception"]
+        assert ret.status == FAILED
+        return ret._return_value
 
 
 def schedule(n: int = 4, size: int = 2, behaviours: dict[int, tuple] | None = None,
@@ -291,7 +299,7 @@ def test_results_come_back_in_job_order_whatever_the_finish_order(finish_order):
 )
 def test_a_done_plan_never_reaches_the_pool(plan, status, returned, where):
     out = schedule(n=3, plans={1: plan})
-    assert out.statuses[1] == status
+    assert out.results[1].status == status  # as the planner gave it
     got = out.results[1]._return_value
     if isinstance(returned, BaseException):
         assert got is plan.error

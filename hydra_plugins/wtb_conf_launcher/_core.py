@@ -23,11 +23,12 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from omegaconf import OmegaConf, open_dict
 
 from ._local import LocalWorker
+from ._local import close_all as close_local_workers
 from ._run import WorkerDied, completed, failed
 from ._settings import LauncherError, check, local_cpus, slots  # noqa: F401 (API)
 from .launcher import WtbRayLauncher
 from .plan import Job, Plan
-from .progress import Progress
+from .progress import Progress, outcome
 
 log = logging.getLogger(__name__)
 RAY_START_TIMEOUT_S = 180  # ray.init takes 5-6 s here; past this something is wrong, say so
@@ -212,7 +213,7 @@ class Scheduler:
     def finish(self, i: int, ret: JobReturn, seconds: float, where: str) -> None:
         self.results[i] = ret
         self.progress.finished(i, ret, seconds, where)
-        if ret.status == JobStatus.FAILED and self.params["fail_fast"] and not self.stop_reason:
+        if outcome(ret)[0] == "failed" and self.params["fail_fast"] and not self.stop_reason:
             self.stop_reason = f"fail_fast: job #{self.jobs[i].num} failed"
 
     def _ready(self) -> list[tuple[int, int]]:
@@ -223,19 +224,30 @@ class Scheduler:
     def _fail_todo(self, error: BaseException) -> None:
         while self.todo:
             i, _ = self.todo.popleft()
-            self.tell(i, error, False, time.time())
-            self.finish(i, failed(self.jobs[i].overrides, error), 0.0, "-")
+            recorded = self.tell(i, error, False, time.time())
+            self.finish(i, self.failure(i, error, recorded), 0.0, "-")
 
-    def tell(self, i: int, error: BaseException, retrying: bool, since: float) -> None:
-        """The planner records what the job could not (Plan.on_failure)."""
+    def tell(self, i: int, error: BaseException, retrying: bool, since: float) -> bool:
+        """The planner records what the job could not (Plan.on_failure); whether it did."""
         on_failure = self.plans[i].on_failure
         if on_failure is None:
-            return
+            return False
         try:
             on_failure(error, retrying, since)
         except Exception as e:  # the job's own result still reaches Hydra
             log.error(f"wtb_ray: job #{self.jobs[i].num}: the planner did not take its "
                       f"failure: {type(e).__name__}: {e}")
+            return False
+        return True
+
+    def failure(self, i: int, error: BaseException, recorded: bool) -> JobReturn:
+        """A failure the planner recorded is a result like any other, so that Hydra's sweeper
+        goes on (it raises a FAILED job's exception, ending the sweep with a traceback)."""
+        if recorded:
+            return completed(self.jobs[i].overrides, {
+                "status": "failed", "error": f"{type(error).__name__}: {error}",
+                "exception": error})
+        return failed(self.jobs[i].overrides, error)
 
     def submit(self) -> None:
         ready = self._ready()
@@ -276,23 +288,24 @@ class Scheduler:
             ret, seconds = future.result()
             self.pool.release(worker, self.plans[i])
             if ret.status == JobStatus.FAILED:  # it raised: maybe before it could record it
-                self.tell(i, ret._return_value, False, since)
+                error = ret._return_value
+                ret = self.failure(i, error, self.tell(i, error, False, since))
         except WorkerDied as e:
             self.pool.discard(worker)
             retrying = (e.retry and attempt < self.params["max_retries"]
                         and self.stop_reason is None)  # a stopped batch starts nothing more
-            self.tell(i, e, retrying, since)
+            recorded = self.tell(i, e, retrying, since)
             if retrying:
                 log.warning(f"job #{self.jobs[i].num}: {e}; retrying "
                             f"({attempt + 1}/{self.params['max_retries']})")
                 self.todo.appendleft((i, attempt + 1))
                 self.progress.retrying(i)
                 return
-            ret, seconds = failed(self.jobs[i].overrides, e), time.monotonic() - t0
+            ret, seconds = self.failure(i, e, recorded), time.monotonic() - t0
         except Exception as e:  # raised outside run_job, e.g. unpickling the task function
             self.pool.release(worker, self.plans[i])
-            self.tell(i, e, False, since)
-            ret, seconds = failed(self.jobs[i].overrides, e), time.monotonic() - t0
+            recorded = self.tell(i, e, False, since)
+            ret, seconds = self.failure(i, e, recorded), time.monotonic() - t0
         self.finish(i, ret, seconds, worker.where)
 
     def expire(self) -> None:
@@ -306,8 +319,8 @@ class Scheduler:
                 self.pool.discard(worker)
                 error = TimeoutError(f"job #{self.jobs[i].num} ran over "
                                      f"hydra.launcher.timeout_s={timeout}; its process was killed")
-                self.tell(i, error, False, since)
-                self.finish(i, failed(self.jobs[i].overrides, error), now - t0, worker.where)
+                recorded = self.tell(i, error, False, since)
+                self.finish(i, self.failure(i, error, recorded), now - t0, worker.where)
 
 
 def check_plans(plans: list[Plan], n: int) -> None:
@@ -361,6 +374,17 @@ def launch(launcher: WtbRayLauncher, job_overrides: Sequence[Sequence[str]],
     if launcher.pool is None:
         launcher.pool = Pool(launcher, params)
     pool = launcher.pool
+    try:
+        return _run_batch(launcher, pool, params, jobs, initial_job_idx)
+    except BaseException:  # Ctrl-C or an error anywhere in the batch, forking included: the
+        # jobs stop (or finish) before whoever records the end, and no worker is left behind
+        _close(pool.workers, pool.idle)
+        close_local_workers(time.monotonic() + 2)
+        raise
+
+
+def _run_batch(launcher: WtbRayLauncher, pool: Pool, params: dict[str, Any], jobs: list[Job],
+               initial_job_idx: int) -> list[JobReturn]:
     pool.fork_ahead(len(jobs))
     pool.shared = None  # Hydra's state for the actors, as of this batch
     for path in reversed(pool.code_paths):  # the planner imports what the workers will
@@ -373,9 +397,4 @@ def launch(launcher: WtbRayLauncher, job_overrides: Sequence[Sequence[str]],
             pool.start_ray()  # in the background, while local jobs run
         progress = Progress([list(filter_overrides(j.overrides)) for j in jobs],
                             initial_job_idx, params.get("progress"), params["summary"])
-        try:
-            return Scheduler(pool, params, jobs, plans, progress).run()
-        except KeyboardInterrupt:  # the jobs stop (or finish) before whoever records the end
-            _close(pool.workers, pool.idle)
-            raise
-
+        return Scheduler(pool, params, jobs, plans, progress).run()

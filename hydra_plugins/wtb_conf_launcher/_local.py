@@ -27,6 +27,11 @@ from ._run import WorkerDied, enter, execute, failed
 
 _fork = multiprocessing.get_context("fork")
 _driver_ends: weakref.WeakSet = weakref.WeakSet()  # the driver's end of each worker's pipe
+_live: weakref.WeakSet = weakref.WeakSet()  # every worker this process forked
+# Ctrl-C (and SIGTERM, which wtb_conf turns into one) is held while a worker is forked and
+# registered: one that landed between the fork and `_live.add` left a worker that nothing
+# closed, and multiprocessing's exit waited for it forever.
+_HELD = {signal.SIGINT, signal.SIGTERM}
 
 
 def _die_with_parent() -> None:
@@ -40,6 +45,7 @@ def _die_with_parent() -> None:
 def _serve(conn: Any, task_function: TaskFunction, hydra_context: HydraContext,
            launch_dir: str, code_paths: list[str]) -> None:
     _die_with_parent()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
     # A group of its own: Ctrl-C reaches the driver only, which decides, and a kill reaches the
     # processes the job started too.
     os.setpgrp()
@@ -72,7 +78,12 @@ class LocalWorker:
         self.process = _fork.Process(
             target=_serve, args=(child, task_function, hydra_context, launch_dir, code_paths),
             name="wtb-local-worker")
-        self.process.start()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+        try:
+            self.process.start()
+            _live.add(self)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         child.close()
         _driver_ends.add(self.conn)
 
@@ -118,6 +129,9 @@ class LocalWorker:
         """The worker and whatever the job started (its process group)."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
+        # before its setpgrp it has no group of its own yet
+        with contextlib.suppress(ProcessLookupError, AttributeError):
+            self.process.kill()
         self.process.join(timeout=5)
         self.conn.close()
 
@@ -130,3 +144,13 @@ class LocalWorker:
         self.process.join(timeout=max(0.0, deadline - time.monotonic()))
         if self.process.is_alive():
             self.kill()
+
+
+def close_all(deadline: float) -> None:
+    """Every worker still up, whichever pool had it (or none yet): on the way out of a sweep
+    that ended early, so that no exit path waits on a worker that waits on us."""
+    workers = list(_live)
+    for worker in workers:
+        worker.stop()
+    for worker in workers:
+        worker.close(deadline)

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 
-def _outcome(ret: JobReturn) -> tuple[str, dict[str, Any]]:
+def outcome(ret: JobReturn) -> tuple[str, dict[str, Any]]:
     """Status and what to show of a job. A task function that returns a mapping with `status`,
     `run_id` and `metrics` (as wtb_conf's job does) reports its own; otherwise Hydra's status
     counts. Per-case metrics (`case/name`) are left to `wtb show`."""
@@ -79,7 +79,7 @@ class Progress:
             print(f"[wtb_ray] job #{self.first_num + i} lost its process; retrying", flush=True)
 
     def finished(self, i: int, ret: JobReturn, seconds: float, where: str) -> None:
-        self.status[i], self.metrics[i] = _outcome(ret)
+        self.status[i], self.metrics[i] = outcome(ret)
         self.seconds[i], self.where[i] = seconds, where
         self._update()
         if self.live is None:
