@@ -38,6 +38,7 @@ from wtb_conf.fork import (
     prefix_key,
     shared_point,
 )
+from wtb_conf.guards import Guards
 from wtb_conf.intake import (
     ENV_ID,
     Opened,
@@ -106,14 +107,18 @@ class Case:
 
 
 def run_case(store: Store, run_id: str, app: Any, case: Case, workflow: Mapping[str, Any],
-             launch_dir: Path, checkpoints: str = "") -> tuple[str, dict[str, Any]]:
+             launch_dir: Path, checkpoints: str = "", guards: Guards | None = None,
+             ) -> tuple[str, dict[str, Any]]:
     """Run one input case as its own thread; commit and link after every checkpoint.
     Returns its status (completed, or paused at a breakpoint) and final state.
-    `checkpoints`: where app's checkpointer is (storage.checkpoints), for messages."""
+    `checkpoints`: where app's checkpointer is (storage.checkpoints), for messages.
+    `guards`: the run's bounds (wtb_conf.guards), shared by its cases; default: this case's."""
     thread_id = f"{run_id}/{case.name}"
     fork = case.fork
+    guards = guards or Guards.of(workflow)
     store.start_thread(run_id, thread_id, case.name, fork and vars(fork))
-    config = {"configurable": {"thread_id": thread_id}}
+    config = {"configurable": {"thread_id": thread_id},
+              "recursion_limit": guards.recursion_limit}
     path = list(fork.path) if fork else []
     parent = fork.commit if fork else None
     linked: set[str] = set()
@@ -142,6 +147,7 @@ def run_case(store: Store, run_id: str, app: Any, case: Case, workflow: Mapping[
             stream_input = None  # continue from the copied checkpoint
         with case_context(case.dir, launch_dir):
             nodes: list[str] = []
+            guards.start(case.name)
             stream = () if case.pause else app.stream(
                 stream_input, config, stream_mode=["updates", "checkpoints"], durability="sync"
             )
@@ -163,10 +169,11 @@ def run_case(store: Store, run_id: str, app: Any, case: Case, workflow: Mapping[
                                           parent=parent)
                 link(cp["checkpoint_id"], step, meta.get("source", ""), nodes, parent)
                 nodes = []
+                guards.stored(case.name, step, bool(data.get("next")))  # may stop the case
         paused = case.pause or bool(app.get_state(config).next)
         status = "paused" if paused else "completed"
     except BaseException as e:  # Ctrl-C too: the thread says why it stopped
-        named = _node_error(e, app, config)
+        named = _node_error(guards.explain(e, case.name), app, config)
         failure = {"error": f"{type(named).__name__}: {named}",
                    "traceback": traceback.format_exc()}
         if named is not e:
@@ -287,13 +294,15 @@ def _run(job: Opened, run_id: str, cfg: DictConfig, started: float) -> dict[str,
         finals: dict[str, dict] = {}
         statuses: list[str] = []
         graph, workflow, evaluators, compare = check_job(cfg)
+        guards = Guards.of(workflow)  # one run's: max_checkpoints counts all its cases
         cases = _cases(store, cfg, workflow, job.digests, out_dir)
         with open_checkpointer(job.paths["checkpoints"]) as saver:  # (storage.checkpoints)
             app = graph.compile(checkpointer=saver, **breakpoints(cfg.workflow))
             for case in cases:  # a failing case is recorded on its thread; the others still run
                 try:
                     status, finals[case.name] = run_case(store, run_id, app, case, workflow,
-                                                         launch_dir, job.paths["checkpoints"])
+                                                         launch_dir, job.paths["checkpoints"],
+                                                         guards)
                 except Exception as e:
                     log.error("run %s: case %s failed: %s: %s", run_id, case.name,
                               type(e).__name__, e)

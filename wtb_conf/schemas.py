@@ -63,6 +63,7 @@ from wtb_conf.config_values import (
     problems,
     show,
 )
+from wtb_conf.guards import Checkpoints, Seconds, Steps
 
 
 def _add_required(schema: dict[str, Any], cls: type[Group]) -> None:
@@ -195,7 +196,8 @@ class WorkflowConfig(ScoringConfig):
     model_config = ConfigDict(extra="forbid")
     order: ClassVar[tuple[str, ...]] = (
         "name", "description", "state", "nodes", "edges", "routes", "cases", "metrics",
-        "factory", "interrupt_before", "interrupt_after", "evaluators", "expected")
+        "factory", "interrupt_before", "interrupt_after", "evaluators", "expected",
+        "recursion_limit", "case_timeout_s", "max_checkpoints")
     name: Text | None = Field(None, description="a label for the workflow")
     description: Text | None = Field(None, description="free text")
     state: mapping(dict[Key, StateSpec], "FIELD: TYPE or FIELD: {type: TYPE, reducer: "
@@ -214,6 +216,12 @@ class WorkflowConfig(ScoringConfig):
                           "excludes state, nodes, edges, routes")
     interrupt_before: Names | None = Field(None, description="breakpoints: node names")
     interrupt_after: Names | None = Field(None, description="breakpoints: node names")
+    recursion_limit: Steps | None = Field(  # bounds: wtb_conf.guards (null: its default)
+        None, description="super-steps a case may take (default 100)")
+    case_timeout_s: Seconds | None = Field(
+        None, description="seconds a case may run, checked after each step (default 3600)")
+    max_checkpoints: Checkpoints | None = Field(
+        None, description="checkpoints a run (all its cases) may store (default 10000)")
 
     @classmethod
     def keys(cls) -> list[str]:  # in the order docs/config.md has them
