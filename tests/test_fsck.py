@@ -365,3 +365,102 @@ def test_a_real_sweep_is_clean(tmp_path):
     doc = json.loads(proc.stdout)
     assert proc.returncode == 0 and doc["clean"] and doc["problems"] == []
     assert doc["checked"]["links"] > 0 and doc["checked"]["runs"] == 1
+
+
+# -- whatever the store holds, fsck reports it: one line per problem, never a traceback --
+
+def crafted_tree(w, entries) -> str:
+    """Point c2 at a tree of these entries that hashes to its id (as a hostile or buggy
+    writer could make it), or at these raw bytes; returns c2."""
+    data = entries if isinstance(entries, bytes) else json.dumps(
+        {"format": 1, "entries": entries}, separators=(",", ":")).encode()
+    w.sql("INSERT INTO blobs (id, size, data) VALUES (?, ?, ?)", sha(data), len(data), data)
+    w.sql("UPDATE commits SET tree = ? WHERE id = ?", sha(data), w.c2)
+    return w.c2
+
+
+def updated(sql: str, obj, *params):
+    """A corruption made by one UPDATE; `obj(w)`: what the message must name."""
+    def brk(w):
+        w.sql(sql, *[p(w) if callable(p) else p for p in params])
+        return obj(w) if callable(obj) else obj
+    return brk
+
+
+TWO, ONE = sha(b"two"), sha(b"one")
+CORRUPTIONS = [
+    # (name, break, a kind fsck must report)
+    ("inline blob is TEXT (SQLite's ||)", updated(
+        "UPDATE blobs SET data = CAST('garbage' AS BLOB) || data WHERE id = ?", TWO, TWO),
+     "corrupt_blob"),
+    ("inline blob is an integer", updated("UPDATE blobs SET data = 42 WHERE id = ?", ONE, ONE),
+     "corrupt_blob"),
+    ("inline blob is NULL: a file that is not there", updated(
+        "UPDATE blobs SET data = NULL WHERE id = ?", TWO, TWO), "missing_blob"),
+    ("blob size is text", updated("UPDATE blobs SET size = 'abc' WHERE id = ?", TWO, TWO),
+     "corrupt_blob"),
+    ("blob size is wrong", updated("UPDATE blobs SET size = 99 WHERE id = ?", TWO, TWO),
+     "corrupt_blob"),
+    ("file blob size is text", updated("UPDATE blobs SET size = 'big' WHERE id = ?", sha(BIG),
+                                       sha(BIG)), "corrupt_blob"),
+    ("blob id is bytes", updated("UPDATE blobs SET id = x'00ff' WHERE id = ?",
+                                 repr(b"\x00\xff"), ONE), "corrupt_row"),
+    ("commit id is bytes", updated("UPDATE commits SET id = x'00ff' WHERE id = ?",
+                                   repr(b"\x00\xff"), lambda w: w.c1), "corrupt_row"),
+    ("blob id is too short", updated("UPDATE blobs SET id = substr(id, 1, 10) WHERE id = ?",
+                                     ONE, ONE), "missing_blob"),
+    ("tree is TEXT", updated("UPDATE blobs SET data = CAST(data AS TEXT) WHERE id = ?",
+                             lambda w: w.c2, lambda w: w.tree(w.c2)), "corrupt_tree"),
+    ("tree is NULL", updated("UPDATE blobs SET data = NULL WHERE id = ?", lambda w: w.c2,
+                             lambda w: w.tree(w.c2)), "missing_tree"),
+    ("commit's tree is an integer", updated("UPDATE commits SET tree = 7 WHERE id = ?",
+                                            lambda w: w.c2, lambda w: w.c2), "missing_tree"),
+    ("commit's parent is bytes", updated("UPDATE commits SET parent = x'00ff' WHERE id = ?",
+                                         lambda w: w.c2, lambda w: w.c2), "missing_commit"),
+    ("tree is not JSON", lambda w: crafted_tree(w, b"{not json"), "corrupt_tree"),
+    ("tree is not UTF-8", lambda w: crafted_tree(w, b"\xff\xfe"), "corrupt_tree"),
+    ("tree is a JSON list", lambda w: crafted_tree(w, b"[1, 2]"), "corrupt_tree"),
+    ("tree's entries are a number", lambda w: crafted_tree(w, b'{"format":1,"entries":5}'),
+     "corrupt_tree"),
+    ("tree entry's blob is a number", lambda w: crafted_tree(w, [["a.txt", 5, 3, 0o644]]),
+     "corrupt_tree"),
+    ("tree entry's path is a number", lambda w: crafted_tree(w, [[1, TWO, 3, 0o644]]),
+     "corrupt_tree"),
+    ("tree entry has three fields", lambda w: crafted_tree(w, [["a.txt", TWO, 3]]),
+     "corrupt_tree"),
+    ("tree entry's size is negative", lambda w: crafted_tree(w, [["a.txt", TWO, -3, 0o644]]),
+     "corrupt_tree"),
+    ("tree entry's mode is text", lambda w: crafted_tree(w, [["a.txt", TWO, 3, "rwx"]]),
+     "corrupt_tree"),
+    ("tree entry's size disagrees with its blob",
+     lambda w: crafted_tree(w, [["a.txt", TWO, 4000, 0o644]]), "corrupt_tree"),
+    ("tree entry's path leaves the tree",
+     lambda w: crafted_tree(w, [["../a.txt", TWO, 3, 0o644]]), "unsafe_tree"),
+    ("tree has a file x and a file x/y",
+     lambda w: crafted_tree(w, [["x", TWO, 3, 0o644], ["x/y", ONE, 3, 0o644]]), "unsafe_tree"),
+    ("stat cache names an integer blob", updated("UPDATE stat_cache SET blob = 5", "5"),
+     "orphan_stat_cache"),
+    ("link's checkpoint id is bytes", updated(
+        "UPDATE checkpoint_links SET checkpoint_id = x'00ff' WHERE checkpoint_id = 'cp-1'",
+        lambda w: w.run), "link_missing_checkpoint"),
+    ("run's status is an integer", updated("UPDATE runs SET status = 5", lambda w: w.run),
+     "run_events"),
+    ("running run's owner pid is text", lambda w: (w.sql(
+        "UPDATE runs SET status = 'running', owner_host = ?, owner_pid = 'abc', "
+        "owner_started = 'x'", liveness.host()), w.run)[1], "run_events"),
+]
+
+
+@pytest.mark.parametrize("name,brk,kind", CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])
+def test_fsck_reports_every_corruption_in_one_line_and_never_crashes(world, capsys, name, brk,
+                                                                     kind):
+    obj = brk(world)
+    report = world.check()
+    assert kind in report.by_kind(), report.problems
+    assert any(str(obj) in p.message for p in report.problems), report.problems
+    assert all("\n" not in p.message for p in report.problems)
+    code, out = wtb(world, capsys=capsys)
+    assert code == 1 and "Traceback" not in out
+    assert any(line.startswith(f"  {kind}: ") for line in out.splitlines()), out
+    code, out = wtb(world, "--json", capsys=capsys)
+    assert code == 1 and kind in json.loads(out)["counts"]

@@ -202,6 +202,23 @@ def _sqlite_found(where: str | os.PathLike) -> set[Key]:
         raise CheckpointsError(f"{path} is not a LangGraph checkpoints file ({e})") from None
 
 
+def integrity(where: str | os.PathLike, max_errors: int = 20) -> list[str]:
+    """SQLite's integrity_check of the checkpoints file, read-only: its errors, [] when it is
+    sound or not there (`missing()` reports a missing file)."""
+    from wtb_conf.store.schema import readonly_uri
+
+    path = Path(where).absolute()
+    if not path.is_file():
+        return []
+    try:
+        con = sqlite3.connect(readonly_uri(path), uri=True, timeout=60)
+        with contextlib.closing(con):
+            rows = [str(r[0]) for r in con.execute(f"PRAGMA integrity_check({int(max_errors)})")]
+    except sqlite3.Error as e:  # not a database at all, or too damaged to check
+        return [f"{e}"]
+    return [] if rows == ["ok"] else rows
+
+
 def _pg_found(url: str, wanted: set[Key]) -> set[Key]:
     import psycopg
 

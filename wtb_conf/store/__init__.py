@@ -98,6 +98,9 @@ def open_store(
     except RuntimeError as e:
         engine.dispose()
         raise StoreError(str(e)) from None
+    except StoreError:  # a full disk, a damaged file: engine.py's one line
+        engine.dispose()
+        raise
     except DBAPIError as e:  # a read-only file or directory, a disk that is full, no server
         engine.dispose()
         where = redact(db_url)

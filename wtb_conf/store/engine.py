@@ -19,7 +19,7 @@ from urllib.parse import quote, unquote
 from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import URL, make_url
 
-from wtb_conf.store.errors import StoreError
+from wtb_conf.store.errors import StoreError, StoreFull, StoreMalformed
 
 BUSY_TIMEOUT_S = 60  # how long a connection waits for a lock another process holds
 DIALECTS = ("sqlite", "postgresql")
@@ -29,6 +29,62 @@ EXAMPLES = "sqlite:///data/wtb.db, or postgresql+psycopg://USER:PASSWORD@HOST:54
 _LOCK_CLASS = 0x77746263
 _FIXED = {"wtb_migrations": 1, "blobs": 2, "sweep ends": 3}  # lock(): names with fixed keys
 _KINDS = {"job": _LOCK_CLASS + 1, "stat_cache": _LOCK_CLASS + 2}  # lock(): hashed kinds
+# SQLite's primary result codes (the low byte of an extended one) that are the storage's
+# fault, not the query's
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
+_verified: set[str] = set()  # SQLite files this process (or its parent before a fork) checked
+
+
+def malformed(where: str, why: str) -> str:
+    return (f"the store's database {where} is malformed ({why}): restore it from a backup, or "
+            "recover what can be read with sqlite3's `.recover` into a new file; `wtb fsck` "
+            "reports what is damaged")
+
+
+def storage_fault(orig: BaseException, where: str) -> StoreError | None:
+    """The StoreError for a driver error that is the storage's fault, not the query's: a full
+    disk (SQLITE_FULL, PostgreSQL's 53100) or a damaged database (SQLITE_CORRUPT,
+    SQLITE_NOTADB, PostgreSQL's XX001/XX002). None for any other error."""
+    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    code = getattr(orig, "sqlite_errorcode", None)
+    state = getattr(orig, "sqlstate", None)
+    if isinstance(code, int) and code & 0xFF == _SQLITE_FULL:
+        return StoreFull(f"the store's database {where}: the disk is full (SQLite: {first}); "
+                         "free space on its disk, or move the store (storage.db_url)")
+    if isinstance(code, int) and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return StoreMalformed(malformed(where, f"SQLite: {first}"))
+    if state == "53100":
+        return StoreFull(f"the store's database {where}: the disk is full on its PostgreSQL "
+                         f"server ({first})")
+    if state in ("XX001", "XX002"):
+        return StoreMalformed(f"the store's database {where} is damaged on its PostgreSQL "
+                              f"server ({first}); its administrator restores it from a backup")
+    return None
+
+
+def _translate(ctx: exc.ExceptionContext) -> None:
+    """Every query's error that is the storage's fault becomes one StoreError naming the
+    database, in place of SQLAlchemy's (SQL, parameters and a link to its docs)."""
+    where = shown(ctx.engine) if ctx.engine is not None else "(unknown)"
+    if (err := storage_fault(ctx.original_exception, where)) is not None:
+        raise err from ctx.original_exception
+
+
+def verify_sqlite(engine: Engine) -> None:
+    """SQLite's quick_check of the store's file, once per file per process (a local
+    worker forked after the sweep's start has its verdict): a damaged store is refused where
+    it is opened, in one StoreMalformed, not found by each job's queries. It reads every
+    page (about a second per GB), not the cross-checks of indexes that `wtb fsck`'s full
+    integrity_check adds."""
+    where = shown(engine)
+    if engine.dialect.name != "sqlite" or where in _verified or not where:
+        return
+    with read_conn(engine) as conn:
+        rows = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check(5)")]
+    if rows != ["ok"]:
+        raise StoreMalformed(malformed(where, "SQLite's quick_check: " + "; ".join(
+            str(r) for r in rows)))
+    _verified.add(where)
 
 
 def _journal_mode_wal(cur) -> None:
@@ -152,6 +208,7 @@ def create_store_engine(db_url: str, readonly: bool = False) -> Engine:
         engine = create_engine(url.set(database=f"file:{quote(str(path))}",
                                        query={**_readonly_params(path), "uri": "true"}))
         event.listen(engine, "connect", _sqlite_readonly)
+        event.listen(engine, "handle_error", _translate)
         return engine
     if path is not None and path.exists() and not (os.access(path, os.W_OK)
                                                    and os.access(path.parent, os.W_OK)):
@@ -170,6 +227,7 @@ def create_store_engine(db_url: str, readonly: bool = False) -> Engine:
     engine = create_engine(url)
     event.listen(engine, "connect", _sqlite_pragmas)
     event.listen(engine, "begin", _sqlite_begin)
+    event.listen(engine, "handle_error", _translate)
     return engine
 
 
@@ -194,6 +252,7 @@ def _postgres_engine(url: URL, readonly: bool) -> Engine:
         pool_pre_ping=True,
     )
     _fork_safe(engine)
+    event.listen(engine, "handle_error", _translate)
     return engine
 
 
@@ -255,3 +314,24 @@ def lock(conn: Connection, name: str, shared: bool = False) -> None:
 def read_conn(engine: Engine) -> Connection:
     """A connection for queries: autocommit, so reading never takes the write lock."""
     return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+
+def executemany(conn: Connection, table: str, rows: list[dict], conflict: str = "") -> None:
+    """INSERT many rows through the DBAPI driver directly: SQLAlchemy's per-row parameter
+    processing costs more than SQLite's own insert for the thousand rows of a big commit."""
+    if not rows:
+        return
+    cols = list(rows[0])
+    if conn.dialect.name == "postgresql":
+        # In key order (the callers' first two columns are their conflict key): PostgreSQL
+        # locks each key as it inserts it, and two commits inserting the same new blobs in
+        # different orders would deadlock. (SQLite: one writer at a time.)
+        rows = sorted(rows, key=lambda r: [r[c] for c in cols[:2]])
+    sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({{}}) {conflict}"
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(conn.dialect.paramstyle)
+    if mark is None:  # a driver with named parameters: let SQLAlchemy bind them
+        conn.execute(text(sql.format(", ".join(f":{c}" for c in cols))), rows)
+        return
+    conn.exec_driver_sql(
+        sql.format(", ".join([mark] * len(cols))), [tuple(r[c] for c in cols) for r in rows]
+    )

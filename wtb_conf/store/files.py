@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from wtb_conf.store.errors import ObjectCorrupted, StoreError, UnsafePath
+from wtb_conf.store.errors import ObjectCorrupted, StoreError, StoreFull, UnsafePath
+from wtb_conf.store.trees import LINK_MODE, PERM_BITS, unsafe
+from wtb_conf.store.trees import plain_parts as _plain_parts
 
 if TYPE_CHECKING:
     from wtb_conf.store.blobdirs import BlobDir
@@ -28,8 +30,6 @@ log = logging.getLogger(__name__)
 # the per-call cost vanishes next to hashing, small enough that memory stays flat whatever the
 # file's size. A module constant so tests can shrink it.
 CHUNK_SIZE = 1 << 20
-# git's mode for a symlink; a regular file's tree mode is its permission bits (st_mode & 0o7777).
-LINK_MODE = 0o120000
 # Every temp file the store writes under <blob_root>/objects/ starts with this, so a crash's
 # leftovers can be told from blobs (fsck removes them as orphans).
 TMP_PREFIX = ".tmp-"
@@ -46,7 +46,7 @@ def no_room(e: BaseException, what: str) -> StoreError | None:
     """A StoreError "<what>: the disk is full" if `e` is a write that failed for want of room
     (ENOSPC, EDQUOT, EFBIG); None for any other error."""
     if isinstance(e, OSError) and (reason := _NO_ROOM.get(e.errno)):
-        return StoreError(f"{what}: {reason}")
+        return StoreFull(f"{what}: {reason}")
     return None
 
 
@@ -190,6 +190,18 @@ def write_new(target: Path, chunks: Iterable[bytes], mode: int) -> None:
         os.close(fd)
 
 
+def sized(chunks: Iterable[bytes], size: int, what: str, blob_id: str) -> Iterator[bytes]:
+    """`chunks`, then ObjectCorrupted if they did not add up to the `size` that `what` (a tree
+    entry) says its blob holds: a tree that disagrees with its blob is corrupt."""
+    n = 0
+    for chunk in chunks:
+        n += len(chunk)
+        yield chunk
+    if n != size:
+        raise ObjectCorrupted(f"{what} says {size} bytes, its blob {blob_id} holds {n}: the "
+                              "tree is corrupt")
+
+
 def write_blob(data: bytes, objects: Path, final: Path) -> Path | None:
     """Store `data` as the blob file `final`, durably (see TempBlob.place)."""
     tmp = TempBlob(objects)
@@ -280,15 +292,6 @@ def blob_name(blob_id: str) -> str:
     return f"{blob_id[:2]}/{blob_id[2:]}"
 
 
-def _plain_parts(rel: str) -> list[str] | None:
-    """The parts of a plain relative posix path; None for an absolute one, one with an empty,
-    '.' or '..' part, a backslash or a NUL."""
-    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or "\0" in rel:
-        return None
-    parts = rel.split("/")
-    return None if any(p in ("", ".", "..") for p in parts) else parts
-
-
 def commit_source(root: str, rel: str) -> str:
     """root/rel, for a path named to commit_dir(files=...) (`root` resolved). Refuses what is
     not a plain relative path, and a path whose directory resolves outside root through a
@@ -327,6 +330,8 @@ def restore_tree(dest: Path, commit_id: str, tree_of: Callable[[str], dict],
     tree = tree_of(commit_id)
     links = sorted(rel for rel, e in tree.items() if e.mode == LINK_MODE)
     refuse_beneath_links(tree, set(links))
+    if why := unsafe(tree):
+        raise UnsafePath(f"commit {commit_id} has an unsafe tree: {why}; refusing to restore it")
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.restoring-"))
     rel = ""
@@ -336,12 +341,19 @@ def restore_tree(dest: Path, commit_id: str, tree_of: Callable[[str], dict],
                 continue
             target = safe_target(staging, rel)
             target.parent.mkdir(parents=True, exist_ok=True)
-            copy_blob(entry.blob, target, rel, entry.mode)
+            # permission bits only: a setuid or setgid bit (an older store's, a crafted
+            # entry's) is never brought back
+            copy_blob(entry.blob, target, rel, entry.mode & PERM_BITS, entry.size)
             fault("restore_file_written")
         for rel in links:  # verbatim, wherever they point: a link is data, as in git
             target = safe_target(staging, rel)
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(os.fsdecode(read_blob(tree[rel].blob, rel)), target)
+            link = read_blob(tree[rel].blob, rel)
+            if len(link) != tree[rel].size:
+                raise ObjectCorrupted(f"tree entry {rel!r} says {tree[rel].size} bytes, its "
+                                      f"blob {tree[rel].blob} holds {len(link)}: the tree is "
+                                      "corrupt")
+            os.symlink(os.fsdecode(link), target)
         fault("restore_staged")
         if dest.exists():
             dest.rmdir()

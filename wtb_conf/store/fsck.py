@@ -1,6 +1,9 @@
 """`wtb fsck`: is the store whole? And the repairs that are safe to make (docs/cli.md).
 
-`check()` reads everything once, in one database snapshot: every commit's tree and every blob
+`check()` first runs SQLite's integrity check on both databases (integrity.py; a damaged
+store is one problem, and nothing in it is read further). Then it reads everything once, in
+one database snapshot (fsck_objects.py checks every column it trusts for type and shape):
+every commit's tree and every blob
 a commit reaches (inline rows and files) must exist and re-hash to its id; every commit a
 commit, run, case thread or checkpoint link names must exist, and every link's LangGraph
 checkpoint too; every run's and sweep's status must agree with its events; and it lists what
@@ -15,8 +18,6 @@ written before its row): it is a note, not a problem, and `repair()` leaves it a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import time
@@ -27,10 +28,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, bindparam, text
 
 from wtb_conf.store.blobdirs import blob_id_of
-from wtb_conf.store.errors import ObjectCorrupted, StoreError
+from wtb_conf.store.errors import StoreError, StoreMalformed
+from wtb_conf.store.fsck_objects import check_objects
+from wtb_conf.store.integrity import check_checkpoints_db, check_store_db
 from wtb_conf.store.lifecycle import lost_error, running_owners
 from wtb_conf.store.liveness import alive
-from wtb_conf.store.schema import lock, read_conn
+from wtb_conf.store.schema import lock, read_conn, shown
+from wtb_conf.store.trees import TreeError
+from wtb_conf.store.trees import parse as parse_tree
 
 if TYPE_CHECKING:
     from wtb_conf.store import Store
@@ -107,9 +112,9 @@ def _in(conn: Connection, sql: str, ids: list[str]) -> list:
 
 
 def _entries(data: bytes) -> list[list]:
-    """A tree's [path, blob, size, mode] entries. A tree that re-hashes to its id is what a
-    commit wrote: its entries are not checked one by one (a million take seconds)."""
-    return list(json.loads(data)["entries"])
+    """A tree's [path, blob, size, mode] entries, checked (trees.py): a malformed tree raises
+    TreeError, a ValueError."""
+    return [[p, *e] for p, e in parse_tree(data).items()]
 
 
 def check(store: Store, checkpoints_path: str | os.PathLike | None,
@@ -117,6 +122,20 @@ def check(store: Store, checkpoints_path: str | os.PathLike | None,
     """Check the whole store; `checkpoints_path`: the LangGraph SqliteSaver file its links
     point into (None: links are checked against commits only)."""
     report = Report()
+    check_checkpoints_db(checkpoints_path, report)
+    if not check_store_db(store, report):
+        report.notes.append("the store's database is damaged: its objects, links and statuses "
+                            "were not checked")
+        return report
+    try:
+        return _check(store, checkpoints_path, grace, report)
+    except StoreMalformed as e:  # a page the integrity check passed, damaged since
+        report.add("malformed_db", shown(store.engine), str(e))
+        return report
+
+
+def _check(store: Store, checkpoints_path: str | os.PathLike | None, grace: float,
+           report: Report) -> Report:
     # Files are listed before the snapshot: a commit writes its blob files before its rows,
     # so every row the snapshot holds has its file on disk by then.
     files, tmps, odd = store.blobs.scan()
@@ -125,7 +144,7 @@ def check(store: Store, checkpoints_path: str | os.PathLike | None,
         conn.exec_driver_sql("BEGIN" if conn.dialect.name == "sqlite" else
                              "BEGIN ISOLATION LEVEL REPEATABLE READ")
         try:
-            known = _check_objects(store, conn, report)
+            known = check_objects(store, conn, report)
             links = _check_refs(conn, report)
             _check_statuses(conn, report)
             cache = conn.execute(text("SELECT root, path, blob FROM stat_cache")).all()
@@ -157,89 +176,6 @@ def check(store: Store, checkpoints_path: str | os.PathLike | None,
     report.notes += [f"{p} is not a blob file; left alone" for p in odd]
     report.checked["files"] = len(files)
     return report
-
-
-def _check_objects(store: Store, conn: Connection, report: Report) -> set[str]:
-    """Commits, trees and blobs; records the blobs no commit reaches. Returns the ids a blob
-    file may have without being an orphan: every blob row, and every blob a commit reaches."""
-    commits = conn.execute(text("SELECT id, tree, parent FROM commits")).all()
-    report.commits = {c.id for c in commits}
-    tree_of: dict[str, str] = {}  # tree -> the first commit that has it, to name it
-    for c in commits:
-        tree_of.setdefault(c.tree, c.id)
-        if c.parent is not None and c.parent not in report.commits:
-            report.add("missing_commit", c.id, f"commit {c.id} names parent {c.parent}, "
-                       "which is not in the store")
-    reached: dict[str, tuple[str, str]] = {}  # blob -> (commit, path) of the first to reach it
-    bad: dict[str, str] = {}  # blob (or tree) -> why it is corrupted
-    gone: dict[str, str] = {}  # blob (or tree) -> why it is missing
-
-    def walk_tree(tree: str, data: bytes) -> None:
-        if (digest := hashlib.sha256(data).hexdigest()) != tree:
-            bad[tree] = f"its bytes hash to {digest}"
-            return
-        try:
-            entries = _entries(data)
-            # Successive checkpoints share most blobs: only the new ones need a name.
-            new = {e[1] for e in entries}.difference(reached)
-            for path, blob, _, _ in entries if new else ():
-                if blob in new:
-                    reached.setdefault(blob, (tree_of[tree], path))
-        except (ValueError, KeyError, TypeError, IndexError) as e:
-            bad[tree] = f"it is not a tree ({e.__class__.__name__}: {e})"
-
-    # One pass over the blobs table: inline blobs re-hashed, inline trees read as they come.
-    blob_ids: set[str] = set()
-    file_rows: dict[str, int] = {}  # blob -> size, of the blobs stored as files
-    for bid, size, data in conn.execute(text("SELECT id, size, data FROM blobs")):
-        blob_ids.add(bid)
-        if data is None:
-            file_rows[bid] = size
-        elif bid in tree_of:
-            walk_tree(bid, data)
-        elif (digest := hashlib.sha256(data).hexdigest()) != bid:
-            bad[bid] = f"its bytes hash to {digest}"
-        elif len(data) != size:
-            bad[bid] = f"it holds {len(data)} bytes, its row says {size}"
-    for tree in tree_of.keys() & file_rows.keys():  # trees too big to be inline
-        try:
-            walk_tree(tree, b"".join(store.blobs.chunks(tree)))
-        except FileNotFoundError:
-            gone[tree] = f"its file {store._blob_path(tree)} is missing"
-        except ObjectCorrupted as e:  # an id that is no digest names no file
-            bad[tree] = str(e)
-    gone.update((t, "it is not in the store") for t in tree_of.keys() - blob_ids)
-    for c in commits:
-        if why := gone.get(c.tree) or bad.get(c.tree):
-            what = "missing" if c.tree in gone else "corrupt"
-            report.add(f"{what}_tree", c.id, f"commit {c.id}: its tree {c.tree} is {what}: {why}")
-
-    for bid in reached.keys() & file_rows.keys():  # each file once, streamed
-        try:
-            digest, size = store.blobs.digest(bid)
-        except FileNotFoundError:
-            gone[bid] = f"its file {store._blob_path(bid)} is missing"
-            continue
-        except ObjectCorrupted as e:
-            bad[bid] = str(e)
-            continue
-        if digest != bid:
-            bad[bid] = f"its bytes hash to {digest}"
-        elif size != file_rows[bid]:
-            bad[bid] = f"its file holds {size} bytes, its row says {file_rows[bid]}"
-    gone.update((b, "it is not in the store") for b in reached.keys() - blob_ids)
-    for bid in sorted(reached.keys() & (gone.keys() | bad.keys()), key=reached.__getitem__):
-        what = "missing" if bid in gone else "corrupted"
-        report.add(f"{what[:7]}_blob", bid, f"blob {bid} (file {reached[bid][1]} of commit "
-                   f"{reached[bid][0]}) is {what}: {gone.get(bid) or bad[bid]}")
-    orphans = sorted(blob_ids - reached.keys() - tree_of.keys())
-    report.orphans["blobs"] = orphans
-    for bid in orphans:
-        where = "its file" if bid in file_rows else "inline"
-        report.add("orphan_blob", bid, f"blob {bid} ({where}) is reached by no commit")
-    report.checked.update(commits=len(commits), trees=len(tree_of), blobs=len(blob_ids),
-                          blob_files=len(file_rows))
-    return blob_ids | reached.keys() | tree_of.keys()
 
 
 def _check_refs(conn: Connection, report: Report) -> list:
@@ -382,8 +318,8 @@ def repair(store: Store, report: Report) -> Repaired:
         for commit, tree in newer:  # committed since the check: what they reach stays
             blobs.discard(tree)
             try:
-                blobs.difference_update(e[1] for e in _entries(store.read_blob(tree)))
-            except (StoreError, ValueError, KeyError, TypeError, IndexError):
+                blobs.difference_update(e.blob for e in parse_tree(store.read_blob(tree)).values())
+            except (StoreError, TreeError):
                 done.skipped.append(f"orphan blobs left alone: commit {commit}, made since "
                                     "the check, has an unreadable tree")
                 blobs = set()

@@ -29,7 +29,10 @@ INTERRUPTED = "interrupted: the job's process ended before the run finished"
 
 def running_owners(conn: Connection) -> list[tuple[str, str, Owner]]:
     """(table, id, owner) of every run and sweep still `running`."""
-    return [(table, row_id, Owner(host or "", pid or 0, started or 0))
+    # (a hand-edited row's owner of the wrong type is no owner: it cannot be checked)
+    return [(table, row_id, Owner(host if isinstance(host, str) else "",
+                                  pid if isinstance(pid, int) else 0,
+                                  started if isinstance(started, int) else 0))
             for table in ("runs", "sweeps")
             for row_id, host, pid, started in conn.execute(text(
                 f"SELECT id, owner_host, owner_pid, owner_started FROM {table} "
@@ -113,7 +116,7 @@ class Lifecycle:
                    sweep_id=sweep_id)
         return sweep_id
 
-    def finish_sweep(self, sweep_id: str, error: str | None = None) -> str:
+    def finish_sweep(self, sweep_id: str, error: str | None = None, jobs: int = 0) -> str:
         """End the sweep: 'failed' if it ended with `error` (the launcher's, Ctrl-C) or the
         last run of any of its jobs failed (an earlier attempt that a retry made good does
         not count), else 'completed'. Runs still running lost their process with the sweep:
@@ -138,7 +141,9 @@ class Lifecycle:
                 text("UPDATE sweeps SET status = :st, finished_at = :at, error = :e "
                      "WHERE id = :s"),
                 {"st": status, "at": now_iso(), "e": error, "s": sweep_id})
-            _event(conn, "sweep_finished", {"status": status, "error": error},
+            # `jobs`: how many it was handed (0: not known), for `wtb rerun --failed` to count
+            # the jobs that never started
+            _event(conn, "sweep_finished", {"status": status, "error": error, "jobs": jobs},
                    sweep_id=sweep_id)
         return status
 

@@ -22,20 +22,21 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
 
 from sqlalchemy import Connection, Engine, bindparam, text
-from sqlalchemy.exc import OperationalError
 
 from wtb_conf.store import files as _files
 from wtb_conf.store.blobdirs import BlobDir, LocalBlobDir, open_blob_dir
-from wtb_conf.store.errors import ObjectCorrupted, ObjectNotFound, StoreError
-from wtb_conf.store.files import LINK_MODE, TempBlob, no_room, safe_target  # noqa: F401 (tests)
+from wtb_conf.store.engine import executemany
+from wtb_conf.store.errors import ObjectCorrupted, ObjectNotFound, StoreError, StoreFull
+from wtb_conf.store.files import TempBlob, no_room, safe_target  # noqa: F401 (tests)
 from wtb_conf.store.schema import lock, read_conn
+from wtb_conf.store.trees import LINK_MODE, PERM_BITS, TREE_FORMAT, Entry, TreeError  # noqa: F401 (TREE_FORMAT: re-exported)
+from wtb_conf.store.trees import encode as encode_tree
+from wtb_conf.store.trees import parse as parse_tree
 
 log = logging.getLogger(__name__)
 
-TREE_FORMAT = 1
 _CHUNK = 500  # ids per IN (...) query, well below SQLite's bound-parameter limit
 
 # Fault injection, for tests/reliability/test_commit_faults.py only: it sets this to kill the
@@ -46,12 +47,6 @@ _fault: Callable[[str], None] | None = None
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-class Entry(NamedTuple):
-    blob: str
-    size: int
-    mode: int
 
 
 @dataclass
@@ -71,27 +66,6 @@ class CommitStats:
     files: int = 0
     hashed: int = 0  # files read and hashed (the rest came from the stat cache)
     new_blobs: int = 0
-
-
-def executemany(conn: Connection, table: str, rows: list[dict], conflict: str = "") -> None:
-    """INSERT many rows through the DBAPI driver directly: SQLAlchemy's per-row parameter
-    processing costs more than SQLite's own insert for the thousand rows of a big commit."""
-    if not rows:
-        return
-    cols = list(rows[0])
-    if conn.dialect.name == "postgresql":
-        # In key order (the callers' first two columns are their conflict key): PostgreSQL
-        # locks each key as it inserts it, and two commits inserting the same new blobs in
-        # different orders would deadlock. (SQLite: one writer at a time.)
-        rows = sorted(rows, key=lambda r: [r[c] for c in cols[:2]])
-    sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({{}}) {conflict}"
-    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(conn.dialect.paramstyle)
-    if mark is None:  # a driver with named parameters: let SQLAlchemy bind them
-        conn.execute(text(sql.format(", ".join(f":{c}" for c in cols))), rows)
-        return
-    conn.exec_driver_sql(
-        sql.format(", ".join([mark] * len(cols))), [tuple(r[c] for c in cols) for r in rows]
-    )
 
 
 class ObjectStore:
@@ -161,8 +135,11 @@ class ObjectStore:
             ).first()
         if row is None:
             raise ObjectNotFound(f"{what} is not in the store")
-        if row.data is not None:
+        if isinstance(row.data, bytes | bytearray | memoryview):
             chunks: Iterable[bytes] = [bytes(row.data)]
+        elif row.data is not None:  # a row edited by hand (SQLite keeps any type in a column)
+            raise ObjectCorrupted(f"{what} is corrupted: its row holds "
+                                  f"{type(row.data).__name__}, not bytes")
         else:
             try:
                 chunks = self.blobs.chunks(blob_id)
@@ -182,10 +159,14 @@ class ObjectStore:
         return b"".join(self.iter_blob(blob_id, path_hint))
 
     def copy_blob(self, blob_id: str, target: Path, path_hint: str = "",
-                  mode: int = 0o644) -> None:
-        """Write the blob into the new file `target`, streamed and re-hashed (see iter_blob).
+                  mode: int = 0o644, size: int | None = None) -> None:
+        """Write the blob into the new file `target`, streamed and re-hashed (see iter_blob);
+        `size`: what its tree entry says it holds (ObjectCorrupted if it holds other).
         On any error, ObjectCorrupted after the last chunk included, `target` is removed."""
-        _files.write_new(target, self.iter_blob(blob_id, path_hint), mode)
+        chunks = self.iter_blob(blob_id, path_hint)
+        if size is not None:
+            chunks = _files.sized(chunks, size, f"tree entry {path_hint!r}", blob_id)
+        _files.write_new(target, chunks, mode)
 
     # -- trees and commits -------------------------------------------------------------
 
@@ -197,8 +178,11 @@ class ObjectStore:
             ).first()
         if row is None:
             raise ObjectNotFound(f"commit {commit_id} is not in the store")
-        doc = json.loads(self.read_blob(row.tree, f"tree of commit {commit_id}"))
-        return {p: Entry(b, s, m) for p, b, s, m in doc["entries"]}
+        try:
+            return parse_tree(self.read_blob(row.tree, f"tree of commit {commit_id}"))
+        except TreeError as e:
+            raise ObjectCorrupted(f"commit {commit_id}: its tree {row.tree} is corrupt: {e}"
+                                  ) from None
 
     def commit_dir(
         self, path: str | os.PathLike, message: str = "", parent: str | None = None,
@@ -242,7 +226,7 @@ class ObjectStore:
                 continue
             c = cache.get(rel)
             if c is not None and c[:4] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
-                entries[rel] = Entry(c[4], c[0], st.st_mode & 0o7777)
+                entries[rel] = Entry(c[4], c[0], st.st_mode & PERM_BITS)
                 continue
             full = os.path.join(root, rel)  # (not before: this is the hot loop)
             if not stat.S_ISREG(st.st_mode):  # (named in `files`; the walk skips them)
@@ -257,15 +241,11 @@ class ObjectStore:
             else:
                 small[blob_id := hashlib.sha256(data).hexdigest()] = data
                 size = len(data)
-            entries[rel] = Entry(blob_id, size, st.st_mode & 0o7777)
+            entries[rel] = Entry(blob_id, size, st.st_mode & PERM_BITS)  # (no setuid)
             if _files.same_stat(st, after):  # not written to while we read it
                 fresh.append((rel, after, blob_id))
         stats.files = len(entries)
-        tree_doc = {
-            "format": TREE_FORMAT,
-            "entries": [[p, e.blob, e.size, e.mode] for p, e in sorted(entries.items())],
-        }
-        tree_bytes = json.dumps(tree_doc, separators=(",", ":")).encode()
+        tree_bytes = encode_tree(entries)
         tree_id = hashlib.sha256(tree_bytes).hexdigest()
         small[tree_id] = tree_bytes
         commit_id = hashlib.sha256(
@@ -321,11 +301,8 @@ class ObjectStore:
                 cache = self._update_stat_cache(conn, root, cache, entries, fresh, racy_after,
                                                 files, gone)
                 _fault and _fault("in_transaction")
-        except OperationalError as e:  # SQLite's SQLITE_FULL: the transaction rolled back
-            if "full" in str(e.orig):
-                raise StoreError(f"cannot commit {root}: the database "
-                                 f"{self.engine.url.database} is full: {e.orig}") from e
-            raise
+        except StoreFull as e:  # (engine.py's message; the transaction rolled back)
+            raise StoreFull(f"cannot commit {root}: {e}") from e
         _fault and _fault("committed")
         self._stat_memo[root] = cache
         self.last_commit = stats

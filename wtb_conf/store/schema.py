@@ -23,7 +23,9 @@ from wtb_conf.store.engine import (  # noqa: F401  (re-exported: the store's mod
     readonly_uri,
     redact,
     shown,
+    verify_sqlite,
 )
+from wtb_conf.store.errors import StoreError
 
 Script = str | dict[str, str]  # one script for every dialect, or one per dialect name
 
@@ -231,6 +233,8 @@ def check_version(engine: Engine) -> None:
         with read_conn(engine) as conn:
             try:
                 done = {row[0] for row in conn.execute(text("SELECT v FROM wtb_migrations"))}
+            except StoreError:  # a damaged file (engine.py's message)
+                raise
             except Exception as e:  # no such table, not a database at all
                 if engine.dialect.name == "postgresql" and _empty(conn):
                     # a new database, made for the store, that no sweep has written yet
@@ -281,6 +285,7 @@ def setup(engine: Engine) -> None:
     processes could both apply a migration, so set-ups take turns on an advisory lock. DDL
     is transactional on both: a migration that fails leaves no half of itself behind."""
     dialect = engine.dialect.name
+    verify_sqlite(engine)  # before writing into a damaged file (StoreMalformed)
     if dialect == "postgresql" and _current(engine):
         # the usual case, and the DDL below needs CREATE on the schema, which a role that
         # only reads and writes rows lacks (PostgreSQL 15 grants it on `public` to no one)
