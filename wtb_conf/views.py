@@ -41,6 +41,9 @@ def print_run(run: dict[str, Any]) -> None:
     console.print(f"overrides: {' '.join(run['overrides']) or '-'}")
     console.print(f"job dir:   {run['job_dir']}")
     console.print(f"commit:    {run['commit'] or '-'}")
+    if run["cached_from"]:
+        console.print(f"cache hit of run {run['cached_from']}: nothing ran; its cases, "
+                      "checkpoints and files are that run's (below)")
     if run["lineage"]:
         console.print("forked from: " + " ← ".join(r[:8] for r in run["lineage"]))
     if run["status"] == "paused":
@@ -74,8 +77,56 @@ def print_run(run: dict[str, Any]) -> None:
             table.add_row(str(cp["step"]), cp["checkpoint_id"], cp["source"],
                           ", ".join(cp["nodes"]) or "-", cp["commit"][:12])
         console.print(table)
-        console.print("final state:", json.dumps(case["final_state"], default=str)[:2000],
+        console.print("final state:", clip_json(case["final_state"], run["run_id"][:8]),
                       markup=False, highlight=False)
+
+
+def clip_json(value: Any, run: str, limit: int = 2000) -> str:
+    """`value` as JSON, cut after the last whole token within `limit` characters, with how
+    much is left and where to see it all."""
+    text = json.dumps(value, default=str)
+    if len(text) <= limit:
+        return text
+    kept = 0
+    for token in json.JSONEncoder(default=str).iterencode(value):  # its tokens, in order
+        if kept + len(token) > limit:
+            break
+        kept += len(token)
+    if kept == 0:  # one token longer than the limit (a long string): cut at a space in it
+        kept = text.rfind(" ", 0, limit) + 1 or limit
+    return (f"{text[:kept].rstrip()} … ({len(text) - kept} more characters; "
+            f"wtb show {run} --json for all)")
+
+
+def print_removal(done: Any, dry_run: bool) -> None:
+    """`wtb rm`: what went (or would go)."""
+    verb = "would remove" if dry_run else "removed"
+    for run in done.runs:
+        print(f"{verb}: run {run}")
+    for sweep in done.sweeps:
+        print(f"{verb}: sweep {sweep}")
+    print(f"{verb} {len(done.runs)} runs, {len(done.sweeps)} sweeps, {len(done.threads)} case "
+          f"threads; the {len(done.commits)} commits and {len(done.blobs)} blobs "
+          f"({len(done.files)} in files) nothing else needs"
+          + ("" if dry_run else f"; {len(done.checkpoint_threads)} LangGraph threads"))
+    for note in done.skipped:
+        print(f"note: {note}")
+    if dry_run:
+        print("dry run: nothing changed")
+
+
+def print_collected(done: Any, dry_run: bool) -> None:
+    """`wtb gc`: what nothing needed, removed (or that would be)."""
+    verb = "would remove" if dry_run else "removed"
+    orphans = done.orphans
+    print(f"{verb} {len(orphans.get('blobs', []))} blobs no commit reaches, "
+          f"{len(orphans.get('files', []))} blob or temp files no row names, "
+          f"{len(orphans.get('stat_cache', []))} stat cache rows, "
+          f"{len(done.checkpoint_threads)} LangGraph threads of runs no longer in the store")
+    for note in done.skipped:
+        print(f"note: {note}")
+    if dry_run:
+        print("dry run: nothing changed")
 
 
 def print_fsck(report: Any, found: Any = None, done: Any = None) -> None:

@@ -1,0 +1,79 @@
+"""What the `wtb` commands share: naming runs, sweeps and commits, printing JSON, and the
+notes about runs whose process died."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from wtb_conf.checkpoints import is_postgres, libpq_url
+from wtb_conf.store import Store, StoreError
+
+
+def resolve_commit(store: Store, ref: str) -> str:
+    """A run (its final commit) or a commit, by id or unique prefix."""
+    try:
+        run = store.run(store.resolve("runs", ref))
+    except StoreError:
+        return store.resolve("commits", ref)
+    if run["commit"] is None:
+        raise StoreError(f"run {run['run_id']} has no final commit (status {run['status']})")
+    return run["commit"]
+
+
+def reap(store: Store) -> None:
+    """Runs and sweeps whose process died are recorded failed by whoever writes next."""
+    reaped = store.reap()
+    if reaped["runs"] or reaped["sweeps"]:
+        print(f"wtb: recorded as failed: {len(reaped['runs'])} runs and "
+              f"{len(reaped['sweeps'])} sweeps whose processes had died", file=sys.stderr)
+
+
+def note_lost(store: Store) -> None:
+    """A read-only command cannot record them failed; it says they are not running."""
+    lost = store.lost()
+    if lost["runs"] or lost["sweeps"]:
+        print(f"wtb: {len(lost['runs'])} runs and {len(lost['sweeps'])} sweeps say `running` "
+              "but their processes are gone; the next sweep or `wtb fsck --repair` records "
+              "them failed", file=sys.stderr)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def sweeps_of(store: Store, refs: Sequence[str]) -> list[str]:
+    """Sweep ids from ids, prefixes or `last` (no refs: the last sweep)."""
+    out = [store.resolve("sweeps", ref) for ref in refs or ["last"]]
+    return list(dict.fromkeys(out))
+
+
+def run_or_sweep(store: Store, ref: str) -> tuple[str, str]:
+    """("run", id) or ("sweep", id) for an id or prefix that names one of them; `last` is
+    the last sweep."""
+    if ref == "last":
+        return "sweep", store.last_sweep()
+    found = []
+    for kind in ("runs", "sweeps"):
+        try:
+            found.append((kind[:-1], store.resolve(kind, ref)))
+        except StoreError as e:
+            error = e
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise StoreError(f"{ref!r} names both a run and a sweep: give more characters")
+    raise StoreError(f"{ref!r} is neither a run nor a sweep ({error})")
+
+
+def checkpoints_of(args: argparse.Namespace) -> str:
+    """LangGraph's checkpointer the store's links point into: --checkpoints, else as the
+    packaged storage groups put it (storage=postgres: in the store's database)."""
+    if args.checkpoints is not None:
+        return args.checkpoints
+    return os.environ.get("WTB_CHECKPOINTS") or (
+        libpq_url(args.db) if is_postgres(args.db) else "data/checkpoints.db")
