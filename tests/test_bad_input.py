@@ -331,6 +331,18 @@ ROWS = [
         ("'six>=<1'", "PEP 508"),
         call=post_env({"python": PY, "packages": ["six>=<1"]},
                       {"Authorization": f"Bearer {TOKEN}"}), status="422"),
+    # --- loops and the bench's bounds on a run (issue #27) -----------------------------------
+    Row("dead-end-cycle",
+        ("bench", *ONE_JOB, "workflow.edges=[[START,load],[load,clean],[clean,validate],"
+         "[quarantine,summarize],[summarize,load]]"),
+        ("workflow.edges", "'summarize'] cannot reach END", "add an edge or route to END")),
+    Row("workflow.recursion_limit-zero", ("bench", *ONE_JOB, "+workflow.recursion_limit=0"),
+        ("workflow.recursion_limit", "0 is not an integer >= 1", "100")),
+    Row("workflow.case_timeout_s-not-a-number",
+        ("bench", *ONE_JOB, "+workflow.case_timeout_s=abc"),
+        ("workflow.case_timeout_s", "'abc' is not a number of seconds > 0", "3600")),
+    Row("workflow.max_checkpoints-negative", ("bench", *ONE_JOB, "+workflow.max_checkpoints=-5"),
+        ("workflow.max_checkpoints", "-5 is not an integer >= 1", "10000")),
 ]
 
 
