@@ -56,7 +56,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = subprocess.Popen(
             [sys.executable, "-m", "venv_manager", "serve", "--grpc-port", "0",
-             "--rest-port", "-1", "--data", f"{tmp}/vm"], stdout=subprocess.PIPE, text=True)
+             "--rest-port", "-1", "--data", f"{tmp}/vm", "--no-token"], stdout=subprocess.PIPE,
+            text=True)
         address = server.stdout.readline().split("grpc=")[1].split()[0]
         stub = pb_grpc.VenvManagerStub(grpc.insecure_channel(address))
         try:

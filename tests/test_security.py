@@ -308,7 +308,7 @@ def stub(venv_store):
 
 @pytest.fixture(scope="module")
 def rest(venv_store):
-    return TestClient(app(venv_store, TOKEN))
+    return TestClient(app(venv_store, TOKEN), base_url="http://127.0.0.1")
 
 
 @pytest.mark.parametrize(("host", "token", "refused"), [
@@ -317,7 +317,7 @@ def rest(venv_store):
     ("192.168.1.5", None, True), ("example.com", None, True), ("0.0.0.0", "t", False)])
 def test_only_loopback_is_served_without_a_token(host, token, refused):
     if refused:
-        with pytest.raises(SystemExit, match=f"refusing to listen on {host} without --token"):
+        with pytest.raises(SystemExit, match=f"refusing to listen on {host} without a token"):
             check_listen(host, token)
     else:
         assert check_listen(host, token) is None  # no SystemExit: it may listen there

@@ -205,12 +205,14 @@ def test_derive_delete_history_paging_and_cleanup(server, six_env):
 
 def test_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "venv_manager", "serve", "--host", "0.0.0.0",
-                           "--data", str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0 and "refusing to listen on 0.0.0.0 without --token" in proc.stderr
+                           "--no-token", "--data", str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode != 0
+    assert "refusing to listen on 0.0.0.0 without a token (--no-token)" in proc.stderr
 
 
 def test_a_build_killed_midway_leaves_no_half_env(tmp_path):
-    proc, grpc_addr, _ = start_server(tmp_path / "vm")
+    proc, grpc_addr, _ = start_server(tmp_path / "vm", "--no-token")
     stub = pb_grpc.VenvManagerStub(grpc.insecure_channel(grpc_addr))
     spec = pb.EnvSpec(python=SIX.python, packages=["six==1.14.0"])
     future = stub.EnsureEnv.future(spec, timeout=600)
@@ -223,7 +225,7 @@ def test_a_build_killed_midway_leaves_no_half_env(tmp_path):
     proc.wait()
     with pytest.raises(grpc.RpcError):
         future.result()
-    proc, grpc_addr, _ = start_server(tmp_path / "vm")
+    proc, grpc_addr, _ = start_server(tmp_path / "vm", "--no-token")
     try:
         stub = pb_grpc.VenvManagerStub(grpc.insecure_channel(grpc_addr))
         assert stub.ListEnvs(pb.ListEnvsRequest()).envs == []  # nothing half-built is served
@@ -294,7 +296,7 @@ def test_history_pages_are_full_newest_first_and_the_last_says_so(embedded):
     assert len(stub.History(pb.HistoryRequest()).operations) == 100  # page_size 0: 100
     exact = stub.History(pb.HistoryRequest(label_key="variant", label_value="a", page_size=84))
     assert len(exact.operations) == 84 and exact.next_before_id == 0  # nothing left
-    rest = TestClient(app(store, None)).get(
+    rest = TestClient(app(store, None), base_url="http://127.0.0.1").get(
         "/v1/history", params={"label": "variant=a", "page_size": 40, "before_id": pages[0][-1]})
     assert [o["id"] for o in rest.json()["operations"]] == pages[1]
     assert rest.json()["next_before_id"] == pages[1][-1]

@@ -1,5 +1,6 @@
 """`python -m venv_manager serve [--host 127.0.0.1] [--grpc-port 50051] [--rest-port 10900]
-[--data DIR] [--token T]`: the gRPC server and its REST mirror over one EnvStore."""
+[--data DIR] [--token T | --no-token] [--allowed-host H]... [--allowed-origin O]...`: the gRPC
+server and its REST mirror over one EnvStore (docs/venv_manager.md)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 
 def serve(args: argparse.Namespace) -> None:
+    from venv_manager.access import resolve_token
     from venv_manager.envs import EnvStore
     from venv_manager.server import check_listen, grpc_server
 
-    token = args.token or os.environ.get("VENV_MANAGER_TOKEN") or None
+    token, token_file = resolve_token(args.token or os.environ.get("VENV_MANAGER_TOKEN"),
+                                      args.no_token, Path(args.data).absolute())
     check_listen(args.host, token)
     store = EnvStore(args.data)
     server, grpc_port = grpc_server(store, args.host, args.grpc_port, token)
@@ -26,16 +30,18 @@ def serve(args: argparse.Namespace) -> None:
 
         from venv_manager.rest import app
 
-        rest = uvicorn.Server(uvicorn.Config(app(store, token), host=args.host,
-                                             port=args.rest_port, log_level="warning"))
+        api = app(store, token, args.host, tuple(args.allowed_host),
+                  tuple(args.allowed_origin))
+        rest = uvicorn.Server(uvicorn.Config(api, host=args.host, port=args.rest_port,
+                                             log_level="warning"))
         threading.Thread(target=rest.run, daemon=True).start()
         while not rest.started:  # so the line below only appears once both listen
             threading.Event().wait(0.02)
         rest_port = rest.servers[0].sockets[0].getsockname()[1]
     # One machine-readable line: whoever started us (e.g. wtb_conf's launcher) reads the ports.
     print(f"venv_manager listening grpc={args.host}:{grpc_port}"
-          + (f" rest={args.host}:{rest_port}" if rest else "") + f" data={store.root}",
-          flush=True)
+          + (f" rest={args.host}:{rest_port}" if rest else "") + f" data={store.root}"
+          + (f" token_file={token_file}" if token_file else ""), flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -55,7 +61,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grpc-port", type=int, default=50051, help="0 picks a free port")
     p.add_argument("--rest-port", type=int, default=10900, help="0 picks a free port, -1: none")
     p.add_argument("--data", default="data/venv_manager", help="envs and env_audit.db")
-    p.add_argument("--token", help="require 'authorization: Bearer T' (or $VENV_MANAGER_TOKEN)")
+    p.add_argument("--token", help="require 'authorization: Bearer T' (or $VENV_MANAGER_TOKEN); "
+                                   "default: the token in DIR/token, made on first start")
+    p.add_argument("--no-token", action="store_true",
+                   help="require no token (loopback only): any local process may call it")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="H",
+                   help="REST: also answer to Host H (repeatable; '*': any)")
+    p.add_argument("--allowed-origin", action="append", default=[], metavar="O",
+                   help="REST: also answer to browser Origin O (repeatable; '*': any)")
     args = ap.parse_args(argv)
     serve(args)
 

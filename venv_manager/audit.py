@@ -27,6 +27,10 @@ SCHEMA = [
         exit_code INTEGER,
         duration_s REAL NOT NULL
     )""",
+    # (RunCode's streams: the row holds a head of each, these describe the whole of it)
+    *(f"ALTER TABLE operations ADD COLUMN {name} {kind}" for name, kind in (
+        ("stdout_sha256", "TEXT"), ("stderr_sha256", "TEXT"), ("stdout_bytes", "INTEGER"),
+        ("stderr_bytes", "INTEGER"))),
     "CREATE INDEX IF NOT EXISTS operations_env ON operations (env_id, id)",
     """CREATE TABLE IF NOT EXISTS envs (
         env_id TEXT PRIMARY KEY,
@@ -56,24 +60,35 @@ class Audit:
             dbapi_conn.execute("PRAGMA busy_timeout=30000")
 
         with self.engine.begin() as conn:
+            columns = {r[1] for r in conn.execute(text("PRAGMA table_info(operations)"))}
             for statement in SCHEMA:
+                # an older database gains the columns it lacks; a newer one is left alone
+                if statement.startswith("ALTER") and statement.split()[5] in columns:
+                    continue
                 conn.execute(text(statement))
 
     def record(self, operation: str, env_id: str | None, labels: dict, status: str,
                duration_s: float, stdout: str = "", stderr: str = "",
-               exit_code: int | None = None, touch: bool = False) -> None:
-        """Log an operation; with touch, also mark the env used now (same transaction)."""
+               exit_code: int | None = None, touch: bool = False,
+               streams: tuple[Any, Any] | None = None) -> None:
+        """Log an operation; with touch, also mark the env used now (same transaction).
+        `streams`: RunCode's stdout and stderr (capture.Stream): their digests and sizes."""
+        out_meta = (streams[0].sha256, streams[0].size) if streams else (None, None)
+        err_meta = (streams[1].sha256, streams[1].size) if streams else (None, None)
         with self.engine.begin() as conn:
             if touch:
                 conn.execute(text("UPDATE envs SET last_used_at = :at WHERE env_id = :id"),
                              {"at": now_iso(), "id": env_id})
             conn.execute(
                 text("INSERT INTO operations (at, operation, env_id, labels, status, stdout, "
-                     "stderr, exit_code, duration_s) VALUES (:at, :op, :env, :labels, :status, "
-                     ":out, :err, :code, :dur)"),
+                     "stderr, exit_code, duration_s, stdout_sha256, stdout_bytes, "
+                     "stderr_sha256, stderr_bytes) VALUES (:at, :op, :env, :labels, :status, "
+                     ":out, :err, :code, :dur, :out_sha, :out_n, :err_sha, :err_n)"),
                 {"at": now_iso(), "op": operation, "env": env_id,
                  "labels": json.dumps(labels, sort_keys=True), "status": status, "out": stdout,
-                 "err": stderr, "code": exit_code, "dur": duration_s},
+                 "err": stderr, "code": exit_code, "dur": duration_s,
+                 "out_sha": out_meta[0], "out_n": out_meta[1], "err_sha": err_meta[0],
+                 "err_n": err_meta[1]},
             )
 
     def history(self, env_id: str | None = None, label: tuple[str, str] | None = None,

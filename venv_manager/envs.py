@@ -36,6 +36,7 @@ from datetime import datetime
 from pathlib import Path
 
 from venv_manager.audit import Audit
+from venv_manager.capture import AUDIT_HEAD, OUTPUT_CAP, run_capped
 from venv_manager.spec import EnvSpec, InvalidSpec
 
 UV_TIMEOUT_S = 900  # a cold install of a large package set; past this, report and give up
@@ -91,6 +92,27 @@ def _is_env_id(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
+def _complete(path: Path) -> bool:
+    """An env directory as a build leaves it. Never through a symbolic link: an entry planted
+    in envs/ must not make the manager serve, run or delete what lies outside its data dir."""
+    return not path.is_symlink() and path.is_dir() and (path / "spec.json").is_file()
+
+
+@contextlib.contextmanager
+def _open_lock(path: Path) -> Iterator[int]:
+    """A lock file's descriptor, opened without following a link (a planted link would have
+    the lock truncate or create whatever it points to) and without truncating."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise EnvInUse(f"cannot open the lock {path}: {e.strerror} (a symbolic link there is "
+                       "refused; remove it)") from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def _size(path: Path) -> int:
     return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_symlink())
 
@@ -125,9 +147,9 @@ class EnvStore:
     def _single_flight(self, env_id: str) -> Iterator[int]:
         """One build per env id: a thread lock within this process, flock across processes.
         Yields the locked file's descriptor, which the build hands down to uv."""
-        with self._thread_lock(env_id), open(self._lock_path(env_id), "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            yield f.fileno()
+        with self._thread_lock(env_id), _open_lock(self._lock_path(env_id)) as fd:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield fd
 
     def _staging(self, env_id: str = "") -> list[Path]:
         """The .tmp- directories of builds and deletes (of one env, or of all)."""
@@ -137,9 +159,9 @@ class EnvStore:
         """Remove env_id's staging dirs if no live process builds or deletes it (its flock is
         free): (names removed, problems met). The flock is taken without waiting and held
         while removing, so a build that starts meanwhile waits for a clean slate."""
-        with open(self._lock_path(env_id), "w") as f:
+        with _open_lock(self._lock_path(env_id)) as fd:
             try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return [], []  # a live builder (or its orphaned uv) holds it: in use
             doomed = self._staging(env_id)
@@ -149,7 +171,7 @@ class EnvStore:
     def _load(self, env_id: str) -> Env:
         path = self._dir(env_id)
         if env_id not in self._loaded:  # the files never change: read them once
-            if not (path / "spec.json").is_file():
+            if not _complete(path):
                 raise EnvNotFound(env_id)
             self._loaded[env_id] = (json.loads((path / "spec.json").read_text()),
                                     (path / "lock.txt").read_text())
@@ -232,9 +254,9 @@ class EnvStore:
             return self._load(env_id)
         status, out, err = "cached", "", ""
         try:
-            if not (self._dir(env_id) / "spec.json").is_file():
+            if not _complete(self._dir(env_id)):
                 with self._single_flight(env_id) as lock_fd:
-                    if not (self._dir(env_id) / "spec.json").is_file():
+                    if not _complete(self._dir(env_id)):
                         out, err = self._build(spec, lock_fd)
                         status = "built"
             if self.audit.env_row(env_id) is None:
@@ -258,7 +280,7 @@ class EnvStore:
     def list(self) -> list[Env]:
         # Only complete envs: staging dirs start with "." and anything else is not ours.
         ids = [p.name for p in (self.root / "envs").iterdir()
-               if _is_env_id(p.name) and (p / "spec.json").is_file()]
+               if _is_env_id(p.name) and _complete(p)]
         self.audit.record("ListEnvs", None, {}, "ok", 0.0, "\n".join(sorted(ids)))
         return [self._load(i) for i in sorted(ids)]
 
@@ -288,12 +310,20 @@ class EnvStore:
             row = self.audit.env_row(env_id) if unused_since is not None else None
             if row and datetime.fromisoformat(row["last_used_at"]).timestamp() >= unused_since:
                 raise EnvInUse(f"env {env_id} was used since the cleanup began")
+            if path.is_symlink():  # planted: remove the link alone, never what it points to
+                path.unlink()
+                self._known.discard(env_id)
+                self._loaded.pop(env_id, None)
+                self.audit.forget_env(env_id)
+                self.audit.record("DeleteEnv", env_id, {}, "deleted", time.perf_counter() - t0,
+                                  stderr=f"{path} was a symbolic link: removed the link only")
+                return
             if not path.is_dir():
                 raise EnvNotFound(env_id)
             # Rename first: a crash mid-delete leaves a .tmp- dir, never a half env. One left
             # by a delete that died would block the rename; we hold the lock, so it is dead.
             doomed = path.with_name(f".tmp-{env_id}-deleting")
-            shutil.rmtree(doomed, ignore_errors=True)
+            _remove_all([doomed])
             os.replace(path, doomed)
             self._known.discard(env_id)
             self._loaded.pop(env_id, None)
@@ -307,21 +337,21 @@ class EnvStore:
         return "\n".join(env.lock) + "\n"
 
     def run_code(self, env_id: str, code: str, timeout_s: float = 30) -> RunResult:
-        """Run a Python snippet in the env (as `python -c`, no shell), with a timeout."""
+        """Run a Python snippet in the env (as `python -c`, no shell), with a timeout. Its
+        stdout and stderr come back cut at OUTPUT_CAP bytes each, with a marker saying how
+        many more it wrote (capture.py)."""
         if not (math.isfinite(timeout_s) and 0 < timeout_s <= MAX_RUN_S):
             raise InvalidSpec(f"timeout_s {timeout_s}: expected seconds, more than 0 and at "
                               f"most {MAX_RUN_S}")
         t0 = time.perf_counter()
         with self.lease(env_id) as env:
-            try:
-                proc = subprocess.run([env.python_path, "-c", code], capture_output=True,
-                                      text=True, timeout=timeout_s, cwd=self.root)
-                result = RunResult(proc.stdout, proc.stderr, proc.returncode, False)
-            except subprocess.TimeoutExpired as e:
-                result = RunResult(e.stdout or "", e.stderr or "", -1, True)
-        status = "timeout" if result.timed_out else ("ok" if result.exit_code == 0 else "error")
+            out, err, code, timed_out = run_capped([env.python_path, "-c", code], timeout_s,
+                                                   self.root)
+        result = RunResult(out.text(OUTPUT_CAP), err.text(OUTPUT_CAP), code, timed_out)
+        status = "timeout" if timed_out else ("ok" if code == 0 else "error")
+        # the audit keeps a head of each stream, and the digest and size of all of it
         self.audit.record("RunCode", env_id, env.labels, status, time.perf_counter() - t0,
-                          str(result.stdout), str(result.stderr), result.exit_code)
+                          out.text(AUDIT_HEAD), err.text(AUDIT_HEAD), code, streams=(out, err))
         return result
 
     def cleanup(self, idle_s: float) -> list[str]:
@@ -357,7 +387,10 @@ def _remove_all(paths: list[Path]) -> list[str]:
     problems = []
     for path in paths:
         try:
-            shutil.rmtree(path)
+            if path.is_symlink():  # rmtree refuses a link; unlink removes it, not its target
+                path.unlink()
+            else:
+                shutil.rmtree(path)
         except FileNotFoundError:
             pass  # removed meanwhile: what we wanted
         except OSError as e:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from venv_manager.access import host_problem, origin_problem
 from venv_manager.audit import DEFAULT_PAGE
 from venv_manager.envs import BuildFailed, EnvInUse, EnvNotFound, EnvStore
 from venv_manager.server import token_ok
@@ -33,8 +35,20 @@ class CodeIn(BaseModel):
     timeout_s: float = 30
 
 
-def app(store: EnvStore, token: str | None) -> FastAPI:
+def app(store: EnvStore, token: str | None, host: str = "127.0.0.1",
+        allowed_hosts: tuple[str, ...] = (), allowed_origins: tuple[str, ...] = ()) -> FastAPI:
+    """The REST app. `host`: the address it is bound to; a request's Host must name it, a
+    loopback name or one of `allowed_hosts`, and its Origin (if any) be in `allowed_origins`
+    (access.py says why)."""
     api = FastAPI(title="venv_manager", version="1")
+
+    @api.middleware("http")
+    async def check_host_and_origin(request: Request, call_next):
+        problem = (host_problem(request.headers.get("host"), host, allowed_hosts)
+                   or origin_problem(request.headers.get("origin"), allowed_origins))
+        if problem:  # before any route, health included: a page learns nothing here
+            return JSONResponse({"detail": problem}, status_code=403)
+        return await call_next(request)
 
     def auth(authorization: str | None = Header(default=None)) -> None:
         if not token_ok(authorization, token):

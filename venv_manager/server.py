@@ -4,7 +4,6 @@ loopback/token rules shared with the REST mirror (rest.py)."""
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from concurrent import futures
 from typing import Any
 
@@ -12,6 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from venv_manager.access import is_loopback
 from venv_manager.audit import DEFAULT_PAGE
 from venv_manager.envs import BuildFailed, Env, EnvInUse, EnvNotFound, EnvStore
 from venv_manager.proto import venv_manager_pb2 as pb
@@ -21,19 +21,11 @@ from venv_manager.spec import EnvSpec, InvalidSpec
 SERVICE = "wtb.venv.v1.VenvManager"
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_listen(host: str, token: str | None) -> None:
     if not is_loopback(host) and not token:
-        raise SystemExit(f"refusing to listen on {host} without --token: anyone who can reach "
-                         "it could build envs and run code; pass --token, or listen on 127.0.0.1")
+        raise SystemExit(f"refusing to listen on {host} without a token (--no-token): anyone "
+                         "who can reach it could build envs and run code; drop --no-token, or "
+                         "listen on 127.0.0.1")
 
 
 def token_ok(presented: str | None, token: str | None) -> bool:
@@ -144,7 +136,10 @@ class VenvManagerServicer(pb_grpc.VenvManagerServicer):
             operations=[pb.Operation(
                 id=o["id"], at=o["at"], operation=o["operation"], env_id=o["env_id"] or "",
                 labels=o["labels"], status=o["status"], stdout=o["stdout"], stderr=o["stderr"],
-                exit_code=o["exit_code"] or 0, duration_s=o["duration_s"]) for o in ops],
+                exit_code=o["exit_code"] or 0, duration_s=o["duration_s"],
+                stdout_sha256=o["stdout_sha256"] or "", stdout_bytes=o["stdout_bytes"] or 0,
+                stderr_sha256=o["stderr_sha256"] or "", stderr_bytes=o["stderr_bytes"] or 0)
+                for o in ops],
             next_before_id=next_before_id,
         )
 

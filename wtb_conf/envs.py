@@ -2,6 +2,9 @@
 
 The bench talks to venv_manager only over gRPC (the proto is all they share). With no address
 configured, `connect()` starts a manager of its own on a free loopback port and stops it after.
+A manager requires a token by default, kept in its data dir's `token` file (mode 0600): the
+bench reads it there for the manager it starts, and for one named by address when no token is
+configured (a manager started by hand on the project's `data/venv_manager`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping
+from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -38,6 +43,25 @@ RUNTIME = ("ray", "hydra-core", "omegaconf", "langgraph", "langgraph-checkpoint-
 # object-store blob root (only then: they are not small, and most envs run on SQLite)
 POSTGRES_RUNTIME = ("psycopg", "psycopg-binary", "psycopg-pool", "langgraph-checkpoint-postgres")
 FSSPEC_RUNTIME = ("fsspec", "s3fs")
+TOKEN_FILE = "token"  # the manager's token, in its data dir (venv_manager/access.py)
+
+
+def read_token(data_dir: Path) -> str | None:
+    """The token a manager keeps in `data_dir`, or None when it keeps none there."""
+    try:
+        return (data_dir / TOKEN_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise EnvError(f"cannot read the venv manager's token {data_dir / TOKEN_FILE}: "
+                       f"{e.strerror}") from None
+
+
+def _what(spec: pb.EnvSpec) -> str:
+    """'python 3.11, tabulate==0.8.10': the spec as the user wrote it (the runtime aside)."""
+    runtime = {*RUNTIME, *POSTGRES_RUNTIME, *FSSPEC_RUNTIME}
+    own = [p for p in spec.packages if p.split("==")[0] not in runtime]
+    return ", ".join([f"python {spec.python}", *own])
 
 
 def runtime_for(storage: Mapping[str, Any] | None) -> tuple[str, ...]:
@@ -94,11 +118,27 @@ class VenvClient:
         self.stub = pb_grpc.VenvManagerStub(self.channel)
 
     def ensure(self, spec: pb.EnvSpec, job: str) -> pb.Env:
+        """The env for `spec`, saying what is asked and when it is there: a first build with
+        uv takes half a minute, and without a terminal nothing else is printed meanwhile."""
+        print(f"env for {job}: {_what(spec)}: asking the venv manager, which builds it with "
+              "uv if it is new...", flush=True)
+        t0, started = time.monotonic(), datetime.now().astimezone()
         try:
-            return self.stub.EnsureEnv(spec, metadata=self.metadata, timeout=ENSURE_TIMEOUT_S)
+            env = self.stub.EnsureEnv(spec, metadata=self.metadata, timeout=ENSURE_TIMEOUT_S)
         except grpc.RpcError as e:
+            hint = ""
+            if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                hint = ("\nset hydra.launcher.planner.venv_manager_token to the manager's token "
+                        f"(it keeps it in its data dir's {TOKEN_FILE} file)")
             raise EnvError(f"{job}: the venv manager could not provide an env with "
-                           f"{', '.join(spec.packages)}:\n{e.details()}") from None
+                           f"{', '.join(spec.packages)}:\n{e.details()}{hint}") from None
+        try:
+            built = datetime.fromisoformat(env.created_at) >= started  # (its clock, if remote)
+        except ValueError:
+            built = False
+        print(f"env {env.env_id[:12]} ({_what(spec)}) ready in {time.monotonic() - t0:.1f} s"
+              + (" (built with uv)" if built else " (it had it)"), flush=True)
+        return env
 
     def check_interpreter(self, env: pb.Env, job: str) -> list[str]:
         """Run `import ray` in the env (an actor whose interpreter lacks Ray hangs silently);
@@ -148,18 +188,24 @@ def start_manager(data_dir: Path, die_with_parent: bool = False, token: str = ""
     return proc, line[0].split("grpc=")[1].split()[0], log
 
 
+
 @contextlib.contextmanager
 def connect(address: str | None, token: str | None, data_dir: Path) -> Iterator[VenvClient]:
     """A client for the manager at `address`, or for one started here (and stopped after)."""
     if address:
-        client = VenvClient(address, token)
+        client = VenvClient(address, token or read_token(data_dir))
         try:
             yield client
         finally:
             client.close()
         return
     proc, address, log = start_manager(data_dir)
-    client = VenvClient(address)
+    try:  # its token, made on its first start in data_dir (its own, only it can read it)
+        client = VenvClient(address, read_token(data_dir))
+    except BaseException:
+        proc.kill()
+        log.close()
+        raise
     try:
         yield client
     finally:

@@ -40,7 +40,7 @@ def env_id(packages: list[str]) -> str:
 def start_server(data: Path) -> tuple[subprocess.Popen, pb_grpc.VenvManagerStub]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "venv_manager", "serve", "--grpc-port", "0", "--rest-port", "-1",
-         "--data", str(data)],
+         "--data", str(data), "--no-token"],  # (the token is tests/test_venv_manager_guards.py's)
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # its own process group: killpg takes it and its uv, not us
     )

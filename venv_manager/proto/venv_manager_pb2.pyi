@@ -156,7 +156,7 @@ class HistoryRequest(_message.Message):
     def __init__(self, env_id: _Optional[str] = ..., label_key: _Optional[str] = ..., label_value: _Optional[str] = ..., status: _Optional[str] = ..., page_size: _Optional[int] = ..., before_id: _Optional[int] = ...) -> None: ...
 
 class Operation(_message.Message):
-    __slots__ = ("id", "at", "operation", "env_id", "labels", "status", "stdout", "stderr", "exit_code", "duration_s")
+    __slots__ = ("id", "at", "operation", "env_id", "labels", "status", "stdout", "stderr", "exit_code", "duration_s", "stdout_sha256", "stdout_bytes", "stderr_sha256", "stderr_bytes")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +174,10 @@ class Operation(_message.Message):
     STDERR_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STDERR_SHA256_FIELD_NUMBER: _ClassVar[int]
+    STDERR_BYTES_FIELD_NUMBER: _ClassVar[int]
     id: int
     at: str
     operation: str
@@ -184,7 +188,11 @@ class Operation(_message.Message):
     stderr: str
     exit_code: int
     duration_s: float
-    def __init__(self, id: _Optional[int] = ..., at: _Optional[str] = ..., operation: _Optional[str] = ..., env_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., status: _Optional[str] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., exit_code: _Optional[int] = ..., duration_s: _Optional[float] = ...) -> None: ...
+    stdout_sha256: str
+    stdout_bytes: int
+    stderr_sha256: str
+    stderr_bytes: int
+    def __init__(self, id: _Optional[int] = ..., at: _Optional[str] = ..., operation: _Optional[str] = ..., env_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., status: _Optional[str] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., exit_code: _Optional[int] = ..., duration_s: _Optional[float] = ..., stdout_sha256: _Optional[str] = ..., stdout_bytes: _Optional[int] = ..., stderr_sha256: _Optional[str] = ..., stderr_bytes: _Optional[int] = ...) -> None: ...
 
 class HistoryResponse(_message.Message):
     __slots__ = ("operations", "next_before_id")
