@@ -391,16 +391,16 @@ def test_a_bad_value_refuses_the_sweep_with_the_store_untouched(tmp_path):
         assert after == before, bad
 
 
-def test_a_bad_value_in_one_job_of_a_sweep_is_that_jobs_recorded_failure(tmp_path):
+def test_a_bad_value_in_some_jobs_of_a_sweep_refuses_it_naming_those_jobs(tmp_path):
+    """Every job's config is known when the sweep starts: one bad job refuses the sweep (it
+    used to be that job's recorded failure, after the others ran)."""
     project = copy_project(tmp_path)
     proc = run_bench(project, "-m", "workflow=file_processing", "compare.mode=max,best",
                      check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    with open_store(str(project / "data/wtb.db"), project / "data/blobs") as store:
-        runs = {r["job_num"]: r for r in store.runs(store.last_sweep())}
-    assert runs[0]["status"] == "completed"
-    assert runs[1]["status"] == "failed"
-    assert runs[1]["error"] == "WorkflowError: compare.mode: 'best' is not one of max, min"
+    assert proc.stderr.strip() == ("1 of 2 jobs [job 1 (compare.mode=best)]: compare.mode: "
+                                   "'best' is not one of max, min"), proc.stderr
+    assert not (project / "data").exists() and not (project / "multirun").exists()
 
 
 def test_a_value_that_resolves_only_in_a_job_is_left_to_the_jobs(tmp_path):

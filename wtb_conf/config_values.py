@@ -23,7 +23,8 @@ from pydantic_core import PydanticCustomError
 
 from wtb_conf.checkpoints import is_postgres, store_url
 
-TYPES = ("any", "str", "int", "float", "bool", "list", "dict")
+# `file` / `text_file`: a str naming a case input file, checked before the sweep starts
+TYPES = ("any", "str", "int", "float", "bool", "list", "dict", "file", "text_file")
 REDUCERS = ("append", "merge")
 STARTS, ENDS = ("START", "__start__"), ("END", "__end__")  # as written, and LangGraph's own
 MISSING = "???"  # Hydra's mandatory value, not given yet

@@ -18,12 +18,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from wtb_conf.config_checks import (
+    case_file_problems,
+    clip_message,
+    state_path_problems,
+    top_level_problems,
+)
 from wtb_conf.fork import ForkError
 from wtb_conf.identity import identity_of, input_files
 from wtb_conf.schemas import ForkConfig, StorageConfig, check
 from wtb_conf.scoring import check_compare, eval_key, evaluators_of, rescore
 from wtb_conf.store import Store, StoreError, open_store
-from wtb_conf.workflow import WorkflowError, build_graph
+from wtb_conf.workflow import WorkflowError, build_graph, check_workflow
 
 log = logging.getLogger(__name__)
 
@@ -261,17 +267,32 @@ def check_job(cfg: DictConfig) -> tuple[Any, dict[str, Any], dict, dict | None]:
     return check_graph(cfg)
 
 
-def check_graph(cfg: DictConfig) -> tuple[Any, dict[str, Any], dict, dict | None]:
-    """check_job but for where the job runs: also the sweep's check of its primary config
-    (wtb_conf.sweep), when every job has that workflow and runs in the driver's interpreter."""
-    graph = build_graph(cfg.workflow)
+def check_graph(cfg: DictConfig, imports: bool = True, launch_dir: Path | None = None,
+                ) -> tuple[Any, dict[str, Any], dict, dict | None]:
+    """check_job but for where the job runs: also the sweep's check of every job's config at
+    its start (wtb_conf.sweep_jobs). `imports`: False for a job whose env is another
+    interpreter (its targets import there, not here: everything else is checked, and the
+    graph and evaluators returned are None). `launch_dir`: check the case input files
+    (`file` / `text_file` fields) there; None: the nodes will say."""
+    if problems := top_level_problems(cfg.keys()):
+        raise WorkflowError("\n".join(problems))
+    if "workflow" not in cfg:
+        raise WorkflowError("workflow: none chosen; pick one: workflow=NAME "
+                            "(conf/workflow/NAME.yaml)")
+    graph = None
+    if imports:
+        graph = build_graph(cfg.workflow)
+    else:
+        check_workflow(cfg.workflow)
     workflow = plain(cfg.workflow)
     if cfg.get("fork") is not None:  # its run and checkpoint (and fork.after: which case ran
         # it) are looked up in the store when the job runs
         check(ForkConfig, cfg.fork, "fork", error=ForkError)
-    evaluators = evaluators_of(workflow)
+    evaluators = evaluators_of(workflow) if imports else None
     compare = check_compare(plain(cfg.get("compare")), workflow)
     cases = workflow.get("cases")
+    if problems := state_path_problems(workflow):
+        raise WorkflowError("\n".join(problems))
     if cfg.get("fork") is None and (not cases or not isinstance(cases, Mapping)):
         raise WorkflowError("workflow.cases: add at least one input case: `cases: {one: {}}`")
     return graph, workflow, evaluators, compare
@@ -280,8 +301,10 @@ def check_graph(cfg: DictConfig) -> tuple[Any, dict[str, Any], dict, dict | None
 def record_failure(job: Opened, run_id: str, error: BaseException, out_dir: Path | None = None,
                    tb: str | None = None) -> dict[str, Any]:
     """Close a run as failed with `error` (raised just now, or `tb` its traceback); keep
+    if launch_dir is not None and (problems := case_file_problems(workflow, launch_dir)):
+        raise WorkflowError("\n".join(problems))
     what it wrote to `out_dir`. A failure to keep it is logged, never the run's error."""
-    message = f"{type(error).__name__}: {error}"
+    message = clip_message(f"{type(error).__name__}: {error}")  # no 100 KB value in the store
     log.error("run %s failed: %s", run_id, message)
     tb = tb or "".join(traceback.format_exception(type(error), error, error.__traceback__))
     commit = None

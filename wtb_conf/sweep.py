@@ -19,7 +19,9 @@ from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from wtb_conf import checkpoints, compare, intake
+from wtb_conf import checkpoints, compare, intake, sweep_jobs
+from wtb_conf.config_checks import clip_message, top_level_problems
+from wtb_conf.config_values import ConfigError
 from wtb_conf.fork import ForkError
 from wtb_conf.intake import SWEEP_ENV, open_store_for, storage_paths
 from wtb_conf.replay import SWEEP_ID_FILE
@@ -147,9 +149,10 @@ def check_primary(config: DictConfig, swept: set[str]) -> None:
     check_config(config, whole)
     if "workflow" not in config or not {"workflow", "env", "compare", "fork"} <= whole:
         return
-    if intake.wants_env(intake.plain(config.get("env"))):
-        return  # its targets import in its env's interpreter, not here
-    intake.check_graph(config)  # (what fork.* names in the store: a job's recorded failure)
+    # its targets import in its env's interpreter, not here: the rest is checked
+    imports = not intake.wants_env(intake.plain(config.get("env")))
+    # (what fork.* names in the store: a job's recorded failure)
+    intake.check_graph(config, imports=imports, launch_dir=Path.cwd())
 
 
 class ConfigRefused(SystemExit):
@@ -159,7 +162,7 @@ class ConfigRefused(SystemExit):
     message alone (no traceback) and exits 1."""
 
     def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
+        super().__init__(clip_message(str(error)))  # a 100 KB value is not echoed whole
         self.error = error
 
 
@@ -176,13 +179,21 @@ class SweepCallback(Callback):
             raise ConfigRefused(e) from None
         except Exception as e:  # `${hydra:...}` resolves only in a job: the jobs check it
             log.debug("config not checked at the sweep's start: %s: %s", type(e).__name__, e)
-        if "workflow" not in config:  # Hydra stops it with "You must specify 'workflow'"
-            return
+        if multirun:  # every job's own config, composed as the launcher will compose it
+            try:
+                sweep_jobs.check_jobs(config, KNOWN_SWEEPERS, Path.cwd())
+            except (CompactHydraException, WorkflowError, ForkError, StoreError) as e:
+                raise ConfigRefused(e) from None
+            except Exception as e:  # a fault of the check's own: the jobs check themselves
+                log.warning("jobs not checked at the sweep's start: %s: %s",
+                            type(e).__name__, e)
         try:  # before the store is made or migrated and the sweep dir claimed: a refused
             # sweep leaves nothing behind
             checkpoints.check_reachable(storage_paths(config.storage, Path.cwd())["checkpoints"])
             store, _ = open_store_for(config, Path.cwd())
         except StoreError as e:  # a db_url SQLAlchemy cannot open, a dir blocked by a file
+    if problems := top_level_problems(config.keys()):  # no sweep adds a top-level key
+        raise ConfigError("\n".join(problems))
             raise ConfigRefused(e) from None
         sweep_dir = str(claim_sweep_dir(config)) if multirun else None
         with store:
@@ -228,6 +239,8 @@ class SweepCallback(Callback):
             lines = [
                 f"  job {r['job_num']} ({' '.join(r['overrides']) or 'no overrides'}): "
                 f"{r['error']} — `wtb show {r['run_id'][:8]}`"
+            elif "workflow" not in config:  # (a sweep may choose it: its jobs are checked)
+                raise ConfigError(sweep_jobs.missing_workflow())
                 for r in failed
             ]
             print(f"{len(failed)} of {len(runs)} jobs failed:", *lines, sep="\n", file=sys.stderr)

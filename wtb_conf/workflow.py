@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
+from wtb_conf.config_checks import LIMIT, clip, param_problems
 from wtb_conf.schemas import CallableSpec, StateField, WorkflowConfig, check
 
 TYPES: dict[str, Any] = {
@@ -25,6 +26,8 @@ TYPES: dict[str, Any] = {
     "bool": bool,
     "list": list,
     "dict": dict,
+    "file": str,  # the path of a case input file (wtb_conf.config_checks checks it)
+    "text_file": str,
 }
 
 
@@ -52,6 +55,8 @@ def _locate(key: str, target: str) -> Callable:
     """Import `pkg.module.attr[.attr]` (a dotted path: the model checked it); errors name the
     key and what failed to import."""
     parts = target.split(".")
+    shown = repr(target[:LIMIT]) + (f"… ({len(target)} characters)"  # not 100 KB of it
+                                    if len(target) > LIMIT else "")
     for i in range(len(parts) - 1, 0, -1):
         module_name = ".".join(parts[:i])
         try:
@@ -60,12 +65,12 @@ def _locate(key: str, target: str) -> Callable:
         except ModuleNotFoundError as e:
             if e.name is not None and (module_name + ".").startswith(e.name + "."):
                 continue  # this prefix is not a module; try a shorter one
-            raise WorkflowError(f"{key}: importing {module_name!r} failed: {e}") from e
+            raise WorkflowError(f"{key}: importing {clip(module_name)!r} failed: {e}") from e
         except Exception as e:
-            raise WorkflowError(f"{key}: importing {module_name!r} failed: {e!r}") from e
+            raise WorkflowError(f"{key}: importing {clip(module_name)!r} failed: {e!r}") from e
     else:
         raise WorkflowError(
-            f"{key}: cannot import {target!r}: no module {parts[0]!r} on sys.path "
+            f"{key}: cannot import {shown}: no module {clip(parts[0])!r} on sys.path "
             "(run from your project directory, or install the package)"
         )
     for attr in parts[i:]:
@@ -73,17 +78,22 @@ def _locate(key: str, target: str) -> Callable:
             obj = getattr(obj, attr)
         except AttributeError:
             raise WorkflowError(
-                f"{key}: cannot import {target!r}: {module_name!r} has no attribute {attr!r}"
+                f"{key}: cannot import {shown}: {module_name!r} has no attribute "
+                f"{clip(attr)!r}"
             ) from None
     if not callable(obj):
-        raise WorkflowError(f"{key}: {target!r} is a {type(obj).__name__}, not a callable")
+        raise WorkflowError(f"{key}: {shown} is a {type(obj).__name__}, not a callable")
     return obj
 
 
-def _callable(key: str, spec: CallableSpec) -> Callable:
-    """`{_target_: pkg.fn, a: 1}` -> functools.partial(pkg.fn, a=1)."""
+def _callable(key: str, spec: CallableSpec, takes_state: bool = True) -> Callable:
+    """`{_target_: pkg.fn, a: 1}` -> functools.partial(pkg.fn, a=1). Params the function does
+    not take, or whose value its annotation refuses, are refused here, naming the key: the
+    job would fail in the node with a TypeError that names neither."""
     fn = _locate(f"{key}._target_", spec.target)
     params = spec.params()
+    if problems := param_problems(key, spec.target, fn, params, takes_state):
+        raise WorkflowError("\n".join(problems))
     return functools.partial(fn, **params) if params else fn
 
 
@@ -120,7 +130,7 @@ def build_graph(workflow: Any) -> StateGraph:
     is importing the callables."""
     spec = check_workflow(workflow)
     if spec.factory is not None:
-        graph = _callable("workflow.factory", spec.factory)()
+        graph = _callable("workflow.factory", spec.factory, takes_state=False)()
         if not isinstance(graph, StateGraph):
             raise WorkflowError(
                 f"workflow.factory: returned a {type(graph).__name__}; it must return an "
