@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
 import subprocess
 import sys
 
 import pytest
+from conftest import run_bench
 
 from wtb_conf.cli import main
+from wtb_conf.views import clip_json
 
 RUN_KEYS = {"run_id", "sweep_id", "job_num", "status", "overrides", "workflow", "config_digest",
             "job_dir", "started_at", "finished_at", "error", "metrics", "commit", "checkpoints",
@@ -110,3 +114,73 @@ def test_console_script_runs(demo):
     proc = subprocess.run([sys.executable, "-m", "wtb_conf.cli", "runs", "--json"], cwd=demo,
                           capture_output=True, text=True, check=True)
     assert len(json.loads(proc.stdout)) == 4
+
+
+@pytest.mark.parametrize("value, limit, shown", [
+    ({"a": 1}, 2000, '{"a": 1}'),  # short: whole
+    ({"log": ["load", "clean", "validate"]}, 20,
+     '{"log": ["load" … (23 more characters; wtb show abcd1234 --json for all)'),
+    ({"text": "one two three four"}, 16,
+     '{"text": … (22 more characters; wtb show abcd1234 --json for all)'),
+    ("one two three four", 10, '"one two … (12 more characters; wtb show abcd1234 --json for all)'),
+])
+def test_show_clips_the_final_state_at_a_token_and_says_so(value, limit, shown):
+    assert clip_json(value, "abcd1234", limit) == shown
+
+
+def test_show_clips_a_long_final_state_in_the_demo(wtb, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100000")  # one line, as rich would print it unwrapped
+    run = jcall(wtb, "runs")[0]["run_id"]
+    out = wtb("show", run[:8]).out
+    state = json.dumps(jcall(wtb, "show", run)["cases"][0]["final_state"])
+    assert len(state) > 2000  # the demo's rows: the clip is exercised
+    line = next(x for x in out.splitlines() if x.startswith("final state:"))
+    assert line.endswith(f"more characters; wtb show {run[:8]} --json for all)")
+    kept = line.removeprefix("final state: ").partition(" … (")[0]
+    assert state.startswith(kept) and state[len(kept)] in ",]}: "  # cut between tokens
+    assert len(kept) <= 2000 and line.endswith(f"… ({len(state) - len(kept)} more characters; "
+                                               f"wtb show {run[:8]} --json for all)")
+
+
+@pytest.fixture
+def project(demo, tmp_path):
+    """A private copy of the demo project, for the commands that write."""
+    dest = tmp_path / "project"
+    shutil.copytree(demo, dest)
+    return dest
+
+
+def test_show_a_cache_hit_names_its_source_and_shows_its_cases(project, monkeypatch, capsys):
+    run_bench(project, "-m", "+experiment=demo")  # every job a cache hit
+    monkeypatch.chdir(project)
+    assert main(["show", "last", "--json"]) == 0
+    hit = json.loads(capsys.readouterr().out)
+    assert hit["status"] == "cached"
+    assert [c["case"] for c in hit["cases"]] == ["orders", "returns"]
+    assert all(c["thread_id"].startswith(hit["cached_from"]) for c in hit["cases"])
+    assert main(["show", "last"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # (rich wraps long lines)
+    assert f"cache hit of run {hit['cached_from']}: nothing ran" in out
+    assert "case orders (completed)" in out and "final state:" in out
+
+
+def test_evaluate_with_a_bad_override_exits_1_and_records_nothing(project, monkeypatch,
+                                                                  capsys):
+    monkeypatch.chdir(project)
+    db = project / "data/wtb.db"
+    before = sqlite3.connect(db).execute("SELECT count(*) FROM evaluations").fetchone()[0]
+    for override, message in [
+        ("workflow.evaluators.total_ok.abs_tol=abc", "workflow.evaluators.total_ok.abs_tol: "
+                                                     "'abc' is not a"),
+        ("+workflow.evaluators.total_ok.abs_tl=1", "workflow.evaluators.total_ok.abs_tl"),
+        ("compare.objective=nope", "compare.objective: 'nope' is not a metric"),
+    ]:
+        assert main(["evaluate", "last", override]) == 1, override
+        err = capsys.readouterr().err
+        assert message in err and "nothing scored, nothing recorded" in err, err
+        assert "Traceback" not in err
+    after = sqlite3.connect(db).execute("SELECT count(*) FROM evaluations").fetchone()[0]
+    assert after == before
+    assert main(["evaluate", "last", "workflow.evaluators.total_ok.abs_tol=100"]) == 0
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM evaluations").fetchone()[0] == \
+        before + 4

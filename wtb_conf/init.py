@@ -16,6 +16,7 @@ state:
   name_file: str
   name: str
   greeting: str
+  chars: int
 
 nodes:
   read:
@@ -34,7 +35,7 @@ cases:                        # each case is one LangGraph thread; its input sta
     name_file: inputs/world.txt
 
 metrics:                      # a column of `wtb compare` per metric: a path into the state
-  greeting: greeting
+  chars: chars
 
 evaluators:                   # scored after each case ends (docs/compare.md)
   greeted:
@@ -59,7 +60,7 @@ def read(state: dict) -> dict:
 def greet(state: dict, punctuation: str = ".") -> dict:
     greeting = f"Hello, {state['name']}{punctuation}"
     Path("greeting.txt").write_text(greeting + "\\n")
-    return {"greeting": greeting}
+    return {"greeting": greeting, "chars": len(greeting)}
 '''
 
 FILES = {
@@ -81,7 +82,7 @@ def make_project(root: str | os.PathLike) -> list[Path]:
         raise InitError(f"{root} is not a directory")
     taken = [rel for rel in FILES if (root / rel).exists() or (root / rel).is_symlink()]
     if taken:
-        raise InitError(f"{', '.join(str(root / rel) for rel in taken)} exist(s) already: "
+        raise InitError(f"{', '.join(str(root / rel) for rel in taken)} already exist: "
                         "nothing written; run `wtb init` in another directory, or move them")
     written = []
     for rel, content in FILES.items():

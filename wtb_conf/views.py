@@ -94,7 +94,8 @@ def clip_json(value: Any, run: str, limit: int = 2000) -> str:
         kept += len(token)
     if kept == 0:  # one token longer than the limit (a long string): cut at a space in it
         kept = text.rfind(" ", 0, limit) + 1 or limit
-    return (f"{text[:kept].rstrip()} … ({len(text) - kept} more characters; "
+    shown = text[:kept].rstrip()
+    return (f"{shown} … ({len(text) - len(shown)} more characters; "
             f"wtb show {run} --json for all)")
 
 
