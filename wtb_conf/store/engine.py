@@ -37,8 +37,7 @@ _verified: set[str] = set()  # SQLite files this process (or its parent before a
 
 def malformed(where: str, why: str) -> str:
     return (f"the store's database {where} is malformed ({why}): restore it from a backup, or "
-            "recover what can be read with sqlite3's `.recover` into a new file; `wtb fsck` "
-            "reports what is damaged")
+            "recover what can be read with sqlite3's `.recover` into a new file")
 
 
 def storage_fault(orig: BaseException, where: str) -> StoreError | None:
@@ -82,9 +81,18 @@ def verify_sqlite(engine: Engine) -> None:
     with read_conn(engine) as conn:
         rows = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check(5)")]
     if rows != ["ok"]:
-        raise StoreMalformed(malformed(where, "SQLite's quick_check: " + "; ".join(
-            str(r) for r in rows)))
+        raise StoreMalformed(malformed(where, "SQLite's quick_check: " + check_errors(rows)))
     _verified.add(where)
+
+
+def check_errors(rows: list) -> str:
+    """SQLite's integrity_check or quick_check answer on one line: its first error, and how
+    many more (an answer may span lines; its "*** in database main ***" says nothing)."""
+    lines = [line.strip() for r in rows for line in str(r).splitlines()
+             if line.strip() and not line.startswith("*** in database")]
+    lines = lines or ["(no detail)"]
+    more = f" (and {len(lines) - 1} more errors)" if len(lines) > 1 else ""
+    return lines[0] + more
 
 
 def _journal_mode_wal(cur) -> None:

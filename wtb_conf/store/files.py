@@ -324,7 +324,11 @@ def restore_tree(dest: Path, commit_id: str, tree_of: Callable[[str], dict],
                  copy_blob: Callable[..., None], read_blob: Callable[[str, str], bytes],
                  fault: Callable[[str], object]) -> list[str]:
     """ObjectStore.restore: the commit's files into a sibling temp dir of `dest`, every blob
-    re-hashed as it is copied (copy_blob), then renamed into place."""
+    re-hashed as it is copied (copy_blob), then renamed into place. A `dest` that is a
+    symlink is followed: the files go where it points (named by the user, as `cp -r` does),
+    and the link stays."""
+    if dest.is_symlink():
+        dest = Path(os.path.realpath(dest))
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise FileExistsError(f"{dest} exists and is not empty; restore into a new directory")
     tree = tree_of(commit_id)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from wtb_conf.store.engine import read_conn, shown
+from wtb_conf.store.engine import check_errors, read_conn, shown
 from wtb_conf.store.errors import StoreError
 
 if TYPE_CHECKING:
@@ -26,8 +26,7 @@ PG_NOTE = ("{what} is on PostgreSQL, which has no integrity check in its core: f
 
 
 def summary(rows: list[str], where: str) -> str:
-    more = f" (and {len(rows) - 1} more errors)" if len(rows) > 1 else ""
-    return (f"{where} fails SQLite's integrity check: {rows[0]}{more}; restore it from a "
+    return (f"{where} fails SQLite's integrity check: {check_errors(rows)}; restore it from a "
             "backup, or recover what can be read with sqlite3's `.recover` into a new file")
 
 
@@ -42,7 +41,7 @@ def check_store_db(store: Store, report: Report) -> bool:
             rows = [str(r[0]) for r in conn.exec_driver_sql(
                 f"PRAGMA integrity_check({MAX_ERRORS})")]
     except StoreError as e:  # engine.py's StoreMalformed: the check itself could not read it
-        rows = [str(e)]
+        rows = [str(e.__cause__ or e)]
     if rows == ["ok"]:
         return True
     report.add("malformed_db", where, summary(rows, where))
