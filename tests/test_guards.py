@@ -77,13 +77,7 @@ DEAD_END = ("workflow.edges: nodes ['load', 'clean', 'validate', 'quarantine', '
             "cannot reach END: every path from them loops; add an edge or route to END")
 
 
-@pytest.mark.parametrize("args", [
-    ("workflow=file_processing",),
-    pytest.param(("+experiment=demo",), marks=pytest.mark.xfail(strict=True, reason=(
-        "the demo sweeps variants, and the sweep's start checks the graph only when nothing "
-        "swept can change the workflow: each job refuses it (4 failed runs) until the sweep "
-        "checks every job's config (in progress elsewhere); then drop this mark"))),
-])
+@pytest.mark.parametrize("args", [("workflow=file_processing",), ("+experiment=demo",)])
 def test_the_demo_with_a_dead_end_cycle_is_refused_before_the_sweep_starts(tmp_path, args):
     project = copy_project(tmp_path)
     wf = project / "conf/workflow/file_processing.yaml"
