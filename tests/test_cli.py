@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from conftest import run_bench
+from conftest import copy_project, run_bench
 
 from wtb_conf.cli import main
 from wtb_conf.views import clip_json
@@ -184,3 +186,49 @@ def test_evaluate_with_a_bad_override_exits_1_and_records_nothing(project, monke
     assert main(["evaluate", "last", "workflow.evaluators.total_ok.abs_tol=100"]) == 0
     assert sqlite3.connect(db).execute("SELECT count(*) FROM evaluations").fetchone()[0] == \
         before + 4
+
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+CLI_MD = (Path(__file__).resolve().parent.parent / "docs/cli.md").read_text()
+
+
+def test_the_docs_say_wtb_runs_only_reads():
+    runs = CLI_MD.partition("### wtb runs")[2].partition("###")[0]
+    assert "records as failed" not in runs and "only reads" in runs
+
+
+def test_the_readme_tour_examples_change_what_the_user_sees(tmp_path):
+    # its own sweep: a rollback replays in the run's launch dir, which a copy of `demo` is not
+    project = copy_project(tmp_path)
+    run_bench(project, "-m", "+experiment=demo")
+
+    def wtb_(*args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "wtb_conf.cli", *args], cwd=project,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    def total_ok() -> dict[int, float]:
+        rows = json.loads(wtb_("compare", "--json").stdout)
+        return {r["job_num"]: r["scores"]["total_ok"] for r in rows}
+
+    override = re.search(r"^wtb evaluate last (\S+)", README, re.M).group(1)
+    before = total_ok()
+    wtb_("evaluate", "last", override)
+    after = total_ok()
+    assert after != before and after[0] > before[0]  # drop_invalid's total now passes
+
+    change = re.search(r"^wtb resume NEW_RUN --set (\S+)", README, re.M).group(1)
+    runs = json.loads(wtb_("runs", "--sweep", "last", "--json").stdout)
+    run = next(r["run_id"] for r in runs if r["job_num"] == 1)  # max_invalid 0.3
+    shown = json.loads(wtb_("show", run, "--json").stdout)
+    orders = shown["cases"][0]
+    assert "quarantine" not in orders["executed"] + orders["inherited"]
+    cp = next(c["checkpoint_id"] for c in orders["checkpoints"] if c["nodes"] == ["validate"])
+    back = wtb_("rollback", run, "--checkpoint", cp)
+    paused = re.search(r"wtb: run (\w+) paused", back.stdout + back.stderr).group(1)
+    done = wtb_("resume", paused, "--set", change)
+    new = re.search(r"wtb: run (\w+) completed", done.stdout + done.stderr).group(1)
+    resumed = json.loads(wtb_("show", new, "--json").stdout)["cases"][0]
+    assert resumed["executed"] == ["quarantine", "summarize"]
+    assert resumed["final_state"]["quarantined"] == 3
