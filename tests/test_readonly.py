@@ -18,6 +18,7 @@ from wtb_conf.store import StoreError, open_store
 READERS = [
     ["runs"], ["runs", "--json"], ["show", "last"], ["log", "last"], ["diff", "last", "last"],
     ["compare"], ["fsck"], ["restore", "last", "--to", "{out}"], ["report", "--out", "{out}.html"],
+    ["rm", "last", "--dry-run"],
 ]
 
 

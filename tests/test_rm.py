@@ -207,3 +207,21 @@ def test_a_crash_mid_rm_leaves_a_consistent_store(project, where):
         assert "2 LangGraph threads of runs no longer" in wtb(project, "gc").stdout
         assert not {t for t in lg_threads(project) if t.startswith(run)}
         assert json.loads(wtb(project, "fsck", "--json").stdout)["clean"]
+
+
+def test_rm_on_postgresql_store_and_checkpointer(pg_url, tmp_path, monkeypatch):
+    import psycopg
+    from conftest import copy_project
+    project = copy_project(tmp_path / "project")
+    monkeypatch.setenv("WTB_DB_URL", pg_url)  # storage=postgres: store and checkpoints there
+    run_bench(project, "-m", "+experiment=demo", "storage=postgres")
+    run = runs(project)[0]["run_id"]
+    out = wtb(project, "rm", run[:8]).stdout
+    assert "2 LangGraph threads" in out and len(runs(project)) == 3
+    assert json.loads(wtb(project, "fsck", "--json").stdout)["clean"]
+    libpq = "postgresql://" + pg_url.partition("://")[2]
+    with psycopg.connect(libpq) as conn:
+        for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"):
+            assert not conn.execute(f"SELECT 1 FROM {table} WHERE thread_id LIKE %s",  # noqa: S608
+                                    (run + "/%",)).fetchall(), table
+            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
