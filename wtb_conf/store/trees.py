@@ -62,8 +62,8 @@ def parse(data: object) -> dict[str, Entry]:
         if not isinstance(path, str):  # (whether it is safe to restore: unsafe())
             raise TreeError(f"entry {n} has the path {_clip(path)}, not text")
         if not isinstance(blob, str) or not _DIGEST.fullmatch(blob):
-            raise TreeError(f"entry {path!r} names the blob {_clip(blob)}, not a SHA-256 hex "
-                            "digest")
+            raise TreeError(f"entry {path!r}: its blob id {_clip(blob)} is not a SHA-256 "
+                            "hex digest")
         if not _is_count(size):
             raise TreeError(f"entry {path!r} has the size {_clip(size)}, not a byte count")
         if not _is_count(mode) or (mode > 0o7777 and mode != LINK_MODE):
@@ -75,7 +75,7 @@ def parse(data: object) -> dict[str, Entry]:
     return out
 
 
-def _clip(value: object, limit: int = 60) -> str:
+def _clip(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "…"
 
