@@ -225,3 +225,28 @@ def test_rm_on_postgresql_store_and_checkpointer(pg_url, tmp_path, monkeypatch):
             assert not conn.execute(f"SELECT 1 FROM {table} WHERE thread_id LIKE %s",  # noqa: S608
                                     (run + "/%",)).fetchall(), table
             assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+
+
+def test_gc_dry_run_changes_nothing_and_gc_removes_orphans(project):
+    run = runs(project)[0]["run_id"]
+    with contextlib.closing(sqlite3.connect(project / "data/wtb.db")) as db, db:
+        # an orphan blob, as a crash leaves
+        db.execute("INSERT INTO blobs (id, size, data) VALUES (?, 3, ?)",
+                   (hashlib.sha256(b"old").hexdigest(), b"old"))
+    # and LangGraph threads of a run no longer in the store (a copy of the run's, renamed)
+    with contextlib.closing(sqlite3.connect(project / "data/checkpoints.db")) as db, db:
+        for table in ("checkpoints", "writes"):
+            cols = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
+            select = ", ".join("replace(thread_id, ?, ?)" if c == "thread_id" else c
+                               for c in cols)
+            db.execute(f"INSERT INTO {table} SELECT {select} FROM {table} "  # noqa: S608
+                       "WHERE thread_id LIKE ?", (run, "f" * 32, run + "/%"))
+    digest = data_digest(project)
+    dry = wtb(project, "gc", "--dry-run").stdout
+    assert "would remove 1 blobs no commit reaches" in dry and "2 LangGraph threads" in dry
+    assert data_digest(project) == digest
+    out = wtb(project, "gc").stdout
+    assert "removed 1 blobs no commit reaches" in out and "2 LangGraph threads" in out
+    assert not {t for t in lg_threads(project) if t.startswith("f" * 32)}
+    assert {t for t in lg_threads(project) if t.startswith(run)}  # a run's own stay
+    assert json.loads(wtb(project, "fsck", "--json").stdout)["clean"]

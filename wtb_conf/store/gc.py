@@ -22,6 +22,7 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, text
@@ -225,15 +226,26 @@ def _delete_threads(checkpoints: str | os.PathLike, threads: list[str]) -> list[
 
 
 def _checkpoint_threads(checkpoints: str | os.PathLike) -> list[str]:
-    """The thread ids LangGraph's checkpointer holds."""
-    from wtb_conf.checkpoints import is_postgres, open_checkpointer
+    """The thread ids LangGraph's checkpointer holds, read only (a SQLite file is opened
+    read-only: `wtb gc --dry-run` changes nothing)."""
+    import sqlite3
 
-    if not is_postgres(checkpoints) and not os.path.isfile(checkpoints):
+    from wtb_conf.checkpoints import is_postgres, open_checkpointer
+    from wtb_conf.store.schema import readonly_uri
+
+    query = "SELECT DISTINCT thread_id FROM checkpoints"
+    if is_postgres(checkpoints):
+        with open_checkpointer(checkpoints) as saver:
+            return sorted(r["thread_id"] for r in saver.conn.execute(query).fetchall())
+    if not os.path.isfile(checkpoints):
         return []
-    with open_checkpointer(checkpoints) as saver:
-        saver.setup()  # (a SQLite file no job has written yet has no tables)
-        rows = saver.conn.execute("SELECT DISTINCT thread_id FROM checkpoints").fetchall()
-    return sorted(r["thread_id"] if isinstance(r, dict) else r[0] for r in rows)
+    con = sqlite3.connect(readonly_uri(Path(checkpoints).absolute()), uri=True, timeout=60)
+    try:
+        return sorted(r[0] for r in con.execute(query))
+    except sqlite3.OperationalError:  # no table yet: a file no job has written
+        return []
+    finally:
+        con.close()
 
 
 @dataclass
