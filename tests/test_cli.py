@@ -232,3 +232,36 @@ def test_the_readme_tour_examples_change_what_the_user_sees(tmp_path):
     resumed = json.loads(wtb_("show", new, "--json").stdout)["cases"][0]
     assert resumed["executed"] == ["quarantine", "summarize"]
     assert resumed["final_state"]["quarantined"] == 3
+
+
+def _tol(state, key: str, abs_tol: float = 0.01, **more) -> bool:
+    return True
+
+
+def _strict(state, key: str, abs_tol: float = 0.01) -> bool:
+    return True
+
+
+@pytest.mark.parametrize("fn, params, message", [
+    (_strict, {"key": "x", "abs_tol": 1}, None),
+    (_strict, {"key": "x", "abs_tol": "abc"},
+     "workflow.evaluators.ok.abs_tol: 'abc' is not a valid float (the type _strict() gives "
+     "abs_tol)"),
+    (_strict, {"key": "x", "abs_tl": 1},
+     "workflow.evaluators.ok.abs_tl: _strict() takes no parameter 'abs_tl'; it takes key, "
+     "abs_tol"),
+    (_tol, {"key": "x", "anything": 1}, None),  # **more takes it
+    (_tol, {"key": 3.5}, "workflow.evaluators.ok.key: 3.5 is not a valid str"),
+])
+def test_evaluator_params_are_checked_against_the_signature(fn, params, message):
+    import functools
+
+    from wtb_conf.cli.overrides import _check_params
+    from wtb_conf.workflow import WorkflowError
+
+    if message is None:
+        _check_params("ok", functools.partial(fn, **params))
+    else:
+        with pytest.raises(WorkflowError) as e:
+            _check_params("ok", functools.partial(fn, **params))
+        assert str(e.value).startswith(message)
