@@ -285,24 +285,24 @@ def check_graph(cfg: DictConfig, imports: bool = True, launch_dir: Path | None =
     else:
         check_workflow(cfg.workflow)
     workflow = plain(cfg.workflow)
+    if problems := state_path_problems(workflow):
+        raise WorkflowError("\n".join(problems))
     if cfg.get("fork") is not None:  # its run and checkpoint (and fork.after: which case ran
         # it) are looked up in the store when the job runs
         check(ForkConfig, cfg.fork, "fork", error=ForkError)
     evaluators = evaluators_of(workflow) if imports else None
     compare = check_compare(plain(cfg.get("compare")), workflow)
     cases = workflow.get("cases")
-    if problems := state_path_problems(workflow):
-        raise WorkflowError("\n".join(problems))
     if cfg.get("fork") is None and (not cases or not isinstance(cases, Mapping)):
         raise WorkflowError("workflow.cases: add at least one input case: `cases: {one: {}}`")
+    if launch_dir is not None and (problems := case_file_problems(workflow, launch_dir)):
+        raise WorkflowError("\n".join(problems))
     return graph, workflow, evaluators, compare
 
 
 def record_failure(job: Opened, run_id: str, error: BaseException, out_dir: Path | None = None,
                    tb: str | None = None) -> dict[str, Any]:
     """Close a run as failed with `error` (raised just now, or `tb` its traceback); keep
-    if launch_dir is not None and (problems := case_file_problems(workflow, launch_dir)):
-        raise WorkflowError("\n".join(problems))
     what it wrote to `out_dir`. A failure to keep it is logged, never the run's error."""
     message = clip_message(f"{type(error).__name__}: {error}")  # no 100 KB value in the store
     log.error("run %s failed: %s", run_id, message)

@@ -147,6 +147,8 @@ def check_primary(config: DictConfig, swept: set[str]) -> None:
     workflow, what the jobs check before they run (imports, compare.objective)."""
     whole = {"storage"} | ({g for g in GROUPS if g not in swept} if "*" not in swept else set())
     check_config(config, whole)
+    if problems := top_level_problems(config.keys()):  # no sweep adds a top-level key
+        raise ConfigError("\n".join(problems))
     if "workflow" not in config or not {"workflow", "env", "compare", "fork"} <= whole:
         return
     # its targets import in its env's interpreter, not here: the rest is checked
@@ -174,6 +176,8 @@ class SweepCallback(Callback):
         try:  # before anything is written: a refused sweep leaves the store as it was
             if multirun:  # a single run (no -m) uses no launcher
                 check_launcher(config)
+            elif "workflow" not in config:  # (a sweep may choose it: its jobs are checked)
+                raise ConfigError(sweep_jobs.missing_workflow())
             check_primary(config, swept_groups(config) if multirun else set())
         except (CompactHydraException, WorkflowError, ForkError, StoreError) as e:
             raise ConfigRefused(e) from None
@@ -192,8 +196,6 @@ class SweepCallback(Callback):
             checkpoints.check_reachable(storage_paths(config.storage, Path.cwd())["checkpoints"])
             store, _ = open_store_for(config, Path.cwd())
         except StoreError as e:  # a db_url SQLAlchemy cannot open, a dir blocked by a file
-    if problems := top_level_problems(config.keys()):  # no sweep adds a top-level key
-        raise ConfigError("\n".join(problems))
             raise ConfigRefused(e) from None
         sweep_dir = str(claim_sweep_dir(config)) if multirun else None
         with store:
@@ -239,8 +241,6 @@ class SweepCallback(Callback):
             lines = [
                 f"  job {r['job_num']} ({' '.join(r['overrides']) or 'no overrides'}): "
                 f"{r['error']} — `wtb show {r['run_id'][:8]}`"
-            elif "workflow" not in config:  # (a sweep may choose it: its jobs are checked)
-                raise ConfigError(sweep_jobs.missing_workflow())
                 for r in failed
             ]
             print(f"{len(failed)} of {len(runs)} jobs failed:", *lines, sep="\n", file=sys.stderr)
