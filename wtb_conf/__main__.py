@@ -2,13 +2,16 @@
 
 import sys
 
-import hydra
-from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+try:
+    import hydra
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import DictConfig
 
-from wtb_conf import sweep
-from wtb_conf.config_checks import long_override_key
-from wtb_conf.job import run
+    from wtb_conf import sweep
+    from wtb_conf.config_checks import long_override_key
+    from wtb_conf.job import run
+except KeyboardInterrupt:  # Ctrl-C while Python still imports: nothing has started
+    sys.exit("interrupted before the sweep started: nothing was recorded")
 
 # `hydra/launcher=wtb` (the default): the wtb_ray launcher with wtb_conf's planner. Stored
 # here rather than in conf/, so that replays, whose primary config is elsewhere, find it too.
@@ -31,8 +34,4 @@ def main(cfg: DictConfig) -> dict:
 if __name__ == "__main__":
     if refused := long_override_key(sys.argv[1:]):  # before Hydra makes a file name of it
         sys.exit(refused)
-    try:
-        main()
-    finally:  # when Hydra stopped before its on_multirun_end: record why
-        sweep.close_open_sweep(sys.exc_info()[1])
-    sys.exit(sweep.exit_status)  # non-zero when any job of the sweep failed
+    sys.exit(sweep.main(main))

@@ -34,6 +34,9 @@ from wtb_conf.workflow import WorkflowError, build_graph, check_workflow
 log = logging.getLogger(__name__)
 
 SWEEP_ENV = "WTB_SWEEP_ID"  # set by the sweep callback in the driver; jobs file under it
+# the interrupted sweeps this one finishes (comma-separated ids): with rerun=true, their
+# completed runs are still cache hits, so that the same command finishes what they began
+CONTINUES_ENV = "WTB_CONTINUES"
 ENV_ID = "WTB_ENV_ID"  # set by the planner for a job that runs in a venv_manager env
 # set by the planner: the driver's launch dir, which a run records (a job shipped to another
 # node runs in a copy of it there, which `wtb rerun` on the driver could not find)
@@ -221,11 +224,14 @@ def cache_hit(job: Opened, cfg: DictConfig, run_id: str | None = None,
     """The earlier run this job would repeat, and its evaluation; None: the job must run.
     `run_id`: this job's own run; if the same job is running elsewhere, started earlier (two
     sweeps at once), this waits for it to end and reuses it rather than running it twice."""
+    within = None  # any sweep's run will do
     if cfg.get("rerun"):
-        return None
+        if not os.environ.get(CONTINUES_ENV):
+            return None
+        within = os.environ[CONTINUES_ENV].split(",")
     if run_id is not None:
         _wait_for_twin(job.store, run_id, job.digests["job_key"])
-    earlier = job.store.cached_run(job.digests["job_key"])
+    earlier = job.store.cached_run(job.digests["job_key"], within)
     evaluation = _score_cached(job.store, earlier, cfg, job.launch_dir) if earlier else None
     return (earlier, evaluation) if evaluation is not None else None
 

@@ -258,6 +258,18 @@ def _cases(store: Store, cfg: DictConfig, workflow: dict[str, Any], digests: dic
     return out
 
 
+def set_aside(out_dir: Path) -> None:
+    """A retry runs in the job dir of the attempt whose process died: that attempt's files
+    (stored up to its last checkpoint) move to out.attempt-N, and every case starts clean."""
+    if not out_dir.exists():
+        return
+    n = 1
+    while (aside := out_dir.with_name(f"{out_dir.name}.attempt-{n}")).exists():
+        n += 1
+    out_dir.rename(aside)
+    log.warning("%s held a dead attempt's files: moved to %s", out_dir, aside.name)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The task function: run one job and record it. A failing workflow is recorded as a
     failed run and returned, not raised, so that the sweep goes on."""
@@ -295,6 +307,7 @@ def _run(job: Opened, run_id: str, cfg: DictConfig, started: float) -> dict[str,
         statuses: list[str] = []
         graph, workflow, evaluators, compare = check_job(cfg)
         guards = Guards.of(workflow)  # one run's: max_checkpoints counts all its cases
+        set_aside(out_dir)
         cases = _cases(store, cfg, workflow, job.digests, out_dir)
         with open_checkpointer(job.paths["checkpoints"]) as saver:  # (storage.checkpoints)
             app = graph.compile(checkpointer=saver, **breakpoints(cfg.workflow))

@@ -104,6 +104,9 @@ class Planner:
 
     @contextlib.contextmanager
     def __call__(self, jobs: list[Job]) -> Iterator[list[Plan]]:
+        from wtb_conf import sweep as sweep_callback  # (the driver's: it imports the CLI's)
+
+        sweep_callback.expect_jobs(len(jobs))
         cfgs = [_task_config(j.config) for j in jobs]
         sweep = os.environ.get(intake.SWEEP_ENV)
         # storage=postgres resolves these in each job: a job on another node must find the
@@ -111,6 +114,8 @@ class Planner:
         forwarded = {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}
         if sweep:
             forwarded[intake.SWEEP_ENV] = sweep
+        if continues := os.environ.get(intake.CONTINUES_ENV):
+            forwarded[intake.CONTINUES_ENV] = continues
         plans = [Plan(env_vars={**forwarded,
                                 intake.LAUNCH_DIR_ENV: str(j.config.hydra.runtime.cwd)})
                  for j in jobs]

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import text
 
 from wtb_conf.config_values import id_override
+from wtb_conf.intake import CONTINUES_ENV
 from wtb_conf.store import ObjectNotFound, Store, StoreError
 from wtb_conf.store.schema import read_conn
 
@@ -278,10 +279,12 @@ def cmd_rerun(store: Store, args: argparse.Namespace) -> int:
         raise StoreError(f"sweep {sweep_id[:8]} is a replay by an older wtb_conf, which kept its "
                          f"config only in {argv[argv.index('--config-path') + 1]} (gone): "
                          "replay its run again (wtb rerun / resume / rollback RUN)")
-    failed = [r for r in store.runs(sweep_id) if r["status"] == "failed"]
-    print(f"rerunning sweep {sweep_id[:8]} ({len(failed)} failed or interrupted runs): "
-          f"python -m wtb_conf {' '.join(argv)}", flush=True)
-    return subprocess.run([sys.executable, "-m", "wtb_conf", *argv]).returncode
+    missing = store.unfinished_jobs(sweep_id)
+    print(f"rerunning sweep {sweep_id[:8]} ({missing} failed, interrupted or never started "
+          f"jobs): python -m wtb_conf {' '.join(argv)}", flush=True)
+    # the new sweep finishes this one: with rerun=true, what this one completed is still kept
+    env = {**os.environ, CONTINUES_ENV: sweep_id}
+    return subprocess.run([sys.executable, "-m", "wtb_conf", *argv], env=env).returncode
 
 
 def _gone_replay_config(argv: list[str]) -> bool:

@@ -10,7 +10,9 @@ import fcntl
 import logging
 import os
 import re
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from wtb_conf import checkpoints, compare, intake, sweep_jobs
 from wtb_conf.config_checks import clip_message, top_level_problems
 from wtb_conf.config_values import ConfigError
 from wtb_conf.fork import ForkError
-from wtb_conf.intake import SWEEP_ENV, open_store_for, storage_paths
+from wtb_conf.intake import CONTINUES_ENV, SWEEP_ENV, open_store_for, storage_paths
 from wtb_conf.replay import SWEEP_ID_FILE
 from wtb_conf.schemas import GROUPS, check_config
 from wtb_conf.store import StoreError
@@ -45,7 +47,7 @@ def close_open_sweep(error: BaseException | None = None) -> None:
     and exits 1: the exception is the context of that SystemExit)."""
     if _open is not None:
         callback, config = _open
-        callback._end(config, _cause(error))
+        callback._end(config, _cause(error), interrupted=isinstance(error, KeyboardInterrupt))
 
 
 def _cause(error: BaseException | None) -> str | None:
@@ -56,6 +58,42 @@ def _cause(error: BaseException | None) -> str | None:
     if error is None:
         return None
     return f"{type(error).__name__}: {error}".rstrip(": ")
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main(entry: Callable[[], Any]) -> int:
+    """`python -m wtb_conf`: Hydra's `entry`, then the exit status. Ctrl-C (or SIGTERM)
+    anywhere ends the sweep the same way: the launcher has stopped its workers by the time
+    it gets here, the sweep is recorded with what finished, and one line says so."""
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        entry()
+    except KeyboardInterrupt as e:
+        # a second Ctrl-C must not leave the sweep's record half-written: this is bounded
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            if _open is None:
+                print("interrupted before the sweep started: nothing was recorded",
+                      file=sys.stderr)
+            close_open_sweep(e)
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        return 1
+    except BaseException as e:  # when Hydra stopped before its on_multirun_end: record why
+        close_open_sweep(e)
+        raise
+    return exit_status  # non-zero when any job of the sweep failed
+
+
+def expect_jobs(n: int) -> None:
+    """The launcher's planner was handed `n` more jobs of the open sweep: what an interrupted
+    sweep counts its jobs against (a job that never started has no run)."""
+    if _open is not None:
+        _open[0].jobs += n
 
 
 # The lock on each sweep dir this process claimed: held until it exits (the kernel lets go
@@ -168,9 +206,28 @@ class ConfigRefused(SystemExit):
         self.error = error
 
 
+def _continue(store: Any, sweep_id: str) -> None:
+    """This sweep finishes what the same command began in sweeps that ended early (and
+    `wtb rerun --failed SWEEP` names SWEEP): with rerun=true, their completed runs are still
+    cache hits (intake.cache_hit); without it, any completed run is."""
+    named = [s for s in os.environ.get(CONTINUES_ENV, "").split(",") if s]
+    chain = dict.fromkeys(named + store.ended_early(sys.argv[1:], sweep_id))
+    if chain:
+        os.environ[CONTINUES_ENV] = ",".join(chain)
+    else:
+        os.environ.pop(CONTINUES_ENV, None)
+
+
+def _unfinished(run: dict[str, Any]) -> bool:
+    """A run the sweep's end cut short (or that was running when it did)."""
+    return run["status"] == "running" or (
+        run["status"] == "failed" and str(run["error"] or "").startswith("interrupted"))
+
+
 class SweepCallback(Callback):
     def __init__(self) -> None:
         self.sweep_id: str | None = None
+        self.jobs = 0  # handed to the launcher's planner so far (expect_jobs)
 
     def _start(self, config: DictConfig, multirun: bool) -> None:
         try:  # before anything is written: a refused sweep leaves the store as it was
@@ -200,6 +257,8 @@ class SweepCallback(Callback):
         sweep_dir = str(claim_sweep_dir(config)) if multirun else None
         with store:
             self.sweep_id = store.create_sweep(sys.argv[1:], sweep_dir)
+            global _open
+            _open = (self, config)  # from here on, however it ends, the sweep is closed
             try:  # what earlier sweeps left running when they died; never this one's end
                 reaped = store.reap()
             except Exception as e:
@@ -209,30 +268,40 @@ class SweepCallback(Callback):
                     log.warning("recorded as failed: %d runs and %d sweeps whose processes "
                                 "had died (`wtb runs` lists them)", len(reaped["runs"]),
                                 len(reaped["sweeps"]))
+            _continue(store, self.sweep_id)
         if id_file := os.environ.pop(SWEEP_ID_FILE, None):  # a replay's `wtb` waits for it
             Path(id_file).write_text(self.sweep_id)
         os.environ[SWEEP_ENV] = self.sweep_id
-        global _open
-        _open = (self, config)
 
-    def _end(self, config: DictConfig, error: str | None = None) -> None:
+    def _end(self, config: DictConfig, error: str | None = None,
+             interrupted: bool = False) -> None:
         global exit_status, _open
-        _open = None
         os.environ.pop(SWEEP_ENV, None)
+        os.environ.pop(CONTINUES_ENV, None)
         if self.sweep_id is None:
+            _open = None
             return
         with open_store_for(config, Path.cwd())[0] as store:
-            status = store.finish_sweep(self.sweep_id, error)
+            status = store.finish_sweep(self.sweep_id, error, jobs=self.jobs)
+            _open = None  # only now: an interrupt before this still gets the sweep closed
             # a job retried after its actor died has several runs: the last one counts
             runs = list({r["job_num"]: r for r in store.runs(self.sweep_id)}.values())
-            rows, note = compare.rows(store, [self.sweep_id])
+            if not interrupted:
+                rows, note = compare.rows(store, [self.sweep_id])
         short = self.sweep_id[:8]
+        if status == "failed":
+            exit_status = 1
+        if interrupted:
+            done = sum(not _unfinished(r) for r in runs)
+            print(f"interrupted: {done} of {max(self.jobs, len(runs))} jobs done; run the same "
+                  f"command (or `wtb rerun --failed {short}`) to finish", file=sys.stderr)
+            return
         compare.print_rows(rows, f"sweep {short} — `wtb compare {short}`", note,
                            failures=False)  # the failed jobs are listed on stderr below
         done = sum(r["status"] in DONE for r in runs)
         cached = sum(r["status"] == "cached" for r in runs)
         paused = sum(r["status"] == "paused" for r in runs)
-        print(f"sweep {short}: {done} of {len(runs)} jobs completed"
+        print(f"sweep {short}: {done} of {max(self.jobs, len(runs))} jobs completed"
               + (f" ({cached} cached)" if cached else "")
               + (f", {paused} paused (`wtb resume RUN` continues)" if paused else "")
               + f"; `wtb report {short}` writes an HTML report")
@@ -247,8 +316,6 @@ class SweepCallback(Callback):
             exit_status = 1
         if error:
             print(f"sweep {short} ended early: {error}", file=sys.stderr)
-        if status == "failed":
-            exit_status = 1
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._start(config, multirun=True)

@@ -81,12 +81,19 @@ class RunRecords:
 
     # -- writes ------------------------------------------------------------------------
 
-    def cached_run(self, job_key: str) -> dict[str, Any] | None:
-        """The newest completed run with this job key, if any (what a cache hit reuses)."""
+    def cached_run(self, job_key: str, sweeps: list[str] | None = None) -> dict[str, Any] | None:
+        """The newest completed run with this job key, if any (what a cache hit reuses);
+        `sweeps`: only a run of one of these sweeps."""
+        query = self._RUNS + "WHERE job_key = :k AND status = 'completed' "
+        params: dict[str, Any] = {"k": job_key}
+        if sweeps is not None:
+            if not sweeps:
+                return None
+            names = [f"s{i}" for i in range(len(sweeps))]
+            query += f"AND sweep_id IN ({', '.join(':' + n for n in names)}) "
+            params.update(zip(names, sweeps, strict=True))
         with read_conn(self.engine) as conn:
-            row = conn.execute(
-                text(self._RUNS + "WHERE job_key = :k AND status = 'completed' "
-                     "ORDER BY started_at DESC LIMIT 1"), {"k": job_key}).first()
+            row = conn.execute(text(query + "ORDER BY started_at DESC LIMIT 1"), params).first()
         return _run_dict(row) if row else None
 
     def start_thread(self, run_id: str, thread_id: str, case_name: str,
@@ -187,6 +194,33 @@ class RunRecords:
         if row is None:
             raise ObjectNotFound("the store holds no sweeps yet: run `python -m wtb_conf -m ...`")
         return row.id
+
+    def unfinished_jobs(self, sweep_id: str) -> int:
+        """How many of the sweep's jobs have no completed, cached or paused last run: failed,
+        cut short, or never started (counted against the jobs its end recorded)."""
+        with read_conn(self.engine) as conn:
+            ends = conn.execute(
+                text("SELECT data FROM events WHERE sweep_id = :s AND run_id IS NULL AND "
+                     "kind = 'sweep_finished' ORDER BY id DESC LIMIT 1"), {"s": sweep_id}).all()
+        last = {r["job_num"]: r for r in self.runs(sweep_id)}
+        jobs = max([len(last)] + [json.loads(e.data).get("jobs") or 0 for e in ends])
+        return jobs - sum(r["status"] in ("completed", "cached", "paused")
+                          for r in last.values())
+
+    def ended_early(self, argv: list[str], before: str) -> list[str]:
+        """The sweeps of this command line that ended early (Ctrl-C, a crash, a launcher
+        error) one after another up to sweep `before`, newest first: what it finishes."""
+        with read_conn(self.engine) as conn:
+            rows = conn.execute(
+                text("SELECT id, error FROM sweeps WHERE argv = :argv AND created_at <= "
+                     "(SELECT created_at FROM sweeps WHERE id = :before) AND id != :before "
+                     "ORDER BY created_at DESC"), {"argv": _dumps(argv), "before": before}).all()
+        chain = []
+        for row in rows:
+            if row.error is None:  # it ran to its end: what is left is no longer its own
+                break
+            chain.append(row.id)
+        return chain
 
     def sweep(self, sweep_id: str) -> dict[str, Any]:
         with read_conn(self.engine) as conn:
