@@ -14,6 +14,13 @@ import yaml
 from conftest import ROOT, copy_project, run_bench
 from omegaconf import OmegaConf
 
+from wtb_conf.config_checks import (
+    case_file_problems,
+    clip_message,
+    long_override_key,
+    state_path_problems,
+    top_level_problems,
+)
 from wtb_conf.envs import EnvError, spec_for
 from wtb_conf.fork import ForkError, plan
 from wtb_conf.intake import storage_paths
@@ -459,3 +466,64 @@ def test_id_override_quotes_an_older_stores_numeric_looking_id(hex_id, typed, ex
     assert id_override("fork.run", hex_id, typed) == expected
     if not typed:
         assert OverridesParser.create().parse_override(expected).value() == hex_id
+
+
+# -- checks of a whole job config beyond its groups (wtb_conf.config_checks) -----------------
+
+FIELDS = "the state has x, trail, src"
+FILE_WF = {"state": {"x": "int", "trail": "list", "src": "text_file"}}
+
+
+@pytest.mark.parametrize(("workflow", "problems"), [
+    ({"metrics": {"typo": "n_tokenz"}},
+     [f"workflow.metrics.typo: 'n_tokenz' names no state field; {FIELDS}"]),
+    ({"metrics": {"deep": "trail.0", "ok": "x"}}, []),
+    ({"evaluators": {"t": {"_target_": "wtb_conf.evaluators.close_to", "key": "nosuchkey"}}},
+     [f"workflow.evaluators.t.key: 'nosuchkey' names no state field; {FIELDS}"]),
+    ({"evaluators": {"t": {"_target_": "wtb_conf.evaluators.file_exists", "path": "a"}}}, []),
+    ({"factory": {"_target_": "flows.factory"}, "metrics": {"m": "anything"}}, []),
+])
+def test_metric_paths_and_evaluator_keys_name_state_fields(workflow, problems):
+    assert state_path_problems({**FILE_WF, **workflow}) == problems
+
+
+def test_unknown_top_level_keys_are_named_with_the_valid_ones():
+    assert top_level_problems(["workflow", "hydra", "rerun", "fork"]) == []
+    [line] = top_level_problems(["workflow", "compre"])
+    assert line == ("compre: unknown top-level key; the config has the groups workflow, env, "
+                    "storage, fork, compare (variant=... and +experiment=... set keys in them) "
+                    "and the switches rerun, share_prefixes")
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("in.csv", None),
+    ("nope.csv", "'nope.csv' does not exist (paths are relative to the launch dir {dir}); "
+                 "name an existing file"),
+    ("sub", "'sub' is a directory; a text_file field names a file"),
+    ("bin.csv", "'bin.csv' is not UTF-8 text (byte 2: invalid start byte); declare the "
+                "field `file` if its node reads bytes"),
+    (5, "expected the path of a file (the field is a text_file), got 5"),
+])
+def test_case_input_files_are_checked_naming_the_case_key(tmp_path, value, problem):
+    (tmp_path / "in.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "bin.csv").write_bytes(b"\x00\x01\xff\xfe")
+    (tmp_path / "sub").mkdir()
+    workflow = {**copy.deepcopy(FILE_WF), "cases": {"one": {"src": value, "x": 1}}}
+    expected = [] if problem is None else [
+        "workflow.cases.one.src: " + problem.format(dir=tmp_path)]
+    assert case_file_problems(workflow, tmp_path) == expected
+    # a `file` is any bytes
+    workflow["state"]["src"] = {"type": "file"}
+    if value == "bin.csv":
+        assert case_file_problems(workflow, tmp_path) == []
+
+
+def test_long_values_are_clipped_in_messages_and_long_keys_refused():
+    long = "v" * 100_000
+    message = clip_message(f"compare.objective: {long!r} is not a metric; valid: a, b")
+    assert message == (f"compare.objective: '{'v' * 199}… (100002 characters) is not a "
+                       "metric; valid: a, b")
+    assert clip_message(message) == message  # clipping twice changes nothing
+    assert long_override_key(["-m", "workflow=x", "+a.b=" + long]) is None  # a value: clipped
+    refused = long_override_key(["-m", "k" * 100_000 + "=1"])
+    assert refused.startswith("k" * 60 + "…: an override key of 100000 characters")

@@ -182,3 +182,60 @@ def test_a_factorys_graph_is_checked_for_a_way_to_end(target, message):
     else:
         with pytest.raises(WorkflowError, match=message):
             build_graph(cfg)
+
+
+# -- node, router and factory params against their functions' signatures --------------------
+
+def kw_only(state: dict, *, ratio: float | None = None, names: list[str] = ()) -> dict:
+    return {}
+
+
+def any_kwargs(state: dict, **params) -> dict:
+    return {}
+
+
+def untyped(state, limit) -> dict:
+    return {}
+
+
+@pytest.mark.parametrize(("where", "params", "message"), [
+    ("nodes.add", {"amount": "abc"},
+     "workflow.nodes.add.amount: 'abc' is not an int (flows.add takes amount: int)"),
+    ("nodes.add", {"amount": 2.5},
+     "workflow.nodes.add.amount: 2.5 is not an int (flows.add takes amount: int)"),
+    ("nodes.add", {"amount": 2, "amunt": 1},
+     "workflow.nodes.add.amunt: not a parameter of flows.add; it takes amount"),
+    ("nodes.double", {"x": 1},
+     "workflow.nodes.double.x: not a parameter of flows.double; it takes no parameters but "
+     "the state"),
+    ("routes.add.router", {"limit": "ten"},
+     "workflow.routes.add.router.limit: 'ten' is not an int (flows.small_or_big takes "
+     "limit: int)"),
+    ("nodes.double", {"_target_": "test_workflow.kw_only", "ratio": "half"},
+     "workflow.nodes.double.ratio: 'half' is not a float | None (test_workflow.kw_only takes "
+     "ratio: float | None)"),
+    ("nodes.double", {"_target_": "test_workflow.kw_only", "names": [1, "b"]},
+     "workflow.nodes.double.names: [1, 'b'] is not a list[str] (test_workflow.kw_only takes "
+     "names: list[str])"),
+])
+def test_a_param_the_function_refuses_names_its_key(where, params, message):
+    """It used to fail in the node, per job, with a TypeError naming neither key nor value."""
+    cfg = wf()
+    node = OmegaConf.select(cfg, where)
+    for key, value in params.items():
+        node[key] = value
+    with pytest.raises(WorkflowError) as info:
+        build_graph(cfg)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("params", [
+    {"_target_": "test_workflow.any_kwargs", "whatever": object.__name__, "n": 3},
+    {"_target_": "test_workflow.untyped", "limit": "anything"},
+    {"_target_": "test_workflow.kw_only", "ratio": 1, "names": ["a"]},  # an int is a float
+    {"_target_": "test_workflow.kw_only", "ratio": None},
+])
+def test_params_the_function_takes_pass(params):
+    cfg = wf()
+    cfg.nodes.double = params
+    build_graph(cfg)

@@ -80,13 +80,22 @@ def _lookup(state: Mapping[str, Any], dotted: str) -> Any:
 
 
 def metrics_of(finals: dict[str, dict], spec: Mapping[str, str] | None) -> dict[str, Any]:
-    """`case/metric` for every case, plus `metric` = the mean over cases when numeric."""
+    """`case/metric` for every case, plus `metric` = the mean over cases when numeric. A case
+    whose final state has no value there (None, or the path ends early) is missing: its
+    `case/metric` is null and the run has no mean (a mean over the other cases would rank
+    the job on part of its cases); the log says which. (That the path's first part is a
+    state field is checked before the sweep: wtb_conf.config_checks.)"""
     out: dict[str, Any] = {}
     for name, key in (spec or {}).items():
-        values = []
+        values, missing = [], []
         for case, state in finals.items():
             out[f"{case}/{name}"] = value = _lookup(state, key)
             values.append(value)
+            if value is None:
+                missing.append(case)
+        if missing:
+            log.warning("metric %s (%s) is missing in case %s: no mean over the cases", name,
+                        key, ", ".join(missing))
         numeric = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
         if numeric and len(numeric) == len(values):
             out[name] = sum(numeric) / len(numeric)
