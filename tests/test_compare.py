@@ -192,3 +192,46 @@ def test_csv_has_a_column_per_param_number_and_delta(store):
     assert table[0]["a"] == "0" and table[0]["f1"] == "0.5" and table[0]["delta.f1"] == "0.0"
     assert table[0]["success_rate"] == "1.0"  # values as stored, not rounded for a screen
     assert table[0]["best"] == "True"
+
+
+def _row(job, params, status="completed", best=False, case=None, score_errors=None, **numbers):
+    row = {"sweep_id": "s" * 32, "job_num": job, "run_id": f"{job:08d}" + "0" * 24,
+           "params": params, "status": status, "duration_s": 0.1, "metrics": numbers,
+           "scores": {}, "best": best, "objective": "m", "mode": "max",
+           "score_errors": score_errors or {}, "error": None}
+    if case is not None:
+        row["case"] = case
+    return row
+
+
+@pytest.mark.parametrize(("rows", "line"), [
+    ([_row(0, {"v": "a"}, best=True, m=0.5), _row(1, {"v": "b"}, m=0.2)],
+     "best: job 0 (run 00000000) v=a: m = 0.5 (max)"),
+    # nothing varies: no stray ' :'
+    ([_row(0, {"v": "a"}, best=True, m=0.5)], "best: job 0 (run 00000000): m = 0.5 (max)"),
+    # --cases: the value is the case's, and it is shown
+    ([_row(0, {}, best=True, case="orders", m=0.7), _row(0, {}, case="returns", m=0.1)],
+     "best: job 0 (run 00000000): m = 0.7 (max)"),
+])
+def test_the_best_line_names_the_params_that_vary_and_the_value(rows, line):
+    assert compare.best_line(next(r for r in rows if r["best"]), rows) == line
+
+
+def test_a_table_wider_than_the_terminal_is_cut_into_blocks_led_by_job_and_run():
+    rows = [_row(i, {"v": str(i)}, **{f"metric_{k:02d}": 0.5 for k in range(12)})
+            for i in range(3)]
+    whole = compare.table_lines(rows, "t")
+    assert len(whole) == 1 + 1 + 3 and max(map(len, whole)) > 80
+    cut = compare.table_lines(rows, "t", width=80)
+    assert max(map(len, cut)) <= 80
+    heads = [line for line in cut if line.startswith("job")]
+    assert len(heads) >= 2 and all(h.split()[:2] == ["job", "run"] for h in heads)
+    for k in range(12):  # every column is still there, once
+        assert sum(f"metric_{k:02d}" in h for h in heads) == 1
+
+
+def test_evaluator_errors_are_listed_even_where_failed_jobs_are_listed_elsewhere(capsys):
+    rows = [_row(0, {}, score_errors={"judge": 5}, m=0.5)]
+    compare.print_rows(rows, "t", failures=False)
+    out = capsys.readouterr().out
+    assert "job 0: evaluator judge failed on 5 case(s) — `wtb show 00000000`" in out

@@ -14,6 +14,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -42,10 +43,29 @@ def _die_with_parent() -> None:
         pass
 
 
+def _relay(fd: int, name: str) -> None:
+    """A worker's output, line by line, to the driver's sys.stdout or sys.stderr as they are
+    at each line: while the live view is up, those put it above the view, not through it."""
+    with os.fdopen(fd, "rb", buffering=0) as pipe:
+        pending = b""
+        while chunk := pipe.read(65536):
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            if lines:
+                stream = getattr(sys, name)
+                stream.write(b"\n".join(lines).decode(errors="replace") + "\n")
+                stream.flush()
+        if pending:
+            getattr(sys, name).write(pending.decode(errors="replace"))
+
+
 def _serve(conn: Any, task_function: TaskFunction, hydra_context: HydraContext,
-           launch_dir: str, code_paths: list[str]) -> None:
+           launch_dir: str, code_paths: list[str], outputs: tuple[int, int]) -> None:
     _die_with_parent()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
+    for fd, target in zip(outputs, (1, 2), strict=True):
+        os.dup2(fd, target)
+        os.close(fd)
     # A group of its own: Ctrl-C reaches the driver only, which decides, and a kill reaches the
     # processes the job started too.
     os.setpgrp()
@@ -74,9 +94,13 @@ class LocalWorker:
     def __init__(self, task_function: TaskFunction, hydra_context: HydraContext,
                  launch_dir: str, code_paths: list[str]) -> None:
         self.conn, child = _fork.Pipe()
+        sys.stdout.flush()  # what the driver printed so far is not the worker's to repeat
+        sys.stderr.flush()
+        out, err = os.pipe(), os.pipe()
         # Not a daemon: a daemonic process may not start processes of its own, and jobs may.
         self.process = _fork.Process(
-            target=_serve, args=(child, task_function, hydra_context, launch_dir, code_paths),
+            target=_serve, args=(child, task_function, hydra_context, launch_dir, code_paths,
+                                 (out[1], err[1])),
             name="wtb-local-worker")
         held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
         try:
@@ -85,6 +109,10 @@ class LocalWorker:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
         child.close()
+        for (read, write), name in ((out, "stdout"), (err, "stderr")):
+            os.close(write)
+            threading.Thread(target=_relay, args=(read, name), daemon=True,
+                             name=f"wtb-worker-{name}").start()
         _driver_ends.add(self.conn)
 
     def alive(self) -> bool:

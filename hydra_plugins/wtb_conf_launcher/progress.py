@@ -3,6 +3,7 @@ otherwise (CI logs), and a final table of the jobs."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Mapping
@@ -49,6 +50,7 @@ class Progress:
         self.where = [""] * len(overrides)  # local, ray:<python>, planned, ...
         self.t0 = time.monotonic()
         self.live: Live | None = None
+        self._streams: list[tuple[logging.StreamHandler, Any]] = []  # (handler, its stream)
 
     def __enter__(self) -> Progress:
         self.t0 = time.monotonic()
@@ -56,13 +58,26 @@ class Progress:
             self.live = Live(self._view(), console=self.console, refresh_per_second=4,
                              transient=True)
             self.live.__enter__()
+            self._logs_through_live()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.live is not None:
+            for handler, stream in self._streams:
+                handler.setStream(stream)
             self.live.__exit__(*exc)
         if exc[0] is None and self.summary:
             self.console.print(self.table())
+
+    def _logs_through_live(self) -> None:
+        """Log lines go above the live view, not through it: Live redirects sys.stdout and
+        sys.stderr, but a logging handler holds the stream it was given (Hydra's, made before),
+        so its lines landed on the view's border and left stale copies of it in scrollback."""
+        self._streams = []
+        real = {id(sys.__stdout__): sys.stdout, id(sys.__stderr__): sys.stderr}
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and id(handler.stream) in real:
+                self._streams.append((handler, handler.setStream(real[id(handler.stream)])))
 
     def _update(self) -> None:
         if self.live is not None:
