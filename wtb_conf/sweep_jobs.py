@@ -139,7 +139,7 @@ def check_jobs(config: DictConfig, sweepers: Sequence[str], launch_dir: Path) ->
         try:
             data = _resolved(_compose(config, overrides, num))
         except REFUSED as e:  # a group option that does not exist, a merge that fails
-            failed.setdefault(clip_message(str(e)), []).append(num)
+            failed.setdefault(clip_message(_one_line(str(e))), []).append(num)
             continue
         except Exception as e:  # what resolves only in a job (${hydra:runtime.output_dir})
             log.debug("job #%d not checked at the sweep's start: %s: %s", num,
@@ -161,6 +161,20 @@ def check_jobs(config: DictConfig, sweepers: Sequence[str], launch_dir: Path) ->
         raise ConfigError("\n".join(_refusal(problems, nums, shown, len(jobs))
                                     for problems, nums in failed.items()))
     return len(jobs)
+
+
+def _one_line(hydra_message: str) -> str:
+    """Hydra's composition error on one line: its options listed after their heading, its
+    search path (the same for every job) left out."""
+    out: list[str] = []
+    for line in hydra_message.split("\nConfig search path:")[0].splitlines():
+        if not line.strip():
+            continue
+        if line.startswith("\t") and out:
+            out[-1] += (" " if out[-1].endswith(":") else ", ") + line.strip()
+        else:
+            out.append(line.strip())
+    return "; ".join(out)
 
 
 def _refusal(problems: str, nums: list[int], shown: list[list[str]], total: int) -> str:
