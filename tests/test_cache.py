@@ -133,3 +133,28 @@ def test_ctrl_c_leaves_completed_runs_and_the_same_command_resumes(flaky):
     assert done.returncode == 0, done.stderr
     assert [(r["overrides"][1], r["status"]) for r in sweeps(flaky)[-1]] == [
         ("variant=a", "cached"), ("variant=b", "completed")]
+
+
+def test_a_cache_hit_whose_files_lost_a_blob_runs_again(tmp_path):
+    """#27 item 9: a hit is served only when every blob of its commit can be read."""
+    project = copy_project(tmp_path)
+    run_bench(project, "-m", "+experiment=demo", "storage.inline_max=0")  # every blob a file
+    first = sweeps(project)[0]
+    with open_store(str(project / "data/wtb.db"), project / "data/blobs") as store:
+        tree = store.tree(first[0]["commit"])
+        lost = next(e.blob for path, e in sorted(tree.items()) if path.endswith("summary.json"))
+        store.blobs.path(lost).unlink()
+        hit = [r for r in first if lost in {e.blob for e in store.tree(r["commit"]).values()}]
+    proc = run_bench(project, "-m", "+experiment=demo", "storage.inline_max=0")
+    second = sweeps(project)[1]
+    # the first job that needs the blob runs again and stores it anew; one checked after
+    # that may be a hit again, one whose files never needed it is one from the start
+    assert {r["status"] for r in second if r["job_num"] == hit[0]["job_num"]} == {"completed"}
+    assert all(r["status"] == "cached" for r in second if r["job_num"] not in
+               {h["job_num"] for h in hit})
+    assert "not a cache hit" in proc.stderr + proc.stdout
+    with open_store(str(project / "data/wtb.db"), project / "data/blobs") as store:
+        assert not store.missing_blobs(first[0]["commit"])
+    fsck = subprocess.run([sys.executable, "-m", "wtb_conf.cli", "fsck"], cwd=project,
+                          capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr  # the rerun stored the blob again

@@ -238,9 +238,11 @@ def prefix_key(base: str, workflow: Mapping[str, Any], path: list[str]) -> str:
 
 
 def shared_point(store: Store, base: str, workflow: Mapping[str, Any]) -> ForkPoint | None:
-    """The deepest stored checkpoint this case would reach itself, if any."""
+    """The deepest stored checkpoint this case would reach itself, if any, whose files can
+    all be read (one that lost a blob is passed over: the case runs those steps itself)."""
     for link in store.shareable(base):
-        if link["path"] and link["prefix_key"] == prefix_key(base, workflow, link["path"]):
+        if link["path"] and link["prefix_key"] == prefix_key(base, workflow, link["path"]) \
+                and not store.missing_blobs(link["commit"]):
             return ForkPoint(link["run_id"], link["thread_id"], link["checkpoint_id"],
                              link["step"], link["commit"], link["path"])
     return None

@@ -232,6 +232,11 @@ def cache_hit(job: Opened, cfg: DictConfig, run_id: str | None = None,
     if run_id is not None:
         _wait_for_twin(job.store, run_id, job.digests["job_key"])
     earlier = job.store.cached_run(job.digests["job_key"], within)
+    if earlier and earlier["commit"] and (gone := job.store.missing_blobs(earlier["commit"])):
+        log.warning("not a cache hit: run %s's files are not whole in the store (%d blobs "
+                    "missing, e.g. %s; `wtb fsck` says more): it runs again",
+                    earlier["run_id"][:8], len(gone), gone[0][:12])
+        return None
     evaluation = _score_cached(job.store, earlier, cfg, job.launch_dir) if earlier else None
     return (earlier, evaluation) if evaluation is not None else None
 

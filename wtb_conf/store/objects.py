@@ -114,9 +114,11 @@ class ObjectStore:
             existing = self._existing_blobs(conn, [*small, *big])
         rows = []
         for blob_id, data in small.items():
-            if blob_id in existing:
-                continue
             inline = len(data) <= self.inline_max
+            if blob_id in existing:  # its file may be gone (fsck says so): bring it back
+                if not inline and not self.blobs.exists(blob_id):
+                    dirs.add(self.blobs.write(blob_id, data))
+                continue
             if not inline and not self.blobs.exists(blob_id):
                 dirs.add(self.blobs.write(blob_id, data))
             rows.append({"id": blob_id, "size": len(data), "data": data if inline else None})
@@ -183,6 +185,18 @@ class ObjectStore:
         except TreeError as e:
             raise ObjectCorrupted(f"commit {commit_id}: its tree {row.tree} is corrupt: {e}"
                                   ) from None
+
+    def missing_blobs(self, commit_id: str) -> list[str]:
+        """The blobs the commit's files name that the store cannot read (no row, or a blob
+        file gone): a stat each, no re-hash (that is fsck's)."""
+        ids = sorted({e.blob for e in self.tree(commit_id).values()})
+        query = text("SELECT id, data IS NULL AS external FROM blobs WHERE id IN :ids"
+                     ).bindparams(bindparam("ids", expanding=True))
+        stored: dict[str, bool] = {}
+        with read_conn(self.engine) as conn:
+            for i in range(0, len(ids), _CHUNK):
+                stored.update(conn.execute(query, {"ids": ids[i:i + _CHUNK]}).tuples().all())
+        return [b for b in ids if b not in stored or (stored[b] and not self.blobs.exists(b))]
 
     def commit_dir(
         self, path: str | os.PathLike, message: str = "", parent: str | None = None,

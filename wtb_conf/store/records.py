@@ -10,7 +10,7 @@ import json
 import uuid
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, bindparam, text
 
 from wtb_conf.store.errors import ObjectNotFound
 from wtb_conf.store.objects import now_iso
@@ -86,14 +86,15 @@ class RunRecords:
         `sweeps`: only a run of one of these sweeps."""
         query = self._RUNS + "WHERE job_key = :k AND status = 'completed' "
         params: dict[str, Any] = {"k": job_key}
+        statement = text(query + ("AND sweep_id IN :sweeps " if sweeps is not None else "")
+                         + "ORDER BY started_at DESC LIMIT 1")
         if sweeps is not None:
             if not sweeps:
                 return None
-            names = [f"s{i}" for i in range(len(sweeps))]
-            query += f"AND sweep_id IN ({', '.join(':' + n for n in names)}) "
-            params.update(zip(names, sweeps, strict=True))
+            statement = statement.bindparams(bindparam("sweeps", expanding=True))
+            params["sweeps"] = sweeps
         with read_conn(self.engine) as conn:
-            row = conn.execute(text(query + "ORDER BY started_at DESC LIMIT 1"), params).first()
+            row = conn.execute(statement, params).first()
         return _run_dict(row) if row else None
 
     def start_thread(self, run_id: str, thread_id: str, case_name: str,
