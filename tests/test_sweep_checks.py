@@ -4,6 +4,8 @@ project; and what works before a workflow is chosen (--help, --info, --cfg job).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import copy_project, run_bench
 
@@ -107,3 +109,34 @@ def test_a_bad_value_in_many_jobs_is_counted_not_listed(tmp_path):
                            "; job 51 (compare.mode=best storage.inline_max=1001); job 52 ")
     assert "and 47 more]: compare.mode: 'best' is not one of max, min" in line
     assert not (project / "data").exists() and not (project / "multirun").exists()
+
+
+@pytest.mark.parametrize("overrides", [
+    ["variant=fill_defaults", "workflow.routes.validate.router.max_invalid=0.3"],
+    ["+workflow.metrics.n=rows_in", "~workflow.expected", "storage.inline_max=7"],
+    ["workflow.nodes.clean={_target_: experiments.file_processing.nodes.fill_defaults}"],
+    ["variant=drop_invalid", "hydra.job.name=other", "rerun=true"],
+])
+def test_a_jobs_config_is_the_one_hydra_composes(tmp_path, monkeypatch, overrides):
+    """The check composes once per choice of groups and applies the other overrides to a
+    copy, as Hydra applies them: the result is what the launcher's own composition gives."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from wtb_conf import sweep_jobs
+
+    monkeypatch.chdir(copy_project(tmp_path))
+    import wtb_conf
+    import wtb_conf.__main__  # noqa: F401  (stores hydra/launcher=wtb)
+
+    conf = str(Path(wtb_conf.__file__).parent / "conf")
+    with initialize_config_dir(conf, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        primary = loader.load_configuration("config", ["workflow=file_processing"],
+                                            RunMode.MULTIRUN)
+        composer = sweep_jobs.Composer(primary)
+        overrides = ["workflow=file_processing", *overrides]  # a job's has them all
+        composer.task(["workflow=file_processing", "variant=drop_invalid"], 0)  # another base
+        whole = sweep_jobs._resolved(sweep_jobs._compose(primary, overrides, 1))
+        assert composer.task(overrides, 1) == whole
