@@ -527,3 +527,14 @@ def test_long_values_are_clipped_in_messages_and_long_keys_refused():
     assert long_override_key(["-m", "workflow=x", "+a.b=" + long]) is None  # a value: clipped
     refused = long_override_key(["-m", "k" * 100_000 + "=1"])
     assert refused.startswith("k" * 60 + "…: an override key of 100000 characters")
+
+
+def test_a_metric_missing_in_a_case_is_marked_missing_not_averaged(caplog):
+    from wtb_conf.job import metrics_of
+
+    finals = {"a": {"n": 2, "d": {"x": 1}}, "b": {"n": None, "d": {}}}
+    with caplog.at_level("WARNING"):
+        out = metrics_of(finals, {"n": "n", "x": "d.x"})
+    assert out == {"a/n": 2, "b/n": None, "a/x": 1, "b/x": None}
+    assert "metric n (n) is missing in case b" in caplog.text
+    assert metrics_of({"a": {"n": 2}, "b": {"n": 4}}, {"n": "n"})["n"] == 3
