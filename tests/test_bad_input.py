@@ -361,6 +361,17 @@ ROWS = [
         ("'six>=<1'", "PEP 508"),
         call=post_env({"python": PY, "packages": ["six>=<1"]},
                       {"Authorization": f"Bearer {TOKEN}"}), status="422"),
+    # a web page reaching the loopback server: by DNS rebinding (its Host), or by fetch()
+    Row("http-foreign-host", ("http", "POST /v1/envs, Host 'rebind.example'"),
+        ("Host header", "'rebind.example'", "--allowed-host"),
+        call=post_env({"python": PY, "packages": ["six==1.16.0"]},
+                      {"Authorization": f"Bearer {TOKEN}", "Host": "rebind.example"}),
+        status="403"),
+    Row("http-browser-origin", ("http", "POST /v1/envs, Origin 'http://evil.example'"),
+        ("Origin header", "'http://evil.example'", "--allowed-origin"),
+        call=post_env({"python": PY, "packages": ["six==1.16.0"]},
+                      {"Authorization": f"Bearer {TOKEN}", "Origin": "http://evil.example"}),
+        status="403"),
     # --- loops and the bench's bounds on a run (issue #27) -----------------------------------
     Row("dead-end-cycle",
         ("bench", *ONE_JOB, "workflow.edges=[[START,load],[load,clean],[clean,validate],"

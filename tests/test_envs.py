@@ -3,6 +3,7 @@ address) for each job's env and runs that job's actors in it."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -39,11 +40,20 @@ def test_envs_demo_with_the_embedded_manager(tmp_path):
     project = copy_project(tmp_path)
     proc = run_bench(project, "-m", "+experiment=envs_demo")
     assert RAY_STARTED in proc.stderr and "(ray, env tabulate_08)" in proc.stdout
+    # without a terminal, it says what it builds and when each env is there (was: ~29 s of
+    # nothing); the embedded manager's token was made for it, kept 0600 in its data dir
+    for version in ("0.8.10", "0.9.0"):
+        assert f"tabulate=={version}: asking the venv manager, which builds it with uv" \
+            in proc.stdout
+        assert re.search(rf"env \w{{12}} \(python [\d.]+, tabulate=={version}\) ready in "
+                         r"[\d.]+ s \(built with uv\)", proc.stdout), proc.stdout
+    assert (project / "data/venv_manager/token").stat().st_mode & 0o777 == 0o600
     check_envs_demo(project, project / "data/venv_manager/envs")
     # again: both jobs are cache hits, recorded by the planner; Ray is never started
     again = run_bench(project, "-m", "+experiment=envs_demo")
     assert RAY_STARTED not in again.stderr, again.stderr
     assert again.stdout.count(" cached in ") == 2 and "(cache)" in again.stdout
+    assert again.stdout.count(" s (it had it)") == 2
 
 
 def test_envs_demo_with_a_manager_named_by_address(tmp_path):
