@@ -99,6 +99,22 @@ def test_run_code_output_is_capped_with_a_marker_and_the_audit_row_is_small(tmp_
     assert sum(p.stat().st_size for p in data.glob("env_audit.db*")) < 2 * MB
 
 
+def test_binary_output_is_capped_in_bytes_and_fits_one_grpc_answer(tmp_path):
+    store = EnvStore(tmp_path / "vm")
+    plant_env(store.root)
+    server, port = grpc_server(store, "127.0.0.1", 0, None)
+    try:
+        stub = pb_grpc.VenvManagerStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        code = ("import sys; sys.stdout.buffer.write(b'\\xff' * (3 << 20)); "
+                "sys.stderr.buffer.write('é'.encode() + b'\\xfe' * (3 << 20))")
+        r = stub.RunCode(pb.RunCodeRequest(env_id=ENV_ID, code=code), timeout=120)
+    finally:
+        server.stop(None)
+    assert r.stdout == "?" * OUTPUT_CAP + f"\n… [truncated: {(3 << 20) - OUTPUT_CAP} bytes more]"
+    assert r.stderr.startswith("é???")  # valid UTF-8 is kept as it is
+    assert len(r.stderr.encode()) < OUTPUT_CAP + 100
+
+
 def test_a_run_that_times_out_is_killed_with_what_it_started(tmp_path):
     store = EnvStore(tmp_path / "vm")
     plant_env(store.root)

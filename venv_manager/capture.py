@@ -10,6 +10,7 @@ the whole stream.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
 import os
@@ -24,6 +25,11 @@ AUDIT_HEAD = 64 << 10  # bytes of each stream the audit database keeps (with its
 CHUNK = 64 << 10
 DRAIN_S = 5.0  # after the child ends: how long a grandchild holding its pipe may keep it
 
+# Bytes that are not UTF-8 become one "?" each, not U+FFFD (3 bytes in UTF-8): the text is then
+# never longer than the bytes it shows, and two capped binary streams still fit in one gRPC
+# message (4 MB by default; 2 x 3 MiB would not).
+codecs.register_error("venv_manager.question_mark", lambda e: ("?" * (e.end - e.start), e.end))
+
 
 @dataclass
 class Stream:
@@ -33,7 +39,7 @@ class Stream:
 
     def text(self, limit: int) -> str:
         """The first `limit` bytes as text, and a marker when more was written."""
-        shown = self.head[:limit].decode("utf-8", "replace")
+        shown = self.head[:limit].decode("utf-8", "venv_manager.question_mark")
         more = self.size - min(limit, len(self.head))
         return shown + (truncated_marker(more) if more > 0 else "")
 
