@@ -83,6 +83,10 @@ def main(entry: Callable[[], Any]) -> int:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return 1
+    except BrokenPipeError as e:  # `--help | head`: the reader left, so did we
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        close_open_sweep(e)
+        return 1
     except BaseException as e:  # when Hydra stopped before its on_multirun_end: record why
         close_open_sweep(e)
         raise
