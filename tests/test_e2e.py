@@ -214,11 +214,13 @@ def test_bad_target_refuses_the_run_naming_the_key_and_writes_nothing(user_proje
     assert not (user_project / "data").exists()  # refused before the store was opened
 
 
-def test_bad_target_in_one_job_of_a_sweep_is_a_recorded_failure(user_project):
+def test_bad_target_in_one_job_of_a_sweep_refuses_it_naming_that_job(user_project):
+    """Every job is checked at the sweep's start (docs/config.md): nothing runs."""
     proc = run_bench(user_project, "-m", "workflow=mine", "variant=a,typo", check=False)
     assert proc.returncode == 1
-    assert "1 of 2 jobs failed" in proc.stderr
+    assert proc.stderr.startswith("1 of 2 jobs [job 1 (variant=typo)]: "), proc.stderr
     assert "workflow.nodes.step2._target_: cannot import 'mynodes.bmup'" in proc.stderr
+    assert not (user_project / "multirun").exists()
 
 
 def test_unknown_workflow_and_variant_list_the_available_ones(user_project):
