@@ -1,7 +1,12 @@
 """`python -m wtb_conf [-m] [overrides...]`: the Hydra entry point, nothing else."""
 
+import atexit
+import os
 import sys
 
+from wtb_conf import interrupts
+
+interrupts.install()  # before the imports below, which take a second or two
 try:
     import hydra
     from hydra.core.config_store import ConfigStore
@@ -11,7 +16,11 @@ try:
     from wtb_conf.config_checks import long_override_key
     from wtb_conf.job import run
 except KeyboardInterrupt:  # Ctrl-C while Python still imports: nothing has started
-    sys.exit("interrupted before the sweep started: nothing was recorded")
+    print("interrupted before the sweep started: nothing was recorded", file=sys.stderr,
+          flush=True)
+    # (not sys.exit: an interrupt inside an extension module's import makes Python end the
+    # process by SIGINT on its way out whatever the exit code says)
+    os._exit(1)
 
 # `hydra/launcher=wtb` (the default): the wtb_ray launcher with wtb_conf's planner. Stored
 # here rather than in conf/, so that replays, whose primary config is elsewhere, find it too.
@@ -34,4 +43,12 @@ def main(cfg: DictConfig) -> dict:
 if __name__ == "__main__":
     if refused := long_override_key(sys.argv[1:]):  # before Hydra makes a file name of it
         sys.exit(refused)
-    sys.exit(sweep.main(main))
+    code = sweep.main(main)
+    if interrupts.interrupted():
+        # Python ends a process whose interrupt went through an extension module's code by
+        # SIGINT, whatever the exit code: run the exit handlers (workers, a local Ray) here
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -21,7 +21,7 @@ from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from wtb_conf import checkpoints, compare, intake, sweep_jobs
+from wtb_conf import checkpoints, compare, intake, interrupts, sweep_jobs
 from wtb_conf.config_checks import clip_message, top_level_problems
 from wtb_conf.config_values import ConfigError
 from wtb_conf.fork import ForkError
@@ -40,6 +40,7 @@ exit_status = 0
 # The sweep still open, if Hydra stopped before calling on_*_end (a job's exception re-raised
 # by the sweeper, Ctrl-C): `python -m wtb_conf` closes it on the way out.
 _open: tuple[SweepCallback, DictConfig] | None = None
+_ended: str | None = None  # the sweep this process recorded the end of
 
 
 def close_open_sweep(error: BaseException | None = None) -> None:
@@ -60,37 +61,43 @@ def _cause(error: BaseException | None) -> str | None:
     return f"{type(error).__name__}: {error}".rstrip(": ")
 
 
-def _terminated(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main(entry: Callable[[], Any]) -> int:
     """`python -m wtb_conf`: Hydra's `entry`, then the exit status. Ctrl-C (or SIGTERM)
     anywhere ends the sweep the same way: the launcher has stopped its workers by the time
     it gets here, the sweep is recorded with what finished, and one line says so."""
-    signal.signal(signal.SIGTERM, _terminated)
+    interrupts.install()  # (python -m wtb_conf did before its imports; again for others)
     try:
         entry()
-    except KeyboardInterrupt as e:
-        # a second Ctrl-C must not leave the sweep's record half-written: this is bounded
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            if _open is None:
-                print("interrupted before the sweep started: nothing was recorded",
-                      file=sys.stderr)
+    except BaseException as e:
+        interrupts.taken()
+        if isinstance(e, BrokenPipeError):  # `--help | head`: the reader left, so do we
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        elif isinstance(e, KeyboardInterrupt) or interrupts.interrupted():
+            # (what the interrupt broke may have raised another error in its place)
+            _end_interrupted(KeyboardInterrupt(interrupts.signalled))
+        else:  # when Hydra stopped before its on_multirun_end: record why
             close_open_sweep(e)
-        finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        return 1
-    except BrokenPipeError as e:  # `--help | head`: the reader left, so did we
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise
         close_open_sweep(e)
         return 1
-    except BaseException as e:  # when Hydra stopped before its on_multirun_end: record why
-        close_open_sweep(e)
-        raise
+    # The sweep is recorded: a Ctrl-C from here on (closing workers, stopping a local Ray,
+    # both bounded) would only turn the exit into a death by SIGINT
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    interrupts.taken()
     return exit_status  # non-zero when any job of the sweep failed
+
+
+def _end_interrupted(error: KeyboardInterrupt) -> None:
+    # a second Ctrl-C must not leave the sweep's record half-written: this is bounded
+    with interrupts.held():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if _ended is not None:  # in its summary, or on the way out
+            print(f"interrupted: sweep {_ended[:8]} had ended and is recorded whole; "
+                  f"`wtb compare {_ended[:8]}` shows it", file=sys.stderr)
+        elif _open is None:
+            print("interrupted before the sweep started: nothing was recorded",
+                  file=sys.stderr)
+        close_open_sweep(error)
 
 
 def expect_jobs(n: int) -> None:
@@ -232,6 +239,7 @@ class SweepCallback(Callback):
     def __init__(self) -> None:
         self.sweep_id: str | None = None
         self.jobs = 0  # handed to the launcher's planner so far (expect_jobs)
+        self.expected = 0  # the sweep's jobs, as its start check counted them (0: not known)
 
     def _start(self, config: DictConfig, multirun: bool) -> None:
         try:  # before anything is written: a refused sweep leaves the store as it was
@@ -246,36 +254,42 @@ class SweepCallback(Callback):
             log.debug("config not checked at the sweep's start: %s: %s", type(e).__name__, e)
         if multirun:  # every job's own config, composed as the launcher will compose it
             try:
-                sweep_jobs.check_jobs(config, KNOWN_SWEEPERS, Path.cwd())
+                self.expected = sweep_jobs.check_jobs(config, KNOWN_SWEEPERS, Path.cwd()) or 0
             except (CompactHydraException, WorkflowError, ForkError, StoreError) as e:
                 raise ConfigRefused(e) from None
             except Exception as e:  # a fault of the check's own: the jobs check themselves
                 log.warning("jobs not checked at the sweep's start: %s: %s",
                             type(e).__name__, e)
-        try:  # before the store is made or migrated and the sweep dir claimed: a refused
-            # sweep leaves nothing behind
+        try:  # (a connection that may wait for its timeout: not with interrupts held)
             checkpoints.check_reachable(storage_paths(config.storage, Path.cwd())["checkpoints"])
-            store, _ = open_store_for(config, Path.cwd())
-        except StoreError as e:  # a db_url SQLAlchemy cannot open, a dir blocked by a file
+        except StoreError as e:
             raise ConfigRefused(e) from None
-        sweep_dir = str(claim_sweep_dir(config)) if multirun else None
-        with store:
-            self.sweep_id = store.create_sweep(sys.argv[1:], sweep_dir)
-            global _open
-            _open = (self, config)  # from here on, however it ends, the sweep is closed
-            try:  # what earlier sweeps left running when they died; never this one's end
-                reaped = store.reap()
-            except Exception as e:
-                log.warning("runs left by dead sweeps not checked: %s: %s", type(e).__name__, e)
-            else:
-                if reaped["runs"] or reaped["sweeps"]:
-                    log.warning("recorded as failed: %d runs and %d sweeps whose processes "
-                                "had died (`wtb runs` lists them)", len(reaped["runs"]),
-                                len(reaped["sweeps"]))
-            _continue(store, self.sweep_id)
-        if id_file := os.environ.pop(SWEEP_ID_FILE, None):  # a replay's `wtb` waits for it
-            Path(id_file).write_text(self.sweep_id)
-        os.environ[SWEEP_ENV] = self.sweep_id
+        # Ctrl-C waits while the store is made, the sweep recorded and claimed: an empty
+        # database file or a sweep row nobody closes is what it left otherwise
+        with interrupts.held():
+            try:  # before the store is made or migrated and the sweep dir claimed: a refused
+                # sweep leaves nothing behind
+                store, _ = open_store_for(config, Path.cwd())
+            except StoreError as e:  # a db_url SQLAlchemy cannot open, a dir blocked by a file
+                raise ConfigRefused(e) from None
+            sweep_dir = str(claim_sweep_dir(config)) if multirun else None
+            with store:
+                self.sweep_id = store.create_sweep(sys.argv[1:], sweep_dir)
+                global _open
+                _open = (self, config)  # from here on, however it ends, the sweep is closed
+                try:  # what earlier sweeps left running when they died; never this one's end
+                    reaped = store.reap()
+                except Exception as e:
+                    log.warning("runs left by dead sweeps not checked: %s: %s", type(e).__name__, e)
+                else:
+                    if reaped["runs"] or reaped["sweeps"]:
+                        log.warning("recorded as failed: %d runs and %d sweeps whose processes "
+                                    "had died (`wtb runs` lists them)", len(reaped["runs"]),
+                                    len(reaped["sweeps"]))
+                _continue(store, self.sweep_id)
+            if id_file := os.environ.pop(SWEEP_ID_FILE, None):  # a replay's `wtb` waits for it
+                Path(id_file).write_text(self.sweep_id)
+            os.environ[SWEEP_ENV] = self.sweep_id
 
     def _end(self, config: DictConfig, error: str | None = None,
              interrupted: bool = False) -> None:
@@ -285,9 +299,12 @@ class SweepCallback(Callback):
         if self.sweep_id is None:
             _open = None
             return
-        with open_store_for(config, Path.cwd())[0] as store:
-            status = store.finish_sweep(self.sweep_id, error, jobs=self.jobs)
+        with interrupts.held(), open_store_for(config, Path.cwd())[0] as store:
+            jobs = max(self.jobs, self.expected)
+            status = store.finish_sweep(self.sweep_id, error, jobs=jobs)
             _open = None  # only now: an interrupt before this still gets the sweep closed
+            global _ended
+            _ended = self.sweep_id
             # a job retried after its actor died has several runs: the last one counts
             runs = list({r["job_num"]: r for r in store.runs(self.sweep_id)}.values())
             if not interrupted:
@@ -297,7 +314,7 @@ class SweepCallback(Callback):
             exit_status = 1
         if interrupted:
             done = sum(not _unfinished(r) for r in runs)
-            print(f"interrupted: {done} of {max(self.jobs, len(runs))} jobs done; run the same "
+            print(f"interrupted: {done} of {max(jobs, len(runs))} jobs done; run the same "
                   f"command (or `wtb rerun --failed {short}`) to finish", file=sys.stderr)
             return
         compare.print_rows(rows, f"sweep {short} — `wtb compare {short}`", note,
@@ -305,7 +322,7 @@ class SweepCallback(Callback):
         done = sum(r["status"] in DONE for r in runs)
         cached = sum(r["status"] == "cached" for r in runs)
         paused = sum(r["status"] == "paused" for r in runs)
-        print(f"sweep {short}: {done} of {max(self.jobs, len(runs))} jobs completed"
+        print(f"sweep {short}: {done} of {max(jobs, len(runs))} jobs completed"
               + (f" ({cached} cached)" if cached else "")
               + (f", {paused} paused (`wtb resume RUN` continues)" if paused else "")
               + f"; `wtb report {short}` writes an HTML report")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def project(tmp_path: Path) -> Path:
 
 def start(project: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        ["python", "-m", "wtb_conf", "-m", "workflow=fault", *args], cwd=project,
+        [sys.executable, "-m", "wtb_conf", "-m", "workflow=fault", *args], cwd=project,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -106,7 +107,7 @@ def assert_one_line(out: str, sweep: subprocess.Popen) -> str:
 
 
 def finish(project: Path, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["python", "-m", "wtb_conf", "-m", "workflow=fault", *args],
+    proc = subprocess.run([sys.executable, "-m", "wtb_conf", "-m", "workflow=fault", *args],
                           cwd=project, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "4 of 4 jobs completed" in proc.stdout
@@ -188,7 +189,7 @@ def test_wtb_rerun_failed_after_ctrl_c_with_rerun_true_runs_only_the_missing_job
 
 def test_a_node_that_ends_its_process_gives_the_summary_and_no_traceback(project):
     (project / "exit-b").touch()
-    proc = subprocess.run(["python", "-m", "wtb_conf", "-m", "workflow=fault", TAGS],
+    proc = subprocess.run([sys.executable, "-m", "wtb_conf", "-m", "workflow=fault", TAGS],
                           cwd=project, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert "3 of 4 jobs completed" in proc.stdout, proc.stdout + proc.stderr
