@@ -89,3 +89,8 @@ def factory_cycle_with_exit():
 def factory_undeclared_router():
     """A router with no declared targets: where it goes cannot be known, so it is let be."""
     return _graph([("__start__", "a"), ("a", "b")], {"b": None})
+
+
+def reads_y(state: dict) -> bool:
+    """An evaluator that fails on every case (KeyError): the state has no y."""
+    return state["y"] == 1

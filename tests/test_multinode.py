@@ -202,7 +202,8 @@ def test_a_node_lost_mid_sweep_has_its_jobs_retried_on_the_other(cluster, tmp_pa
     ids = {name: node_id for node_id, name in nodes.node_ids().items()}
     started = time.monotonic()
     sweep = subprocess.Popen(
-        [sys.executable, "-m", "wtb_conf", "-m", "workflow=slow", "+x=1,2", "share_prefixes=false",
+        [sys.executable, "-m", "wtb_conf", "-m", "workflow=slow",
+         "+workflow.cases.one.done=false,true", "share_prefixes=false",
          f"workflow.nodes.wait.flag={flag}", *on_cluster(nodes), *store_args,
          "hydra.launcher.max_retries=1"],
         cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

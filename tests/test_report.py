@@ -141,7 +141,7 @@ cases:
   two: {x: 5}
 metrics: {x: x}
 evaluators:
-  has_y: {_target_: wtb_conf.evaluators.contains, key: y, text: "1"}
+  has_y: {_target_: flows.reads_y}  # fails on every case (a key naming no field is refused)
 """
 
 

@@ -61,9 +61,14 @@ def truncate_half(db: Path) -> None:
 
 @pytest.fixture
 def damaged(demo, tmp_path) -> Path:
-    """A copy of the demo project and its store (its WAL merged: the store was closed)."""
+    """A copy of the demo project and its store, each database's WAL merged into it (a test
+    that read the shared demo's store before this one may have left a WAL beside it)."""
     project = copy_project(tmp_path / "project")
     shutil.copytree(demo / "data", project / "data")
+    for db in ("wtb.db", "checkpoints.db"):
+        conn = sqlite3.connect(project / "data" / db)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()  # the last connection of a WAL database removes its -wal and -shm
     assert not (project / "data" / "wtb.db-wal").exists()
     return project
 
