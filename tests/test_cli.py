@@ -19,7 +19,7 @@ from wtb_conf.views import clip_json
 RUN_KEYS = {"run_id", "sweep_id", "job_num", "status", "overrides", "workflow", "config_digest",
             "job_dir", "started_at", "finished_at", "error", "metrics", "commit", "checkpoints",
             "python", "env_id", "job_key", "cached_from", "parent_run", "launch_dir",
-            "inputs_commit"}
+            "inputs_commit", "host", "ray_node"}
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ address) for each job's env and runs that job's actors in it."""
 from __future__ import annotations
 
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def check_envs_demo(project: Path, envs_dir: Path) -> None:
             assert f"tabulate=={version}" in run["env_lock"]
             assert run["metrics"]["orders/tabulate_version"] == version
             assert run["metrics"]["orders/table_format"] == fmt
+            # where it ran: this machine, on a Ray actor (#27 item 13)
+            assert run["host"] == socket.gethostname() and len(run["ray_node"] or "") == 56
         assert runs[0]["env_id"] != runs[1]["env_id"]
         diff = store.diff(runs[0]["commit"], runs[1]["commit"])
         assert diff.changed == ["orders/table.txt"]

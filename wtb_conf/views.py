@@ -14,12 +14,14 @@ from rich.table import Table
 def print_runs(runs: list[dict], title: str) -> None:
     metric_names = sorted({k for r in runs for k in r["metrics"] if "/" not in k})
     table = Table(title=title)
-    for col in ("job", "run", "overrides", "status", "checkpoints", "commit", *metric_names):
+    for col in ("job", "run", "overrides", "status", "where", "checkpoints", "commit",
+                *metric_names):
         table.add_column(col)
     for r in runs:
         status = r["status"] if r["status"] != "failed" else f"[red]{r['status']}[/red]"
+        where = (r["host"] or "-") + (f", ray node {r['ray_node'][:8]}" if r["ray_node"] else "")
         table.add_row(
-            str(r["job_num"]), r["run_id"][:8], " ".join(r["overrides"]), status,
+            str(r["job_num"]), r["run_id"][:8], " ".join(r["overrides"]), status, where,
             str(r["checkpoints"]), (r["commit"] or "-")[:12],
             *(_cell(r["metrics"].get(m, "")) for m in metric_names),
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from wtb_conf.store.liveness import Owner, alive, this_process
+from wtb_conf.store.liveness import Owner, alive, ray_node, this_process
 from wtb_conf.store.objects import now_iso
 from wtb_conf.store.records import _dumps, _event, new_id
 from wtb_conf.store.schema import lock, read_conn
@@ -176,11 +176,11 @@ class Lifecycle:
                     "INSERT INTO runs (id, sweep_id, job_num, status, overrides, workflow, "
                     "config_yaml, config_digest, job_dir, started_at, python, env_id, env_lock, "
                     "job_key, env_digest, code_digest, parent_run, launch_dir, inputs_commit, "
-                    "owner_host, owner_pid, owner_started) "
+                    "owner_host, owner_pid, owner_started, ray_node) "
                     "VALUES (:id, :sweep_id, :job_num, 'running', :overrides, :workflow, "
                     ":config_yaml, :config_digest, :job_dir, :at, :python, :env_id, :env_lock, "
                     ":job_key, :env_digest, :code_digest, :parent_run, :launch_dir, :inputs, "
-                    ":host, :pid, :started)"
+                    ":host, :pid, :started, :ray_node)"
                 ),
                 {"id": run_id, "sweep_id": sweep_id, "job_num": job_num,
                  "overrides": _dumps(overrides), "workflow": workflow,
@@ -190,7 +190,7 @@ class Lifecycle:
                  "job_key": identity.get("job_key"), "env_digest": identity.get("env_digest"),
                  "code_digest": identity.get("code_digest"), "parent_run": parent_run,
                  "launch_dir": launch_dir, "inputs": inputs_commit,
-                 **this_process()._asdict()},
+                 **this_process()._asdict(), "ray_node": ray_node()},
             )
             _event(conn, "run_started", {"job_num": job_num, "overrides": overrides},
                    run_id=run_id, sweep_id=sweep_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -59,6 +60,18 @@ def host() -> str:
     boot = read(lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8])
     pidns = read(lambda: os.stat("/proc/self/ns/pid").st_ino)
     return f"{socket.gethostname()}/{boot}/{pidns}"
+
+
+def ray_node() -> str | None:
+    """The id of the Ray node this process is a worker of, if it is one. Ray is asked only
+    when this process has imported it already (a local worker never does)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # a driver's view of a cluster it left, say: where is not known
+        return None
 
 
 def this_process() -> Owner:

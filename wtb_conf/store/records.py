@@ -64,6 +64,9 @@ def _run_dict(row) -> dict[str, Any]:
         "parent_run": row.parent_run,
         "launch_dir": row.launch_dir,
         "inputs_commit": row.inputs_commit,
+        # where its process ran: the machine's name, and the Ray node when on Ray
+        "host": (row.owner_host or "").split("/")[0] or None,
+        "ray_node": row.ray_node,
     }
 
 

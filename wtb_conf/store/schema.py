@@ -208,6 +208,11 @@ MIGRATIONS: list[Script] = [
     FROM runs r WHERE r.status = 'failed' AND NOT EXISTS (
         SELECT 1 FROM events e WHERE e.run_id = r.id AND e.kind IN ('run_failed', 'run_lost'));
     """,
+    # 9: the Ray node a run's process ran on (None: not a Ray worker), beside owner_host,
+    # so that `wtb runs` says where each job ran on a cluster sharing one disk
+    """
+    ALTER TABLE runs ADD COLUMN ray_node TEXT;
+    """,
 ]
 
 
