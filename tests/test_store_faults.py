@@ -11,6 +11,8 @@ import random
 import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -282,3 +284,24 @@ def test_a_malformed_checkpoints_file_is_reported_not_raised(tmp_path):
     with pytest.raises(sqlite3.DatabaseError):  # (what the check reads is indeed damaged)
         sqlite3.connect(cps).execute("SELECT * FROM sqlite_master").fetchall()
     assert isinstance(StoreFull("x"), StoreError)
+
+
+def test_a_sweep_on_a_disk_with_no_room_is_refused_in_one_line(tmp_path):
+    """#27 item 11: with ~150 KB free, job 0 failed with SQLAlchemy's raw message and job 1
+    got no run row; now the sweep is refused before anything is written. The project is on
+    a 2 MiB tmpfs of a mount namespace of the test's own (unshare), as root."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare to mount a small file system")
+    project = copy_project(tmp_path / "project")
+    script = (f"mount -t tmpfs -o size=2m tmpfs {tmp_path / 'small'} && "
+              f"cp -r {project}/. {tmp_path / 'small'} && cd {tmp_path / 'small'} && "
+              f"{sys.executable} -m wtb_conf -m +experiment=demo; echo rc=$? && ls")
+    (tmp_path / "small").mkdir()
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert "rc=1" in proc.stdout, out
+    said = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(said) == 1 and "the disk is full" in said[0], out
+    assert f"{tmp_path / 'small'}" in said[0]
+    assert "data" not in proc.stdout.split("rc=1")[1].split(), "nothing written"

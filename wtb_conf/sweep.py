@@ -29,6 +29,7 @@ from wtb_conf.intake import CONTINUES_ENV, SWEEP_ENV, open_store_for, storage_pa
 from wtb_conf.replay import SWEEP_ID_FILE
 from wtb_conf.schemas import GROUPS, check_config
 from wtb_conf.store import StoreError
+from wtb_conf.store.files import check_room
 from wtb_conf.store.lifecycle import DONE
 from wtb_conf.workflow import WorkflowError
 
@@ -229,6 +230,18 @@ def _continue(store: Any, sweep_id: str) -> None:
         os.environ.pop(CONTINUES_ENV, None)
 
 
+def _local_dirs(paths: dict[str, Any]) -> list[str]:
+    """Where the sweep writes on this machine: the launch dir, and the store's database and
+    blob root when they are files here (not URLs of a server)."""
+    prefix = "sqlite:///"
+    dirs = [os.getcwd()]
+    if paths["db_url"].startswith(prefix):
+        dirs.append(os.path.dirname(paths["db_url"][len(prefix):]) or ".")
+    if "://" not in paths["blob_root"]:
+        dirs.append(paths["blob_root"])
+    return dirs
+
+
 def _unfinished(run: dict[str, Any]) -> bool:
     """A run the sweep's end cut short (or that was running when it did)."""
     return run["status"] == "running" or (
@@ -269,8 +282,10 @@ class SweepCallback(Callback):
         with interrupts.held():
             try:  # before the store is made or migrated and the sweep dir claimed: a refused
                 # sweep leaves nothing behind
+                check_room(_local_dirs(storage_paths(config.storage, Path.cwd())))
                 store, _ = open_store_for(config, Path.cwd())
             except StoreError as e:  # a db_url SQLAlchemy cannot open, a dir blocked by a file
+                # (or a disk with no room for it)
                 raise ConfigRefused(e) from None
             sweep_dir = str(claim_sweep_dir(config)) if multirun else None
             with store:

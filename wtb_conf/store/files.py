@@ -50,6 +50,25 @@ def no_room(e: BaseException, what: str) -> StoreError | None:
     return None
 
 
+# Free space a sweep asks for where it writes (the store, the blob root, the job dirs): with
+# less, its first jobs fill the disk and the next ones cannot even be recorded
+MIN_FREE = 64 * 2**20
+
+
+def check_room(dirs: list[str | os.PathLike], need: int = MIN_FREE) -> None:
+    """Raise StoreFull naming the first of `dirs` (or its nearest existing parent) whose file
+    system has less than `need` bytes free."""
+    for d in dirs:
+        where = Path(d).absolute()
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        free = shutil.disk_usage(where).free
+        if free < need:
+            raise StoreFull(f"{d}: the disk is full: {free // 1024} KiB free, and a sweep "
+                            f"needs at least {need // 2**20} MiB there; free some space "
+                            "(`wtb rm` and `wtb gc` remove runs you no longer need)")
+
+
 def walk(root: str) -> Iterator[tuple[str, os.stat_result]]:
     """Regular files and symlinks under root as (posix relative path, lstat).
 
