@@ -873,7 +873,7 @@ def test_an_on_failure_that_raises_does_not_change_the_batch(scenario, caplog):
     assert [told.of(i) for i in range(3)] == [heard.of(i) for i in range(3)]
     assert out.statuses == quiet.statuses
     for i, ret in enumerate(out.results):
-        if ret.status == FAILED:
+        if out.statuses[i] == FAILED:
             assert f"{type(out.error(i))}: {out.error(i)}" == \
                    f"{type(quiet.error(i))}: {quiet.error(i)}"
         else:

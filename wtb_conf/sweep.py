@@ -350,6 +350,10 @@ class SweepCallback(Callback):
             ]
             print(f"{len(failed)} of {len(runs)} jobs failed:", *lines, sep="\n", file=sys.stderr)
             exit_status = 1
+        if len(runs) < jobs:  # the store could not take their failure (the log says why)
+            print(f"{jobs - len(runs)} of {jobs} jobs have no run record: they failed before "
+                  "one could be written (see the errors above)", file=sys.stderr)
+            exit_status = 1
         if error:
             print(f"sweep {short} ended early: {error}", file=sys.stderr)
 

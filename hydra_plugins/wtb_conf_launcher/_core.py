@@ -224,11 +224,12 @@ class Scheduler:
     def _fail_todo(self, error: BaseException) -> None:
         while self.todo:
             i, _ = self.todo.popleft()
-            recorded = self.tell(i, error, False, time.time())
-            self.finish(i, self.failure(i, error, recorded), 0.0, "-")
+            told = self.tell(i, error, False, time.time())
+            self.finish(i, self.failure(i, error, told), 0.0, "-")
 
     def tell(self, i: int, error: BaseException, retrying: bool, since: float) -> bool:
-        """The planner records what the job could not (Plan.on_failure); whether it did."""
+        """The planner records what the job could not (Plan.on_failure); whether it was told
+        (one that could not record it says so in the log: the failure is still the job's)."""
         on_failure = self.plans[i].on_failure
         if on_failure is None:
             return False
@@ -237,13 +238,13 @@ class Scheduler:
         except Exception as e:  # the job's own result still reaches Hydra
             log.error(f"wtb_ray: job #{self.jobs[i].num}: the planner did not take its "
                       f"failure: {type(e).__name__}: {e}")
-            return False
         return True
 
-    def failure(self, i: int, error: BaseException, recorded: bool) -> JobReturn:
-        """A failure the planner recorded is a result like any other, so that Hydra's sweeper
-        goes on (it raises a FAILED job's exception, ending the sweep with a traceback)."""
-        if recorded:
+    def failure(self, i: int, error: BaseException, told: bool) -> JobReturn:
+        """A failure the planner was told of is a result like any other, so that Hydra's
+        sweeper goes on (it raises a FAILED job's exception, ending the sweep with a
+        traceback); without a planner, Hydra's own way."""
+        if told:
             return completed(self.jobs[i].overrides, {
                 "status": "failed", "error": f"{type(error).__name__}: {error}",
                 "exception": error})
@@ -294,18 +295,18 @@ class Scheduler:
             self.pool.discard(worker)
             retrying = (e.retry and attempt < self.params["max_retries"]
                         and self.stop_reason is None)  # a stopped batch starts nothing more
-            recorded = self.tell(i, e, retrying, since)
+            told = self.tell(i, e, retrying, since)
             if retrying:
                 log.warning(f"job #{self.jobs[i].num}: {e}; retrying "
                             f"({attempt + 1}/{self.params['max_retries']})")
                 self.todo.appendleft((i, attempt + 1))
                 self.progress.retrying(i)
                 return
-            ret, seconds = self.failure(i, e, recorded), time.monotonic() - t0
+            ret, seconds = self.failure(i, e, told), time.monotonic() - t0
         except Exception as e:  # raised outside run_job, e.g. unpickling the task function
             self.pool.release(worker, self.plans[i])
-            recorded = self.tell(i, e, False, since)
-            ret, seconds = self.failure(i, e, recorded), time.monotonic() - t0
+            told = self.tell(i, e, False, since)
+            ret, seconds = self.failure(i, e, told), time.monotonic() - t0
         self.finish(i, ret, seconds, worker.where)
 
     def expire(self) -> None:
@@ -319,8 +320,8 @@ class Scheduler:
                 self.pool.discard(worker)
                 error = TimeoutError(f"job #{self.jobs[i].num} ran over "
                                      f"hydra.launcher.timeout_s={timeout}; its process was killed")
-                recorded = self.tell(i, error, False, since)
-                self.finish(i, self.failure(i, error, recorded), now - t0, worker.where)
+                told = self.tell(i, error, False, since)
+                self.finish(i, self.failure(i, error, told), now - t0, worker.where)
 
 
 def check_plans(plans: list[Plan], n: int) -> None:

@@ -58,7 +58,7 @@ class Plan:
     where: str | None = None
     # told of a failure the job could not record itself, as (error, retrying, since): it timed
     # out, its worker died, or it never started; `since`: time.time() when that attempt began.
-    # A failure it takes (it returns) is the job's result, {"status": "failed", "error": ...},
+    # A failure it is told of is the job's result, {"status": "failed", "error": ...},
     # a COMPLETED JobReturn: Hydra's sweeper ends the sweep with a traceback on a FAILED one.
     on_failure: Callable[[BaseException, bool, float], None] | None = None
 
