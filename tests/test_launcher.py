@@ -278,3 +278,29 @@ def test_twenty_jobs_run_at_once_on_two_cores(tmp_path):
     assert done_jobs(tmp_path) == list(range(20))
     pids = {p.read_text() for p in (tmp_path / "sweep").glob("*/done-*")}
     assert len(pids) == 20  # twenty processes, not threads of one
+
+
+RAYLET_DUMP = """The actor died unexpectedly before finishing this task.
+\tclass_name: JobActor
+\tactor_id: 9f0b093b761bd9846fca1d9406000000
+\tpid: 17732
+\tnamespace: 5c1f
+\tip: 192.0.2.3
+The actor is dead because its node has died. Node Id: fd033c0d
+\tthe actor's node was terminated unexpectedly
+""" + "\n".join(f"\t[raylet] line {i} of the raylet's dump" for i in range(14))
+
+
+@pytest.mark.parametrize(("report", "gist"), [
+    (RAYLET_DUMP, "The actor died unexpectedly before finishing this task. The actor is dead "
+                  "because its node has died. Node Id: fd033c0d"),
+    ("The actor 9f0b is unavailable: RpcError: Socket closed",
+     "The actor 9f0b is unavailable: RpcError: Socket closed"),
+    ("x" * 400, "x" * 300 + "…"),
+])
+def test_a_dead_actors_error_keeps_the_gist_of_rays_report(report, gist):
+    """#27 item 13: Ray prints its report itself; the retry's line and the run's error had
+    it again whole (the report stays in the run's traceback)."""
+    from hydra_plugins.wtb_conf_launcher._ray import _gist
+
+    assert _gist(RuntimeError(report)) == gist

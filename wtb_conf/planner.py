@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import tempfile
+import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -157,6 +158,7 @@ class Planner:
         out, its worker died, it never started, it raised before recording a run): on the
         run of that attempt, if the job got to record one, else as a failed run of its own."""
         cause = f"{type(error).__name__}: {error}"
+        tb = "".join(traceback.format_exception(error))  # (a dead actor's: Ray's report)
         with _as_job(job):
             try:
                 opened = intake.open_job(cfg, job.config.hydra, env and env.lock)
@@ -172,7 +174,8 @@ class Planner:
                            if r["job_num"] == job.num and r["started_at"] >= begun]
                 if attempt:  # a run that ended on its own knew more than the launcher does
                     for run in attempt:
-                        store.fail_run(run["run_id"], cause + ("; retried" if retrying else ""))
+                        store.fail_run(run["run_id"], cause + ("; retried" if retrying else ""),
+                                       tb)
                     return
                 if retrying:  # died before it began: the next attempt records the job
                     return

@@ -7,6 +7,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -142,7 +143,9 @@ class RayWorker:
             if isinstance(e, RayActorError | ActorUnschedulableError):  # its node is gone, too?
                 if self.placer is not None and self.node is not None:
                     self.placer.gone(self.node)
-                out.set_exception(WorkerDied(f"its actor died: {e}"))
+                died = WorkerDied(f"its actor died: {_gist(e)}")
+                died.__cause__ = e  # Ray's whole report: in the run's recorded traceback
+                out.set_exception(died)
             else:  # raised outside run_job (or the env could not be made): the cause itself
                 cause = e.as_instanceof_cause() if hasattr(e, "as_instanceof_cause") else e
                 out.set_exception(cause)
@@ -178,6 +181,15 @@ class RayWorker:
 
     def close(self, deadline: float) -> None:
         pass
+
+
+def _gist(error: BaseException, limit: int = 300) -> str:
+    """The first line of Ray's report on a dead actor, and the one saying why it died: Ray
+    prints the whole (a raylet's 20-line dump, say) itself."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    why = [line for line in lines[1:] if re.search(r"\b(died|dead) because", line)][:1]
+    gist = " ".join(lines[:1] + why)
+    return gist if len(gist) <= limit else gist[:limit] + "…"
 
 
 def shared(hydra_context: HydraContext, task_function: TaskFunction) -> list[Any]:
