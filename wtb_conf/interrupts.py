@@ -35,14 +35,34 @@ def taken() -> None:
     signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+def ignore() -> None:
+    """From here on the process is on its way out: a second Ctrl-C or SIGTERM changes
+    nothing (what is left to do is bounded)."""
+    taken()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+_holding = 0  # depth of held() blocks: an interrupt then only notes itself
+
+
 @contextlib.contextmanager
 def held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until the block is done: what it writes is written whole."""
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    """Ctrl-C and SIGTERM wait until the block is done: what it writes is written whole.
+    (Not a signal mask: a signal the main thread blocks goes to another thread, and Python
+    runs its handler in the main thread all the same.)"""
+    global _holding
+    _holding += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _holding -= 1
+    if _holding == 0 and signalled is not None and _pending:
+        _pending.clear()
+        raise KeyboardInterrupt(signalled)
+
+
+_pending: list[str] = []  # an interrupt that came during held()
 
 
 def _interrupted(signum: int, frame: Any) -> None:
@@ -61,9 +81,13 @@ def _again(signum: int, frame: Any) -> None:
 
 
 def _raise_unless_in_omegaconf(frame: Any) -> None:
-    """OmegaConf's nodes are not safe to interrupt: an exception in the middle of setting
-    one leaves it half-linked, and the error that then raises (from its own `finally`)
-    takes the interrupt's place. Inside it, the interrupt comes back in 20 ms instead."""
+    """Raise the interrupt here, unless a held() block is running (it raises it when done)
+    or OmegaConf is: its nodes are not safe to interrupt, an exception in the middle of
+    setting one leaves it half-linked, and the error that then raises (from its own
+    `finally`) takes the interrupt's place. Inside it, the interrupt comes back in 20 ms."""
+    if _holding:
+        _pending.append(signalled or "SIGINT")
+        return
     while frame is not None:
         if frame.f_globals.get("__name__", "").startswith("omegaconf."):
             signal.setitimer(signal.ITIMER_REAL, 0.02, 0.5)

@@ -10,7 +10,6 @@ import fcntl
 import logging
 import os
 import re
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -83,22 +82,18 @@ def main(entry: Callable[[], Any]) -> int:
         return 1
     # The sweep is recorded: a Ctrl-C from here on (closing workers, stopping a local Ray,
     # both bounded) would only turn the exit into a death by SIGINT
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    interrupts.taken()
+    interrupts.ignore()
     return exit_status  # non-zero when any job of the sweep failed
 
 
 def _end_interrupted(error: KeyboardInterrupt) -> None:
-    # a second Ctrl-C must not leave the sweep's record half-written: this is bounded
-    with interrupts.held():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if _ended is not None:  # in its summary, or on the way out
-            print(f"interrupted: sweep {_ended[:8]} had ended and is recorded whole; "
-                  f"`wtb compare {_ended[:8]}` shows it", file=sys.stderr)
-        elif _open is None:
-            print("interrupted before the sweep started: nothing was recorded",
-                  file=sys.stderr)
-        close_open_sweep(error)
+    interrupts.ignore()  # a second Ctrl-C must not leave the sweep's record half-written
+    if _ended is not None:  # in its summary, or on the way out
+        print(f"interrupted: sweep {_ended[:8]} had ended and is recorded whole; "
+              f"`wtb compare {_ended[:8]}` shows it", file=sys.stderr)
+    elif _open is None:
+        print("interrupted before the sweep started: nothing was recorded", file=sys.stderr)
+    close_open_sweep(error)
 
 
 def expect_jobs(n: int) -> None:
