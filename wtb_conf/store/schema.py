@@ -277,8 +277,8 @@ def _current(engine: Engine) -> bool:
     """Whether the store has every migration (a failed query means no: setup() finds out)."""
     try:
         with read_conn(engine) as conn:
-            return conn.execute(text("SELECT max(v) FROM wtb_migrations")).scalar() == len(
-                MIGRATIONS)
+            count, top = conn.execute(text("SELECT count(*), max(v) FROM wtb_migrations")).one()
+            return count == top == len(MIGRATIONS)  # (a hole is a migration to run)
     except DBAPIError:
         return False
 
