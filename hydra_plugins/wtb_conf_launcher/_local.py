@@ -62,6 +62,11 @@ def _relay(fd: int, name: str) -> None:
 def _serve(conn: Any, task_function: TaskFunction, hydra_context: HydraContext,
            launch_dir: str, code_paths: list[str], outputs: tuple[int, int]) -> None:
     _die_with_parent()
+    # Python's own handlers, not whatever the driver installed for its Ctrl-C: a job's
+    # process that gets SIGTERM ends by it (a WorkerDied the launcher retries)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
     for fd, target in zip(outputs, (1, 2), strict=True):
         os.dup2(fd, target)
