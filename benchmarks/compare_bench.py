@@ -174,9 +174,9 @@ def _digest(*parts: Any) -> str:
 def build(db: Path, blobs: Path, sweeps: int, jobs: int, big: int, checkpoints: int,
           batch: int, seed: int = 0) -> dict[str, Any]:
     """The store: a sweep of `big` jobs, then `sweeps` sweeps of `jobs` jobs."""
-    from wtb_conf.intake import installed  # what job.run writes, for the data
-    from wtb_conf.job import metrics_of
-    from wtb_conf.scoring import summarize
+    from wtb_conf.job.admission import installed  # what job.run writes, for the data
+    from wtb_conf.job.scoring import summarize
+    from wtb_conf.job.task import metrics_of
 
     rng = random.Random(seed)
     template = _config_template(
@@ -281,7 +281,8 @@ def _in_process(db: Path, blobs: Path, sweeps: list[str], flags: list[str],
                 repeat: int, slow: float) -> dict[str, float]:
     """cmd_compare's work in this process, its parts timed apart: the store's three queries
     (with decoding), compare.rows() (which runs them again), the output to a string."""
-    from wtb_conf import cli, compare
+    from wtb_conf import cli
+    from wtb_conf.results import compare
 
     cases = "--cases" in flags
     figures: dict[str, list[float]] = {}

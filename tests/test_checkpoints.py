@@ -1,4 +1,5 @@
-"""LangGraph's checkpointer as `storage.checkpoints` chooses it (wtb_conf.checkpoints): a SQLite
+"""LangGraph's checkpointer as `storage.checkpoints` chooses it (wtb_conf.job.checkpointer):
+a SQLite
 file or a PostgreSQL database, the same graph on both; LangGraph's tables made once however
 many jobs start at once; and what `wtb fsck` asks of it, read-only."""
 
@@ -13,7 +14,7 @@ from conftest import copy_project, run_bench
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
-from wtb_conf.checkpoints import (
+from wtb_conf.job.checkpointer import (
     CheckpointsError,
     describe,
     is_postgres,

@@ -14,7 +14,7 @@ import pytest
 from conftest import copy_project, run_bench
 
 from wtb_conf.cli import main
-from wtb_conf.views import clip_json
+from wtb_conf.cli.output import clip_json
 
 RUN_KEYS = {"run_id", "sweep_id", "job_num", "status", "overrides", "workflow", "config_digest",
             "job_dir", "started_at", "finished_at", "error", "metrics", "commit", "checkpoints",
@@ -257,7 +257,7 @@ def test_evaluator_params_are_checked_against_the_signature(fn, params, message)
     import functools
 
     from wtb_conf.cli.overrides import _check_params
-    from wtb_conf.workflow import WorkflowError
+    from wtb_conf.job.workflow import WorkflowError
 
     if message is None:
         _check_params("ok", functools.partial(fn, **params))

@@ -8,7 +8,7 @@ import io
 
 import pytest
 
-from wtb_conf import compare
+from wtb_conf.results import compare
 from wtb_conf.store import StoreError, open_store
 
 

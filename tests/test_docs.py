@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from wtb_conf.cli import parser
-from wtb_conf.workflow import KEYS
+from wtb_conf.job.workflow import KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI_MD = (ROOT / "docs/cli.md").read_text()
@@ -73,7 +73,7 @@ def test_every_planner_field_is_documented_and_configurable():
     from hydra.core.config_store import ConfigStore
 
     import wtb_conf.__main__  # noqa: F401  (stores hydra/launcher=wtb)
-    from wtb_conf.planner import Planner
+    from wtb_conf.driver.planner import Planner
 
     text = (ROOT / "docs/launcher.md").read_text()
     node = ConfigStore.instance().load("hydra/launcher/wtb.yaml").node
@@ -83,7 +83,7 @@ def test_every_planner_field_is_documented_and_configurable():
 
 
 def test_every_top_level_and_fork_key_is_documented():
-    from wtb_conf.fork import FORK_KEYS
+    from wtb_conf.job.fork import FORK_KEYS
 
     cfg = yaml.safe_load((ROOT / "wtb_conf/conf/config.yaml").read_text())
     for key in set(cfg) - {"defaults", "hydra"}:

@@ -1,5 +1,5 @@
 """A failure inside a job's cleanup must not replace the original error or leave the run
-running: job.run runs setup, cases, the final commit and scoring on one guarded path.
+running: task.run runs setup, cases, the final commit and scoring on one guarded path.
 
 Sweeps run for real (`python -m wtb_conf -m ... hydra/launcher=basic` in a project of its
 own, the real store, real LangGraph) and are read back with `wtb runs/show --json`. Faults
@@ -31,7 +31,7 @@ from conftest import run_bench
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from wtb_conf import intake, job
+from wtb_conf.job import admission, task
 from wtb_conf.store import Store, open_store
 
 WORKFLOW = """
@@ -220,7 +220,7 @@ def test_a_failure_recording_the_failed_case_does_not_replace_its_error(project)
 
 
 def _config(project: Path) -> tuple:
-    """A job's task config and Hydra config, as Hydra would hand them to job.run."""
+    """A job's task config and Hydra config, as Hydra would hand them to task.run."""
     cfg = OmegaConf.create({
         "workflow": OmegaConf.to_container(OmegaConf.create(WORKFLOW)),
         "storage": {"db_url": "sqlite:///data/wtb.db", "blob_root": "data/blobs",
@@ -259,9 +259,9 @@ class Boom(Exception):
 @pytest.mark.parametrize(
     ("target", "error"),
     [
-        ("wtb_conf.intake.identity_of", Boom("identity failed")),
-        ("wtb_conf.intake.installed", Boom("the env could not be listed")),
-        ("wtb_conf.intake.identity_of", KeyboardInterrupt()),  # Ctrl-C in setup too
+        ("wtb_conf.job.admission.identity_of", Boom("identity failed")),
+        ("wtb_conf.job.admission.installed", Boom("the env could not be listed")),
+        ("wtb_conf.job.admission.identity_of", KeyboardInterrupt()),  # Ctrl-C in setup too
         ("wtb_conf.store.Store.create_sweep", Boom("the store is busy")),
     ],
 )
@@ -271,13 +271,13 @@ def test_setup_that_fails_after_the_store_opened_closes_it(project, monkeypatch,
     cfg, hydra = _config(project)
     monkeypatch.setattr(HydraConfig.instance(), "cfg", hydra)
     if target.endswith("create_sweep"):
-        monkeypatch.delenv(intake.SWEEP_ENV, raising=False)
+        monkeypatch.delenv(admission.SWEEP_ENV, raising=False)
     else:  # as under the sweep callback
         with open_store(str(project / "data/wtb.db"), project / "data/blobs") as store:
-            monkeypatch.setenv(intake.SWEEP_ENV, store.create_sweep(["workflow=guarded"]))
+            monkeypatch.setenv(admission.SWEEP_ENV, store.create_sweep(["workflow=guarded"]))
     opened: list[Store] = []
     closed: list[Store] = []
-    real_open, real_close = intake.open_store, Store.close
+    real_open, real_close = admission.open_store, Store.close
 
     def open_store_(*args, **kwargs):
         opened.append(real_open(*args, **kwargs))
@@ -290,11 +290,11 @@ def test_setup_that_fails_after_the_store_opened_closes_it(project, monkeypatch,
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(intake, "open_store", open_store_)
+    monkeypatch.setattr(admission, "open_store", open_store_)
     monkeypatch.setattr(Store, "close", close)
     monkeypatch.setattr(target, fail)
     with pytest.raises(type(error)) as info:
-        job.run(cfg)
+        task.run(cfg)
     assert info.value is error
     assert len(opened) == 1 and closed == opened  # closed once: its engine is disposed
     assert handles(project) == []  # no connection of it left open on the database

@@ -1,6 +1,7 @@
 """A loop must not run forever or fill a disk (issue #27 item 1): a graph with no way to END is
 refused before the sweep starts; a loop with an exit it never takes is stopped by the bench's
-own bounds (wtb_conf.guards), each a recorded failure naming the case and the key to raise."""
+own bounds (wtb_conf.config.guards),
+each a recorded failure naming the case and the key to raise."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import pytest
 from conftest import copy_project, run_bench
 from langgraph.errors import GraphRecursionError
 
-from wtb_conf import guards as guards_module
-from wtb_conf.guards import (
+from wtb_conf.config import guards as guards_module
+from wtb_conf.config.guards import (
     CASE_TIMEOUT_S,
     MAX_CHECKPOINTS,
     RECURSION_LIMIT,

@@ -215,7 +215,7 @@ EVALUATION = {"source": "run", "eval_key": "k", "compare": {}, "cases": {},
               "summary": {"scores": {}}}
 
 
-def _completed(store, sweep):  # as wtb_conf.job does: scored, then closed
+def _completed(store, sweep):  # as wtb_conf.job.task does: scored, then closed
     run_id = _run(store, sweep)
     store.add_evaluation(run_id, **EVALUATION)
     store.finish_run(run_id, "completed", None, {"m": 1})

@@ -279,10 +279,10 @@ def test_a_store_the_nodes_cannot_reach_is_refused_before_the_sweep_is_recorded(
      "storage.blob_root=s3://BUCKET/PREFIX"),
 ])
 def test_the_store_check_names_the_key_and_what_is_valid(storage_cfg, message):
-    from hydra_plugins.wtb_conf_launcher._settings import LauncherError, check
+    from hydra_plugins.wtb_conf_launcher.settings import LauncherError, check
 
     params = {"address": "127.0.0.1:9", "shared_disk": False,
-              "planner": {"_target_": "wtb_conf.planner.Planner", "storage": storage_cfg}}
+              "planner": {"_target_": "wtb_conf.driver.planner.Planner", "storage": storage_cfg}}
     with pytest.raises(LauncherError) as e:
         check(params)
     assert str(e.value) == message
@@ -296,11 +296,11 @@ def test_a_store_inside_the_launch_dir_or_code_outside_it_is_refused(tmp_path, m
     """Absolute paths the nodes would write or read on their own disks: a blob root in the
     launch dir (each node's copy: the driver never sees the blobs), a checkpoints URL that is
     SQLite's, code_paths outside the shipped launch dir."""
-    from hydra_plugins.wtb_conf_launcher._settings import LauncherError, check
+    from hydra_plugins.wtb_conf_launcher.settings import LauncherError, check
 
     monkeypatch.chdir(tmp_path)
     params = {"address": "127.0.0.1:9", "shared_disk": False,
-              "planner": {"_target_": "wtb_conf.planner.Planner", "storage": {
+              "planner": {"_target_": "wtb_conf.driver.planner.Planner", "storage": {
                   "db_url": PG, "checkpoints": PG, "blob_root": "/shared/blobs"}}}
     check(params)
     for change, culprit in [({"blob_root": str(tmp_path / "data/blobs")}, "storage.blob_root"),
@@ -315,7 +315,7 @@ def test_a_store_inside_the_launch_dir_or_code_outside_it_is_refused(tmp_path, m
 
 
 def test_shared_disk_false_without_a_cluster_is_refused(monkeypatch):
-    from hydra_plugins.wtb_conf_launcher._settings import LauncherError, check
+    from hydra_plugins.wtb_conf_launcher.settings import LauncherError, check
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(LauncherError, match="hydra.launcher.shared_disk=false ships the launch "

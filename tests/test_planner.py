@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from hydra_plugins.wtb_conf_launcher.plan import Plan
-from wtb_conf.planner import Planner, _task_config
+from wtb_conf.driver.planner import Planner, _task_config
 
 ROUTER = {"router": {"_target_": "flows.small_or_big", "limit": 3}, "to": ["add", "double"]}
 

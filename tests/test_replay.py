@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import run_bench
 
-from wtb_conf.replay import replay_of
+from wtb_conf.cli.replay import replay_of
 from wtb_conf.store import open_store
 
 GATE = """

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import run_bench
 
-from wtb_conf import compare
-from wtb_conf.report import node_durations
+from wtb_conf.results import compare
+from wtb_conf.results.report import node_durations
 from wtb_conf.store import open_store
 
 CHROMIUM = Path("/usr/bin/chromium")

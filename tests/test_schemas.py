@@ -1,4 +1,4 @@
-"""The config groups' models (wtb_conf.schemas): one message shape for every bad value, the
+"""The config groups' models (wtb_conf.config.models): one message shape for every bad value, the
 sweep refused before it writes anything, and the JSON Schemas an editor checks YAML with."""
 
 from __future__ import annotations
@@ -14,18 +14,15 @@ import yaml
 from conftest import ROOT, copy_project, run_bench
 from omegaconf import OmegaConf
 
-from wtb_conf.config_checks import (
+from wtb_conf.config.checks import (
     case_file_problems,
     clip_message,
     long_override_key,
     state_path_problems,
     top_level_problems,
 )
-from wtb_conf.envs import EnvError, spec_for
-from wtb_conf.fork import ForkError, plan
-from wtb_conf.intake import storage_paths
-from wtb_conf.json_schemas import json_schemas, write_schemas
-from wtb_conf.schemas import (
+from wtb_conf.config.jsonschema import json_schemas, write_schemas
+from wtb_conf.config.models import (
     GROUPS,
     ConfigError,
     EnvConfig,
@@ -34,10 +31,13 @@ from wtb_conf.schemas import (
     check,
     check_config,
 )
-from wtb_conf.scoring import check_compare
+from wtb_conf.driver.callback import swept_groups
+from wtb_conf.driver.envs import EnvError, spec_for
+from wtb_conf.job.admission import storage_paths
+from wtb_conf.job.fork import ForkError, plan
+from wtb_conf.job.scoring import check_compare
+from wtb_conf.job.workflow import WorkflowError, build_graph
 from wtb_conf.store import StoreError, open_store
-from wtb_conf.sweep import swept_groups
-from wtb_conf.workflow import WorkflowError, build_graph
 
 WORKFLOW = {**flows.WORKFLOW, "cases": {"one": {"x": 1}}}
 STORAGE = {"db_url": "sqlite:///data/wtb.db", "blob_root": "data/blobs",
@@ -461,14 +461,14 @@ def test_no_prefix_of_a_new_id_is_read_as_a_number():
 def test_id_override_quotes_an_older_stores_numeric_looking_id(hex_id, typed, expected):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from wtb_conf.config_values import id_override
+    from wtb_conf.config.values import id_override
 
     assert id_override("fork.run", hex_id, typed) == expected
     if not typed:
         assert OverridesParser.create().parse_override(expected).value() == hex_id
 
 
-# -- checks of a whole job config beyond its groups (wtb_conf.config_checks) -----------------
+# -- checks of a whole job config beyond its groups (wtb_conf.config.checks) -----------------
 
 FIELDS = "the state has x, trail, src"
 FILE_WF = {"state": {"x": "int", "trail": "list", "src": "text_file"}}
@@ -530,7 +530,7 @@ def test_long_values_are_clipped_in_messages_and_long_keys_refused():
 
 
 def test_a_metric_missing_in_a_case_is_marked_missing_not_averaged(caplog):
-    from wtb_conf.job import metrics_of
+    from wtb_conf.job.task import metrics_of
 
     finals = {"a": {"n": 2, "d": {"x": 1}}, "b": {"n": None, "d": {}}}
     with caplog.at_level("WARNING"):

@@ -9,15 +9,15 @@ import pytest
 from omegaconf import OmegaConf
 
 from wtb_conf import evaluators as ev
-from wtb_conf.identity import code_digest, config_digest
-from wtb_conf.scoring import (
+from wtb_conf.job.identity import code_digest, config_digest
+from wtb_conf.job.scoring import (
     check_compare,
     eval_key,
     evaluators_of,
     score_case,
     summarize,
 )
-from wtb_conf.workflow import WorkflowError
+from wtb_conf.job.workflow import WorkflowError
 
 # -- what an evaluator returns ----------------------------------------------------------
 

@@ -624,7 +624,7 @@ def test_a_store_that_cannot_be_opened_is_a_store_error_naming_it(tmp_path, db_u
      ({"inline_max": True}, "storage.inline_max: True is not a size")],
 )
 def test_bad_storage_values_name_their_key(tmp_path, storage, message):
-    from wtb_conf.intake import storage_paths
+    from wtb_conf.job.admission import storage_paths
 
     good = {"db_url": "sqlite:///data/wtb.db", "blob_root": "data/blobs",
             "checkpoints": "data/checkpoints.db", "inline_max": 65536}
@@ -633,7 +633,7 @@ def test_bad_storage_values_name_their_key(tmp_path, storage, message):
         storage_paths(good | storage, tmp_path)
 
 
-# -- what the job's identity leaves out (wtb_conf.identity), as docs/config.md says ----------
+# -- what the job's identity leaves out (wtb_conf.job.identity), as docs/config.md says ----------
 
 
 def _documented_non_identity() -> list[str]:
@@ -647,7 +647,7 @@ def _documented_non_identity() -> list[str]:
 def test_config_digest_leaves_out_exactly_the_documented_keys():
     from omegaconf import OmegaConf
 
-    from wtb_conf.identity import NOT_IDENTITY, SCORING_KEYS, config_digest
+    from wtb_conf.job.identity import NOT_IDENTITY, SCORING_KEYS, config_digest
 
     documented = _documented_non_identity()
     assert sorted(documented) == sorted([*NOT_IDENTITY, *(f"workflow.{k}" for k in

@@ -1,4 +1,5 @@
-"""Every job of a sweep is checked when the sweep starts (wtb_conf.sweep_jobs): a config error in
+"""Every job of a sweep is checked when the sweep starts (wtb_conf.driver.preflight):
+a config error in
 any job is one refusal before anything is written, the real `python -m wtb_conf` in a new
 project; and what works before a workflow is chosen (--help, --info, --cfg job)."""
 
@@ -124,7 +125,7 @@ def test_a_jobs_config_is_the_one_hydra_composes(tmp_path, monkeypatch, override
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
-    from wtb_conf import sweep_jobs
+    from wtb_conf.driver import preflight
 
     monkeypatch.chdir(copy_project(tmp_path))
     import wtb_conf
@@ -135,8 +136,8 @@ def test_a_jobs_config_is_the_one_hydra_composes(tmp_path, monkeypatch, override
         loader = GlobalHydra.instance().config_loader()
         primary = loader.load_configuration("config", ["workflow=file_processing"],
                                             RunMode.MULTIRUN)
-        composer = sweep_jobs.Composer(primary)
+        composer = preflight.Composer(primary)
         overrides = ["workflow=file_processing", *overrides]  # a job's has them all
         composer.task(["workflow=file_processing", "variant=drop_invalid"], 0)  # another base
-        whole = sweep_jobs._resolved(sweep_jobs._compose(primary, overrides, 1))
+        whole = preflight._resolved(preflight._compose(primary, overrides, 1))
         assert composer.task(overrides, 1) == whole

@@ -29,7 +29,7 @@ from venv_manager.proto import venv_manager_pb2 as pb
 from venv_manager.proto import venv_manager_pb2_grpc as pb_grpc
 from venv_manager.rest import app
 from venv_manager.server import grpc_server
-from wtb_conf.envs import EnvError, VenvClient
+from wtb_conf.driver.envs import EnvError, VenvClient
 
 TOKEN = "s3cret-token"
 AUTH = [("authorization", f"Bearer {TOKEN}")]

@@ -29,7 +29,7 @@ from venv_manager.proto import venv_manager_pb2 as pb
 from venv_manager.proto import venv_manager_pb2_grpc as pb_grpc
 from venv_manager.rest import app
 from venv_manager.server import grpc_server
-from wtb_conf.envs import _what, connect
+from wtb_conf.driver.envs import _what, connect
 
 ENV_ID = "e" * 64
 MB = 1 << 20

@@ -7,7 +7,7 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from omegaconf import OmegaConf
 
-from wtb_conf.workflow import WorkflowError, breakpoints, build_graph
+from wtb_conf.job.workflow import WorkflowError, breakpoints, build_graph
 
 
 def wf(**overrides):

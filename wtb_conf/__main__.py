@@ -4,7 +4,7 @@ import atexit
 import os
 import sys
 
-from wtb_conf import interrupts
+from wtb_conf.driver import interrupts
 
 interrupts.install()  # before the imports below, which take a second or two
 try:
@@ -12,9 +12,9 @@ try:
     from hydra.core.config_store import ConfigStore
     from omegaconf import DictConfig
 
-    from wtb_conf import sweep
-    from wtb_conf.config_checks import long_override_key
-    from wtb_conf.job import run
+    from wtb_conf.config.checks import long_override_key
+    from wtb_conf.driver import callback as sweep
+    from wtb_conf.job.task import run
 except KeyboardInterrupt:  # Ctrl-C while Python still imports: nothing has started
     print("interrupted before the sweep started: nothing was recorded", file=sys.stderr,
           flush=True)
@@ -27,7 +27,7 @@ except KeyboardInterrupt:  # Ctrl-C while Python still imports: nothing has star
 ConfigStore.instance().store(
     group="hydra/launcher", name="wtb", provider="wtb_conf",
     node={"defaults": ["wtb_ray"],
-          "planner": {"_target_": "wtb_conf.planner.Planner", "venv_manager": None,
+          "planner": {"_target_": "wtb_conf.driver.planner.Planner", "venv_manager": None,
                       "venv_manager_token": None, "venv_data": "data/venv_manager",
                       # for its check at the sweep's start (shared_disk=false)
                       "storage": "${storage}"},

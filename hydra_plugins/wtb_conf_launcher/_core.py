@@ -25,10 +25,10 @@ from omegaconf import OmegaConf, open_dict
 from ._local import LocalWorker
 from ._local import close_all as close_local_workers
 from ._run import WorkerDied, completed, failed
-from ._settings import LauncherError, check, local_cpus, slots  # noqa: F401 (API)
 from .launcher import WtbRayLauncher
 from .plan import Job, Plan
 from .progress import Progress, outcome
+from .settings import LauncherError, check, local_cpus, slots  # noqa: F401 (API)
 
 log = logging.getLogger(__name__)
 RAY_START_TIMEOUT_S = 180  # ray.init takes 5-6 s here; past this something is wrong, say so

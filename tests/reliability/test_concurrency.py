@@ -156,11 +156,11 @@ def worker(proc: int, base: Path, commits: int, db_url: str) -> None:
 
 
 def twin_worker(proc: int, base: Path, processes: int, db_url: str) -> None:
-    """One of `processes` identical jobs recorded at the same moment, as wtb_conf.job does:
+    """One of `processes` identical jobs recorded at the same moment, as wtb_conf.job.task does:
     record the run, then look for an earlier run of the same job still running (the one to
     wait for and reuse). The one that finds none completes once all have looked; the others
     wait for it to end, then must find it as their cache hit."""
-    from wtb_conf.intake import _wait_for_twin
+    from wtb_conf.job.admission import _wait_for_twin
     from wtb_conf.store import open_store
 
     sync = base / "sync"
@@ -180,7 +180,7 @@ def twin_worker(proc: int, base: Path, processes: int, db_url: str) -> None:
                 time.sleep(0.005)
             store.finish_run(run, "completed", None, {"ran": proc})
             hit = None
-        else:  # the job's own wait (wtb_conf.intake), bounded by the test's timeout
+        else:  # the job's own wait (wtb_conf.job.admission), bounded by the test's timeout
             _wait_for_twin(store, run, "the-same-job")
             hit = store.cached_run("the-same-job")
             if hit is not None:

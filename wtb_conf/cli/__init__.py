@@ -1,7 +1,7 @@
 """`wtb`: look at what the sweeps recorded. Every command and its --json output is documented
 in docs/cli.md (tests/test_docs.py fails when one is not). The commands are in the modules
 named for them: runs (runs, show, log, restore, diff), scores (compare, evaluate, report),
-upkeep (fsck, rm, gc); replay (rerun, resume, rollback) is wtb_conf.replay."""
+upkeep (fsck, rm, gc); replay (rerun, resume, rollback) is wtb_conf.cli.replay."""
 
 from __future__ import annotations
 
@@ -12,17 +12,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from wtb_conf.checkpoints import store_url
 from wtb_conf.cli.common import note_lost, reap
+from wtb_conf.cli.replay import cmd_rerun, cmd_resume, cmd_rollback
 from wtb_conf.cli.runs import cmd_diff, cmd_log, cmd_restore, cmd_runs, cmd_show
 from wtb_conf.cli.scores import cmd_compare, cmd_evaluate, cmd_report
 from wtb_conf.cli.upkeep import cmd_fsck, cmd_gc, cmd_rm, mixed_note
-from wtb_conf.replay import cmd_rerun, cmd_resume, cmd_rollback
+from wtb_conf.job.checkpointer import store_url
 from wtb_conf.store import StoreError, open_store
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
-    from wtb_conf.json_schemas import write_schemas
+    from wtb_conf.config.jsonschema import write_schemas
 
     for path in write_schemas(Path(args.out)):
         print(path)
@@ -31,7 +31,7 @@ def cmd_schema(args: argparse.Namespace) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from wtb_conf.init import InitError, make_project
+    from wtb_conf.cli.init import InitError, make_project
 
     try:
         written = make_project(args.dir)

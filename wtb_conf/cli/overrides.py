@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from wtb_conf.scoring import check_compare, evaluators_of, stored_config
+from wtb_conf.job.scoring import check_compare, evaluators_of, stored_config
+from wtb_conf.job.workflow import WorkflowError
 from wtb_conf.store import Store, StoreError
-from wtb_conf.workflow import WorkflowError
 
 _PREFIX = "workflow.evaluators"
 

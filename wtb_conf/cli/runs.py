@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from wtb_conf import views
+from wtb_conf.cli import output
 from wtb_conf.cli.common import print_json, resolve_commit
 from wtb_conf.store import Store, StoreError
 
@@ -20,7 +20,7 @@ def cmd_runs(store: Store, args: argparse.Namespace) -> None:
     runs = store.runs(sweep)
     if args.json:
         return print_json(runs)
-    views.print_runs(runs, f"sweep {sweep[:8]}" if sweep else "all runs")
+    output.print_runs(runs, f"sweep {sweep[:8]}" if sweep else "all runs")
 
 
 def cases_of(store: Store, run_id: str) -> list[dict[str, Any]]:
@@ -53,7 +53,7 @@ def cmd_show(store: Store, args: argparse.Namespace) -> None:
     run = show(store, store.resolve("runs", args.run))
     if args.json:
         return print_json(run)
-    views.print_run(run)
+    output.print_run(run)
 
 
 def cmd_log(store: Store, args: argparse.Namespace) -> None:

@@ -11,7 +11,7 @@ from wtb_conf.store import Store, StoreError
 
 
 def cmd_compare(store: Store, args: argparse.Namespace) -> None:
-    from wtb_conf import compare
+    from wtb_conf.results import compare
 
     sweeps = sweeps_of(store, args.sweeps)
     rows, note = compare.rows(store, sweeps, cases=args.cases)
@@ -36,9 +36,9 @@ def cmd_compare(store: Store, args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(store: Store, args: argparse.Namespace) -> int:
-    from wtb_conf import compare
     from wtb_conf.cli.overrides import check_overrides
-    from wtb_conf.scoring import evaluate_stored
+    from wtb_conf.job.scoring import evaluate_stored
+    from wtb_conf.results import compare
 
     def is_override(word: str) -> bool:
         return "=" in word or word.startswith(("~", "+"))
@@ -78,7 +78,7 @@ def cmd_evaluate(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_report(store: Store, args: argparse.Namespace) -> None:
-    from wtb_conf.report import write_report
+    from wtb_conf.results.report import write_report
 
     sweeps = sweeps_of(store, args.sweeps)
     path = write_report(store, sweeps, Path(args.out))

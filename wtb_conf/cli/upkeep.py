@@ -6,7 +6,7 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
-from wtb_conf import views
+from wtb_conf.cli import output
 from wtb_conf.cli.common import checkpoints_of, print_json, run_or_sweep
 from wtb_conf.store import Store, gc
 
@@ -52,7 +52,7 @@ def cmd_fsck(store: Store, args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.as_dict() | {"repaired": asdict(done) if done else None})
     else:
-        views.print_fsck(report, found, done)
+        output.print_fsck(report, found, done)
     return 0 if report.clean else 1
 
 
@@ -65,7 +65,7 @@ def cmd_rm(store: Store, args: argparse.Namespace) -> int:
     if args.json:
         print_json(gc.as_dict(result) | {"dry_run": args.dry_run})
         return 0
-    views.print_removal(result, args.dry_run)
+    output.print_removal(result, args.dry_run)
     return 0
 
 
@@ -74,6 +74,6 @@ def cmd_gc(store: Store, args: argparse.Namespace) -> int:
     if args.json:
         print_json(gc.as_dict(result) | {"dry_run": args.dry_run})
         return 0
-    views.print_collected(result, args.dry_run)
+    output.print_collected(result, args.dry_run)
     return 0
 

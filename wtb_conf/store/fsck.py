@@ -204,8 +204,8 @@ def _check_refs(conn: Connection, report: Report) -> list:
 def _check_links(links: list, checkpoints_path: str | os.PathLike | None,
                  report: Report) -> None:
     """Every link's (thread, namespace, checkpoint) must be in LangGraph's checkpointer: its
-    SQLite file or its PostgreSQL database (wtb_conf.checkpoints reads either, read-only)."""
-    from wtb_conf.checkpoints import CheckpointsError, describe, missing
+    SQLite file or its PostgreSQL database (wtb_conf.job.checkpointer reads either, read-only)."""
+    from wtb_conf.job.checkpointer import CheckpointsError, describe, missing
 
     if not links:
         return

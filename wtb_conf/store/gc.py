@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from wtb_conf.store import Store
 
 _BLOB_NAME = re.compile(r"[0-9a-f]{64}")
-# a case thread's id, as wtb_conf.job names it: RUN_ID/CASE
+# a case thread's id, as wtb_conf.job.task names it: RUN_ID/CASE
 _THREAD_ID = re.compile(r"([0-9a-f]{32})/[^/]+")
 
 
@@ -215,7 +215,7 @@ def remove(store: Store, run_ids: Iterable[str], sweep_ids: Iterable[str],
 
 def _delete_threads(checkpoints: str | os.PathLike, threads: list[str]) -> list[str]:
     """Delete LangGraph's threads with its own API; those it had (all of `threads`)."""
-    from wtb_conf.checkpoints import is_postgres, open_checkpointer
+    from wtb_conf.job.checkpointer import is_postgres, open_checkpointer
 
     if not is_postgres(checkpoints) and not os.path.isfile(checkpoints):
         return []  # (no file: nothing to delete, and none is made)
@@ -230,7 +230,7 @@ def _checkpoint_threads(checkpoints: str | os.PathLike) -> list[str]:
     read-only: `wtb gc --dry-run` changes nothing)."""
     import sqlite3
 
-    from wtb_conf.checkpoints import is_postgres, open_checkpointer
+    from wtb_conf.job.checkpointer import is_postgres, open_checkpointer
     from wtb_conf.store.schema import readonly_uri
 
     query = "SELECT DISTINCT thread_id FROM checkpoints"

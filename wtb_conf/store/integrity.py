@@ -50,7 +50,7 @@ def check_store_db(store: Store, report: Report) -> bool:
 
 def check_checkpoints_db(checkpoints_path: str | os.PathLike | None, report: Report) -> None:
     """LangGraph's checkpoints file (a missing one is _check_links' problem)."""
-    from wtb_conf.checkpoints import describe, integrity, is_postgres
+    from wtb_conf.job.checkpointer import describe, integrity, is_postgres
 
     if checkpoints_path is None:
         return

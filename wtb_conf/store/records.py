@@ -146,7 +146,7 @@ class RunRecords:
         """Link a LangGraph checkpoint to the commit of its case directory, and log both.
 
         `path`: every node run up to this checkpoint, inherited ones included; `keys`: its
-        (base key, prefix key) for shared prefixes (wtb_conf.fork)."""
+        (base key, prefix key) for shared prefixes (wtb_conf.job.fork)."""
         base_key, prefix_key = keys or (None, None)
         with self.engine.begin() as conn:
             conn.execute(

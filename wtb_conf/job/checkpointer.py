@@ -3,7 +3,7 @@ SqliteSaver, as before) or a PostgreSQL URL (langgraph-checkpoint-postgres' Post
 so that a job on any node reaches its checkpoints and none needs a local file.
 
 Each job opens its own (`open_checkpointer`); a fork, rollback or resume copies a checkpoint
-within that one checkpointer (wtb_conf.fork), so it must be the one the parent run used.
+within that one checkpointer (wtb_conf.job.fork), so it must be the one the parent run used.
 `wtb fsck` asks `missing()` which links have no checkpoint, reading only.
 """
 

@@ -1,6 +1,6 @@
 """A job before any of its nodes runs: its identity, the store records that open it, and the
 two ways it ends without running (a cache hit, a config that cannot run). Used by the job
-itself (wtb_conf.job) and, ahead of it, by wtb_conf's planner (wtb_conf.planner).
+itself (wtb_conf.job.task) and, ahead of it, by wtb_conf's planner (wtb_conf.driver.planner).
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from wtb_conf.config_checks import (
+from wtb_conf.config.checks import (
     case_file_problems,
     clip_message,
     state_path_problems,
     top_level_problems,
 )
-from wtb_conf.fork import ForkError
-from wtb_conf.identity import identity_of, input_files
-from wtb_conf.schemas import ForkConfig, StorageConfig, check
-from wtb_conf.scoring import check_compare, eval_key, evaluators_of, rescore
+from wtb_conf.config.models import ForkConfig, StorageConfig, check
+from wtb_conf.job.fork import ForkError
+from wtb_conf.job.identity import identity_of, input_files
+from wtb_conf.job.scoring import check_compare, eval_key, evaluators_of, rescore
+from wtb_conf.job.workflow import WorkflowError, build_graph, check_workflow
 from wtb_conf.store import Store, StoreError, open_store
-from wtb_conf.workflow import WorkflowError, build_graph, check_workflow
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,8 @@ def record_cached(job: Opened, run_id: str, earlier: dict, evaluation: dict) -> 
 
 def wants_env(env_cfg: Mapping[str, Any] | None) -> bool:
     """Whether a job's env group asks for its own interpreter (the default env does not).
-    Here, not in wtb_conf.envs: a job in an env's interpreter has no venv_manager to import."""
+    Here, not in wtb_conf.driver.envs: a job in an env's interpreter has no venv_manager to
+    import."""
     return bool(env_cfg) and bool(env_cfg.get("packages") or env_cfg.get("python"))
 
 
@@ -281,7 +282,7 @@ def check_job(cfg: DictConfig) -> tuple[Any, dict[str, Any], dict, dict | None]:
 def check_graph(cfg: DictConfig, imports: bool = True, launch_dir: Path | None = None,
                 ) -> tuple[Any, dict[str, Any], dict, dict | None]:
     """check_job but for where the job runs: also the sweep's check of every job's config at
-    its start (wtb_conf.sweep_jobs). `imports`: False for a job whose env is another
+    its start (wtb_conf.driver.preflight). `imports`: False for a job whose env is another
     interpreter (its targets import there, not here: everything else is checked, and the
     graph and evaluators returned are None). `launch_dir`: check the case input files
     (`file` / `text_file` fields) there; None: the nodes will say."""

@@ -16,12 +16,12 @@ from typing import Any
 from omegaconf import OmegaConf
 from sqlalchemy import text
 
-from wtb_conf.config_values import id_override
-from wtb_conf.identity import json_digest
-from wtb_conf.schemas import ForkConfig, check
+from wtb_conf.config.models import ForkConfig, check
+from wtb_conf.config.values import id_override
+from wtb_conf.job.identity import json_digest
 from wtb_conf.store import Store, StoreError, read_conn
 
-FORK_KEYS = tuple(ForkConfig.keys())  # (the model: wtb_conf.schemas.ForkConfig)
+FORK_KEYS = tuple(ForkConfig.keys())  # (the model: wtb_conf.config.models.ForkConfig)
 
 
 class ForkError(ValueError):

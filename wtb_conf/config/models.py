@@ -2,7 +2,7 @@
 pydantic model: every bad value is refused the same way, as `<group>.<key path>: <what is
 wrong>; <what would be valid>` (`workflow.edges[1]: 'dubble' is not a node; nodes are [...]`),
 and `wtb schema` writes the JSON Schemas an editor checks the YAML files against
-(wtb_conf.json_schemas). The value types and their messages are in wtb_conf.config_values.
+(wtb_conf.config.jsonschema). The value types and their messages are in wtb_conf.config.values.
 
 The models check shapes, types and names within a group. What needs more than the config
 (importing a `_target_`, a run in the store, the driver's Python) stays with the code that
@@ -11,7 +11,7 @@ needs it, and reports key paths the same way. Every key is documented in docs/co
 Two modes: whole (a job's config: required keys, routes to unknown nodes), and `partial`, for
 a group of the sweep's primary config that a sweep may change in every job: only its wrong
 values, since a variant may add the node an edge names or set the `_target_` its base leaves
-`???` (wtb_conf.sweep decides which)."""
+`???` (wtb_conf.driver.callback decides which)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ from pydantic import (
     model_validator,
 )
 
-from wtb_conf.compare import RATES
-from wtb_conf.config_values import (
+from wtb_conf.config.guards import Checkpoints, Seconds, Steps
+from wtb_conf.config.values import (
     ENDS,
     MISSING,
     REDUCERS,
@@ -63,7 +63,10 @@ from wtb_conf.config_values import (
     problems,
     show,
 )
-from wtb_conf.guards import Checkpoints, Seconds, Steps
+
+# The per-run rates a compare.objective may name beside the metrics and evaluators' scores
+# (scoring computes them; compare shows them): here, where compare.objective is checked.
+RATES = ("pass_rate", "success_rate")
 
 
 def _add_required(schema: dict[str, Any], cls: type[Group]) -> None:
@@ -216,7 +219,7 @@ class WorkflowConfig(ScoringConfig):
                           "excludes state, nodes, edges, routes")
     interrupt_before: Names | None = Field(None, description="breakpoints: node names")
     interrupt_after: Names | None = Field(None, description="breakpoints: node names")
-    recursion_limit: Steps | None = Field(  # bounds: wtb_conf.guards (null: its default)
+    recursion_limit: Steps | None = Field(  # bounds: wtb_conf.config.guards (null: its default)
         None, description="super-steps a case may take (default 100)")
     case_timeout_s: Seconds | None = Field(
         None, description="seconds a case may run, checked after each step (default 3600)")

@@ -20,19 +20,24 @@ from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from wtb_conf import checkpoints, compare, intake, interrupts, sweep_jobs
-from wtb_conf.config_checks import clip_message, top_level_problems
-from wtb_conf.config_values import ConfigError
-from wtb_conf.fork import ForkError
-from wtb_conf.intake import CONTINUES_ENV, SWEEP_ENV, open_store_for, storage_paths
-from wtb_conf.replay import SWEEP_ID_FILE
-from wtb_conf.schemas import GROUPS, check_config
+from wtb_conf.config.checks import clip_message, top_level_problems
+from wtb_conf.config.models import GROUPS, check_config
+from wtb_conf.config.values import ConfigError
+from wtb_conf.driver import interrupts, preflight
+from wtb_conf.job import admission, checkpointer
+from wtb_conf.job.admission import CONTINUES_ENV, SWEEP_ENV, open_store_for, storage_paths
+from wtb_conf.job.fork import ForkError
+from wtb_conf.job.workflow import WorkflowError
+from wtb_conf.results import compare
 from wtb_conf.store import StoreError
 from wtb_conf.store.files import check_room
 from wtb_conf.store.lifecycle import DONE
-from wtb_conf.workflow import WorkflowError
 
 log = logging.getLogger(__name__)
+
+# set by `wtb rerun` (wtb_conf.cli.replay): the file this sweep writes its id to, for that
+# `wtb` to wait on
+SWEEP_ID_FILE = "WTB_SWEEP_ID_FILE"
 
 # Hydra turns exceptions raised by callbacks into warnings, so the callback leaves the exit
 # status here and `python -m wtb_conf` exits with it once Hydra returns.
@@ -197,9 +202,9 @@ def check_primary(config: DictConfig, swept: set[str]) -> None:
     if "workflow" not in config or not {"workflow", "env", "compare", "fork"} <= whole:
         return
     # its targets import in its env's interpreter, not here: the rest is checked
-    imports = not intake.wants_env(intake.plain(config.get("env")))
+    imports = not admission.wants_env(admission.plain(config.get("env")))
     # (what fork.* names in the store: a job's recorded failure)
-    intake.check_graph(config, imports=imports, launch_dir=Path.cwd())
+    admission.check_graph(config, imports=imports, launch_dir=Path.cwd())
 
 
 class ConfigRefused(SystemExit):
@@ -216,7 +221,7 @@ class ConfigRefused(SystemExit):
 def _continue(store: Any, sweep_id: str) -> None:
     """This sweep finishes what the same command began in sweeps that ended early (and
     `wtb rerun --failed SWEEP` names SWEEP): with rerun=true, their completed runs are still
-    cache hits (intake.cache_hit); without it, any completed run is."""
+    cache hits (admission.cache_hit); without it, any completed run is."""
     named = [s for s in os.environ.get(CONTINUES_ENV, "").split(",") if s]
     chain = dict.fromkeys(named + store.ended_early(sys.argv[1:], sweep_id))
     if chain:
@@ -254,7 +259,7 @@ class SweepCallback(Callback):
             if multirun:  # a single run (no -m) uses no launcher
                 check_launcher(config)
             elif "workflow" not in config:  # (a sweep may choose it: its jobs are checked)
-                raise ConfigError(sweep_jobs.missing_workflow())
+                raise ConfigError(preflight.missing_workflow())
             check_primary(config, swept_groups(config) if multirun else set())
         except (CompactHydraException, WorkflowError, ForkError, StoreError) as e:
             raise ConfigRefused(e) from None
@@ -262,14 +267,14 @@ class SweepCallback(Callback):
             log.debug("config not checked at the sweep's start: %s: %s", type(e).__name__, e)
         if multirun:  # every job's own config, composed as the launcher will compose it
             try:
-                self.expected = sweep_jobs.check_jobs(config, KNOWN_SWEEPERS, Path.cwd()) or 0
+                self.expected = preflight.check_jobs(config, KNOWN_SWEEPERS, Path.cwd()) or 0
             except (CompactHydraException, WorkflowError, ForkError, StoreError) as e:
                 raise ConfigRefused(e) from None
             except Exception as e:  # a fault of the check's own: the jobs check themselves
                 log.warning("jobs not checked at the sweep's start: %s: %s",
                             type(e).__name__, e)
         try:  # (a connection that may wait for its timeout: not with interrupts held)
-            checkpoints.check_reachable(storage_paths(config.storage, Path.cwd())["checkpoints"])
+            checkpointer.check_reachable(storage_paths(config.storage, Path.cwd())["checkpoints"])
         except StoreError as e:
             raise ConfigRefused(e) from None
         # Ctrl-C waits while the store is made, the sweep recorded and claimed: an empty

@@ -17,10 +17,9 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from wtb_conf.config.models import RATES
 from wtb_conf.store import Store, StoreError
 from wtb_conf.store.lifecycle import DONE
-
-RATES = ("pass_rate", "success_rate")  # per run, beside the evaluators' own scores
 
 
 def params_of(overrides: Iterable[str]) -> dict[str, str]:

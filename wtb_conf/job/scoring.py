@@ -6,7 +6,7 @@ directory; a function that takes `expected` gets `workflow.expected.CASE`. A sco
 a bool (pass/fail) or a dict of those (`NAME.KEY`). An evaluator that raises or returns
 anything else is that evaluator's error on that case: recorded, shown, never fatal.
 
-The same code scores a job when it ends (wtb_conf.job), a cache hit whose evaluators changed,
+The same code scores a job when it ends (wtb_conf.job.task), a cache hit whose evaluators changed,
 and stored runs (`wtb evaluate`). docs/compare.md has the user's view.
 """
 
@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from wtb_conf import case_context
-from wtb_conf.compare import RATES
-from wtb_conf.identity import SCORING_KEYS, json_digest, sources_digest
-from wtb_conf.schemas import CompareConfig, ScoringConfig, check
+from wtb_conf.config.models import RATES, CompareConfig, ScoringConfig, check
+from wtb_conf.job.identity import SCORING_KEYS, json_digest, sources_digest
+from wtb_conf.job.workflow import WorkflowError, _callable
 from wtb_conf.store import Store, StoreError
-from wtb_conf.workflow import WorkflowError, _callable
 
 
 @dataclass(frozen=True)

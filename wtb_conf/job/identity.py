@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 # Keys of the job config that say where or whether to run, or how to judge the outcome, not
-# what runs: left out of the digest (the scoring keys of a workflow too, see wtb_conf.scoring).
+# what runs: left out of the digest (the scoring keys of a workflow too, see wtb_conf.job.scoring).
 # docs/config.md ("The job cache") lists both; tests/test_store.py holds the two to each other.
 NOT_IDENTITY = ("storage", "rerun", "share_prefixes", "compare")
 SCORING_KEYS = ("evaluators", "expected")
@@ -86,7 +86,7 @@ def sources_digest(node: Any) -> str:
 
 def code_digest(workflow: DictConfig) -> str:
     """The digest of the workflow's code. The evaluators' code is not part of it: it judges
-    the outcome, and wtb_conf.scoring digests it on its own."""
+    the outcome, and wtb_conf.job.scoring digests it on its own."""
     data = OmegaConf.to_container(workflow, resolve=True)
     assert isinstance(data, dict)
     return sources_digest({k: v for k, v in data.items() if k not in SCORING_KEYS})

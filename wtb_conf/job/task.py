@@ -28,18 +28,8 @@ from langgraph.errors import InvalidUpdateError
 from omegaconf import DictConfig
 
 from wtb_conf import case_context
-from wtb_conf.checkpoints import describe, open_checkpointer
-from wtb_conf.fork import (
-    ForkError,
-    ForkPoint,
-    base_key,
-    copy_checkpoint,
-    plan,
-    prefix_key,
-    shared_point,
-)
-from wtb_conf.guards import Guards
-from wtb_conf.intake import (
+from wtb_conf.config.guards import Guards
+from wtb_conf.job.admission import (
     ENV_ID,
     Opened,
     cache_hit,
@@ -50,9 +40,19 @@ from wtb_conf.intake import (
     record_failure,
     record_start,
 )
-from wtb_conf.scoring import eval_key, score_run
+from wtb_conf.job.checkpointer import describe, open_checkpointer
+from wtb_conf.job.fork import (
+    ForkError,
+    ForkPoint,
+    base_key,
+    copy_checkpoint,
+    plan,
+    prefix_key,
+    shared_point,
+)
+from wtb_conf.job.scoring import eval_key, score_run
+from wtb_conf.job.workflow import WorkflowError, breakpoints
 from wtb_conf.store import Store
-from wtb_conf.workflow import WorkflowError, breakpoints
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def metrics_of(finals: dict[str, dict], spec: Mapping[str, str] | None) -> dict[
     whose final state has no value there (None, or the path ends early) is missing: its
     `case/metric` is null and the run has no mean (a mean over the other cases would rank
     the job on part of its cases); the log says which. (That the path's first part is a
-    state field is checked before the sweep: wtb_conf.config_checks.)"""
+    state field is checked before the sweep: wtb_conf.config.checks.)"""
     out: dict[str, Any] = {}
     for name, key in (spec or {}).items():
         values, missing = [], []
@@ -121,7 +121,8 @@ def run_case(store: Store, run_id: str, app: Any, case: Case, workflow: Mapping[
     """Run one input case as its own thread; commit and link after every checkpoint.
     Returns its status (completed, or paused at a breakpoint) and final state.
     `checkpoints`: where app's checkpointer is (storage.checkpoints), for messages.
-    `guards`: the run's bounds (wtb_conf.guards), shared by its cases; default: this case's."""
+    `guards`: the run's bounds (wtb_conf.config.guards), shared by its cases; default: this
+    case's."""
     thread_id = f"{run_id}/{case.name}"
     fork = case.fork
     guards = guards or Guards.of(workflow)
@@ -286,7 +287,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     hc = HydraConfig.get()
     job = open_job(cfg, hc)
     try:
-        # set by a planner for a job it provisioned an env for (wtb_conf.planner)
+        # set by a planner for a job it provisioned an env for (wtb_conf.driver.planner)
         run_id = record_start(job, cfg, hc, env_id=os.environ.get(ENV_ID) or None)
         try:
             return _run(job, run_id, cfg, started)

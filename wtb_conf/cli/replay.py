@@ -28,14 +28,13 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import text
 
-from wtb_conf.config_values import id_override
-from wtb_conf.intake import CONTINUES_ENV
+from wtb_conf.config.values import id_override
+from wtb_conf.job.admission import CONTINUES_ENV
 from wtb_conf.store import ObjectNotFound, Store, StoreError
 from wtb_conf.store.schema import read_conn
 
 PACKAGED = Path(__file__).parent / "conf" / "config.yaml"
-# The sweep callback (wtb_conf.sweep) writes its new sweep's id to the file this names.
-SWEEP_ID_FILE = "WTB_SWEEP_ID_FILE"
+# The sweep callback (wtb_conf.driver.callback) writes its new sweep's id to the file this names.
 REPLAY_EVENT = "replay"
 
 
@@ -133,6 +132,8 @@ def replay(store: Store, run_id: str, overrides: Sequence[str],
 def _launch(store: Store, record: dict[str, Any], argv: list[str], tmp: Path) -> Replayed:
     """`python -m wtb_conf ARGV` from record['cwd']; `record` is noted under the sweep it
     opens as soon as it reports it, so a replay whose `wtb` is killed still has it."""
+    from wtb_conf.driver.callback import SWEEP_ID_FILE  # (Hydra's import cost: not every wtb's)
+
     id_file = tmp / "sweep-id"
     child = subprocess.Popen([sys.executable, "-m", "wtb_conf", *argv], cwd=record["cwd"],
                              env={**os.environ, SWEEP_ID_FILE: str(id_file)})

@@ -18,7 +18,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from wtb_conf import compare
+from wtb_conf.results import compare
 from wtb_conf.store import Store
 
 MAX_FILES = 40  # files listed per run; the restore command gives the rest

@@ -4,9 +4,9 @@ against their functions' signatures, and the case input files a workflow declare
 fields of type `file` / `text_file`). Each problem is one line naming the key and what would
 be valid, values clipped (a 100 KB value is not echoed whole).
 
-They run at the sweep's start on every job's config (wtb_conf.sweep_jobs) and again when a job
-starts (wtb_conf.intake.check_graph); the parameter checks run wherever a `_target_` is
-imported (wtb_conf.workflow)."""
+They run at the sweep's start on every job's config (wtb_conf.driver.preflight) and again when a job
+starts (wtb_conf.job.admission.check_graph); the parameter checks run wherever a `_target_` is
+imported (wtb_conf.job.workflow)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from wtb_conf.config_values import show
-from wtb_conf.schemas import GROUPS, FlagsConfig
+from wtb_conf.config.models import GROUPS, FlagsConfig
+from wtb_conf.config.values import show
 
 LIMIT = 200  # characters of a value shown in a message
 FILE_TYPES = ("file", "text_file")  # state types whose case values name input files

@@ -23,13 +23,13 @@ from hydra.errors import CompactHydraException
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from wtb_conf import intake
-from wtb_conf.config_checks import clip, clip_message
-from wtb_conf.config_values import ConfigError
-from wtb_conf.fork import ForkError
-from wtb_conf.schemas import GROUPS, check_config
+from wtb_conf.config.checks import clip, clip_message
+from wtb_conf.config.models import GROUPS, check_config
+from wtb_conf.config.values import ConfigError
+from wtb_conf.job import admission
+from wtb_conf.job.fork import ForkError
+from wtb_conf.job.workflow import WorkflowError
 from wtb_conf.store import StoreError
-from wtb_conf.workflow import WorkflowError
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def _check_rest(part: dict[str, Any], data: dict[str, Any], launch_dir: Path) ->
 def _check_graph(part: dict[str, Any], data: dict[str, Any], launch_dir: Path) -> None:
     check_config(part, whole=GROUPS)
     cfg = OmegaConf.create({**part, **{k: None for k in data if k not in part}})
-    intake.check_graph(cfg, imports=not intake.wants_env(data.get("env")),
+    admission.check_graph(cfg, imports=not admission.wants_env(data.get("env")),
                        launch_dir=launch_dir)
 
 

@@ -1,5 +1,5 @@
 """The values a config key may take, as pydantic annotated types, each with the message
-that says what would be valid: the parts wtb_conf.schemas builds the config groups' models
+that says what would be valid: the parts wtb_conf.config.models builds the config groups' models
 from. A message is `fail(text, *key path)`; `expect(valid)` says what a value of the wrong
 type or shape should have been."""
 
@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from wtb_conf.checkpoints import is_postgres, store_url
+from wtb_conf.job.checkpointer import is_postgres, store_url
 
 # `file` / `text_file`: a str naming a case input file, checked before the sweep starts
 TYPES = ("any", "str", "int", "float", "bool", "list", "dict", "file", "text_file")

@@ -33,11 +33,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.wtb_conf_launcher.plan import Job, NodeEnv, Plan
-from wtb_conf import intake
-from wtb_conf.checkpoints import is_postgres
-from wtb_conf.envs import bench_path, connect, provide_on_node, spec_for
-from wtb_conf.fork import first_step_key
-from wtb_conf.workflow import BREAKPOINTS
+from wtb_conf.driver.envs import bench_path, connect, provide_on_node, spec_for
+from wtb_conf.job import admission
+from wtb_conf.job.checkpointer import is_postgres
+from wtb_conf.job.fork import first_step_key
+from wtb_conf.job.workflow import BREAKPOINTS
 
 log = logging.getLogger(__name__)
 
@@ -105,20 +105,20 @@ class Planner:
 
     @contextlib.contextmanager
     def __call__(self, jobs: list[Job]) -> Iterator[list[Plan]]:
-        from wtb_conf import sweep as sweep_callback  # (the driver's: it imports the CLI's)
+        from wtb_conf.driver import callback as sweep_callback  # (it imports the CLI's)
 
         sweep_callback.expect_jobs(len(jobs))
         cfgs = [_task_config(j.config) for j in jobs]
-        sweep = os.environ.get(intake.SWEEP_ENV)
+        sweep = os.environ.get(admission.SWEEP_ENV)
         # storage=postgres resolves these in each job: a job on another node must find the
         # store the sweep's start checked (the driver's), not its node's or the default
         forwarded = {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}
         if sweep:
-            forwarded[intake.SWEEP_ENV] = sweep
-        if continues := os.environ.get(intake.CONTINUES_ENV):
-            forwarded[intake.CONTINUES_ENV] = continues
+            forwarded[admission.SWEEP_ENV] = sweep
+        if continues := os.environ.get(admission.CONTINUES_ENV):
+            forwarded[admission.CONTINUES_ENV] = continues
         plans = [Plan(env_vars={**forwarded,
-                                intake.LAUNCH_DIR_ENV: str(j.config.hydra.runtime.cwd)})
+                                admission.LAUNCH_DIR_ENV: str(j.config.hydra.runtime.cwd)})
                  for j in jobs]
         with contextlib.ExitStack() as stack:
             envs = self._envs(stack, jobs, cfgs)
@@ -132,7 +132,7 @@ class Planner:
                     continue
                 if env is not None:
                     plans[i].python, plans[i].python_path = env.python, [env.bench_path]
-                    plans[i].env_vars[intake.ENV_ID] = env.env_id
+                    plans[i].env_vars[admission.ENV_ID] = env.env_id
                 self._settle(job, cfgs[i], plans[i], env)
                 if not plans[i].done:
                     plans[i].on_failure = functools.partial(self._failed, job, cfgs[i], env)
@@ -143,7 +143,7 @@ class Planner:
         """Record the job now if it needs no worker: a cache hit, or a config that cannot run."""
         with _as_job(job):
             try:
-                opened = intake.open_job(cfg, job.config.hydra, env and env.lock)
+                opened = admission.open_job(cfg, job.config.hydra, env and env.lock)
             except Exception as e:  # the job meets it again and records it: not the planner's
                 log.warning("planner: job #%s is left to run: %s: %s", job.num,
                             type(e).__name__, e)
@@ -161,10 +161,10 @@ class Planner:
         tb = "".join(traceback.format_exception(error))  # (a dead actor's: Ray's report)
         with _as_job(job):
             try:
-                opened = intake.open_job(cfg, job.config.hydra, env and env.lock)
+                opened = admission.open_job(cfg, job.config.hydra, env and env.lock)
             except Exception as e:  # what failed the job fails here too: record it bare
                 log.warning("planner: job #%s: %s: %s", job.num, type(e).__name__, e)
-                intake.record_unopened(cfg, job.config.hydra, cause)
+                admission.record_unopened(cfg, job.config.hydra, cause)
                 return
             with opened.store as store:
                 # the attempt's runs started after `since`, by the clock of their start times
@@ -180,32 +180,32 @@ class Planner:
                 if retrying:  # died before it began: the next attempt records the job
                     return
                 python = env.python if env else sys.executable
-                run_id = intake.record_start(opened, cfg, job.config.hydra, python,
+                run_id = admission.record_start(opened, cfg, job.config.hydra, python,
                                              env and env.env_id)
                 store.finish_run(run_id, "failed", None, {}, cause)
 
     @staticmethod
     def _settle_opened(job: Job, cfg: DictConfig, plan: Plan, env: JobEnv | None,
-                       opened: intake.Opened) -> None:
+                       opened: admission.Opened) -> None:
         try:
-            hit = intake.cache_hit(opened, cfg)
+            hit = admission.cache_hit(opened, cfg)
         except Exception as e:  # e.g. the store is busy: the job looks again in its worker
             log.warning("planner: job #%s is left to run: %s: %s", job.num, type(e).__name__, e)
             return
         python, env_id = plan.python or sys.executable, env and env.env_id
         if hit is not None:
-            run_id = intake.record_start(opened, cfg, job.config.hydra, python, env_id)
+            run_id = admission.record_start(opened, cfg, job.config.hydra, python, env_id)
             plan.done, plan.where = True, "cache"
-            plan.result = intake.record_cached(opened, run_id, *hit)
+            plan.result = admission.record_cached(opened, run_id, *hit)
             return
         if plan.python:  # its nodes may import what only its env has: the job checks itself
             return
         try:
-            intake.check_job(cfg)
+            admission.check_job(cfg)
         except Exception as e:  # the job would fail the same way in its worker
-            run_id = intake.record_start(opened, cfg, job.config.hydra, python, env_id)
+            run_id = admission.record_start(opened, cfg, job.config.hydra, python, env_id)
             plan.done, plan.where = True, "planner"
-            plan.result = intake.record_failure(opened, run_id, e)
+            plan.result = admission.record_failure(opened, run_id, e)
 
     def _envs(self, stack: contextlib.ExitStack, jobs: list[Job],
               cfgs: list[DictConfig]) -> list[JobEnv | NodeEnv | None]:
@@ -216,7 +216,7 @@ class Planner:
         distinct: dict[bytes, tuple[Any, str]] = {}  # spec -> (spec, the first job wanting it)
         for job, cfg in zip(jobs, cfgs, strict=True):
             env_cfg = _plain(cfg.get("env")) or {}
-            if not intake.wants_env(env_cfg):
+            if not admission.wants_env(env_cfg):
                 specs.append(None)
                 continue
             choices = job.config.hydra.runtime.choices
@@ -249,7 +249,7 @@ class Planner:
             env = client.ensure(spec, name)
             path = client.check_interpreter(env, name)
             # the env's lock as its job will read it: the env's sys.path and the launch dir
-            lock = intake.installed(tuple([*path, launch_dir]))
+            lock = admission.installed(tuple([*path, launch_dir]))
             return JobEnv(env.env_id, env.python_path, bench_path, lock)
 
         with ThreadPoolExecutor(max_workers=len(distinct)) as pool:
@@ -276,7 +276,7 @@ class Planner:
 def check_shared_storage(storage: Any) -> None:
     """A store every node reaches: not a file on the driver's disk (SQLite), and a blob root
     that is not inside the launch dir. Errors name the key and what would be valid."""
-    from hydra_plugins.wtb_conf_launcher._settings import LauncherError
+    from hydra_plugins.wtb_conf_launcher.settings import LauncherError
 
     storage = _plain(storage)
     why = ("but hydra.launcher.shared_disk=false runs jobs on nodes that do not share this "

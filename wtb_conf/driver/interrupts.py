@@ -1,5 +1,6 @@
 """Ctrl-C and SIGTERM for `python -m wtb_conf`: both raise KeyboardInterrupt, wherever they
-land, so that one path (wtb_conf.sweep.main) ends the sweep, and they reach it even when the
+land, so that one path (wtb_conf.driver.callback.main) ends the sweep, and they reach it even
+when the
 first one is swallowed. Installed before the heavy imports; imports nothing heavy itself."""
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from langgraph.errors import GraphRecursionError
 from pydantic import BeforeValidator
 
-from wtb_conf.config_values import fail, json_schema, show
+from wtb_conf.config.values import fail, json_schema, show
 
 # why these: docs/config.md (the workflow keys)
 RECURSION_LIMIT = 100
@@ -47,7 +47,7 @@ def _seconds(value: Any) -> Any:
     return value
 
 
-# the types of the keys in wtb_conf.schemas.WorkflowConfig
+# the types of the keys in wtb_conf.config.models.WorkflowConfig
 Steps = Annotated[int, BeforeValidator(_whole(1, RECURSION_LIMIT)),
                   json_schema(type="integer", minimum=1)]
 Checkpoints = Annotated[int, BeforeValidator(_whole(1, MAX_CHECKPOINTS)),

@@ -29,7 +29,7 @@ from hydra.errors import CompactHydraException
 
 from venv_manager.proto import venv_manager_pb2 as pb
 from venv_manager.proto import venv_manager_pb2_grpc as pb_grpc
-from wtb_conf.schemas import EnvConfig, check
+from wtb_conf.config.models import EnvConfig, check
 
 CONNECT_TIMEOUT_S = 10  # a configured manager that does not answer within this is an error
 START_TIMEOUT_S = 60
@@ -262,7 +262,7 @@ def provide_on_node(spec: bytes, job: str) -> tuple[str, list[str], dict[str, st
     """The env of a serialized EnvSpec on this node, built or found by the node's own venv
     manager (started on first use): (python, its path for the bench, env vars for the job).
     `job` names the first job that wanted it, for messages."""
-    from wtb_conf.intake import ENV_ID
+    from wtb_conf.job.admission import ENV_ID
 
     client = _node_client()
     env = client.ensure(pb.EnvSpec.FromString(spec), job)

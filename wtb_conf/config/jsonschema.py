@@ -1,5 +1,5 @@
 """`wtb schema`: JSON Schemas of the config files, generated from the models that check them
-(wtb_conf.schemas), for an editor's YAML language server (docs/config.md)."""
+(wtb_conf.config.models), for an editor's YAML language server (docs/config.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from wtb_conf.schemas import (
+from wtb_conf.config.models import (
     GROUPS,
     EnvConfig,
     FlagsConfig,

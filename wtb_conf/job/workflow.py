@@ -1,6 +1,6 @@
 """Workflow config -> a LangGraph StateGraph (uncompiled, so the job picks the checkpointer).
 
-The shape of `workflow:` is the model wtb_conf.schemas.WorkflowConfig, documented key by key
+The shape of `workflow:` is the model wtb_conf.config.models.WorkflowConfig, documented key by key
 in docs/config.md. Every error names the YAML key at fault (`workflow.nodes.clean._target_`)
 and what would be valid.
 """
@@ -15,8 +15,8 @@ from typing import Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
-from wtb_conf.config_checks import LIMIT, clip, param_problems
-from wtb_conf.schemas import CallableSpec, StateField, WorkflowConfig, check
+from wtb_conf.config.checks import LIMIT, clip, param_problems
+from wtb_conf.config.models import CallableSpec, StateField, WorkflowConfig, check
 
 TYPES: dict[str, Any] = {
     "any": Any,
@@ -26,7 +26,7 @@ TYPES: dict[str, Any] = {
     "bool": bool,
     "list": list,
     "dict": dict,
-    "file": str,  # the path of a case input file (wtb_conf.config_checks checks it)
+    "file": str,  # the path of a case input file (wtb_conf.config.checks checks it)
     "text_file": str,
 }
 

@@ -1,0 +1,2 @@
+"""Job floor: what one sweep job is and does (its admission, graph,
+checkpointer, scoring, forks)."""

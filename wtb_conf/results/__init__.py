@@ -1,0 +1,1 @@
+"""Results floor: comparison tables and the HTML report, read from the store."""
