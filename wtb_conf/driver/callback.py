@@ -186,9 +186,9 @@ def check_launcher(config: DictConfig) -> None:
     (Hydra makes the launcher after the callbacks' on_multirun_start)."""
     launcher = OmegaConf.select(config, "hydra.launcher", default=None)
     if launcher is not None and launcher.get("_target_") == WTB_LAUNCHER:
-        from hydra_plugins.wtb_conf_launcher import _core
+        from hydra_plugins.wtb_conf_launcher import settings
 
-        _core.check(OmegaConf.to_container(launcher, resolve=True))
+        settings.check(OmegaConf.to_container(launcher, resolve=True))
 
 
 def check_primary(config: DictConfig, swept: set[str]) -> None:

@@ -92,7 +92,7 @@ def _as_job(job_config: DictConfig) -> Iterator[None]:
 
 
 def _compose(config: DictConfig, overrides: list[str], num: int) -> DictConfig:
-    """The job's config as the launcher composes it (hydra_plugins.wtb_conf_launcher._core)."""
+    """The job's config as the launcher composes it (hydra_plugins.wtb_conf_launcher's)."""
     job = GlobalHydra.instance().config_loader().load_sweep_config(config, list(overrides))
     with open_dict(job):
         job.hydra.job.id = f"{job.hydra.job.name}_{num}"
