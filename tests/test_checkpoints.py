@@ -14,15 +14,8 @@ from conftest import copy_project, run_bench
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
-from wtb_conf.job.checkpointer import (
-    CheckpointsError,
-    describe,
-    is_postgres,
-    libpq_url,
-    missing,
-    open_checkpointer,
-    store_url,
-)
+from wtb_conf.job.checkpointer import CheckpointsError, describe, missing, open_checkpointer
+from wtb_conf.storage import is_postgres, libpq_url, sqlalchemy_url
 
 
 class State(TypedDict):
@@ -125,9 +118,9 @@ def test_urls():
     assert is_postgres("postgresql+psycopg://u@h/db") and is_postgres("POSTGRESQL://h/db")
     assert not is_postgres("data/checkpoints.db") and not is_postgres("mysql://h/db")
     assert libpq_url("postgresql+psycopg://u@h/db") == "postgresql://u@h/db"
-    assert store_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
-    assert store_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
-    assert store_url("sqlite:///x.db") == "sqlite:///x.db" and store_url("x.db") == "x.db"
+    assert sqlalchemy_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert sqlalchemy_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert sqlalchemy_url("sqlite:///x.db") == "sqlite:///x.db" and sqlalchemy_url("x.db") == "x.db"
     assert describe("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
 
 

@@ -17,7 +17,7 @@ from wtb_conf.cli.replay import cmd_rerun, cmd_resume, cmd_rollback
 from wtb_conf.cli.runs import cmd_diff, cmd_log, cmd_restore, cmd_runs, cmd_show
 from wtb_conf.cli.scores import cmd_compare, cmd_evaluate, cmd_report
 from wtb_conf.cli.upkeep import cmd_fsck, cmd_gc, cmd_rm, mixed_note
-from wtb_conf.job.checkpointer import store_url
+from wtb_conf.storage import sqlalchemy_url
 from wtb_conf.store import StoreError, open_store
 
 
@@ -53,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="wtb", description="Inspect the runs wtb_conf recorded.")
     # storage=postgres reads these variables: where a sweep found its store, wtb does too
     ap.add_argument("--db", default=os.environ.get("WTB_DB_URL") or "data/wtb.db",
-                    type=store_url,
+                    type=sqlalchemy_url,
                     help="store database: SQLAlchemy URL (sqlite:///..., postgresql://...) or "
                          "SQLite path (default: $WTB_DB_URL, else data/wtb.db)")
     ap.add_argument("--blobs", default=os.environ.get("WTB_BLOB_ROOT") or "data/blobs",

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from wtb_conf.job.checkpointer import is_postgres, libpq_url
+from wtb_conf.storage import is_postgres, libpq_url
 from wtb_conf.store import Store, StoreError
 
 

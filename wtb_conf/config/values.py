@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from wtb_conf.job.checkpointer import is_postgres, store_url
+from wtb_conf.storage import is_postgres, sqlalchemy_url
 
 # `file` / `text_file`: a str naming a case input file, checked before the sweep starts
 TYPES = ("any", "str", "int", "float", "bool", "list", "dict", "file", "text_file")
@@ -162,7 +162,7 @@ def _interpolation(value: Any) -> bool:
 
 def _url(value: str) -> str:
     """A URL for a message, without its password."""
-    from wtb_conf.store.engine import redact
+    from wtb_conf.storage import redact
 
     return show(redact(value)) if "://" in value else show(value)
 
@@ -182,7 +182,7 @@ def _db_url(value: Any) -> Any:
         return value
     if dialect in ("postgresql", "postgres"):
         if driver in ("", "psycopg"):
-            return store_url(value)  # a libpq URL gets psycopg's driver name
+            return sqlalchemy_url(value)  # a libpq URL gets psycopg's driver name
         raise fail(f"{_url(value)} names the driver {driver!r}; wtb_conf reaches PostgreSQL "
                    "through psycopg (3): postgresql+psycopg://USER@HOST/DB")
     raise fail(f"{_url(value)} is not a SQLite or PostgreSQL URL; give {STORE_URLS}")

@@ -35,9 +35,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from hydra_plugins.wtb_conf_launcher.plan import Job, NodeEnv, Plan
 from wtb_conf.driver.envs import bench_path, connect, provide_on_node, spec_for
 from wtb_conf.job import admission
-from wtb_conf.job.checkpointer import is_postgres
 from wtb_conf.job.fork import first_step_key
 from wtb_conf.job.workflow import BREAKPOINTS
+from wtb_conf.storage import is_postgres
 
 log = logging.getLogger(__name__)
 

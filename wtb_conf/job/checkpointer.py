@@ -18,11 +18,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from wtb_conf.storage import is_postgres, libpq_url, redact
 from wtb_conf.store.errors import StoreError
 
-# The URL schemes that name PostgreSQL: libpq's two and SQLAlchemy's with psycopg (so one
-# URL can serve storage.db_url and storage.checkpoints).
-PG_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 # The session-level advisory lock that serializes LangGraph's setup() in a database; a
 # constant of our own, so it cannot collide with the store's locks.
 SETUP_LOCK = int.from_bytes(hashlib.sha256(b"wtb_conf checkpointer setup").digest()[:8],
@@ -37,32 +35,11 @@ class CheckpointsError(StoreError):
     """The checkpointer cannot be opened or read; the message names where it is."""
 
 
-def is_postgres(where: str | os.PathLike) -> bool:
-    """Whether `storage.checkpoints` names a PostgreSQL database (else a SQLite file)."""
-    scheme, sep, _ = str(where).partition("://")
-    return bool(sep) and scheme.lower() in PG_SCHEMES
-
-
-def store_url(url: str) -> str:
-    """A store URL (`storage.db_url`, `wtb --db`) as SQLAlchemy opens it: a libpq URL
-    (postgresql://, postgres://) gets psycopg's driver name, since SQLAlchemy's default for
-    it, psycopg2, is not installed. So one URL serves db_url and checkpoints."""
-    scheme, sep, rest = url.partition("://")
-    return f"postgresql+psycopg://{rest}" if sep and scheme.lower() in PG_SCHEMES[:2] else url
-
-
-def libpq_url(url: str) -> str:
-    """The URL as libpq (psycopg.connect) reads it: without SQLAlchemy's `+psycopg`."""
-    return "postgresql://" + url.partition("://")[2]
-
-
 def describe(where: str | os.PathLike) -> str:
     """Where the checkpoints are, for messages: the file's absolute path, or the URL without
     its password."""
     if not is_postgres(where):
         return str(Path(where).absolute())
-    from wtb_conf.store.engine import redact
-
     return redact(libpq_url(str(where)))
 
 

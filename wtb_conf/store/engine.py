@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote
 from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import URL, make_url
 
+from wtb_conf.storage import redact  # noqa: F401 (the store's modules take it from here)
 from wtb_conf.store.errors import StoreError, StoreFull, StoreMalformed
 
 BUSY_TIMEOUT_S = 60  # how long a connection waits for a lock another process holds
@@ -167,20 +168,6 @@ def cannot_write(db_url: str, why: object) -> str:
     return (f"cannot write the store {db_url}: {why}. Commands that only read (wtb runs, show, "
             "log, diff, restore, compare, report, fsck) work on a read-only store; a sweep and "
             "the other commands need to write to its directory")
-
-
-def redact(url: str | URL) -> str:
-    """A database URL for a message: no password, neither in its user part nor as libpq's
-    `?password=` (a run's messages are stored and printed)."""
-    try:
-        parsed = make_url(url)
-    except Exception:  # not SQLAlchemy's form (libpq may still take it): keep host and path
-        scheme, _, rest = str(url).partition("://")
-        return f"{scheme}://{rest.rpartition('@')[2].partition('?')[0]}"
-    if "@" in (parsed.host or "") + (parsed.password or ""):
-        # an unencoded '@' in the password: SQLAlchemy split it in the wrong place
-        return f"{parsed.drivername}://{str(url).rpartition('@')[2].partition('?')[0]}"
-    return parsed.difference_update_query(["password"]).render_as_string(hide_password=True)
 
 
 def shown(url: str | URL | Engine) -> str:
