@@ -24,6 +24,21 @@ from wtb_conf.store.errors import (
 from wtb_conf.store.evaluations import EvaluationRecords
 from wtb_conf.store.lifecycle import Lifecycle
 from wtb_conf.store.objects import CommitStats, Diff, Entry, ObjectStore
+from wtb_conf.store.record_types import (
+    DONE,
+    Evaluation,
+    EvaluationSource,
+    Event,
+    NewRun,
+    Run,
+    RunCheckpoint,
+    RunDetail,
+    RunStatus,
+    Sweep,
+    SweepStatus,
+    Thread,
+    ThreadStatus,
+)
 from wtb_conf.store.records import RunRecords
 from wtb_conf.store.schema import (
     EXAMPLES,
@@ -40,13 +55,26 @@ from wtb_conf.store.schema import (
 DEFAULT_INLINE_MAX = 64 * 1024
 
 __all__ = [
+    "DONE",
     "CommitStats",
     "Diff",
     "Entry",
+    "Evaluation",
+    "EvaluationSource",
+    "Event",
+    "NewRun",
     "ObjectCorrupted",
     "ObjectNotFound",
+    "Run",
+    "RunCheckpoint",
+    "RunDetail",
+    "RunStatus",
     "Store",
     "StoreError",
+    "Sweep",
+    "SweepStatus",
+    "Thread",
+    "ThreadStatus",
     "UnsafePath",
     "open_store",
 ]

@@ -14,13 +14,20 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from wtb_conf.store.objects import now_iso
+from wtb_conf.store.record_types import (
+    CaseOutcome,
+    CompareRun,
+    Evaluation,
+    EvaluationSource,
+    ThreadStatus,
+)
 from wtb_conf.store.records import _dumps, _event, new_id
 from wtb_conf.store.schema import read_conn
 
-EVALUATION_SOURCES = ("run", "cache", "evaluate")  # scored when it ran, copied, or re-scored
+EVALUATION_SOURCES = tuple(EvaluationSource)  # scored when it ran, copied, or re-scored
 
 
-def _evaluation_dict(row) -> dict[str, Any]:
+def _evaluation_dict(row) -> Evaluation:
     return {"evaluation_id": row.id, "run_id": row.run_id, "created_at": row.created_at,
             "source": row.source, "eval_key": row.eval_key, "compare": json.loads(row.compare),
             "cases": json.loads(row.cases), "summary": json.loads(row.summary)}
@@ -37,12 +44,14 @@ class EvaluationRecords:
 
     engine: Engine
 
-    def add_evaluation(self, run_id: str, source: str, eval_key: str, compare: dict[str, Any],
+    def add_evaluation(self, run_id: str, source: EvaluationSource | str, eval_key: str,
+                       compare: dict[str, Any],
                        cases: dict[str, Any], summary: dict[str, Any]) -> str:
         """Record one scoring of a run. `cases`: {case: {"scores": {...}, "errors": {...}}};
         `summary`: the run's aggregates (scoring.summarize); `compare`: objective and mode."""
         if source not in EVALUATION_SOURCES:
-            raise ValueError(f"evaluation source {source!r} is not one of {EVALUATION_SOURCES}")
+            raise ValueError(f"evaluation source {source!r} is not one of "
+                             f"{tuple(s.value for s in EvaluationSource)}")
         evaluation_id = new_id()
         with self.engine.begin() as conn:
             conn.execute(
@@ -56,7 +65,7 @@ class EvaluationRecords:
                                        "scores": summary.get("scores")}, run_id=run_id)
         return evaluation_id
 
-    def evaluations(self, run_id: str) -> list[dict[str, Any]]:
+    def evaluations(self, run_id: str) -> list[Evaluation]:
         """Every evaluation of a run, newest first."""
         with read_conn(self.engine) as conn:
             rows = conn.execute(
@@ -65,7 +74,7 @@ class EvaluationRecords:
             return [_evaluation_dict(r) for r in rows]
 
     def latest_evaluations(self, sweep_ids: Iterable[str],
-                           cases: bool = True) -> dict[str, dict[str, Any]]:
+                           cases: bool = True) -> dict[str, Evaluation]:
         """The newest evaluation of every run of these sweeps, by run id; `cases=False`
         leaves the per-case scores out (a comparison of jobs does not need them)."""
         marks, params = _bound(sweep_ids)
@@ -84,7 +93,7 @@ class EvaluationRecords:
                          "summary": loads(r[6]), "cases": loads(r[7]) if cases else {}}
                 for run_id, r in newest.items()}
 
-    def compare_runs(self, sweep_ids: Iterable[str]) -> list[dict[str, Any]]:
+    def compare_runs(self, sweep_ids: Iterable[str]) -> list[CompareRun]:
         """What `wtb compare` needs of the runs of these sweeps, in one query (it must stay
         fast on a store of 10,000 runs): no configs, no checkpoint counts."""
         marks, params = _bound(sweep_ids)
@@ -102,7 +111,7 @@ class EvaluationRecords:
                     for i, s, j, st, o, w, sa, fa, e, m, c, cf, p in rows]
 
     def compare_cases(self, sweep_ids: Iterable[str] = (), failed_only: bool = False,
-                      run_ids: Iterable[str] = ()) -> list[dict[str, Any]]:
+                      run_ids: Iterable[str] = ()) -> list[CaseOutcome]:
         """Every case thread of the runs of these sweeps, or of these runs (or only the failed
         ones): status, error, the node it failed in (`wtb compare`)."""
         if run_ids:
@@ -111,7 +120,9 @@ class EvaluationRecords:
         else:
             marks, params = _bound(sweep_ids)
             where = f"r.sweep_id IN ({marks})"
-        failed = " AND t.status = 'failed'" if failed_only else ""
+        failed = ""
+        if failed_only:
+            failed, params["failed"] = " AND t.status = :failed", ThreadStatus.FAILED
         with read_conn(self.engine) as conn:
             rows = conn.execute(
                 text("SELECT t.run_id, t.case_name, t.status, t.error, t.failed_node, "

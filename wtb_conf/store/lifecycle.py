@@ -1,11 +1,11 @@
 """How sweeps and runs start and end: every status change is one transaction with its event.
 
 A run is `running` only while its owner process lives (wtb_conf.store.liveness); it ends as
-completed, failed, cached or paused. Whatever ends it records why, with an event (run_*),
-the last its run records (a later `wtb evaluate` appends `evaluated`), so that `wtb log` and
-`wtb fsck` can tell the story: the job itself, the launcher (a timeout, a
-worker that died: `fail_run`), the sweep's end (`finish_sweep`), or whoever finds its process
-gone (`reap`).
+completed, failed, cached or paused (RunStatus, wtb_conf.store.record_types). Whatever ends
+it records why, with an event (run_*), the last its run records (a later `wtb evaluate`
+appends `evaluated`), so that `wtb log` and `wtb fsck` can tell the story: the job itself,
+the launcher (a timeout, a worker that died: `fail_run`), the sweep's end (`finish_sweep`),
+or whoever finds its process gone (`reap`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,15 @@ from sqlalchemy import Connection, Engine, text
 
 from wtb_conf.store.liveness import Owner, alive, ray_node, this_process
 from wtb_conf.store.objects import now_iso
+from wtb_conf.store.record_types import DONE, RunStatus, SweepStatus, ThreadStatus
 from wtb_conf.store.records import _dumps, _event, new_id
 from wtb_conf.store.schema import lock, read_conn
 
-RUN_STATUSES = ("running", "completed", "failed", "cached", "paused")
-DONE = ("completed", "cached")  # statuses of a job that needs no rerun (the job cache)
-# A paused run stopped at a breakpoint on purpose: not a failure of its sweep.
+__all__ = ["DONE", "INTERRUPTED", "Lifecycle", "lost_error", "running_owners"]
+
+# the statuses of runs and sweeps as bound parameters (:running, ...), one set for every query
+_S = {"running": RunStatus.RUNNING, "failed": RunStatus.FAILED, "cached": RunStatus.CACHED,
+      "t_running": ThreadStatus.RUNNING, "t_failed": ThreadStatus.FAILED}
 INTERRUPTED = "interrupted: the job's process ended before the run finished"
 
 
@@ -36,7 +39,7 @@ def running_owners(conn: Connection) -> list[tuple[str, str, Owner]]:
             for table in ("runs", "sweeps")
             for row_id, host, pid, started in conn.execute(text(
                 f"SELECT id, owner_host, owner_pid, owner_started FROM {table} "
-                "WHERE status = 'running'"))]
+                "WHERE status = :running"), {"running": RunStatus.RUNNING})]
 
 
 def lost_error(owner: Owner) -> str:
@@ -51,9 +54,9 @@ def _fail_running(conn: Connection, run_id: str, error: str, traceback: str | No
     UPDATE's own WHERE: on PostgreSQL an UPDATE that waited for another transaction's lock on
     the row re-checks it on the row as that one left it, so a run is failed at most once."""
     done = conn.execute(
-        text("UPDATE runs SET status = 'failed', finished_at = :at, error = :e, "
-             "traceback = coalesce(:tb, traceback) WHERE id = :id AND status = 'running'"),
-        {"at": now_iso(), "e": error, "tb": traceback, "id": run_id}).rowcount
+        text("UPDATE runs SET status = :failed, finished_at = :at, error = :e, "
+             "traceback = coalesce(:tb, traceback) WHERE id = :id AND status = :running"),
+        {"at": now_iso(), "e": error, "tb": traceback, "id": run_id, **_S}).rowcount
     if not done:
         return False
     _fail_threads(conn, run_id, error)
@@ -83,8 +86,9 @@ def _start_time(conn: Connection, job_key: str | None) -> str:
 def _fail_threads(conn: Connection, run_id: str, error: str | None) -> None:
     """The case threads a failed run cut short end with it (one that failed keeps its own
     error)."""
-    conn.execute(text("UPDATE threads SET status = 'failed', error = coalesce(error, :e) "
-                      "WHERE run_id = :r AND status = 'running'"), {"e": error, "r": run_id})
+    conn.execute(text("UPDATE threads SET status = :t_failed, error = coalesce(error, :e) "
+                      "WHERE run_id = :r AND status = :t_running"),
+                 {"e": error, "r": run_id, **_S})
 
 
 class Lifecycle:
@@ -108,15 +112,16 @@ class Lifecycle:
         with self.engine.begin() as conn:
             conn.execute(
                 text("INSERT INTO sweeps (id, created_at, status, sweep_dir, argv, owner_host, "
-                     "owner_pid, owner_started) VALUES (:id, :at, 'running', :dir, :argv, "
+                     "owner_pid, owner_started) VALUES (:id, :at, :running, :dir, :argv, "
                      ":host, :pid, :started)"),
                 {"id": sweep_id, "at": now_iso(), "dir": sweep_dir, "argv": _dumps(argv),
-                 **owner._asdict()})
+                 "running": SweepStatus.RUNNING, **owner._asdict()})
             _event(conn, "sweep_started", {"argv": argv, "sweep_dir": sweep_dir},
                    sweep_id=sweep_id)
         return sweep_id
 
-    def finish_sweep(self, sweep_id: str, error: str | None = None, jobs: int = 0) -> str:
+    def finish_sweep(self, sweep_id: str, error: str | None = None,
+                     jobs: int = 0) -> SweepStatus:
         """End the sweep: 'failed' if it ended with `error` (the launcher's, Ctrl-C) or the
         last run of any of its jobs failed (an earlier attempt that a retry made good does
         not count), else 'completed'. Runs still running lost their process with the sweep:
@@ -128,15 +133,15 @@ class Lifecycle:
             lock(conn, "sweep ends")
             cause = f"interrupted: the sweep ended ({error})" if error else INTERRUPTED
             for (run_id,) in conn.execute(
-                    text("SELECT id FROM runs WHERE sweep_id = :s AND status = 'running'"),
-                    {"s": sweep_id}).all():
+                    text("SELECT id FROM runs WHERE sweep_id = :s AND status = :running"),
+                    {"s": sweep_id, **_S}).all():
                 _fail_running(conn, run_id, cause)
             failed = conn.execute(
-                text("SELECT count(*) FROM runs r WHERE r.sweep_id = :s AND r.status = 'failed' "
+                text("SELECT count(*) FROM runs r WHERE r.sweep_id = :s AND r.status = :failed "
                      "AND NOT EXISTS (SELECT 1 FROM runs later WHERE later.sweep_id = :s AND "
                      "later.job_num = r.job_num AND later.started_at > r.started_at)"),
-                {"s": sweep_id}).scalar_one()
-            status = "failed" if failed or error else "completed"
+                {"s": sweep_id, **_S}).scalar_one()
+            status = SweepStatus.FAILED if failed or error else SweepStatus.COMPLETED
             conn.execute(
                 text("UPDATE sweeps SET status = :st, finished_at = :at, error = :e "
                      "WHERE id = :s"),
@@ -177,7 +182,7 @@ class Lifecycle:
                     "config_yaml, config_digest, job_dir, started_at, python, env_id, env_lock, "
                     "job_key, env_digest, code_digest, parent_run, launch_dir, inputs_commit, "
                     "owner_host, owner_pid, owner_started, ray_node) "
-                    "VALUES (:id, :sweep_id, :job_num, 'running', :overrides, :workflow, "
+                    "VALUES (:id, :sweep_id, :job_num, :running, :overrides, :workflow, "
                     ":config_yaml, :config_digest, :job_dir, :at, :python, :env_id, :env_lock, "
                     ":job_key, :env_digest, :code_digest, :parent_run, :launch_dir, :inputs, "
                     ":host, :pid, :started, :ray_node)"
@@ -190,7 +195,7 @@ class Lifecycle:
                  "job_key": identity.get("job_key"), "env_digest": identity.get("env_digest"),
                  "code_digest": identity.get("code_digest"), "parent_run": parent_run,
                  "launch_dir": launch_dir, "inputs": inputs_commit,
-                 **this_process()._asdict(), "ray_node": ray_node()},
+                 **this_process()._asdict(), "ray_node": ray_node(), **_S},
             )
             _event(conn, "run_started", {"job_num": job_num, "overrides": overrides},
                    run_id=run_id, sweep_id=sweep_id)
@@ -199,14 +204,17 @@ class Lifecycle:
     def finish_run(
         self,
         run_id: str,
-        status: str,
+        status: RunStatus | str,
         commit_id: str | None,
         metrics: dict | None = None,
         error: str | None = None,
         traceback: str | None = None,
     ) -> None:
-        if status not in RUN_STATUSES:
-            raise ValueError(f"run status {status!r} is not one of {RUN_STATUSES}")
+        try:
+            status = RunStatus(status)
+        except ValueError:
+            raise ValueError(f"run status {status!r} is not one of "
+                             f"{tuple(s.value for s in RunStatus)}") from None
         with self.engine.begin() as conn:
             conn.execute(
                 text(
@@ -216,7 +224,7 @@ class Lifecycle:
                 {"status": status, "at": now_iso(), "commit": commit_id,
                  "metrics": _dumps(metrics or {}), "error": error, "tb": traceback, "id": run_id},
             )
-            if status == "failed":
+            if status == RunStatus.FAILED:
                 _fail_threads(conn, run_id, error)
             _event(conn, f"run_{status}", {"commit": commit_id, "error": error}, run_id=run_id)
 
@@ -229,10 +237,10 @@ class Lifecycle:
             self.add_evaluation(run_id, **evaluation)
         with self.engine.begin() as conn:
             conn.execute(
-                text("UPDATE runs SET status = 'cached', finished_at = :at, commit_id = :c, "
+                text("UPDATE runs SET status = :cached, finished_at = :at, commit_id = :c, "
                      "metrics = :m, cached_from = :src WHERE id = :id"),
                 {"at": now_iso(), "c": source["commit"], "m": _dumps(source["metrics"]),
-                 "src": source["run_id"], "id": run_id})
+                 "src": source["run_id"], "id": run_id, **_S})
             _event(conn, "run_cached", {"from": source["run_id"], "commit": source["commit"]},
                    run_id=run_id)
 
@@ -272,18 +280,18 @@ class Lifecycle:
                 # driver too: Ray ends a driver's actors with it, and nobody else would look.
                 for run_id, host, pid, started in conn.execute(
                         text("SELECT id, owner_host, owner_pid, owner_started FROM runs "
-                             "WHERE sweep_id = :s AND status = 'running'"),
-                        {"s": sweep_id}).all():
+                             "WHERE sweep_id = :s AND status = :running"),
+                        {"s": sweep_id, **_S}).all():
                     if alive(Owner(host or "", pid or 0, started or 0)) is None and \
                             _fail_running(conn, run_id, f"lost with its sweep: {error}",
                                           kind="run_lost"):
                         reaped["runs"].append(run_id)
                 done = conn.execute(
-                    text("UPDATE sweeps SET status = 'failed', finished_at = :at, error = :e "
-                         "WHERE id = :s AND status = 'running'"),
-                    {"at": now_iso(), "e": error, "s": sweep_id}).rowcount
+                    text("UPDATE sweeps SET status = :failed, finished_at = :at, error = :e "
+                         "WHERE id = :s AND status = :running"),
+                    {"at": now_iso(), "e": error, "s": sweep_id, **_S}).rowcount
                 if done:
-                    _event(conn, "sweep_lost", {"status": "failed", "error": error},
+                    _event(conn, "sweep_lost", {"status": SweepStatus.FAILED, "error": error},
                            sweep_id=sweep_id)
                     reaped["sweeps"].append(sweep_id)
         return reaped
@@ -297,10 +305,10 @@ class Lifecycle:
         with read_conn(self.engine) as conn:
             rows = conn.execute(
                 text("SELECT r.id, r.owner_host, r.owner_pid, r.owner_started FROM runs r, "
-                     "runs me WHERE me.id = :me AND r.job_key = :k AND r.status = 'running' "
+                     "runs me WHERE me.id = :me AND r.job_key = :k AND r.status = :running "
                      "AND r.id != me.id AND (r.started_at < me.started_at OR "
                      "(r.started_at = me.started_at AND r.id < me.id)) ORDER BY r.started_at"),
-                {"me": run_id, "k": job_key}).all()
+                {"me": run_id, "k": job_key, **_S}).all()
         me = this_process()
         for row_id, host, pid, started in rows:
             owner = Owner(host or "", pid or 0, started or 0)

@@ -1,7 +1,8 @@
 """Run records: sweeps, runs, case threads, checkpoint links and the event log.
 
-Rows come back as plain dicts whose keys are the documented JSON of `wtb ... --json`
-(docs/cli.md); JSON columns are decoded here so callers never see encoded text.
+Rows come back as plain dicts whose keys are those of their type in
+wtb_conf.store.record_types (`Run`, `Thread`, ...: the documented JSON of `wtb ... --json`,
+docs/cli.md); JSON columns are decoded here so callers never see encoded text.
 """
 
 from __future__ import annotations
@@ -14,6 +15,19 @@ from sqlalchemy import Connection, Engine, bindparam, text
 
 from wtb_conf.store.errors import ObjectNotFound
 from wtb_conf.store.objects import now_iso
+from wtb_conf.store.record_types import (
+    SETTLED,
+    CheckpointLink,
+    Event,
+    Run,
+    RunCheckpoint,
+    RunDetail,
+    RunStatus,
+    ShareableLink,
+    Sweep,
+    Thread,
+    ThreadStatus,
+)
 from wtb_conf.store.schema import read_conn
 
 
@@ -41,7 +55,7 @@ def _event(conn: Connection, kind: str, data: dict, run_id=None, sweep_id=None) 
     )
 
 
-def _run_dict(row) -> dict[str, Any]:
+def _run_dict(row) -> Run:
     return {
         "run_id": row.id,
         "sweep_id": row.sweep_id,
@@ -70,7 +84,11 @@ def _run_dict(row) -> dict[str, Any]:
     }
 
 
-def _link_dict(r) -> dict[str, Any]:
+def _event_dict(r) -> Event:
+    return {"at": r.at, "kind": r.kind, "data": json.loads(r.data)}
+
+
+def _link_dict(r) -> CheckpointLink:
     return {"thread_id": r.thread_id, "checkpoint_ns": r.checkpoint_ns,
             "checkpoint_id": r.checkpoint_id, "run_id": r.run_id, "step": r.step,
             "source": r.source, "nodes": json.loads(r.nodes),
@@ -84,11 +102,11 @@ class RunRecords:
 
     # -- writes ------------------------------------------------------------------------
 
-    def cached_run(self, job_key: str, sweeps: list[str] | None = None) -> dict[str, Any] | None:
+    def cached_run(self, job_key: str, sweeps: list[str] | None = None) -> Run | None:
         """The newest completed run with this job key, if any (what a cache hit reuses);
         `sweeps`: only a run of one of these sweeps."""
-        query = self._RUNS + "WHERE job_key = :k AND status = 'completed' "
-        params: dict[str, Any] = {"k": job_key}
+        query = self._RUNS + "WHERE job_key = :k AND status = :completed "
+        params: dict[str, Any] = {"k": job_key, "completed": RunStatus.COMPLETED}
         statement = text(query + ("AND sweep_id IN :sweeps " if sweeps is not None else "")
                          + "ORDER BY started_at DESC LIMIT 1")
         if sweeps is not None:
@@ -108,14 +126,16 @@ class RunRecords:
             conn.execute(
                 text(
                     "INSERT INTO threads (thread_id, run_id, case_name, status, parent_thread, "
-                    "parent_checkpoint, inherited) VALUES (:t, :r, :c, 'running', :pt, :pc, :i)"
+                    "parent_checkpoint, inherited) VALUES (:t, :r, :c, :s, :pt, :pc, :i)"
                 ),
-                {"t": thread_id, "r": run_id, "c": case_name, "pt": fork.get("thread_id"),
+                {"t": thread_id, "r": run_id, "c": case_name, "s": ThreadStatus.RUNNING,
+                 "pt": fork.get("thread_id"),
                  "pc": fork.get("checkpoint_id"), "i": _dumps(fork.get("path") or [])},
             )
 
     def finish_thread(
-        self, thread_id: str, status: str, final_state: dict | None, commit_id: str | None,
+        self, thread_id: str, status: ThreadStatus | str, final_state: dict | None,
+        commit_id: str | None,
         error: str | None = None, traceback: str | None = None, failed_node: str | None = None,
     ) -> None:
         """`failed_node`: for a failed case, the node(s) that were running when it failed."""
@@ -178,7 +198,7 @@ class RunRecords:
         "AS checkpoints FROM runs "
     )
 
-    def runs(self, sweep_id: str | None = None) -> list[dict[str, Any]]:
+    def runs(self, sweep_id: str | None = None) -> list[Run]:
         """Runs of one sweep in job order, or all runs oldest first."""
         with read_conn(self.engine) as conn:
             if sweep_id is None:
@@ -208,8 +228,7 @@ class RunRecords:
                      "kind = 'sweep_finished' ORDER BY id DESC LIMIT 1"), {"s": sweep_id}).all()
         last = {r["job_num"]: r for r in self.runs(sweep_id)}
         jobs = max([len(last)] + [json.loads(e.data).get("jobs") or 0 for e in ends])
-        return jobs - sum(r["status"] in ("completed", "cached", "paused")
-                          for r in last.values())
+        return jobs - sum(r["status"] in SETTLED for r in last.values())
 
     def ended_early(self, argv: list[str], before: str) -> list[str]:
         """The sweeps of this command line that ended early (Ctrl-C, a crash, a launcher
@@ -226,7 +245,7 @@ class RunRecords:
             chain.append(row.id)
         return chain
 
-    def sweep(self, sweep_id: str) -> dict[str, Any]:
+    def sweep(self, sweep_id: str) -> Sweep:
         with read_conn(self.engine) as conn:
             row = conn.execute(text("SELECT * FROM sweeps WHERE id = :id"),
                                {"id": sweep_id}).first()
@@ -267,18 +286,22 @@ class RunRecords:
             raise ObjectNotFound(f"{ref!r} matches several {table}: give more characters")
         return rows[0].id
 
-    def run(self, run_id: str) -> dict[str, Any]:
+    def run(self, run_id: str) -> RunDetail:
         with read_conn(self.engine) as conn:
             row = conn.execute(text(self._RUNS + "WHERE id = :id"), {"id": run_id}).first()
             if row is None:
                 raise ObjectNotFound(f"run {run_id} is not in the store")
-            out = _run_dict(row)
-            out["traceback"] = row.traceback
-            out["config_yaml"] = row.config_yaml
-            out["env_lock"] = json.loads(row.env_lock) if row.env_lock else []
-            return out
+            return RunDetail(**_run_dict(row), traceback=row.traceback,
+                             config_yaml=row.config_yaml,
+                             env_lock=json.loads(row.env_lock) if row.env_lock else [])
 
-    def threads(self, run_id: str) -> list[dict[str, Any]]:
+    def run_of_thread(self, thread_id: str) -> str | None:
+        """The run a case thread belongs to; None if the store holds no such thread."""
+        with read_conn(self.engine) as conn:
+            return conn.execute(text("SELECT run_id FROM threads WHERE thread_id = :t"),
+                                {"t": thread_id}).scalar()
+
+    def threads(self, run_id: str) -> list[Thread]:
         with read_conn(self.engine) as conn:
             rows = conn.execute(
                 text("SELECT * FROM threads WHERE run_id = :r ORDER BY case_name"), {"r": run_id}
@@ -293,7 +316,7 @@ class RunRecords:
                 for r in rows
             ]
 
-    def checkpoints(self, run_id: str) -> list[dict[str, Any]]:
+    def checkpoints(self, run_id: str) -> list[RunCheckpoint]:
         with read_conn(self.engine) as conn:
             rows = conn.execute(
                 text(
@@ -303,11 +326,9 @@ class RunRecords:
                 ),
                 {"r": run_id},
             )
-            return [
-                _link_dict(r) | {"case": r.case_name} for r in rows
-            ]
+            return [RunCheckpoint(**_link_dict(r), case=r.case_name) for r in rows]
 
-    def checkpoint(self, run_id: str, ref: str) -> dict[str, Any]:
+    def checkpoint(self, run_id: str, ref: str) -> RunCheckpoint:
         """The one checkpoint of the run whose id starts with `ref` (`--checkpoint`)."""
         matches = [c for c in self.checkpoints(run_id) if c["checkpoint_id"].startswith(ref)]
         if len(matches) != 1:
@@ -316,17 +337,26 @@ class RunRecords:
                 f"{ref!r}; list them with `wtb show {run_id[:8]}`")
         return matches[0]
 
-    def shareable(self, base_key: str) -> list[dict[str, Any]]:
+    def shareable(self, base_key: str) -> list[ShareableLink]:
         """Links with this base key, deepest first: checkpoints a job may fork from."""
         with read_conn(self.engine) as conn:
             rows = conn.execute(
                 text("SELECT * FROM checkpoint_links WHERE base_key = :b "
                      "ORDER BY step DESC, created_at"), {"b": base_key})
-            return [_link_dict(r) | {"prefix_key": r.prefix_key} for r in rows]
+            return [ShareableLink(**_link_dict(r), prefix_key=r.prefix_key) for r in rows]
 
-    def events(self, run_id: str) -> list[dict[str, Any]]:
+    def events(self, run_id: str) -> list[Event]:
         with read_conn(self.engine) as conn:
             rows = conn.execute(
-                text("SELECT * FROM events WHERE run_id = :r ORDER BY id"), {"r": run_id}
-            )
-            return [{"at": r.at, "kind": r.kind, "data": json.loads(r.data)} for r in rows]
+                text("SELECT at, kind, data FROM events WHERE run_id = :r ORDER BY id"),
+                {"r": run_id})
+            return [_event_dict(r) for r in rows]
+
+    def first_sweep_event(self, sweep_id: str, kind: str) -> Event | None:
+        """The sweep's own first event of this kind (not one of its runs'); None: it has
+        none."""
+        with read_conn(self.engine) as conn:
+            row = conn.execute(
+                text("SELECT at, kind, data FROM events WHERE sweep_id = :s AND run_id IS NULL "
+                     "AND kind = :k ORDER BY id LIMIT 1"), {"s": sweep_id, "k": kind}).first()
+        return _event_dict(row) if row else None
