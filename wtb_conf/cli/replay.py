@@ -17,7 +17,6 @@ which may be someone else's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -26,12 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import text
-
 from wtb_conf.config.values import id_override
 from wtb_conf.job.admission import CONTINUES_ENV
 from wtb_conf.store import ObjectNotFound, Store, StoreError
-from wtb_conf.store.schema import read_conn
 
 PACKAGED = Path(__file__).parent / "conf" / "config.yaml"
 # The sweep callback (wtb_conf.driver.callback) writes its new sweep's id to the file this names.
@@ -181,11 +177,8 @@ def _note(store: Store, id_file: Path, record: dict[str, Any]) -> str | None:
 
 def replay_of(store: Store, sweep_id: str) -> dict[str, Any] | None:
     """What the sweep replays (replay, run, config_commit, cwd, rerun_of), if it is a replay."""
-    with read_conn(store.engine) as conn:
-        row = conn.execute(text("SELECT data FROM events WHERE sweep_id = :s AND kind = :k "
-                                "ORDER BY id LIMIT 1"),
-                           {"s": sweep_id, "k": REPLAY_EVENT}).first()
-    return json.loads(row.data) if row else None
+    event = store.first_sweep_event(sweep_id, REPLAY_EVENT)
+    return event["data"] if event else None
 
 
 # -- the commands ----------------------------------------------------------------------

@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import OmegaConf
-from sqlalchemy import text
 
 from wtb_conf.config.models import ForkConfig, check
 from wtb_conf.config.values import id_override
 from wtb_conf.job.identity import json_digest
-from wtb_conf.store import Store, StoreError, read_conn
+from wtb_conf.store import Store, StoreError
 
 FORK_KEYS = tuple(ForkConfig.keys())  # (the model: wtb_conf.config.models.ForkConfig)
 
@@ -145,9 +144,7 @@ def _after(store: Store, run_id: str, node: str) -> dict[str, ForkPoint]:
     def read_thread(thread_id: str) -> None:
         if thread_id in records:
             return
-        with read_conn(store.engine) as conn:
-            run = conn.execute(text("SELECT run_id FROM threads WHERE thread_id = :t"),
-                               {"t": thread_id}).scalar()
+        run = store.run_of_thread(thread_id)
         if run is not None:
             read(run)
 
