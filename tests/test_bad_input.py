@@ -511,6 +511,7 @@ def check_message(message: str, expect: tuple[str, ...]) -> None:
 # --- the table ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("row", [r.param() for r in ROWS])
+@pytest.mark.slow
 def test_bad_input(row: Row, request, tmp_path):
     if row.call:
         vm = request.getfixturevalue("venv_manager")
@@ -551,6 +552,7 @@ def test_bad_input(row: Row, request, tmp_path):
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 
 
+@pytest.mark.slow
 def test_read_only_commands_work_on_a_read_only_store(seeded, tmp_path):
     """The other half of a read-only store: what only reads must work there."""
     needs_read_only_mounts()

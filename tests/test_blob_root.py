@@ -216,6 +216,7 @@ def test_fsck_finds_corrupted_missing_and_orphan_blobs(store, where, tmp_path):
     assert report.orphans["files"] == [orphan_at]
 
 
+@pytest.mark.slow
 def test_repair_removes_only_orphans_older_than_the_grace_period(store, where, tmp_path):
     """Their age is the file's mtime, or the object's LastModified (the server's clock)."""
     kept = os.urandom(3000)
@@ -355,6 +356,7 @@ def test_an_endpoint_that_does_not_answer(s3, tmp_path, monkeypatch):
 
 # -- end to end ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_demo_sweep_with_every_blob_in_s3(s3, tmp_path):
     """`python -m wtb_conf -m +experiment=demo` with storage.blob_root=s3://... and
     inline_max=0 (every blob an object, trees too); then `wtb restore` of every run on the

@@ -25,6 +25,7 @@ def sweeps(project: Path) -> list[list[dict]]:
                  if r["sweep_id"] == s] for s in order]
 
 
+@pytest.mark.slow
 def test_rerunning_the_demo_reports_every_job_cached(tmp_path):
     project = copy_project(tmp_path)
     run_bench(project, "-m", "+experiment=demo")
@@ -86,6 +87,7 @@ def flaky(tmp_path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow
 def test_rerun_failed_reruns_only_the_failed_jobs(flaky):
     run_bench(flaky, "-m", "workflow=flaky", "variant=a", "hydra/launcher=basic")
     (flaky / "fail").write_text("")
@@ -102,6 +104,7 @@ def test_rerun_failed_reruns_only_the_failed_jobs(flaky):
         ("variant=a", "cached"), ("variant=b", "completed")]
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_completed_runs_and_the_same_command_resumes(flaky):
     (flaky / "slow").write_text("")
     cmd = [sys.executable, "-m", "wtb_conf", "-m", "workflow=flaky", "variant=a,b",
@@ -135,6 +138,7 @@ def test_ctrl_c_leaves_completed_runs_and_the_same_command_resumes(flaky):
         ("variant=a", "cached"), ("variant=b", "completed")]
 
 
+@pytest.mark.slow
 def test_a_cache_hit_whose_files_lost_a_blob_runs_again(tmp_path):
     """#27 item 9: a hit is served only when every blob of its commit can be read."""
     project = copy_project(tmp_path)

@@ -39,6 +39,7 @@ def jcall(wtb, *args):
     return json.loads(wtb(*args, "--json").out)
 
 
+@pytest.mark.slow
 def test_runs_json(wtb):
     runs = jcall(wtb, "runs", "--sweep", "last")
     assert len(runs) == 4 and all(set(r) == RUN_KEYS for r in runs)
@@ -197,6 +198,7 @@ def test_the_docs_say_wtb_runs_only_reads():
     assert "records as failed" not in runs and "only reads" in runs
 
 
+@pytest.mark.slow
 def test_the_readme_tour_examples_change_what_the_user_sees(tmp_path):
     # its own sweep: a rollback replays in the run's launch dir, which a copy of `demo` is not
     project = copy_project(tmp_path)

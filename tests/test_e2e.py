@@ -106,6 +106,7 @@ def wtb(project: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_demo_sweep_on_postgresql(pg_server, tmp_path):
     """The demo with `storage=postgres`, its URL from the environment as a team would set it
     (a plain libpq URL: the store gets psycopg's driver name, the checkpointer defaults to

@@ -39,6 +39,7 @@ def check_envs_demo(project: Path, envs_dir: Path) -> None:
 RAY_STARTED = "Started a local Ray instance"
 
 
+@pytest.mark.slow
 def test_envs_demo_with_the_embedded_manager(tmp_path):
     project = copy_project(tmp_path)
     proc = run_bench(project, "-m", "+experiment=envs_demo")
@@ -59,6 +60,7 @@ def test_envs_demo_with_the_embedded_manager(tmp_path):
     assert again.stdout.count(" s (it had it)") == 2
 
 
+@pytest.mark.slow
 def test_envs_demo_with_a_manager_named_by_address(tmp_path):
     project = copy_project(tmp_path / "project")
     proc, grpc_addr, _ = start_server(tmp_path / "manager", "--token", TOKEN)
@@ -83,6 +85,7 @@ def test_an_env_python_other_than_the_drivers_is_a_clear_error(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_manager_address_that_does_not_answer_is_a_clear_error(tmp_path):
     project = copy_project(tmp_path)
     proc = run_bench(project, "-m", "workflow=table_report", "env=tabulate_09",

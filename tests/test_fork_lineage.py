@@ -134,6 +134,7 @@ def resumed(project) -> dict[str, dict]:
     return {"paused": paused, "resume": resume, "replay": replay}
 
 
+@pytest.mark.slow
 def test_after_a_node_the_run_ran_itself(project, grid):
     drop = grid["drop"]
     new = fork(project, *DROP, f"+fork.run={drop['run_id'][:10]}", "+fork.after=clean")
@@ -144,6 +145,7 @@ def test_after_a_node_the_run_ran_itself(project, grid):
     assert new["commit"] == drop["commit"]
 
 
+@pytest.mark.slow
 def test_after_a_node_a_shared_prefix_inherited_two_hops_up(project, grid):
     """fill@0.5 inherited `load` from fill@0.1, which inherited it from drop@0.1."""
     fill_05, drop = grid["fill_05"], grid["drop"]
@@ -156,6 +158,7 @@ def test_after_a_node_a_shared_prefix_inherited_two_hops_up(project, grid):
     assert new["commit"] == fill_05["commit"]
 
 
+@pytest.mark.slow
 def test_after_a_node_of_a_cache_hit(project, grid):
     """The cache hit ran nothing; the run it reused (drop@0.5) inherited `load`."""
     cached, drop = grid["cached"], grid["drop"]
@@ -167,6 +170,7 @@ def test_after_a_node_of_a_cache_hit(project, grid):
     assert new["commit"] == grid["drop_05"]["commit"]
 
 
+@pytest.mark.slow
 def test_after_a_node_of_a_resumed_run(project, grid, resumed):
     paused = resumed["paused"]
     new = fork(project, *DROP, f"+fork.run={resumed['resume']['run_id']}",
@@ -180,6 +184,7 @@ def test_after_a_node_of_a_resumed_run(project, grid, resumed):
     assert new["commit"] == grid["drop"]["commit"]  # drop@0.1 from start to end
 
 
+@pytest.mark.slow
 def test_after_a_node_of_a_replayed_resume(project, grid, resumed):
     """The issue: this fork executed only `summarize` and inherited `validate`."""
     paused = resumed["paused"]
@@ -197,6 +202,7 @@ def test_after_a_node_of_a_replayed_resume(project, grid, resumed):
     ("resume", DROP, ["summarize"]),
     ("replay", DROP, ["summarize"]),
 ])
+@pytest.mark.slow
 def test_fork_checkpoint_of_runs_that_inherited(project, grid, resumed, kind, config,
                                                 executed):
     """`fork.checkpoint` is the named run's own checkpoint, here the copied one it started
@@ -212,6 +218,7 @@ def test_fork_checkpoint_of_runs_that_inherited(project, grid, resumed, kind, co
     check_case(new, log, "orders", holder, at, executed)
 
 
+@pytest.mark.slow
 def test_refused_when_the_store_lost_the_ancestors_checkpoint(project, resumed, tmp_path,
                                                               request):
     """In a copy of the store without the paused run's checkpoint links of `orders` (and

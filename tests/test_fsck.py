@@ -352,6 +352,7 @@ def test_cli_is_read_only_without_repair_and_usage_errors_exit_2():
     assert e.value.code == 2
 
 
+@pytest.mark.slow
 def test_a_real_sweep_is_clean(tmp_path):
     project = copy_project(tmp_path)
     run_bench(project, "-m", "workflow=file_processing", "variant=drop_invalid",

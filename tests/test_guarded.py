@@ -143,6 +143,7 @@ def cases(run: dict) -> dict[str, dict]:
         (["fault-get-state"], STATE_ERROR, STATE_ERROR, True),
     ],
 )
+@pytest.mark.slow
 def test_a_failing_case_keeps_its_error_whatever_fails_after_it(project, markers, error,
                                                                  bad_error, committed):
     proc, run = sweep(project, *markers)
@@ -178,6 +179,7 @@ def test_a_failing_case_keeps_its_error_whatever_fails_after_it(project, markers
     assert wtb(project, "log", run["run_id"])[-1]["kind"] == "run_failed"
 
 
+@pytest.mark.slow
 def test_a_failing_final_commit_with_no_failing_case_fails_the_run(project):
     # b: nothing else failed: the commit's error is the run's, and the run is not left running
     proc, run = sweep(project, "fault-final-commit")
@@ -196,6 +198,7 @@ def test_a_failing_final_commit_with_no_failing_case_fails_the_run(project):
     assert events.count("run_failed") == 1
 
 
+@pytest.mark.slow
 def test_without_faults_the_run_completes(project):
     proc, run = sweep(project)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -204,6 +207,7 @@ def test_without_faults_the_run_completes(project):
                                                              "bad": "completed"}
 
 
+@pytest.mark.slow
 def test_a_failure_recording_the_failed_case_does_not_replace_its_error(project):
     # the thread's record fails; finish_run, which closes the threads left running with the
     # run's error, would still give the case the node's error

@@ -106,6 +106,7 @@ def looped(tmp_path_factory) -> Path:
     return project
 
 
+@pytest.mark.slow
 def test_a_loop_that_never_takes_its_exit_is_stopped_by_the_recursion_limit(looped):
     first = runs(looped)[0]
     assert first["status"] == "failed"

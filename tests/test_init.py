@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import run_bench
 
 WTB = [sys.executable, "-m", "wtb_conf.cli"]
@@ -17,6 +18,7 @@ def wtb(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*WTB, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_init_makes_a_project_that_sweeps(tmp_path):
     proc = wtb(tmp_path, "init", "hello")
     assert proc.returncode == 0, proc.stderr
@@ -47,6 +49,7 @@ def test_init_refuses_to_overwrite_and_names_the_files(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_store_directory_holding_a_users_files_is_named(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data/orders.csv").write_text("id\n1\n")

@@ -58,6 +58,7 @@ def test_the_demo_sweep_names_its_best_job(demo):
     assert rows[0]["scores"]["kept.f1"] == pytest.approx(0.97368, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_wtb_evaluate_rescores_stored_runs_without_running_a_node(demo, tmp_path):
     project = tmp_path / "demo"
     shutil.copytree(demo, project)
@@ -93,6 +94,7 @@ def test_wtb_evaluate_rescores_stored_runs_without_running_a_node(demo, tmp_path
     assert len(evaluations(project, rows[0]["run_id"])) == 3
 
 
+@pytest.mark.slow
 def test_a_cached_sweep_with_changed_evaluators_rescores_instead_of_running(demo, tmp_path):
     project = tmp_path / "demo"
     shutil.copytree(demo, project)
@@ -136,6 +138,7 @@ def shaky(state):
 """
 
 
+@pytest.mark.slow
 def test_why_a_job_failed_node_traceback_and_success_rate(tmp_path):
     (tmp_path / "conf/workflow").mkdir(parents=True)
     (tmp_path / "conf/workflow/judged.yaml").write_text(JUDGED)

@@ -113,6 +113,7 @@ class TestWtbRayLauncherIntegration(IntegrationTestSuite):
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HERE), path])))
 
 
+@pytest.mark.slow
 def test_a_planner_s_done_jobs_and_env_vars_reach_hydra(tmp_path):
     proc = crash_sweep(tmp_path, "+mode=ok", PLANNER, xs="0,1,2", extra=["+done=0,1"])
     assert proc.returncode == 0, proc.stderr
@@ -136,12 +137,17 @@ def done_jobs(tmp_path: Path) -> list[int]:
     return sorted(int(p.name.split("-")[1]) for p in (tmp_path / "sweep").glob("*/done-*"))
 
 
-def ray_processes() -> dict[int, str]:
-    """Ray's own live processes on this machine (raylet, GCS, workers): pid -> command line."""
+def ray_processes(home: Path | None = None) -> dict[int, str]:
+    """Ray's own live processes on this machine (raylet, GCS, workers): pid -> command line;
+    with `home`, only those whose environment has HOME=home (those a sweep run with that HOME
+    started: they inherit it), so that other tests' clusters (parallel workers) do not count."""
     out = {}
+    mark = f"HOME={home}".encode() if home else None
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if mark and mark not in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                continue
         except OSError:
             continue
         if "/ray/core/src/ray/" in cmd or cmd.startswith("ray::"):
@@ -180,6 +186,7 @@ def test_a_job_that_exits_its_process_is_failed_without_a_retry(tmp_path):
     assert done_jobs(tmp_path) == [0, 1, 3]
 
 
+@pytest.mark.slow
 def test_a_job_over_its_timeout_is_killed_and_failed(tmp_path):
     # The clock starts when the job is handed to an actor, actor start included (seconds on
     # a loaded 2-core machine): 10 s leaves room for that, and the bad job sleeps 60.
@@ -201,6 +208,7 @@ def runs_by_job(project: Path) -> dict[int, dict]:
         return {r["job_num"]: r for r in store.runs(store.last_sweep())}
 
 
+@pytest.mark.slow
 def test_parity_with_the_basic_launcher(demo, tmp_path):
     basic = copy_project(tmp_path)
     run_bench(basic, "-m", "+experiment=demo", "hydra/launcher=basic")
@@ -216,6 +224,7 @@ def test_parity_with_the_basic_launcher(demo, tmp_path):
             other["status"], other["commit"], other["config_digest"], other["job_key"])
 
 
+@pytest.mark.slow
 def test_wtb_job_whose_process_dies_is_failed_with_the_cause(tmp_path):
     project = copy_project(tmp_path)
     nodes = project / "experiments/file_processing/nodes.py"
@@ -245,6 +254,7 @@ def test_bad_launcher_settings_are_clear_errors(tmp_path, override, message):
     assert done_jobs(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_on_a_fresh_local_ray_a_dead_actor_is_replaced_and_ray_is_stopped(tmp_path):
     """`local_workers=false`: the default path to a local Ray, started for the sweep, with
     Ray's own auth defaults (a token it writes to $HOME/.ray, here a temporary HOME)."""
@@ -260,11 +270,13 @@ def test_on_a_fresh_local_ray_a_dead_actor_is_replaced_and_ray_is_stopped(tmp_pa
     # cluster's, the module's `joined` one, may lose actors meanwhile.) Its workers exit on
     # their own once their raylet has gone, which on a loaded machine can take a moment.
     deadline = time.monotonic() + 60
-    while (left := ray_processes().keys() - before.keys()) and time.monotonic() < deadline:
+    home = tmp_path / "home"
+    while (left := ray_processes(home).keys() - before.keys()) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not left, [ray_processes().get(pid) for pid in left]
+    assert not left, [ray_processes(home).get(pid) for pid in left]
 
 
+@pytest.mark.slow
 def test_twenty_jobs_run_at_once_on_two_cores(tmp_path):
     """Jobs that wait (an LLM call) need no core: num_cpus=0.1 runs 20 at once. Each job
     waits until all 20 have started; with fewer at once they would time out instead."""

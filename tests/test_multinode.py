@@ -122,6 +122,7 @@ def builds(root: Path) -> int:
     return total
 
 
+@pytest.mark.slow
 def test_a_sweep_with_two_envs_runs_across_the_nodes_into_one_store(cluster, tmp_path, pg_url):
     nodes, hidden, root = cluster
     project = copy_project(Path(tempfile.mkdtemp(dir=hidden)))
@@ -170,6 +171,7 @@ def test_a_sweep_with_two_envs_runs_across_the_nodes_into_one_store(cluster, tmp
     assert builds(root) == built  # each job went where its env was: nothing built again
 
 
+@pytest.mark.slow
 def test_on_a_shared_disk_each_job_still_gets_its_env_on_its_node(cluster, tmp_path, pg_url):
     """shared_disk left true: this launch dir is outside the hidden one, so every node sees it
     at its path (as an NFS home would be). Nothing is shipped and the job dirs are the usual
@@ -192,6 +194,7 @@ def test_on_a_shared_disk_each_job_still_gets_its_env_on_its_node(cluster, tmp_p
     assert set(where.values()) == {"n1", "n2"}, where
 
 
+@pytest.mark.slow
 def test_a_node_lost_mid_sweep_has_its_jobs_retried_on_the_other(cluster, tmp_path, pg_url):
     nodes, hidden, root = cluster
     project = copy_project(Path(tempfile.mkdtemp(dir=hidden)))

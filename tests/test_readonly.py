@@ -77,6 +77,7 @@ def test_writer_in_a_read_only_directory_is_one_clear_error(project, after_a_rea
     assert digest(project / "data") == before
 
 
+@pytest.mark.slow
 def test_readers_do_not_wait_for_a_writer(project, tmp_path):
     """A sweep holds the write lock while it commits; a reader must not queue behind it."""
     writer = sqlite3.connect(project / "data" / "wtb.db", isolation_level=None, timeout=60)

@@ -103,6 +103,7 @@ def held(project: Path, *args: str) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_rerun_failed_of_a_replay_sweep_after_its_temp_dir_is_gone(gate):
     run_bench(gate, "-m", "workflow=gate", check=False)  # `ok` is missing: the job fails
     base = last_run(gate)
@@ -146,6 +147,7 @@ def test_rerun_failed_of_a_replay_sweep_after_its_temp_dir_is_gone(gate):
         (["rerun=False", "workflow.nodes.work.need=ok2"], "completed")]
 
 
+@pytest.mark.slow
 def test_an_interrupted_resume_is_rerun_from_its_stored_config(gate):
     run_bench(gate, "-m", "workflow=gate", check=False)
     base = last_run(gate)
@@ -170,6 +172,7 @@ def test_an_interrupted_resume_is_rerun_from_its_stored_config(gate):
     assert done["config_yaml"] == stopped["config_yaml"]
 
 
+@pytest.mark.slow
 def test_a_replay_reports_its_own_run_while_another_sweep_runs(gate):
     (gate / "ok").write_text("")
     run_bench(gate, "-m", "workflow=gate")

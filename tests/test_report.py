@@ -68,6 +68,7 @@ def job_order(page) -> list[int]:
     return [int(t) for t in page.locator("#comparison tbody tr td:first-child").all_inner_texts()]
 
 
+@pytest.mark.slow
 def test_demo_report_in_a_browser(demo, tmp_path, browser):
     with open_store(str(demo / "data/wtb.db"), demo / "data/blobs", readonly=True) as store:
         sweep = store.runs()[0]["sweep_id"]  # the demo sweep (other tests may add sweeps)
@@ -145,6 +146,7 @@ evaluators:
 """
 
 
+@pytest.mark.slow
 def test_failures_are_shown_with_traceback_node_and_red_row(tmp_path, browser, monkeypatch):
     project = tmp_path / "flaky"
     (project / "conf/workflow").mkdir(parents=True)

@@ -137,6 +137,7 @@ def test_rm_one_run_removes_only_what_it_alone_needed(project, tmp_path):
     assert "removed 0 blobs" in wtb(project, "gc").stdout  # nothing left over
 
 
+@pytest.mark.slow
 def test_rm_a_sweep_and_what_is_refused(project):
     sweep = runs(project)[0]["sweep_id"]
     err = wtb(project, "rm", "ffffffff", code=1).stderr
@@ -209,6 +210,7 @@ def test_a_crash_mid_rm_leaves_a_consistent_store(project, where):
         assert json.loads(wtb(project, "fsck", "--json").stdout)["clean"]
 
 
+@pytest.mark.slow
 def test_rm_on_postgresql_store_and_checkpointer(pg_url, tmp_path, monkeypatch):
     import psycopg
     from conftest import copy_project

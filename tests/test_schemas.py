@@ -366,6 +366,7 @@ def files_of(root: Path) -> dict[str, bytes]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_bad_value_refuses_the_sweep_with_the_store_untouched(tmp_path):
     project = copy_project(tmp_path / "fresh")
     proc = run_bench(project, "-m", "+experiment=demo", "workflow.edges=5", check=False)

@@ -80,6 +80,7 @@ def base(project) -> list[dict]:
     return runs
 
 
+@pytest.mark.slow
 def test_shared_prefix_runs_once_and_gives_the_same_outputs(project, base, backend, request,
                                                            tmp_path):
     drop, fill = (show(project, r["run_id"]) for r in base)
@@ -100,6 +101,7 @@ def test_shared_prefix_runs_once_and_gives_the_same_outputs(project, base, backe
         assert case(show(alone, unshared[1]["run_id"]), name)["executed"][0] == "load"
 
 
+@pytest.mark.slow
 def test_fork_through_the_entry_point(project, base):
     drop, fill = base
     run_bench(project, *DEMO, "variant=fill_defaults", f"+fork.run={drop['run_id'][:10]}",
@@ -115,6 +117,7 @@ def test_fork_through_the_entry_point(project, base):
     assert f"forked from: {drop['run_id'][:8]}" in text and "inherited load" in text
 
 
+@pytest.mark.slow
 def test_bad_fork_configs_are_recorded_failures_naming_the_key(project, base):
     proc = run_bench(project, *DEMO, "+fork.run=0000beef", check=False)
     assert proc.returncode == 1 and "fork.run: no run matches '0000beef'" in proc.stderr
@@ -135,6 +138,7 @@ def test_bad_fork_configs_are_recorded_failures_naming_the_key(project, base):
            "(storage.checkpoints) the run used" in proc.stderr
 
 
+@pytest.mark.slow
 def test_rerun_one_run_from_the_store_gives_the_same_commit(project, base):
     proc = wtb(project, "rerun", base[0]["run_id"][:8])
     again = show(project, new_run(proc))
@@ -143,6 +147,7 @@ def test_rerun_one_run_from_the_store_gives_the_same_commit(project, base):
     assert again["overrides"] == ["rerun=True"]
 
 
+@pytest.mark.slow
 def test_rollback_then_resume(project, base, tmp_path):
     drop = show(project, base[0]["run_id"])
     cp = next(c for c in case(drop, "orders")["checkpoints"] if c["nodes"] == ["clean"])
@@ -164,6 +169,7 @@ def test_rollback_then_resume(project, base, tmp_path):
     assert case(resumed, "orders")["commit"] == case(drop, "orders")["commit"]
 
 
+@pytest.mark.slow
 def test_breakpoint_pauses_and_resume_sets_state(project):
     proc = run_bench(project, *DEMO, "variant=drop_invalid",
                      "+workflow.interrupt_before=[summarize]")
@@ -184,6 +190,7 @@ def test_breakpoint_pauses_and_resume_sets_state(project):
         assert "rows_out" in c["final_state"]
 
 
+@pytest.mark.slow
 def test_resume_and_rollback_refuse_bad_input(project, base):
     run = base[0]["run_id"][:8]
     proc = wtb(project, "resume", run, check=False)
@@ -203,6 +210,7 @@ def test_resume_and_rollback_refuse_bad_input(project, base):
     assert f"is a cache hit of run {cached['cached_from'][:8]}" in proc.stderr
 
 
+@pytest.mark.slow
 def test_input_files_are_stored_identity_and_replayed(project, base):
     """Last in this module: it changes an input file of the project."""
     run = show(project, base[0]["run_id"])

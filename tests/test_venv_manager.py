@@ -239,6 +239,7 @@ def test_a_build_killed_midway_leaves_no_half_env(tmp_path):
         stop(proc)
 
 
+@pytest.mark.slow
 def test_an_address_that_does_not_answer_is_a_clear_error_within_seconds():
     t = time.monotonic()
     with pytest.raises(EnvError, match="venv manager at 127.0.0.1:9 did not answer"):

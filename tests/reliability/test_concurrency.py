@@ -35,6 +35,8 @@ import time
 import traceback
 from pathlib import Path
 
+import pytest
+
 PROCESSES = 8
 COMMITS = 500
 SMALL_FILES = 8  # a process's own small files (inline rows)
@@ -286,6 +288,7 @@ def check_store(base: Path, db_url: str, results: list[dict], commits: int) -> N
         assert len(verified) > len(big)
 
 
+@pytest.mark.slow
 def test_concurrent_commits(db_url, tmp_path):
     started = time.perf_counter()
     results = start_workers(tmp_path, PROCESSES, "commits", COMMITS, db_url)
@@ -330,6 +333,7 @@ def test_sqlite_stores_opened_at_once_wait_while_one_turns_the_new_file_to_wal(t
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+@pytest.mark.slow
 def test_sqlite_open_waits_out_a_checkpoint_at_close(tmp_path):
     """The last connection to close a store copies the whole WAL into the database holding an
     exclusive lock: seconds for a big WAL (1.2 GB took 18 s here). A process opening the
@@ -355,6 +359,7 @@ def test_sqlite_open_waits_out_a_checkpoint_at_close(tmp_path):
     assert waited > 5
 
 
+@pytest.mark.slow
 def test_identical_jobs_recorded_at_once_one_runs_the_others_reuse_it(db_url, tmp_path):
     """8 runs of the same job recorded at the same moment: exactly one finds no earlier twin
     running and runs; every other one waits for that one and gets it as its cache hit. (The

@@ -107,6 +107,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> str:
     return path.read_text()
 
 
+@pytest.mark.slow
 def test_an_actor_killed_mid_job_is_retried_and_the_others_are_untouched(project):
     (project / "hang-b").touch()
     sweep = start(project, TAGS, "hydra.launcher.local_workers=false")
@@ -129,6 +130,7 @@ def test_an_actor_killed_mid_job_is_retried_and_the_others_are_untouched(project
     assert_nothing_lost(project)
 
 
+@pytest.mark.slow
 def test_the_driver_killed_mid_sweep_is_recorded_and_the_same_command_completes(project):
     (project / "hang-c").touch()
     sweep = start(project, TAGS)
@@ -157,6 +159,7 @@ def test_the_driver_killed_mid_sweep_is_recorded_and_the_same_command_completes(
     assert_nothing_lost(project)
 
 
+@pytest.mark.slow
 def test_ctrl_c_marks_the_interrupted_run_with_an_event_and_the_command_resumes(project):
     (project / "hang-b").touch()
     sweep = start(project, TAGS)
@@ -175,6 +178,7 @@ def test_ctrl_c_marks_the_interrupted_run_with_an_event_and_the_command_resumes(
     assert_nothing_lost(project)
 
 
+@pytest.mark.slow
 def test_a_timeout_is_recorded_with_its_cause_on_the_run_and_its_cases(project):
     (project / "hang-b").touch()
     proc = run_bench(project, "-m", "workflow=fault", TAGS, "hydra.launcher.timeout_s=10",
@@ -190,6 +194,7 @@ def test_a_timeout_is_recorded_with_its_cause_on_the_run_and_its_cases(project):
     assert_nothing_lost(project)
 
 
+@pytest.mark.slow
 def test_a_job_that_ends_its_own_process_is_failed_once_with_the_exit_code(project):
     (project / "exit-b").touch()
     proc = run_bench(project, "-m", "workflow=fault", TAGS, check=False)
@@ -201,6 +206,7 @@ def test_a_job_that_ends_its_own_process_is_failed_once_with_the_exit_code(proje
     assert_nothing_lost(project)
 
 
+@pytest.mark.slow
 def test_under_the_basic_launcher_os_exit_ends_the_sweep_and_the_next_look_records_it(project):
     (project / "exit-b").touch()
     proc = run_bench(project, "-m", "workflow=fault", TAGS, "hydra/launcher=basic",

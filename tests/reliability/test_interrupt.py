@@ -123,6 +123,7 @@ def sweep_runs(project: Path, sweep: str = "last") -> list[dict]:
 
 
 @pytest.mark.parametrize("rerun", [False, True], ids=["cache", "rerun=true"])
+@pytest.mark.slow
 def test_ctrl_c_mid_job_then_the_same_command_runs_only_what_is_missing(project, rerun):
     args = [TAGS, *(["rerun=true"] if rerun else [])]
     (project / "hang-c").touch()
@@ -144,6 +145,7 @@ def test_ctrl_c_mid_job_then_the_same_command_runs_only_what_is_missing(project,
 
 
 @pytest.mark.parametrize("after_s", [0.3, 1.0, 2.0, 3.0, 4.5])
+@pytest.mark.slow
 def test_ctrl_c_at_any_moment_ends_in_one_line_and_the_same_command_finishes(project, after_s):
     """From Python's imports to the final table, depending on where the moment lands."""
     sweep = start(project, TAGS)
@@ -162,6 +164,7 @@ def test_ctrl_c_at_any_moment_ends_in_one_line_and_the_same_command_finishes(pro
     assert_nothing_lost(project)
 
 
+@pytest.mark.slow
 def test_sigterm_is_handled_like_ctrl_c(project):
     (project / "hang-b").touch()
     sweep = start(project, TAGS)
@@ -170,6 +173,7 @@ def test_sigterm_is_handled_like_ctrl_c(project):
     assert_nothing_lost(project)
 
 
+@pytest.mark.slow
 def test_wtb_rerun_failed_after_ctrl_c_with_rerun_true_runs_only_the_missing_jobs(project):
     (project / "hang-b").touch()
     sweep = start(project, TAGS, "rerun=true", "hydra.launcher.num_cpus=2")  # one at a time
@@ -199,6 +203,7 @@ def test_a_node_that_ends_its_process_gives_the_summary_and_no_traceback(project
 
 
 @pytest.mark.parametrize("local", [True, False], ids=["local worker", "ray actor"])
+@pytest.mark.slow
 def test_a_job_killed_in_its_second_node_is_retried_from_a_clean_case_dir(project, local):
     """The jobs share the `first` node: a retry restored that prefix into the case dir the
     killed attempt had left (FileExistsError); it must start clean."""

@@ -10,6 +10,7 @@ import os
 import textwrap
 from pathlib import Path
 
+import pytest
 from conftest import run_bench
 from test_faults import assert_nothing_lost, runs, wtb
 
@@ -48,6 +49,7 @@ def write(state):
 """
 
 
+@pytest.mark.slow
 def test_links_many_files_and_vanishing_files_are_committed_as_they_were(tmp_path):
     (tmp_path / "conf/workflow").mkdir(parents=True)
     (tmp_path / "conf/workflow/outputs.yaml").write_text(WORKFLOW)

@@ -11,6 +11,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from conftest import run_bench
 from test_faults import NODES, WORKFLOW, assert_nothing_lost, runs, start, tag, wait_for, wtb
 
@@ -28,6 +29,7 @@ def sweeps(project: Path) -> list[dict]:
         return [dict(r) for r in conn.execute("SELECT * FROM sweeps ORDER BY created_at")]
 
 
+@pytest.mark.slow
 def test_two_identical_jobs_at_once_run_once_and_the_second_is_a_cache_hit(tmp_path):
     project = project_in(tmp_path)
     (project / "hang-a").touch()
@@ -46,6 +48,7 @@ def test_two_identical_jobs_at_once_run_once_and_the_second_is_a_cache_hit(tmp_p
     assert_nothing_lost(project)
 
 
+@pytest.mark.slow
 def test_two_sweeps_given_the_same_sweep_dir_at_once_get_a_dir_each(tmp_path):
     """The first sweep is held running while the second starts; a third, started after both
     ended, uses the dir again (as Hydra would). The dir's name needs quoting in an override."""
@@ -68,6 +71,7 @@ def test_two_sweeps_given_the_same_sweep_dir_at_once_get_a_dir_each(tmp_path):
     assert_nothing_lost(project)
 
 
+@pytest.mark.slow
 def test_a_retry_that_succeeds_leaves_a_completed_sweep(tmp_path):
     """A job whose first attempt failed and whose retry completed does not fail its sweep."""
     project = project_in(tmp_path)
@@ -105,6 +109,7 @@ def test_a_sweep_with_no_workflow_writes_nothing_to_the_store(tmp_path):
     assert listed.returncode == 2 and "no store" in listed.stderr
 
 
+@pytest.mark.slow
 def test_every_status_change_has_its_event(tmp_path):
     project = project_in(tmp_path)
     run_bench(project, "-m", "workflow=fault", "workflow.nodes.work.tag=a")
