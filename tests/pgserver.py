@@ -45,17 +45,17 @@ def _die_with_parent() -> None:
 
 def _remove_dead_servers() -> None:
     """The directories of servers a killed session left (they died with it): those whose
-    postmaster is gone, and those that never got one, after ten minutes."""
+    postmaster is gone, ten minutes on. Not sooner: initdb's bootstrap backend writes a
+    postmaster.pid too and exits, so another xdist worker's server, starting, looks dead."""
     for root in Path(tempfile.gettempdir()).glob("wtb-pg-*"):
         try:
+            if time.time() - root.stat().st_mtime < 600:
+                continue  # another session's or worker's, starting
             pid = int((root / "data" / "postmaster.pid").read_text().split()[0])
             os.kill(pid, 0)
             continue  # a live server, another session's
-        except ProcessLookupError:
-            pass
         except (OSError, ValueError, IndexError):
-            if time.time() - root.stat().st_mtime < 600:
-                continue  # another session's, starting
+            pass  # no postmaster (ProcessLookupError is an OSError), or none ever started
         shutil.rmtree(root, ignore_errors=True)
 
 
