@@ -13,6 +13,7 @@ import pytest
 from conftest import run_bench
 
 from wtb_conf.results import compare
+from wtb_conf.results import report as report_module
 from wtb_conf.results.report import node_durations
 from wtb_conf.store import open_store
 
@@ -54,12 +55,15 @@ def assert_self_contained(html: str) -> None:
         assert loads not in html, loads
 
 
-def open_page(browser, path: Path):
-    """The report in a new page, and the list of every URL the page requested."""
+def open_page(browser, path: Path, dialogs: list[str] | None = None):
+    """The report in a new page, and the list of every URL the page requested; `dialogs`
+    gets the message of each dialog the page opens (alert() and the like)."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(30_000)
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
+    if dialogs is not None:
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     page.goto(path.as_uri())
     return page, requests
 
@@ -199,3 +203,103 @@ def test_node_durations_are_the_gaps_to_the_previous_event_of_the_same_case():
     assert got.keys() == {"load", "clean"}
     assert [round(s, 3) for s in got["load"]] == [0.3, 0.8]
     assert [round(s, 3) for s in got["clean"]] == [0.75]
+
+
+EVIL = "<script>alert(1)</script>"
+
+
+def hostile_store(store, files: Path) -> list[str]:
+    """A sweep in which every string a user can write is markup: argv, override keys and
+    values, case names, errors, tracebacks, failed nodes, node, metric, score and evaluator
+    names, evaluator errors, file paths. Written through the Store's API."""
+    sweep = store.create_sweep(["-m", f"x={EVIL}", "q='\"&amp;"])
+    (files / "<dir>").mkdir(parents=True)
+    (files / "<dir>" / "<b>.txt").write_text("a")
+    commit = store.commit_dir(files)
+    first = None
+    for job in range(3):
+        failed = job == 2
+        run = store.start_run(sweep, job, [f'name=<b title="x">{job}</b>&', f"+q<i>='{job}'"],
+                              "wf", "{}", "d", "/tmp/job", parent_run=first)
+        case = f"{EVIL}{job}"
+        store.start_thread(run, f"{run}/{case}", case, first and {
+            "thread_id": f"{first}/{EVIL}0", "checkpoint_id": "c", "path": ["<load>"]})
+        store.log_event("commit", {"thread_id": f"{run}/{case}"}, run_id=run)
+        store.log_event("node", {"thread_id": f"{run}/{case}", "node": "<n&>"}, run_id=run)
+        error = 'ValueError: <img src=x onerror=alert(2)> & "q"' if failed else None
+        store.finish_thread(f"{run}/{case}", "failed" if failed else "completed", {}, None,
+                            error=error, failed_node="<node>" if failed else None,
+                            traceback="</pre><script>alert(3)</script>" if failed else None)
+        store.finish_run(run, "failed" if failed else "completed", commit, {"<m>": job}, error)
+        summary = {"scores": {"s'&": 0.5}, "kinds": {}, "errors": {"<judge>": 1},
+                   "pass_rate": None, "success_rate": 0.0 if failed else 1.0, "cases": 1}
+        store.add_evaluation(run, "run", "k", {"objective": "<m>", "mode": "max"},
+                             {case: {"scores": {}, "errors": {"<judge>": f"TypeError: {EVIL}"}}},
+                             summary)
+        first = first or run
+    run = store.start_run(sweep, 3, [f"name={EVIL}"], "wf", "{}", "d", "/tmp/job")
+    store.finish_run(run, "failed", None, {}, f"WorkflowError: {EVIL}", f"Traceback: {EVIL}")
+    return [sweep]
+
+
+@pytest.fixture(scope="module")
+def hostile_page(tmp_path_factory, browser):
+    """The report of hostile_store, written by write_report and open in Chromium, with the
+    URLs it requested and the dialogs it opened (an unescaped <img onerror> or <script>
+    would add to them)."""
+    tmp = tmp_path_factory.mktemp("hostile")
+    with open_store(str(tmp / "wtb.db"), tmp / "blobs") as store:
+        sweeps = hostile_store(store, tmp / "files")
+        out = report_module.write_report(store, sweeps, tmp / "report.html")
+    dialogs: list[str] = []
+    page, requests = open_page(browser, out, dialogs)
+    yield page, out.read_text(), requests, dialogs, out
+    page.close()
+
+
+def test_user_markup_runs_nothing_and_fetches_nothing(hostile_page):
+    page, html, requests, dialogs, out = hostile_page
+    assert html.count("<script") == 1 and "<img" not in html  # the page's own script only
+    assert requests == [out.as_uri()] and dialogs == []
+    assert page.locator("#comparison tbody tr").count() == 4  # nothing broke the table
+
+
+HOSTILE = [  # (what the user wrote, where it shows on the page, the text shown there)
+    ("sweep argv", "p.sub code", f"python -m wtb_conf -m x={EVIL} q='\"&amp;"),
+    ("override value", "#comparison tbody td", '<b title="x">0</b>&'),
+    ("override value, run heading", ".run h3", f"#3 {EVIL}"),
+    ("override key", "#comparison th", "q<i>"),
+    ("metric name and objective", "#comparison th", "<m>"),
+    ("score name", "#comparison th", "s'&"),
+    ("case name", ".run li b", f"{EVIL}0"),
+    ("forked case's parent and inherited nodes", ".run li", f"{EVIL}0, inherited <load>"),
+    ("case error", "#failures ~ p", 'failed in node <node>: ValueError: <img src=x onerror'),
+    ("run error, status cell", "#comparison tbody td", f"failed (WorkflowError: {EVIL})"),
+    ("case traceback", "#failures ~ pre", "</pre><script>alert(3)</script>"),
+    ("run traceback", "#failures ~ pre", f"Traceback: {EVIL}"),
+    ("evaluator error", "#failures + ul li", f"evaluator <judge> TypeError: {EVIL}"),
+    ("node name", "#durations ~ .charts td", "<n&>"),
+    ("node name, run line", ".run p.note", "nodes: <n&>"),
+    ("file path", ".run details li code", "<dir>/<b>.txt"),
+]
+
+
+@pytest.mark.parametrize(("what", "where", "text"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_user_strings_show_as_text(hostile_page, what, where, text):
+    page = hostile_page[0]
+    page.locator("details summary").first.click()  # the file list is collapsed
+    shown = page.locator(where).all_text_contents()
+    assert any(text in s for s in shown), (what, shown)
+    titles = page.locator("#comparison th").evaluate_all("hs => hs.map(h => h.title)")
+    assert "q<i>" in titles and "<m>" in titles  # the full keys, in attributes
+
+
+def test_the_page_is_rendered_from_template_files_in_the_package():
+    from importlib.resources import files
+
+    templates = files("wtb_conf.results") / "templates"
+    for name in ("report.html.j2", "report.css", "report.js"):
+        assert (templates / name).is_file(), name
+    env = report_module._environment()
+    assert env.autoescape is True
+    assert "th[aria-sort=ascending]" in (templates / "report.css").read_text()
