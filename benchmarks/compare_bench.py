@@ -175,8 +175,7 @@ def build(db: Path, blobs: Path, sweeps: int, jobs: int, big: int, checkpoints: 
           batch: int, seed: int = 0) -> dict[str, Any]:
     """The store: a sweep of `big` jobs, then `sweeps` sweeps of `jobs` jobs."""
     from wtb_conf.job.admission import installed  # what job.run writes, for the data
-    from wtb_conf.job.scoring import summarize
-    from wtb_conf.job.task import metrics_of
+    from wtb_conf.job.scoring import metrics_of, summarize
 
     rng = random.Random(seed)
     template = _config_template(

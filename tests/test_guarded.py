@@ -13,7 +13,7 @@ are injected by the node module itself: when a marker file sits next to it, impo
   a failed case;
 - `fail-node`: the node raises ValueError on case `bad` (x < 0).
 
-Setup failing after the store was opened (open_job) is tested in-process: the store must be
+Setup failing after the store was opened (admit) is tested in-process: the store must be
 closed and the error must propagate.
 """
 
@@ -271,7 +271,7 @@ class Boom(Exception):
 )
 def test_setup_that_fails_after_the_store_opened_closes_it(project, monkeypatch, target,
                                                            error):
-    # c: open_job raises after opening the store: the store is closed, the error propagates
+    # c: admit raises after opening the store: the store is closed, the error propagates
     cfg, hydra = _config(project)
     monkeypatch.setattr(HydraConfig.instance(), "cfg", hydra)
     if target.endswith("create_sweep"):
@@ -281,7 +281,7 @@ def test_setup_that_fails_after_the_store_opened_closes_it(project, monkeypatch,
             monkeypatch.setenv(admission.SWEEP_ENV, store.create_sweep(["workflow=guarded"]))
     opened: list[Store] = []
     closed: list[Store] = []
-    real_open, real_close = admission.open_store, Store.close
+    real_open, real_close = admission.store_at, Store.close
 
     def open_store_(*args, **kwargs):
         opened.append(real_open(*args, **kwargs))
@@ -294,7 +294,7 @@ def test_setup_that_fails_after_the_store_opened_closes_it(project, monkeypatch,
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(admission, "open_store", open_store_)
+    monkeypatch.setattr(admission, "store_at", open_store_)
     monkeypatch.setattr(Store, "close", close)
     monkeypatch.setattr(target, fail)
     with pytest.raises(type(error)) as info:

@@ -1,5 +1,5 @@
 """wtb_conf's planner, the parts that need no store or env: which job waits for which
-(`Planner._order`, shared prefixes) and the task config a planner reads."""
+(`_order` over the checked configs, shared prefixes) and the task config a planner reads."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from hydra_plugins.wtb_conf_launcher.plan import Plan
-from wtb_conf.driver.planner import Planner, _task_config
+from wtb_conf.driver.planner import _checked, _order, _task_config
 
 ROUTER = {"router": {"_target_": "flows.small_or_big", "limit": 3}, "to": ["add", "double"]}
 
@@ -36,7 +36,7 @@ def task(**changes: Any):
 
 def order(cfgs, plans=None) -> list[int | None]:
     plans = plans or [Plan() for _ in cfgs]
-    Planner()._order(cfgs, plans)
+    _order([_checked(cfg) for cfg in cfgs], plans)
     return [p.waits_for for p in plans]
 
 
@@ -57,7 +57,7 @@ FACTORY = {"workflow": {"factory": {"_target_": "flows.factory"}, "cases": {"one
         ([A, {"workflow__edges": [["START", "add"], ["add", "double"], ["double", "add"]]}],
          [None, 0]),
         ([A, {"workflow__routes": {"double": ROUTER}}], [None, 0]),
-        ([A, {"workflow__name": "renamed", "workflow__metrics": {"m": {"_target_": "f"}}}],
+        ([A, {"workflow__name": "renamed", "workflow__metrics": {"m": "x"}}],
          [None, 0]),
         # the first node's config, what leaves it, the input and the env do
         ([A, {"workflow__nodes__add___target_": "flows.double"}], [None, None]),
@@ -111,7 +111,6 @@ def test_a_job_that_never_shares_neither_waits_nor_leads(never_shares):
         {"share_prefixes": True},
         {"rerun": False},
         {"fork": None},
-        {"fork": {}},
         {"workflow__interrupt_before": []},
         {"workflow__interrupt_after": None},
     ],
@@ -141,6 +140,7 @@ def test_a_job_whose_first_step_cannot_be_told_is_left_alone(broken):
         {"share_prefixes": "${oc.env:WTB_TEST_SURELY_UNSET}"},
         {"rerun": "${nope}"},
         {"fork": "${nope}"},
+        {"fork": {}},  # a fork naming no run: the job fails on its config
         {"workflow__interrupt_before": "${nope}"},
     ],
 )

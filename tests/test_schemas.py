@@ -30,11 +30,12 @@ from wtb_conf.config.models import (
     WorkflowConfig,
     check,
     check_config,
+    storage_spec,
 )
 from wtb_conf.driver.callback import swept_groups
 from wtb_conf.driver.envs import EnvError, spec_for
-from wtb_conf.job.admission import storage_paths
-from wtb_conf.job.fork import ForkError, plan
+from wtb_conf.job.admission import job_config
+from wtb_conf.job.fork import ForkError
 from wtb_conf.job.scoring import check_compare
 from wtb_conf.job.workflow import WorkflowError, build_graph
 from wtb_conf.store import StoreError, open_store
@@ -220,7 +221,7 @@ def test_the_good_config_passes_and_keeps_node_params():
     ("blob_root", "s3://bucket/prefix", "s3://bucket/prefix"),  # a URL is not a relative path
 ])
 def test_storage_accepts_paths_and_urls(key, value, stored):
-    assert storage_paths(STORAGE | {key: value}, Path("/launch"))[key] == stored
+    assert getattr(storage_spec(STORAGE | {key: value}, Path("/launch")), key) == stored
 
 
 def test_every_problem_is_one_line_under_its_group():
@@ -237,9 +238,10 @@ def test_every_problem_is_one_line_under_its_group():
      "workflow.edges: expected a list"),
     (lambda: spec_for({"python": 3.1}, {}, "job #0 (env=x)"), EnvError,
      "job #0 (env=x): env.python: 3.1 is a number"),
-    (lambda: storage_paths(STORAGE | {"inline_max": -1}, Path(".")), StoreError,
+    (lambda: storage_spec(STORAGE | {"inline_max": -1}, Path(".")), StoreError,
      "storage.inline_max: -1 is not a size"),
-    (lambda: plan(None, {"run": "ab", "pause": "maybe"}, None), ForkError,
+    (lambda: job_config(OmegaConf.create({"workflow": changed("workflow", "name", "x"),
+                                          "fork": {"run": "ab", "pause": "maybe"}})), ForkError,
      "fork.pause: expected true or false"),
     (lambda: check_compare({"mode": "best"}, {}), WorkflowError, "compare.mode: 'best'"),
 ])
@@ -531,7 +533,7 @@ def test_long_values_are_clipped_in_messages_and_long_keys_refused():
 
 
 def test_a_metric_missing_in_a_case_is_marked_missing_not_averaged(caplog):
-    from wtb_conf.job.task import metrics_of
+    from wtb_conf.job.scoring import metrics_of
 
     finals = {"a": {"n": 2, "d": {"x": 1}}, "b": {"n": None, "d": {}}}
     with caplog.at_level("WARNING"):

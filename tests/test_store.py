@@ -624,13 +624,13 @@ def test_a_store_that_cannot_be_opened_is_a_store_error_naming_it(tmp_path, db_u
      ({"inline_max": True}, "storage.inline_max: True is not a size")],
 )
 def test_bad_storage_values_name_their_key(tmp_path, storage, message):
-    from wtb_conf.job.admission import storage_paths
+    from wtb_conf.config.models import storage_spec
 
     good = {"db_url": "sqlite:///data/wtb.db", "blob_root": "data/blobs",
             "checkpoints": "data/checkpoints.db", "inline_max": 65536}
-    assert storage_paths(good, tmp_path)["inline_max"] == 65536
+    assert storage_spec(good, tmp_path).inline_max == 65536
     with pytest.raises(StoreError, match=message):
-        storage_paths(good | storage, tmp_path)
+        storage_spec(good | storage, tmp_path)
 
 
 # -- what the job's identity leaves out (wtb_conf.job.identity), as docs/config.md says ----------

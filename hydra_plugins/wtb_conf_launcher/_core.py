@@ -162,8 +162,8 @@ class Pool:
 
     def submit(self, worker: Any, job: Job, plan: Plan) -> Future:
         if isinstance(worker, LocalWorker):
-            return worker.submit(job.config, plan.env_vars)
-        return worker.submit(job.config, plan.env_vars, self.shared)
+            return worker.submit(job.config, plan.env_vars, plan.handoff)
+        return worker.submit(job.config, plan.env_vars, plan.handoff, self.shared)
 
 
 def _close(workers: list[Any], idle: dict[str, list[Any]]) -> None:

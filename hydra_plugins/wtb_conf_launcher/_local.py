@@ -123,10 +123,10 @@ class LocalWorker:
     def alive(self) -> bool:
         return self.process.is_alive()
 
-    def submit(self, config: DictConfig, env_vars: dict[str, str]) -> Future:
+    def submit(self, config: DictConfig, env_vars: dict[str, str], handoff: Any) -> Future:
         future: Future = Future()
         try:
-            self.conn.send((config, env_vars))
+            self.conn.send((config, env_vars, handoff))
         except OSError:  # it died while idle
             future.set_exception(self._died())
             return future

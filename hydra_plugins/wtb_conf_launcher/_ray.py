@@ -115,12 +115,13 @@ class JobActor:
         self.launch_dir = launch_dir or os.getcwd()
         enter(self.launch_dir, code_paths)
 
-    def run(self, config: DictConfig, env_vars: dict[str, str], hydra_context: HydraContext,
-            task_function: TaskFunction, singleton_state: dict[Any, Any]) -> tuple[Any, float]:
+    def run(self, config: DictConfig, env_vars: dict[str, str], handoff: Any,
+            hydra_context: HydraContext, task_function: TaskFunction,
+            singleton_state: dict[Any, Any]) -> tuple[Any, float]:
         Singleton.set_state(singleton_state)
         if self.shipped:
             _nodes.relocate(config, self.launch_dir, _nodes.jobs_root())
-        return execute(task_function, hydra_context, config, env_vars)
+        return execute(task_function, hydra_context, config, env_vars, handoff)
 
 
 class RayWorker:
@@ -136,7 +137,8 @@ class RayWorker:
         self.node = node
         self.where = f"{self.where}, node {node[:8]}"
 
-    def submit(self, config: DictConfig, env_vars: dict[str, str], shared: list[Any]) -> Future:
+    def submit(self, config: DictConfig, env_vars: dict[str, str], handoff: Any,
+               shared: list[Any]) -> Future:
         out: Future = Future()
 
         def failed(e: BaseException) -> None:
@@ -162,7 +164,8 @@ class RayWorker:
             except BaseException as e:
                 failed(e)
                 return
-            actor.run.remote(config, env_vars, *shared).future().add_done_callback(done)
+            actor.run.remote(config, env_vars, handoff, *shared).future().add_done_callback(
+                done)
 
         self.actor.add_done_callback(made)
         return out

@@ -14,6 +14,8 @@ from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from . import plan
+
 
 class WorkerDied(Exception):
     """The process running a job ended under it (OOM kill, os._exit, a lost node).
@@ -35,14 +37,16 @@ def enter(launch_dir: str, code_paths: list[str]) -> None:
 
 
 def execute(task_function: TaskFunction, hydra_context: HydraContext, config: DictConfig,
-            env_vars: dict[str, str]) -> tuple[JobReturn, float]:
+            env_vars: dict[str, str], handoff: Any = None) -> tuple[JobReturn, float]:
     started = time.perf_counter()
     setup_globals()
     saved = {k: os.environ.get(k) for k in env_vars}
     os.environ.update(env_vars)
     try:
-        ret = run_job(hydra_context=hydra_context, config=config, task_function=task_function,
-                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        with plan.handing(handoff):
+            ret = run_job(hydra_context=hydra_context, config=config,
+                          task_function=task_function, job_dir_key="hydra.sweep.dir",
+                          job_subdir_key="hydra.sweep.subdir")
     finally:
         for key, value in saved.items():
             if value is None:

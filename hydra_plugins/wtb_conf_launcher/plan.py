@@ -12,7 +12,8 @@ Without a planner every job runs, in the driver's interpreter, as soon as a work
 
 # No `from __future__ import annotations`: Hydra imports this module outside sys.modules
 # while scanning plugins, and dataclasses cannot resolve string annotations there.
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,8 +62,30 @@ class Plan:
     # A failure it is told of is the job's result, {"status": "failed", "error": ...},
     # a COMPLETED JobReturn: Hydra's sweeper ends the sweep with a traceback on a FAILED one.
     on_failure: Callable[[BaseException, bool, float], None] | None = None
+    # handed to the task function where the job runs, as `handoff()` there (picklable): what
+    # the planner made of the job, so that the job need not make it again
+    handoff: Any = None
 
     @property
     def interpreter(self) -> str:
         """Which workers can run the job: "" is the driver's interpreter."""
         return self.python or (f"node-env:{self.node_env.key}" if self.node_env else "")
+
+
+_handed: list[Any] = [None]  # the running job's Plan.handoff, in its worker
+
+
+def handoff() -> Any:
+    """In a job's worker, while its task function runs: its plan's `handoff` (None without a
+    planner, or under another launcher)."""
+    return _handed[0]
+
+
+@contextlib.contextmanager
+def handing(value: Any) -> Iterator[None]:
+    """The launcher's side of handoff(): `value` is the running job's."""
+    _handed[0] = value
+    try:
+        yield
+    finally:
+        _handed[0] = None

@@ -5,7 +5,7 @@ fields of type `file` / `text_file`). Each problem is one line naming the key an
 be valid, values clipped (a 100 KB value is not echoed whole).
 
 They run at the sweep's start on every job's config (wtb_conf.driver.preflight) and again when a job
-starts (wtb_conf.job.admission.check_graph); the parameter checks run wherever a `_target_` is
+starts (wtb_conf.job.admission.job_config); the parameter checks run wherever a `_target_` is
 imported (wtb_conf.job.workflow)."""
 
 from __future__ import annotations

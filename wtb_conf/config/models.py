@@ -16,6 +16,7 @@ values, since a variant may add the node an edge names or set the `_target_` its
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from omegaconf import OmegaConf
@@ -63,6 +64,8 @@ from wtb_conf.config.values import (
     problems,
     show,
 )
+from wtb_conf.storage import StorageSpec
+from wtb_conf.store.errors import StoreError
 
 # The per-run rates a compare.objective may name beside the metrics and evaluators' scores
 # (scoring computes them; compare shows them): here, where compare.objective is checked.
@@ -312,6 +315,14 @@ class StorageConfig(Group):
                                                          "file or a postgresql:// URL")
     inline_max: Size = Field(
         None, description="blobs up to this many bytes are stored in the database")
+
+
+def storage_spec(storage: Any, base: Path) -> StorageSpec:
+    """The storage group, validated, with its relative paths resolved against `base` (the
+    launch dir): the one place a storage config becomes a StorageSpec."""
+    spec = check(StorageConfig, storage, "storage", error=StoreError)
+    return StorageSpec.resolve(spec.db_url, spec.blob_root, spec.checkpoints, spec.inline_max,
+                               base)
 
 
 class ForkConfig(Group):

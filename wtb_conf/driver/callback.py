@@ -25,11 +25,11 @@ from wtb_conf.config.models import GROUPS, check_config
 from wtb_conf.config.values import ConfigError
 from wtb_conf.driver import interrupts, preflight
 from wtb_conf.job import admission, checkpointer
-from wtb_conf.job.admission import CONTINUES_ENV, SWEEP_ENV, open_store_for, storage_paths
+from wtb_conf.job.admission import CONTINUES_ENV, SWEEP_ENV, storage_of
 from wtb_conf.job.fork import ForkError
 from wtb_conf.job.workflow import WorkflowError
 from wtb_conf.results import compare
-from wtb_conf.store import StoreError
+from wtb_conf.store import StoreError, store_at
 from wtb_conf.store.files import check_room
 from wtb_conf.store.lifecycle import DONE
 
@@ -201,10 +201,10 @@ def check_primary(config: DictConfig, swept: set[str]) -> None:
         raise ConfigError("\n".join(problems))
     if "workflow" not in config or not {"workflow", "env", "compare", "fork"} <= whole:
         return
-    # its targets import in its env's interpreter, not here: the rest is checked
-    imports = not admission.wants_env(admission.plain(config.get("env")))
     # (what fork.* names in the store: a job's recorded failure)
-    admission.check_graph(config, imports=imports, launch_dir=Path.cwd())
+    checked = admission.job_config(config, Path.cwd())
+    if not admission.wants_env(checked.env):  # its targets import in its env's interpreter
+        admission.check_imports(checked)
 
 
 class ConfigRefused(SystemExit):
@@ -228,18 +228,6 @@ def _continue(store: Any, sweep_id: str) -> None:
         os.environ[CONTINUES_ENV] = ",".join(chain)
     else:
         os.environ.pop(CONTINUES_ENV, None)
-
-
-def _local_dirs(paths: dict[str, Any]) -> list[str]:
-    """Where the sweep writes on this machine: the launch dir, and the store's database and
-    blob root when they are files here (not URLs of a server)."""
-    prefix = "sqlite:///"
-    dirs = [os.getcwd()]
-    if paths["db_url"].startswith(prefix):
-        dirs.append(os.path.dirname(paths["db_url"][len(prefix):]) or ".")
-    if "://" not in paths["blob_root"]:
-        dirs.append(paths["blob_root"])
-    return dirs
 
 
 def _unfinished(run: dict[str, Any]) -> bool:
@@ -274,7 +262,8 @@ class SweepCallback(Callback):
                 log.warning("jobs not checked at the sweep's start: %s: %s",
                             type(e).__name__, e)
         try:  # (a connection that may wait for its timeout: not with interrupts held)
-            checkpointer.check_reachable(storage_paths(config.storage, Path.cwd())["checkpoints"])
+            storage = storage_of(config, Path.cwd())
+            checkpointer.check_reachable(storage.checkpoints)
         except StoreError as e:
             raise ConfigRefused(e) from None
         # Ctrl-C waits while the store is made, the sweep recorded and claimed: an empty
@@ -282,8 +271,10 @@ class SweepCallback(Callback):
         with interrupts.held():
             try:  # before the store is made or migrated and the sweep dir claimed: a refused
                 # sweep leaves nothing behind
-                check_room(_local_dirs(storage_paths(config.storage, Path.cwd())))
-                store, _ = open_store_for(config, Path.cwd())
+                # where the sweep writes on this machine: the launch dir, and the store's
+                # database and blob root when they are files here
+                check_room([os.getcwd(), *storage.local_dirs()])
+                store = store_at(storage)
             except StoreError as e:  # a db_url SQLAlchemy cannot open, a dir blocked by a file
                 # (or a disk with no room for it)
                 raise ConfigRefused(e) from None
@@ -314,7 +305,7 @@ class SweepCallback(Callback):
         if self.sweep_id is None:
             _open = None
             return
-        with interrupts.held(), open_store_for(config, Path.cwd())[0] as store:
+        with interrupts.held(), store_at(storage_of(config, Path.cwd())) as store:
             jobs = max(self.jobs, self.expected)
             status = store.finish_sweep(self.sweep_id, error, jobs=jobs)
             _open = None  # only now: an interrupt before this still gets the sweep closed

@@ -30,6 +30,7 @@ from hydra.errors import CompactHydraException
 from venv_manager.proto import venv_manager_pb2 as pb
 from venv_manager.proto import venv_manager_pb2_grpc as pb_grpc
 from wtb_conf.config.models import EnvConfig, check
+from wtb_conf.storage import StorageSpec
 
 CONNECT_TIMEOUT_S = 10  # a configured manager that does not answer within this is an error
 START_TIMEOUT_S = 60
@@ -64,13 +65,12 @@ def _what(spec: pb.EnvSpec) -> str:
     return ", ".join([f"python {spec.python}", *own])
 
 
-def runtime_for(storage: Mapping[str, Any] | None) -> tuple[str, ...]:
-    """The distributions an env's job needs to run against `storage` (the job's group)."""
+def runtime_for(storage: StorageSpec | None) -> tuple[str, ...]:
+    """The distributions an env's job needs to run against `storage` (the job's)."""
     names = RUNTIME
-    storage = storage or {}
-    if any(str(storage.get(k) or "").startswith("postgres") for k in ("db_url", "checkpoints")):
+    if storage is not None and (storage.sqlite_file is None or storage.postgres_checkpoints):
         names += POSTGRES_RUNTIME
-    if "://" in str(storage.get("blob_root") or ""):
+    if storage is not None and "://" in storage.blob_root:
         names += FSSPEC_RUNTIME
     return names
 
@@ -85,7 +85,7 @@ def driver_python() -> str:
 
 
 def spec_for(env_cfg: Any, labels: Mapping[str, str], job: str,
-             storage: Mapping[str, Any] | None = None) -> pb.EnvSpec:
+             storage: StorageSpec | None = None) -> pb.EnvSpec:
     """The EnvSpec for a job: its packages plus the runtime (for its `storage`) at the
     driver's exact versions."""
     env = check(EnvConfig, env_cfg, "env", error=lambda message: EnvError(f"{job}: {message}"))

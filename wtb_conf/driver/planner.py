@@ -30,14 +30,16 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, open_dict, read_write
 
 from hydra_plugins.wtb_conf_launcher.plan import Job, NodeEnv, Plan
 from wtb_conf.driver.envs import bench_path, connect, provide_on_node, spec_for
 from wtb_conf.job import admission
+from wtb_conf.job.admission import Admission, JobConfig
 from wtb_conf.job.fork import first_step_key
 from wtb_conf.job.workflow import BREAKPOINTS
-from wtb_conf.storage import is_postgres
+from wtb_conf.storage import StorageSpec, is_postgres
+from wtb_conf.store import Store, store_at
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,79 @@ def _as_job(job: Job) -> Iterator[None]:
             HydraConfig.instance().set_config(hydra_cfg)
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+def _checked(cfg: DictConfig) -> JobConfig | Exception:
+    """The job's config checked (importing nothing), or the error that check raised: the job's
+    recorded failure."""
+    try:
+        return admission.job_config(cfg)
+    except Exception as e:
+        return e
+
+
+def _storage(cfg: DictConfig, job: Job) -> StorageSpec | None:
+    try:
+        return admission.storage_of(cfg, Path(job.config.hydra.runtime.cwd))
+    except Exception:  # the job reports it
+        return None
+
+
+def _forwarded(job: Job) -> dict[str, str]:
+    """The environment a job's worker gets, for a job that admits itself there (a planner's
+    admission hands these over as values). storage=postgres resolves WTB_DB_URL & co. in each
+    job: a job on another node must find the store the sweep's start checked (the
+    driver's), not its node's or the default."""
+    out = {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}
+    for key in (admission.SWEEP_ENV, admission.CONTINUES_ENV):
+        if os.environ.get(key):
+            out[key] = os.environ[key]
+    out[admission.LAUNCH_DIR_ENV] = str(job.config.hydra.runtime.cwd)
+    return out
+
+
+def _settle_admitted(store: Store, admitted: Admission, plan: Plan) -> None:
+    if admitted.config is None:  # the job would fail the same way in its worker
+        run_id = admission.record_start(store, admitted)
+        plan.done, plan.where = True, "planner"
+        plan.result = admission.record_failure(store, run_id, admitted.error)
+        return
+    try:
+        hit = admission.cache_hit(store, admitted)
+    except Exception as e:  # e.g. the store is busy: the job looks again in its worker
+        log.warning("planner: job #%s is left to run: %s: %s", admitted.num,
+                    type(e).__name__, e)
+        hit = None
+    if hit is not None:
+        run_id = admission.record_start(store, admitted)
+        plan.done, plan.where = True, "cache"
+        plan.result = admission.record_cached(store, run_id, *hit)
+        return
+    if not plan.python:  # its targets import here (in an env's interpreter: only there)
+        try:
+            admission.check_imports(admitted.config)
+        except Exception as e:  # the job would fail the same way in its worker
+            run_id = admission.record_start(store, admitted)
+            plan.done, plan.where = True, "planner"
+            plan.result = admission.record_failure(store, run_id, e)
+            return
+    plan.handoff = admitted
+
+
+def _order(configs: list[JobConfig | Exception], plans: list[Plan]) -> None:
+    """Jobs whose first step is the same wait for the first of them (shared prefixes)."""
+    first: dict[str, int] = {}
+    for i, config in enumerate(configs):
+        if plans[i].done or not isinstance(config, JobConfig) or not config.share_prefixes \
+                or config.rerun or config.fork is not None \
+                or any(getattr(config.workflow, k) for k in BREAKPOINTS):
+            continue  # jobs that never share
+        try:
+            key = first_step_key(config.data, config.env)
+        except Exception:  # the job reports its own config errors when it runs
+            continue
+        if key in first:
+            plans[i].waits_for = first[key]
+        else:
+            first[key] = i
 
 
 class Planner:
@@ -105,55 +178,52 @@ class Planner:
 
     @contextlib.contextmanager
     def __call__(self, jobs: list[Job]) -> Iterator[list[Plan]]:
-        from wtb_conf.driver import callback as sweep_callback  # (it imports the CLI's)
+        from wtb_conf.driver import callback  # (it imports the CLI's)
 
-        sweep_callback.expect_jobs(len(jobs))
+        callback.expect_jobs(len(jobs))
         cfgs = [_task_config(j.config) for j in jobs]
-        sweep = os.environ.get(admission.SWEEP_ENV)
-        # storage=postgres resolves these in each job: a job on another node must find the
-        # store the sweep's start checked (the driver's), not its node's or the default
-        forwarded = {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}
-        if sweep:
-            forwarded[admission.SWEEP_ENV] = sweep
-        if continues := os.environ.get(admission.CONTINUES_ENV):
-            forwarded[admission.CONTINUES_ENV] = continues
-        plans = [Plan(env_vars={**forwarded,
-                                admission.LAUNCH_DIR_ENV: str(j.config.hydra.runtime.cwd)})
-                 for j in jobs]
+        configs = [_checked(cfg) for cfg in cfgs]  # each job's config, checked once
+        plans = [Plan(env_vars=_forwarded(j)) for j in jobs]
         with contextlib.ExitStack() as stack:
-            envs = self._envs(stack, jobs, cfgs)
+            envs = self._envs(stack, jobs, cfgs, configs)
             for i, job in enumerate(jobs):
                 env = envs[i]
                 if env is not None:
                     plans[i].where = f"ray, env {job.config.hydra.runtime.choices.get('env')}"
-                if isinstance(env, NodeEnv):  # its lock is known on its node: the job looks
-                    plans[i].node_env = env   # for a cache hit itself, there
-                    plans[i].on_failure = functools.partial(self._failed, job, cfgs[i], None)
+                if isinstance(env, NodeEnv):  # its lock is known on its node: the job admits
+                    plans[i].node_env = env   # itself there
+                    plans[i].on_failure = functools.partial(self._failed, job, cfgs[i], None,
+                                                            plans[i])
                     continue
                 if env is not None:
                     plans[i].python, plans[i].python_path = env.python, [env.bench_path]
                     plans[i].env_vars[admission.ENV_ID] = env.env_id
-                self._settle(job, cfgs[i], plans[i], env)
+                self._settle(job, cfgs[i], configs[i], plans[i], env)
                 if not plans[i].done:
-                    plans[i].on_failure = functools.partial(self._failed, job, cfgs[i], env)
-            self._order(cfgs, plans)
+                    plans[i].on_failure = functools.partial(self._failed, job, cfgs[i], env,
+                                                            plans[i])
+            _order(configs, plans)
             yield plans
 
-    def _settle(self, job: Job, cfg: DictConfig, plan: Plan, env: JobEnv | None) -> None:
-        """Record the job now if it needs no worker: a cache hit, or a config that cannot run."""
+    def _settle(self, job: Job, cfg: DictConfig, config: JobConfig | Exception, plan: Plan,
+                env: JobEnv | None) -> None:
+        """Admit the job, and record it now if it needs no worker: a cache hit, or a config
+        that cannot run. Otherwise its admission goes to the job with its plan."""
         with _as_job(job):
             try:
-                opened = admission.open_job(cfg, job.config.hydra, env and env.lock)
+                admitted, store = admission.admit(
+                    cfg, job.config.hydra, env and env.lock, env and env.env_id,
+                    env.python if env else sys.executable, config)
             except Exception as e:  # the job meets it again and records it: not the planner's
                 log.warning("planner: job #%s is left to run: %s: %s", job.num,
                             type(e).__name__, e)
                 return
-            with opened.store:
-                self._settle_opened(job, cfg, plan, env, opened)
+            with store:
+                _settle_admitted(store, admitted, plan)
 
     @staticmethod
-    def _failed(job: Job, cfg: DictConfig, env: JobEnv | None, error: BaseException,
-                retrying: bool, since: float) -> None:
+    def _failed(job: Job, cfg: DictConfig, env: JobEnv | None, plan: Plan,
+                error: BaseException, retrying: bool, since: float) -> None:
         """The launcher's word on a job that failed where it could not record it (it timed
         out, its worker died, it never started, it raised before recording a run): on the
         run of that attempt, if the job got to record one, else as a failed run of its own."""
@@ -161,16 +231,21 @@ class Planner:
         tb = "".join(traceback.format_exception(error))  # (a dead actor's: Ray's report)
         with _as_job(job):
             try:
-                opened = admission.open_job(cfg, job.config.hydra, env and env.lock)
+                if isinstance(plan.handoff, Admission):
+                    admitted, store = plan.handoff, store_at(plan.handoff.storage)
+                else:
+                    admitted, store = admission.admit(
+                        cfg, job.config.hydra, env and env.lock, env and env.env_id,
+                        env.python if env else sys.executable)
             except Exception as e:  # what failed the job fails here too: record it bare
                 log.warning("planner: job #%s: %s: %s", job.num, type(e).__name__, e)
                 admission.record_unopened(cfg, job.config.hydra, cause)
                 return
-            with opened.store as store:
+            with store:
                 # the attempt's runs started after `since`, by the clock of their start times
                 begun = datetime.fromtimestamp(since + store.clock_offset(), UTC).isoformat(
                     timespec="microseconds")
-                attempt = [r for r in store.runs(opened.sweep_id)
+                attempt = [r for r in store.runs(admitted.sweep_id)
                            if r["job_num"] == job.num and r["started_at"] >= begun]
                 if attempt:  # a run that ended on its own knew more than the launcher does
                     for run in attempt:
@@ -179,50 +254,27 @@ class Planner:
                     return
                 if retrying:  # died before it began: the next attempt records the job
                     return
-                python = env.python if env else sys.executable
-                run_id = admission.record_start(opened, cfg, job.config.hydra, python,
-                                             env and env.env_id)
+                run_id = admission.record_start(store, admitted)
                 store.finish_run(run_id, "failed", None, {}, cause)
 
-    @staticmethod
-    def _settle_opened(job: Job, cfg: DictConfig, plan: Plan, env: JobEnv | None,
-                       opened: admission.Opened) -> None:
-        try:
-            hit = admission.cache_hit(opened, cfg)
-        except Exception as e:  # e.g. the store is busy: the job looks again in its worker
-            log.warning("planner: job #%s is left to run: %s: %s", job.num, type(e).__name__, e)
-            return
-        python, env_id = plan.python or sys.executable, env and env.env_id
-        if hit is not None:
-            run_id = admission.record_start(opened, cfg, job.config.hydra, python, env_id)
-            plan.done, plan.where = True, "cache"
-            plan.result = admission.record_cached(opened, run_id, *hit)
-            return
-        if plan.python:  # its nodes may import what only its env has: the job checks itself
-            return
-        try:
-            admission.check_job(cfg)
-        except Exception as e:  # the job would fail the same way in its worker
-            run_id = admission.record_start(opened, cfg, job.config.hydra, python, env_id)
-            plan.done, plan.where = True, "planner"
-            plan.result = admission.record_failure(opened, run_id, e)
-
-    def _envs(self, stack: contextlib.ExitStack, jobs: list[Job],
-              cfgs: list[DictConfig]) -> list[JobEnv | NodeEnv | None]:
+    def _envs(self, stack: contextlib.ExitStack, jobs: list[Job], cfgs: list[DictConfig],
+              configs: list[JobConfig | Exception]) -> list[JobEnv | NodeEnv | None]:
         """Per job: its env, or None for the driver's interpreter. On a cluster joined by
         address, an env is made on the node each job lands on (NodeEnv), unless
         `venv_manager` names a manager (whose paths must then be valid on every node)."""
         specs: list[bytes | None] = []
         distinct: dict[bytes, tuple[Any, str]] = {}  # spec -> (spec, the first job wanting it)
-        for job, cfg in zip(jobs, cfgs, strict=True):
-            env_cfg = _plain(cfg.get("env")) or {}
+        for job, cfg, config in zip(jobs, cfgs, configs, strict=True):
+            env_cfg = (config.env if isinstance(config, JobConfig)
+                       else admission.plain(cfg.get("env")))
+            env_cfg = env_cfg or {}
             if not admission.wants_env(env_cfg):
                 specs.append(None)
                 continue
             choices = job.config.hydra.runtime.choices
             labels = {k: choices[k] for k in ("workflow", "variant", "env") if choices.get(k)}
             name = f"job #{job.num} ({' '.join(job.overrides)})"
-            spec = spec_for(env_cfg, labels, name, _plain(cfg.get("storage")))
+            spec = spec_for(env_cfg, labels, name, _storage(cfg, job))
             key = spec.SerializeToString(deterministic=True)
             distinct.setdefault(key, (spec, name))
             specs.append(key)
@@ -256,29 +308,12 @@ class Planner:
             found = dict(zip(distinct, pool.map(provide, distinct.values()), strict=True))
         return [found[k] if k else None for k in specs]
 
-    def _order(self, cfgs: list[DictConfig], plans: list[Plan]) -> None:
-        """Jobs whose first step is the same wait for the first of them (shared prefixes)."""
-        first: dict[str, int] = {}
-        for i, cfg in enumerate(cfgs):
-            try:
-                if plans[i].done or not cfg.get("share_prefixes", True) or cfg.get("rerun") \
-                        or cfg.get("fork") or any(cfg.workflow.get(k) for k in BREAKPOINTS):
-                    continue  # jobs that never share
-                key = first_step_key(_plain(cfg.workflow), _plain(cfg.get("env")))
-            except Exception:  # the job reports its own config errors when it runs
-                continue
-            if key in first:
-                plans[i].waits_for = first[key]
-            else:
-                first[key] = i
-
-
 def check_shared_storage(storage: Any) -> None:
     """A store every node reaches: not a file on the driver's disk (SQLite), and a blob root
     that is not inside the launch dir. Errors name the key and what would be valid."""
     from hydra_plugins.wtb_conf_launcher.settings import LauncherError
 
-    storage = _plain(storage)
+    storage = admission.plain(storage)
     why = ("but hydra.launcher.shared_disk=false runs jobs on nodes that do not share this "
            "machine's disk")
     db_url = str(storage.get("db_url") or "")

@@ -156,7 +156,7 @@ class Composer:
         return _resolved(base, task)
 
 
-GRAPH_KEYS = ("workflow", "env", "compare", "fork")  # what check_graph reads
+GRAPH_KEYS = ("workflow", "env", "compare", "fork")  # what job_config checks
 
 
 def check_task(data: dict[str, Any], launch_dir: Path,
@@ -194,8 +194,9 @@ def _check_rest(part: dict[str, Any], data: dict[str, Any], launch_dir: Path) ->
 def _check_graph(part: dict[str, Any], data: dict[str, Any], launch_dir: Path) -> None:
     check_config(part, whole=GROUPS)
     cfg = OmegaConf.create({**part, **{k: None for k in data if k not in part}})
-    admission.check_graph(cfg, imports=not admission.wants_env(data.get("env")),
-                       launch_dir=launch_dir)
+    config = admission.job_config(cfg, launch_dir)
+    if not admission.wants_env(data.get("env")):  # (an env's targets import only there)
+        admission.check_imports(config)
 
 
 def _differing(jobs: list[list[str]]) -> list[list[str]]:

@@ -1,6 +1,11 @@
-"""A job before any of its nodes runs: its identity, the store records that open it, and the
-two ways it ends without running (a cache hit, a config that cannot run). Used by the job
-itself (wtb_conf.job.task) and, ahead of it, by wtb_conf's planner (wtb_conf.driver.planner).
+"""A job before any of its nodes runs, made once: its config checked (`JobConfig`), where it
+is stored, its identity and the records that open it (`Admission`), and the two ways it ends
+without running (a cache hit, a config that cannot run).
+
+Where a planner runs (the default launcher), the planner admits each job in the driver and
+hands the Admission to the job with its plan (`hydra_plugins.wtb_conf_launcher.plan`); the job
+admits itself only where no planner ran (Hydra's basic launcher, `hydra/launcher=wtb_ray`, or
+a job whose env is built on the node it lands on). Nothing downstream checks the config again.
 """
 
 from __future__ import annotations
@@ -24,22 +29,25 @@ from wtb_conf.config.checks import (
     state_path_problems,
     top_level_problems,
 )
-from wtb_conf.config.models import ForkConfig, StorageConfig, check
+from wtb_conf.config.models import FlagsConfig, ForkConfig, WorkflowConfig, check, storage_spec
 from wtb_conf.job.fork import ForkError
 from wtb_conf.job.identity import identity_of, input_files
 from wtb_conf.job.scoring import check_compare, eval_key, evaluators_of, rescore
 from wtb_conf.job.workflow import WorkflowError, build_graph, check_workflow
-from wtb_conf.store import Store, StoreError, open_store
+from wtb_conf.storage import StorageSpec
+from wtb_conf.store import Store, StoreError, store_at
 
 log = logging.getLogger(__name__)
 
-SWEEP_ENV = "WTB_SWEEP_ID"  # set by the sweep callback in the driver; jobs file under it
+# Set in a job's environment where no planner hands it an Admission: the sweep callback's
+# (the sweep the job files under), a planner's for a job whose env is made on its node.
+SWEEP_ENV = "WTB_SWEEP_ID"
 # the interrupted sweeps this one finishes (comma-separated ids): with rerun=true, their
 # completed runs are still cache hits, so that the same command finishes what they began
 CONTINUES_ENV = "WTB_CONTINUES"
-ENV_ID = "WTB_ENV_ID"  # set by the planner for a job that runs in a venv_manager env
-# set by the planner: the driver's launch dir, which a run records (a job shipped to another
-# node runs in a copy of it there, which `wtb rerun` on the driver could not find)
+ENV_ID = "WTB_ENV_ID"  # the venv_manager env a job runs in
+# the driver's launch dir, which a run records (a job shipped to another node runs in a copy
+# of it there, which `wtb rerun` on the driver could not find)
 LAUNCH_DIR_ENV = "WTB_LAUNCH_DIR"
 
 
@@ -66,38 +74,101 @@ def installed(path: tuple[str, ...] | None = None) -> list[str]:
     return sorted(found)
 
 
-def storage_paths(storage: Any, base: Path) -> dict[str, Any]:
-    """The storage group, validated, with relative paths resolved against `base` (the launch
-    dir). URLs (postgresql://..., s3://...) are passed on as they are: they name the same
-    place from every directory and node."""
-
-    def path(p: str) -> str:
-        return p if "://" in p else str(p if os.path.isabs(p) else base / p)
-
-    spec = check(StorageConfig, storage, "storage", error=StoreError)
-    db_url, prefix = spec.db_url, "sqlite:///"
-    if db_url.startswith(prefix) and db_url[len(prefix):] not in ("", ":memory:"):
-        db_url = prefix + path(db_url[len(prefix):])
-    return {
-        "db_url": db_url,
-        "blob_root": path(spec.blob_root),
-        "checkpoints": path(spec.checkpoints),
-        "inline_max": spec.inline_max,
-    }
-
-
-def open_store_for(cfg: DictConfig, base: Path) -> tuple[Store, dict[str, Any]]:
-    paths = storage_paths(cfg.storage, base)
-    return open_store(paths["db_url"], paths["blob_root"], paths["inline_max"]), paths
-
-
 def plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def _commit_inputs(store: Store, cfg: DictConfig, launch_dir: Path) -> str | None:
+def wants_env(env_cfg: Mapping[str, Any] | None) -> bool:
+    """Whether a job's env group asks for its own interpreter (the default env does not).
+    Here, not in wtb_conf.driver.envs: a job in an env's interpreter has no venv_manager to
+    import."""
+    return bool(env_cfg) and bool(env_cfg.get("packages") or env_cfg.get("python"))
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A job's config as its run reads it, checked: the workflow model and its plain data,
+    the compare settings, the fork, the switches. Picklable (handed to the job's worker)."""
+
+    workflow: WorkflowConfig
+    data: dict[str, Any]  # the workflow, plain and resolved (what digests and scoring read)
+    env: dict[str, Any] | None
+    compare: dict[str, Any]
+    fork: ForkConfig | None
+    eval_key: str  # which evaluators score it (wtb_conf.job.scoring)
+    rerun: bool
+    share_prefixes: bool
+
+
+def job_config(cfg: DictConfig, launch_dir: Path | None = None) -> JobConfig:
+    """The job `cfg` checked, importing nothing: raises the config error the job would fail
+    with. Also the sweep's check of every job at its start (wtb_conf.driver.preflight).
+    `launch_dir`: check the case input files (`file` / `text_file` fields) there; None: the
+    nodes will say."""
+    if problems := top_level_problems(cfg.keys()):
+        raise WorkflowError("\n".join(problems))
+    if "workflow" not in cfg:
+        raise WorkflowError("workflow: none chosen; pick one: workflow=NAME "
+                            "(conf/workflow/NAME.yaml)")
+    model = check_workflow(cfg.workflow)
+    data = plain(cfg.workflow)
+    if problems := state_path_problems(data):
+        raise WorkflowError("\n".join(problems))
+    fork = None
+    if cfg.get("fork") is not None:  # its run and checkpoint (and fork.after: which case ran
+        # it) are looked up in the store when the job runs
+        fork = check(ForkConfig, cfg.fork, "fork", error=ForkError)
+    compare = check_compare(plain(cfg.get("compare")), data)
+    cases = data.get("cases")
+    if fork is None and (not cases or not isinstance(cases, Mapping)):
+        raise WorkflowError("workflow.cases: add at least one input case: `cases: {one: {}}`")
+    if launch_dir is not None and (problems := case_file_problems(data, launch_dir)):
+        raise WorkflowError("\n".join(problems))
+    # (checked at the sweep's start, with the groups: here only read)
+    flags = check(FlagsConfig, {k: cfg[k] for k in FlagsConfig.keys() if cfg.get(k) is not None},
+                  "")
+    return JobConfig(model, data, plain(cfg.get("env")), compare, fork, eval_key(data),
+                     flags.rerun, flags.share_prefixes)
+
+
+def check_imports(config: JobConfig) -> tuple[Any, list]:
+    """The job's graph and evaluators, their `_target_`s imported (in the interpreter the job
+    runs in): raises the error the job would fail with."""
+    return build_graph(config.workflow), evaluators_of(config.workflow)
+
+
+@dataclass
+class Admission:
+    """A job as the bench takes it in: where it runs from, where it is stored, what it is and
+    its identity. `config` is None when its config cannot run; `error` then says why (the
+    job is recorded failed with it). Picklable: a planner hands it to the job's worker."""
+
+    num: int  # hydra.job.num
+    overrides: list[str]
+    workflow_name: str | None
+    launch_dir: Path  # where the job runs from (on a node: its copy of the launch dir)
+    recorded_launch_dir: str  # the driver's launch dir, as the run records it
+    job_dir: Path
+    storage: StorageSpec
+    config_yaml: str  # the resolved task config, as the run records it
+    sweep_id: str
+    lock: list[str]
+    inputs: str | None  # the commit of the case input files, if the cases name some
+    digests: dict[str, str]
+    continues: list[str] | None  # rerun=true: the interrupted sweeps whose runs still count
+    env_id: str | None
+    python: str
+    config: JobConfig | None
+    error: BaseException | None = None  # the config error, when config is None
+
+
+def storage_of(cfg: DictConfig, launch_dir: Path) -> StorageSpec:
+    return storage_spec(cfg.storage, launch_dir)
+
+
+def _commit_inputs(store: Store, data: Mapping[str, Any], launch_dir: Path) -> str | None:
     """Commit the input files the cases name (part of the job's identity), if any."""
-    files = input_files(plain(cfg.workflow.get("cases")), launch_dir)
+    files = input_files(data.get("cases"), launch_dir)
     if not files:
         return None
     try:
@@ -107,137 +178,144 @@ def _commit_inputs(store: Store, cfg: DictConfig, launch_dir: Path) -> str | Non
         return None
 
 
-def _parent_of(store: Store, cfg: DictConfig) -> str | None:
-    """The run `fork.run` names, if it names one (plan() reports what is wrong otherwise)."""
-    fork = cfg.get("fork")
-    if not isinstance(fork, Mapping) or not fork.get("run"):
-        return None
+def _config_yaml(cfg: DictConfig) -> str:
     try:
-        return store.resolve("runs", str(fork.get("run")))
-    except StoreError:
-        return None
+        return OmegaConf.to_yaml(cfg, resolve=True)
+    except Exception:  # an interpolation that does not resolve: keep it as written
+        return OmegaConf.to_yaml(cfg)
 
 
-def _score_cached(store: Store, earlier: dict[str, Any], cfg: DictConfig,
-                  launch_dir: Path) -> dict[str, Any] | None:
-    """The evaluation of a cache hit: the earlier run's newest one if the same evaluators
-    made it, else its stored cases scored again (nothing runs). None when that fails (the
-    evaluators' config is wrong, a stored case cannot be restored): the job then runs as
-    usual, and reports a config error itself."""
-    workflow = plain(cfg.workflow)
-    try:
-        compare = check_compare(plain(cfg.get("compare")), workflow)
-        key = eval_key(workflow)
-        # any earlier scoring by the same evaluators will do (an LLM judge costs money)
-        same = next((e for e in store.evaluations(earlier["run_id"]) if e["eval_key"] == key),
-                    None)
-        if same is not None:
-            cases, summary, source = same["cases"], same["summary"], "cache"
-        else:
-            cases, summary = rescore(store, earlier["run_id"], workflow, launch_dir)
-            source = "evaluate"
-    except Exception as e:
-        log.warning("not a cache hit: %s: %s", type(e).__name__, e)
-        return None
-    return {"source": source, "eval_key": key, "compare": compare, "cases": cases,
-            "summary": summary}
-
-
-@dataclass
-class Opened:
-    """A job about to be recorded: where it runs from, its store and its identity."""
-
-    store: Store
-    paths: dict[str, Any]
-    launch_dir: Path
-    job_dir: Path
-    overrides: list[str]
-    sweep_id: str
-    lock: list[str]
-    inputs: str | None
-    digests: dict[str, str]
-
-
-def open_job(cfg: DictConfig, hc: DictConfig, lock: list[str] | None = None) -> Opened:
-    """The store and identity of the job `cfg` (its task config) with Hydra config `hc`.
-    `lock`: the env the job runs in, when it is not this process's. The caller closes
-    `.store`; if this raises, the store is closed already."""
+def admit(cfg: DictConfig, hc: DictConfig, lock: list[str] | None = None,
+          env_id: str | None = None, python: str = sys.executable,
+          config: JobConfig | BaseException | None = None) -> tuple[Admission, Store]:
+    """Admit the job `cfg` (its task config) with Hydra config `hc`: check its config (or take
+    `config`, checked already, or the error checking it raised), open its store, commit its
+    input files and compute its identity. `lock`: the env the job runs in, when it is not this
+    process's. Returns the admission and the open store, which the caller closes; if this
+    raises, the store is closed already."""
     launch_dir = Path(hc.runtime.cwd)
     # a planner sees the job before Hydra's run_job has set its output dir
     job_dir = Path(OmegaConf.select(hc, "runtime.output_dir", default=None)
                    or os.path.abspath(os.path.join(hc.sweep.dir, str(hc.sweep.subdir))))
     overrides = list(hc.overrides.task)
-    store, paths = open_store_for(cfg, launch_dir)
+    if config is None:
+        try:
+            config = job_config(cfg)
+        except Exception as e:  # the job's recorded failure, with its identity
+            config = e
+    error = None if isinstance(config, JobConfig) else config
+    storage = storage_of(cfg, launch_dir)
+    store = store_at(storage)
     try:
         sweep_id = os.environ.get(SWEEP_ENV) or store.create_sweep(overrides)
         lock = installed() if lock is None else lock
-        inputs = _commit_inputs(store, cfg, launch_dir)
+        data = config.data if isinstance(config, JobConfig) else plain(cfg.workflow) or {}
+        inputs = _commit_inputs(store, data if isinstance(data, Mapping) else {}, launch_dir)
         digests = identity_of(cfg, lock, inputs)
     except BaseException:
         store.close()
         raise
-    return Opened(store, paths, launch_dir, job_dir, overrides, sweep_id, lock, inputs,
-                  digests)
+    continues = os.environ.get(CONTINUES_ENV)
+    return Admission(
+        num=hc.job.get("num") or 0, overrides=overrides,
+        workflow_name=hc.runtime.choices.get("workflow") or cfg.workflow.get("name"),
+        launch_dir=launch_dir,
+        recorded_launch_dir=os.environ.get(LAUNCH_DIR_ENV) or str(launch_dir),
+        job_dir=job_dir, storage=storage, config_yaml=_config_yaml(cfg), sweep_id=sweep_id,
+        lock=lock, inputs=inputs, digests=digests,
+        continues=continues.split(",") if continues else None,
+        env_id=env_id if env_id is not None else os.environ.get(ENV_ID) or None,
+        python=python, config=config if isinstance(config, JobConfig) else None,
+        error=error), store
 
 
-def record_start(job: Opened, cfg: DictConfig, hc: DictConfig, python: str = sys.executable,
-                 env_id: str | None = None) -> str:
-    return job.store.start_run(
+def record_start(store: Store, job: Admission) -> str:
+    return store.start_run(
         job.sweep_id,
-        job_num=hc.job.get("num") or 0,
+        job_num=job.num,
         overrides=job.overrides,
-        workflow=hc.runtime.choices.get("workflow") or cfg.workflow.get("name"),
-        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+        workflow=job.workflow_name,
+        config_yaml=job.config_yaml,
         config_digest=job.digests["config"],
         job_dir=str(job.job_dir),
-        python=python,
-        env_id=env_id,
+        python=job.python,
+        env_id=job.env_id,
         env_lock=job.lock,
         identity=job.digests,
-        parent_run=_parent_of(job.store, cfg),
-        launch_dir=os.environ.get(LAUNCH_DIR_ENV) or str(job.launch_dir),
+        parent_run=_parent_of(store, job.config),
+        launch_dir=job.recorded_launch_dir,
         inputs_commit=job.inputs,
     )
 
 
+def _parent_of(store: Store, config: JobConfig | None) -> str | None:
+    """The run `fork.run` names, if it names one (the fork's plan reports what is wrong)."""
+    if config is None or config.fork is None:
+        return None
+    try:
+        return store.resolve("runs", str(config.fork.run))
+    except StoreError:
+        return None
+
+
 def record_unopened(cfg: DictConfig, hc: DictConfig, error: str) -> None:
-    """A failed run for a job that could not even be opened (its identity, its input files
+    """A failed run for a job that could not even be admitted (its identity, its input files
     or the store raised): what is known of it, and the error."""
     launch_dir = Path(hc.runtime.cwd)
-    store, _ = open_store_for(cfg, launch_dir)
-    with store:
-        try:
-            config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-        except Exception:  # an interpolation that does not resolve: keep it as written
-            config_yaml = OmegaConf.to_yaml(cfg)
+    storage = storage_of(cfg, launch_dir)
+    with store_at(storage) as store:
         sweep_id = os.environ.get(SWEEP_ENV) or store.create_sweep(list(hc.overrides.task))
         run_id = store.start_run(
             sweep_id, hc.job.get("num") or 0, list(hc.overrides.task),
-            hc.runtime.choices.get("workflow"), config_yaml, "",
+            hc.runtime.choices.get("workflow"), _config_yaml(cfg), "",
             os.path.abspath(os.path.join(hc.sweep.dir, str(hc.sweep.subdir))),
             launch_dir=os.environ.get(LAUNCH_DIR_ENV) or str(launch_dir))
         store.finish_run(run_id, "failed", None, {}, error)
 
 
-def cache_hit(job: Opened, cfg: DictConfig, run_id: str | None = None,
+def _score_cached(store: Store, earlier: dict[str, Any], job: Admission,
+                  config: JobConfig) -> dict[str, Any] | None:
+    """The evaluation of a cache hit: the earlier run's newest one if the same evaluators
+    made it, else its stored cases scored again (nothing runs). None when that fails (a
+    stored case cannot be restored, an evaluator does not import): the job then runs."""
+    try:
+        # any earlier scoring by the same evaluators will do (an LLM judge costs money)
+        same = next((e for e in store.evaluations(earlier["run_id"])
+                     if e["eval_key"] == config.eval_key), None)
+        if same is not None:
+            cases, summary, source = same["cases"], same["summary"], "cache"
+        else:
+            cases, summary = rescore(store, earlier["run_id"], config.data, job.launch_dir)
+            source = "evaluate"
+    except Exception as e:
+        log.warning("not a cache hit: %s: %s", type(e).__name__, e)
+        return None
+    return {"source": source, "eval_key": config.eval_key, "compare": config.compare,
+            "cases": cases, "summary": summary}
+
+
+def cache_hit(store: Store, job: Admission, run_id: str | None = None,
               ) -> tuple[dict, dict] | None:
     """The earlier run this job would repeat, and its evaluation; None: the job must run.
     `run_id`: this job's own run; if the same job is running elsewhere, started earlier (two
     sweeps at once), this waits for it to end and reuses it rather than running it twice."""
+    config = job.config
+    if config is None:
+        return None
     within = None  # any sweep's run will do
-    if cfg.get("rerun"):
-        if not os.environ.get(CONTINUES_ENV):
+    if config.rerun:
+        if not job.continues:
             return None
-        within = os.environ[CONTINUES_ENV].split(",")
+        within = job.continues
     if run_id is not None:
-        _wait_for_twin(job.store, run_id, job.digests["job_key"])
-    earlier = job.store.cached_run(job.digests["job_key"], within)
-    if earlier and earlier["commit"] and (gone := job.store.missing_blobs(earlier["commit"])):
+        _wait_for_twin(store, run_id, job.digests["job_key"])
+    earlier = store.cached_run(job.digests["job_key"], within)
+    if earlier and earlier["commit"] and (gone := store.missing_blobs(earlier["commit"])):
         log.warning("not a cache hit: run %s's files are not whole in the store (%d blobs "
                     "missing, e.g. %s; `wtb fsck` says more): it runs again",
                     earlier["run_id"][:8], len(gone), gone[0][:12])
         return None
-    evaluation = _score_cached(job.store, earlier, cfg, job.launch_dir) if earlier else None
+    evaluation = _score_cached(store, earlier, job, config) if earlier else None
     return (earlier, evaluation) if evaluation is not None else None
 
 
@@ -252,67 +330,24 @@ def _wait_for_twin(store: Store, run_id: str, job_key: str) -> None:
         pause = min(pause * 2, 1.0)
 
 
-def record_cached(job: Opened, run_id: str, earlier: dict, evaluation: dict) -> dict[str, Any]:
-    job.store.finish_cached(run_id, earlier, evaluation)  # scored first: run_cached ends its log
+def record_cached(store: Store, run_id: str, earlier: dict, evaluation: dict) -> dict[str, Any]:
+    store.finish_cached(run_id, earlier, evaluation)  # scored first: run_cached ends its log
     return {"run_id": run_id, "status": "cached", "commit": earlier["commit"], "error": None,
             "metrics": earlier["metrics"], "cached_from": earlier["run_id"],
             "scores": evaluation["summary"]["scores"]}
 
 
-def wants_env(env_cfg: Mapping[str, Any] | None) -> bool:
-    """Whether a job's env group asks for its own interpreter (the default env does not).
-    Here, not in wtb_conf.driver.envs: a job in an env's interpreter has no venv_manager to
-    import."""
-    return bool(env_cfg) and bool(env_cfg.get("packages") or env_cfg.get("python"))
-
-
-def check_job(cfg: DictConfig) -> tuple[Any, dict[str, Any], dict, dict | None]:
-    """What a job needs before it runs anything: its graph, plain workflow, evaluators and
-    compare config. Raises the config error the job would fail with."""
-    if wants_env(plain(cfg.get("env"))) and not os.environ.get(ENV_ID):
-        # it would run in this interpreter, not the one its env asks for: a comparison of
-        # package versions would compare nothing
+def check_interpreter(job: Admission) -> None:
+    """A job whose env asks for its own interpreter must run in it: in the driver's, a
+    comparison of package versions would compare nothing."""
+    if job.config is not None and wants_env(job.config.env) and job.env_id is None:
         raise WorkflowError(
             "env: this job asks for its own interpreter (env.packages or env.python), but it "
             "runs in the driver's: only wtb_conf's planner (the default, hydra/launcher=wtb) "
             "provisions envs; drop hydra/launcher=basic or wtb_ray, or use env=default")
-    return check_graph(cfg)
 
 
-def check_graph(cfg: DictConfig, imports: bool = True, launch_dir: Path | None = None,
-                ) -> tuple[Any, dict[str, Any], dict, dict | None]:
-    """check_job but for where the job runs: also the sweep's check of every job's config at
-    its start (wtb_conf.driver.preflight). `imports`: False for a job whose env is another
-    interpreter (its targets import there, not here: everything else is checked, and the
-    graph and evaluators returned are None). `launch_dir`: check the case input files
-    (`file` / `text_file` fields) there; None: the nodes will say."""
-    if problems := top_level_problems(cfg.keys()):
-        raise WorkflowError("\n".join(problems))
-    if "workflow" not in cfg:
-        raise WorkflowError("workflow: none chosen; pick one: workflow=NAME "
-                            "(conf/workflow/NAME.yaml)")
-    graph = None
-    if imports:
-        graph = build_graph(cfg.workflow)
-    else:
-        check_workflow(cfg.workflow)
-    workflow = plain(cfg.workflow)
-    if problems := state_path_problems(workflow):
-        raise WorkflowError("\n".join(problems))
-    if cfg.get("fork") is not None:  # its run and checkpoint (and fork.after: which case ran
-        # it) are looked up in the store when the job runs
-        check(ForkConfig, cfg.fork, "fork", error=ForkError)
-    evaluators = evaluators_of(workflow) if imports else None
-    compare = check_compare(plain(cfg.get("compare")), workflow)
-    cases = workflow.get("cases")
-    if cfg.get("fork") is None and (not cases or not isinstance(cases, Mapping)):
-        raise WorkflowError("workflow.cases: add at least one input case: `cases: {one: {}}`")
-    if launch_dir is not None and (problems := case_file_problems(workflow, launch_dir)):
-        raise WorkflowError("\n".join(problems))
-    return graph, workflow, evaluators, compare
-
-
-def record_failure(job: Opened, run_id: str, error: BaseException, out_dir: Path | None = None,
+def record_failure(store: Store, run_id: str, error: BaseException, out_dir: Path | None = None,
                    tb: str | None = None) -> dict[str, Any]:
     """Close a run as failed with `error` (raised just now, or `tb` its traceback); keep
     what it wrote to `out_dir`. A failure to keep it is logged, never the run's error."""
@@ -322,11 +357,11 @@ def record_failure(job: Opened, run_id: str, error: BaseException, out_dir: Path
     commit = None
     if out_dir is not None and out_dir.is_dir():  # keep what the failed run wrote
         try:
-            commit = job.store.commit_dir(out_dir, message="final")
+            commit = store.commit_dir(out_dir, message="final")
         except Exception as e:
             log.error("run %s: its files were not committed: %s: %s", run_id,
                       type(e).__name__, e)
             tb += f"\n(its files were not committed: {type(e).__name__}: {e})"
-    job.store.finish_run(run_id, "failed", commit, {}, message, tb)
+    store.finish_run(run_id, "failed", commit, {}, message, tb)
     return {"run_id": run_id, "status": "failed", "commit": commit, "error": message,
             "metrics": {}, "scores": None}

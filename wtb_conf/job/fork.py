@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from wtb_conf.config.models import ForkConfig, check
+from wtb_conf.config.models import ForkConfig
 from wtb_conf.config.values import id_override
 from wtb_conf.job.identity import json_digest
 from wtb_conf.store import Store, StoreError
@@ -66,9 +66,9 @@ def _points(store: Store, run_id: str) -> list[tuple[str, ForkPoint]]:
     return out
 
 
-def plan(store: Store, spec: Any, state_fields: list[str] | None) -> Fork:
-    """Validate a `fork:` config against the store and pick each case's checkpoint."""
-    fork = check(ForkConfig, spec, "fork", error=ForkError)
+def plan(store: Store, fork: ForkConfig, state_fields: list[str] | None) -> Fork:
+    """Check a `fork:` config (validated) against the store and pick each case's
+    checkpoint."""
     try:
         run = store.run(store.resolve("runs", fork.run))
     except StoreError as e:

@@ -13,6 +13,7 @@ and stored runs (`wtb evaluate`). docs/compare.md has the user's view.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import sys
 import tempfile
@@ -26,6 +27,8 @@ from wtb_conf.config.models import RATES, CompareConfig, ScoringConfig, check
 from wtb_conf.job.identity import SCORING_KEYS, json_digest, sources_digest
 from wtb_conf.job.workflow import WorkflowError, _callable
 from wtb_conf.store import Store, StoreError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -220,3 +223,35 @@ def evaluate_stored(store: Store, run_id: str, overrides: list[str]) -> dict[str
         raise StoreError(f"run {run_id[:8]}: {e}") from None
     store.add_evaluation(run_id, "evaluate", eval_key(workflow), compare, cases, summary)
     return summary
+
+
+def _lookup(state: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = state
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def metrics_of(finals: dict[str, dict], spec: Mapping[str, str] | None) -> dict[str, Any]:
+    """`case/metric` for every case, plus `metric` = the mean over cases when numeric. A case
+    whose final state has no value there (None, or the path ends early) is missing: its
+    `case/metric` is null and the run has no mean (a mean over the other cases would rank
+    the job on part of its cases); the log says which. (That the path's first part is a
+    state field is checked before the sweep: wtb_conf.config.checks.)"""
+    out: dict[str, Any] = {}
+    for name, key in (spec or {}).items():
+        values, missing = [], []
+        for case, state in finals.items():
+            out[f"{case}/{name}"] = value = _lookup(state, key)
+            values.append(value)
+            if value is None:
+                missing.append(case)
+        if missing:
+            log.warning("metric %s (%s) is missing in case %s: no mean over the cases", name,
+                        key, ", ".join(missing))
+        numeric = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if numeric and len(numeric) == len(values):
+            out[name] = sum(numeric) / len(numeric)
+    return out

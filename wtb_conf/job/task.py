@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 import traceback
 from collections.abc import Mapping
@@ -27,14 +26,16 @@ from hydra.core.hydra_config import HydraConfig
 from langgraph.errors import InvalidUpdateError
 from omegaconf import DictConfig
 
+from hydra_plugins.wtb_conf_launcher.plan import handoff
 from wtb_conf import case_context
 from wtb_conf.config.guards import Guards
 from wtb_conf.job.admission import (
-    ENV_ID,
-    Opened,
+    Admission,
+    JobConfig,
+    admit,
     cache_hit,
-    check_job,
-    open_job,
+    check_imports,
+    check_interpreter,
     plain,
     record_cached,
     record_failure,
@@ -42,7 +43,6 @@ from wtb_conf.job.admission import (
 )
 from wtb_conf.job.checkpointer import describe, open_checkpointer
 from wtb_conf.job.fork import (
-    ForkError,
     ForkPoint,
     base_key,
     copy_checkpoint,
@@ -50,9 +50,9 @@ from wtb_conf.job.fork import (
     prefix_key,
     shared_point,
 )
-from wtb_conf.job.scoring import eval_key, score_run
+from wtb_conf.job.scoring import metrics_of, score_run
 from wtb_conf.job.workflow import WorkflowError, breakpoints
-from wtb_conf.store import Store
+from wtb_conf.store import Store, store_at
 
 log = logging.getLogger(__name__)
 
@@ -70,38 +70,6 @@ def json_values(state: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _lookup(state: Mapping[str, Any], dotted: str) -> Any:
-    value: Any = state
-    for part in dotted.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
-def metrics_of(finals: dict[str, dict], spec: Mapping[str, str] | None) -> dict[str, Any]:
-    """`case/metric` for every case, plus `metric` = the mean over cases when numeric. A case
-    whose final state has no value there (None, or the path ends early) is missing: its
-    `case/metric` is null and the run has no mean (a mean over the other cases would rank
-    the job on part of its cases); the log says which. (That the path's first part is a
-    state field is checked before the sweep: wtb_conf.config.checks.)"""
-    out: dict[str, Any] = {}
-    for name, key in (spec or {}).items():
-        values, missing = [], []
-        for case, state in finals.items():
-            out[f"{case}/{name}"] = value = _lookup(state, key)
-            values.append(value)
-            if value is None:
-                missing.append(case)
-        if missing:
-            log.warning("metric %s (%s) is missing in case %s: no mean over the cases", name,
-                        key, ", ".join(missing))
-        numeric = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
-        if numeric and len(numeric) == len(values):
-            out[name] = sum(numeric) / len(numeric)
-    return out
-
-
 @dataclass
 class Case:
     """One input case of a job, and where its thread starts."""
@@ -115,6 +83,95 @@ class Case:
     base_key: str | None = None  # shared prefixes: links get prefix keys under this base
 
 
+@dataclass
+class _Thread:
+    """One case's thread as it runs: the path of nodes so far, its newest commit, and the
+    checkpoints linked (LangGraph re-emits the one it resumes from)."""
+
+    store: Store
+    run_id: str
+    case: Case
+    workflow: Mapping[str, Any]
+    path: list[str]
+    parent: str | None  # the newest commit of the case's files
+    linked: set[str] = field(default_factory=set)
+
+    @property
+    def id(self) -> str:
+        return f"{self.run_id}/{self.case.name}"
+
+    def link(self, cp_id: str, step: int, source: str, nodes: list[str], commit: str) -> None:
+        keys = None
+        if self.case.base_key:
+            keys = (self.case.base_key, prefix_key(self.case.base_key, self.workflow,
+                                                    self.path))
+        self.store.link_checkpoint(self.run_id, self.id, "", cp_id, step, source, nodes,
+                                   commit, self.path, keys)
+        self.linked.add(cp_id)
+
+    def fork(self, app: Any, config: dict, where: str) -> None:
+        """Start from the stored checkpoint: its files, its checkpoint copied into this
+        thread, and the fork's state updates."""
+        fork = self.case.fork
+        assert fork is not None
+        self.store.restore(fork.commit, self.case.dir)
+        copy_checkpoint(app.checkpointer, fork, self.id, where)
+        self.link(fork.checkpoint_id, fork.step, "fork", [], fork.commit)
+        self.store.log_event("fork", {"thread_id": self.id, "from_thread": fork.thread_id,
+                                      "checkpoint_id": fork.checkpoint_id}, self.run_id)
+        if self.case.updates:  # as the node that ran last, so the next ones stay the same
+            app.update_state(config, self.case.updates, as_node=fork.path[-1])
+
+    def stream(self, app: Any, stream_input: Any, config: dict, guards: Guards) -> None:
+        """Run the graph; commit the case's files and link them after every checkpoint."""
+        nodes: list[str] = []
+        for mode, data in app.stream(stream_input, config,
+                                     stream_mode=["updates", "checkpoints"], durability="sync"):
+            if mode == "updates":
+                for node in data:
+                    if node.startswith("__"):  # __interrupt__: a breakpoint, not a node
+                        continue
+                    nodes.append(node)
+                    self.path.append(node)
+                    self.store.log_event("node", {"thread_id": self.id, "node": node},
+                                         self.run_id)
+                continue
+            cp = data["config"]["configurable"]
+            if cp["checkpoint_id"] in self.linked:
+                continue
+            meta = data["metadata"] or {}
+            step = meta.get("step", -1)
+            self.parent = self.store.commit_dir(self.case.dir, parent=self.parent,
+                                                message=f"{self.case.name} step {step}")
+            self.link(cp["checkpoint_id"], step, meta.get("source", ""), nodes, self.parent)
+            nodes = []
+            guards.stored(self.case.name, step, bool(data.get("next")))  # may stop the case
+
+    def end(self, app: Any, config: dict, status: str, failure: dict[str, Any]) -> dict:
+        """Record how the thread ended, with its state as far as it got; with a `failure`,
+        reading or recording that must not replace the case's own error."""
+        final: dict[str, Any] = {}
+        try:
+            snapshot = app.get_state(config)
+            final = json_values(snapshot.values or {})
+            if failure:  # the tasks still due at the newest checkpoint are the ones that failed
+                failure["failed_node"] = ", ".join(snapshot.next) or None
+        except Exception as e:
+            if not failure:
+                raise
+            log.error("case %s: its state could not be read: %s: %s", self.case.name,
+                      type(e).__name__, e)
+        try:
+            self.store.finish_thread(self.id, status, final, self.parent, **failure)
+        except Exception as e:
+            if not failure:
+                raise
+            # the case's own error goes on up; the run's end marks this thread failed with it
+            log.error("case %s: its failure was not recorded: %s: %s", self.case.name,
+                      type(e).__name__, e)
+        return final
+
+
 def run_case(store: Store, run_id: str, app: Any, case: Case, workflow: Mapping[str, Any],
              launch_dir: Path, checkpoints: str = "", guards: Guards | None = None,
              ) -> tuple[str, dict[str, Any]]:
@@ -123,63 +180,23 @@ def run_case(store: Store, run_id: str, app: Any, case: Case, workflow: Mapping[
     `checkpoints`: where app's checkpointer is (storage.checkpoints), for messages.
     `guards`: the run's bounds (wtb_conf.config.guards), shared by its cases; default: this
     case's."""
-    thread_id = f"{run_id}/{case.name}"
-    fork = case.fork
     guards = guards or Guards.of(workflow)
-    store.start_thread(run_id, thread_id, case.name, fork and vars(fork))
-    config = {"configurable": {"thread_id": thread_id},
+    fork = case.fork
+    thread = _Thread(store, run_id, case, workflow, list(fork.path) if fork else [],
+                     fork.commit if fork else None)
+    store.start_thread(run_id, thread.id, case.name, fork and vars(fork))
+    config = {"configurable": {"thread_id": thread.id},
               "recursion_limit": guards.recursion_limit}
-    path = list(fork.path) if fork else []
-    parent = fork.commit if fork else None
-    linked: set[str] = set()
-    status = "failed"
-    failure: dict[str, Any] = {}
-
-    def link(cp_id: str, step: int, source: str, nodes: list[str], commit: str) -> None:
-        keys = None
-        if case.base_key:
-            keys = (case.base_key, prefix_key(case.base_key, workflow, path))
-        store.link_checkpoint(run_id, thread_id, "", cp_id, step, source, nodes, commit, path,
-                              keys)
-        linked.add(cp_id)
-
+    status, failure = "failed", {}
     try:
         stream_input = plain(case.inputs)
         if fork:
-            store.restore(fork.commit, case.dir)
-            copy_checkpoint(app.checkpointer, fork, thread_id,
-                            describe(checkpoints) if checkpoints else "")
-            link(fork.checkpoint_id, fork.step, "fork", [], fork.commit)
-            store.log_event("fork", {"thread_id": thread_id, "from_thread": fork.thread_id,
-                                     "checkpoint_id": fork.checkpoint_id}, run_id)
-            if case.updates:  # as the node that ran last, so the next ones stay the same
-                app.update_state(config, case.updates, as_node=fork.path[-1])
+            thread.fork(app, config, describe(checkpoints) if checkpoints else "")
             stream_input = None  # continue from the copied checkpoint
         with case_context(case.dir, launch_dir):
-            nodes: list[str] = []
             guards.start(case.name)
-            stream = () if case.pause else app.stream(
-                stream_input, config, stream_mode=["updates", "checkpoints"], durability="sync"
-            )
-            for mode, data in stream:
-                if mode == "updates":
-                    for node in data:
-                        if node.startswith("__"):  # __interrupt__: a breakpoint, not a node
-                            continue
-                        nodes.append(node)
-                        path.append(node)
-                        store.log_event("node", {"thread_id": thread_id, "node": node}, run_id)
-                    continue
-                cp = data["config"]["configurable"]
-                if cp["checkpoint_id"] in linked:  # LangGraph re-emits the one it resumes from
-                    continue
-                meta = data["metadata"] or {}
-                step = meta.get("step", -1)
-                parent = store.commit_dir(case.dir, message=f"{case.name} step {step}",
-                                          parent=parent)
-                link(cp["checkpoint_id"], step, meta.get("source", ""), nodes, parent)
-                nodes = []
-                guards.stored(case.name, step, bool(data.get("next")))  # may stop the case
+            if not case.pause:
+                thread.stream(app, stream_input, config, guards)
         paused = case.pause or bool(app.get_state(config).next)
         status = "paused" if paused else "completed"
     except BaseException as e:  # Ctrl-C too: the thread says why it stopped
@@ -190,25 +207,7 @@ def run_case(store: Store, run_id: str, app: Any, case: Case, workflow: Mapping[
             raise named from e
         raise
     finally:
-        final: dict[str, Any] = {}
-        try:  # the state as far as it got; reading it must not replace the case's error
-            snapshot = app.get_state(config)
-            final = json_values(snapshot.values or {})
-            if failure:  # the tasks still due at the newest checkpoint are the ones that failed
-                failure["failed_node"] = ", ".join(snapshot.next) or None
-        except Exception as e:
-            if not failure:
-                raise
-            log.error("case %s: its state could not be read: %s: %s", case.name,
-                      type(e).__name__, e)
-        try:
-            store.finish_thread(thread_id, status, final, parent, **failure)
-        except Exception as e:
-            if not failure:
-                raise
-            # the case's own error goes on up; the run's end marks this thread failed with it
-            log.error("case %s: its failure was not recorded: %s: %s", case.name,
-                      type(e).__name__, e)
+        final = thread.end(app, config, status, failure)
     return status, final
 
 
@@ -236,17 +235,14 @@ def case_dir(out_dir: Path, name: Any) -> Path:
     return out_dir / name
 
 
-def _cases(store: Store, cfg: DictConfig, workflow: dict[str, Any], digests: dict[str, str],
-           out_dir: Path) -> list[Case]:
+def _cases(store: Store, job: Admission, config: JobConfig, out_dir: Path) -> list[Case]:
     """The job's cases: `workflow.cases`, or for a fork the parent's cases at their fork
     points; with shared prefixes on, a case starts from the deepest stored checkpoint that
     the same configs produced."""
-    if cfg.get("fork") is not None:
-        spec = plain(cfg.fork)
-        if not isinstance(spec, Mapping):
-            raise ForkError("fork: expected a mapping, e.g. +fork.run=RUN +fork.after=NODE")
+    workflow = config.data
+    if config.fork is not None:
         state = workflow.get("state")
-        fork = plan(store, spec, list(state) if isinstance(state, Mapping) else None)
+        fork = plan(store, config.fork, list(state) if isinstance(state, Mapping) else None)
         out = [Case(name, None, case_dir(out_dir, name), point, fork.updates, fork.pause)
                for name, point in fork.points.items()]
         if fork.unstarted_from_input:
@@ -254,15 +250,13 @@ def _cases(store: Store, cfg: DictConfig, workflow: dict[str, Any], digests: dic
                     for name, inputs in (workflow.get("cases") or {}).items()
                     if name not in fork.points]
         return out
-    cases = workflow["cases"]  # check_job made sure there are some
     # A job with breakpoints is not shared: continuing from a stored checkpoint is a resume to
     # LangGraph, which would run past the breakpoint the other job stopped at.
-    share = (cfg.get("share_prefixes", True) and not cfg.get("rerun")
-             and not breakpoints(workflow))
+    share = config.share_prefixes and not config.rerun and not breakpoints(config.workflow)
     out = []
-    for name, inputs in cases.items():
-        base = base_key(workflow, [inputs, digests["inputs"]], digests["env_digest"],
-                        digests["code_digest"])
+    for name, inputs in workflow["cases"].items():  # (job_config made sure there are some)
+        base = base_key(workflow, [inputs, job.digests["inputs"]], job.digests["env_digest"],
+                        job.digests["code_digest"])
         point = shared_point(store, base, workflow) if share else None
         out.append(Case(name, inputs, case_dir(out_dir, name), point, base_key=base))
     return out
@@ -282,87 +276,116 @@ def set_aside(out_dir: Path) -> None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The task function: run one job and record it. A failing workflow is recorded as a
-    failed run and returned, not raised, so that the sweep goes on."""
+    failed run and returned, not raised, so that the sweep goes on. The job's Admission is
+    the planner's, handed over with its plan; where no planner ran, the job admits itself."""
     started = time.perf_counter()
-    hc = HydraConfig.get()
-    job = open_job(cfg, hc)
+    job = handoff()
+    if isinstance(job, Admission):
+        store = store_at(job.storage)
+    else:
+        job, store = admit(cfg, HydraConfig.get())
     try:
-        # set by a planner for a job it provisioned an env for (wtb_conf.driver.planner)
-        run_id = record_start(job, cfg, hc, env_id=os.environ.get(ENV_ID) or None)
+        run_id = record_start(store, job)
         try:
-            return _run(job, run_id, cfg, started)
+            return _run(store, job, run_id, started)
         except Exception as e:  # recording the failure failed too (Ctrl-C: the sweep's end)
             with contextlib.suppress(Exception):  # best effort: the store may be the trouble
-                job.store.fail_run(run_id, f"{type(e).__name__}: {e}", traceback.format_exc())
+                store.fail_run(run_id, f"{type(e).__name__}: {e}", traceback.format_exc())
             raise
     finally:
-        job.store.close()
+        store.close()
 
 
-def _run(job: Opened, run_id: str, cfg: DictConfig, started: float) -> dict[str, Any]:
+@dataclass
+class _Outcome:
+    """What a run's cases came to: their final states and statuses, the first failure."""
+
+    finals: dict[str, dict] = field(default_factory=dict)
+    statuses: list[str] = field(default_factory=list)
+    failure: tuple[str, BaseException, str] | None = None  # (case, error, traceback)
+
+
+def _run(store: Store, job: Admission, run_id: str, started: float) -> dict[str, Any]:
     """Everything after the run is recorded as running, on one guarded path: whatever fails
     (setup, a node, the final commit, scoring), the run ends failed with the first error."""
-    store, launch_dir = job.store, job.launch_dir
     out_dir = job.job_dir / OUT_DIR
-    first_failure: tuple[str, BaseException, str] | None = None  # (case, error, traceback)
+    outcome = _Outcome()
     try:
-        hit = cache_hit(job, cfg, run_id)
+        if job.config is None:
+            raise job.error or WorkflowError("the job's config was not checked")
+        hit = cache_hit(store, job, run_id)
         if hit is not None:
-            result = record_cached(job, run_id, *hit)
+            result = record_cached(store, run_id, *hit)
             log.info("run %s: cached in %.0f ms, the same job completed as run %s", run_id,
                      (time.perf_counter() - started) * 1e3, hit[0]["run_id"])
             return result
         log.info("run %s: %s", run_id, " ".join(job.overrides) or "(no overrides)")
-        finals: dict[str, dict] = {}
-        statuses: list[str] = []
-        graph, workflow, evaluators, compare = check_job(cfg)
-        guards = Guards.of(workflow)  # one run's: max_checkpoints counts all its cases
+        check_interpreter(job)
+        graph, evaluators = check_imports(job.config)
         set_aside(out_dir)
-        cases = _cases(store, cfg, workflow, job.digests, out_dir)
-        with open_checkpointer(job.paths["checkpoints"]) as saver:  # (storage.checkpoints)
-            app = graph.compile(checkpointer=saver, **breakpoints(cfg.workflow))
-            for case in cases:  # a failing case is recorded on its thread; the others still run
-                try:
-                    status, finals[case.name] = run_case(store, run_id, app, case, workflow,
-                                                         launch_dir, job.paths["checkpoints"],
-                                                         guards)
-                except Exception as e:
-                    log.error("run %s: case %s failed: %s: %s", run_id, case.name,
-                              type(e).__name__, e)
-                    first_failure = first_failure or (case.name, e, traceback.format_exc())
-                    status = "failed"
-                statuses.append(status)
-        try:
-            commit = store.commit_dir(out_dir, message="final")
-        except Exception as e:
-            if first_failure is None:
-                raise
-            # the node's error is the run's: a failing commit must not replace it
-            log.error("run %s: its files were not committed: %s: %s", run_id,
-                      type(e).__name__, e)
-            commit = None
-        metrics = metrics_of(finals, plain(cfg.workflow.get("metrics")))
-        summary = None
-        try:  # evaluators' own errors are values; this guards the run against the rest
-            case_scores, summary = score_run(evaluators, workflow, store.threads(run_id),
-                                             out_dir.joinpath, launch_dir)
-            store.add_evaluation(run_id, "run", eval_key(workflow), compare, case_scores,
-                                 summary)
-        except Exception as e:
-            log.error("run %s: not scored (`wtb evaluate %s` scores it again): %s: %s", run_id,
-                      run_id[:8], type(e).__name__, e)
-        if first_failure is not None:
-            name, exc, tb = first_failure
-            error = f"{type(exc).__name__}: {exc}"
-            status = "failed"
-            store.finish_run(run_id, status, commit, metrics, error, f"case {name}:\n{tb}")
-        else:
-            status, error = ("paused" if "paused" in statuses else "completed"), None
-            store.finish_run(run_id, status, commit, metrics)
+        _run_cases(store, job, run_id, graph, out_dir, outcome)
+        return _finish(store, job, run_id, evaluators, out_dir, outcome)
     except Exception as e:
-        if first_failure is not None:  # e.g. recording it failed: report the node's error
-            name, exc, tb = first_failure
-            return record_failure(job, run_id, exc, out_dir, f"case {name}:\n{tb}")
-        return record_failure(job, run_id, e, out_dir)
+        if outcome.failure is not None:  # e.g. recording it failed: report the node's error
+            name, exc, tb = outcome.failure
+            return record_failure(store, run_id, exc, out_dir, f"case {name}:\n{tb}")
+        return record_failure(store, run_id, e, out_dir)
+
+
+def _run_cases(store: Store, job: Admission, run_id: str, graph: Any, out_dir: Path,
+               outcome: _Outcome) -> None:
+    """Each case as its own thread, with LangGraph's checkpointer (storage.checkpoints); a
+    failing case is recorded on its thread and the others still run."""
+    config = job.config
+    assert config is not None
+    guards = Guards.of(config.data)  # one run's: max_checkpoints counts all its cases
+    cases = _cases(store, job, config, out_dir)
+    where = job.storage.checkpoints
+    with open_checkpointer(where) as saver:
+        app = graph.compile(checkpointer=saver, **breakpoints(config.workflow))
+        for case in cases:
+            try:
+                status, outcome.finals[case.name] = run_case(
+                    store, run_id, app, case, config.data, job.launch_dir, where, guards)
+            except Exception as e:
+                log.error("run %s: case %s failed: %s: %s", run_id, case.name,
+                          type(e).__name__, e)
+                outcome.failure = outcome.failure or (case.name, e, traceback.format_exc())
+                status = "failed"
+            outcome.statuses.append(status)
+
+
+def _finish(store: Store, job: Admission, run_id: str, evaluators: list, out_dir: Path,
+            outcome: _Outcome) -> dict[str, Any]:
+    """The run's final commit, metrics and scores, and its end."""
+    config = job.config
+    assert config is not None
+    try:
+        commit = store.commit_dir(out_dir, message="final")
+    except Exception as e:
+        if outcome.failure is None:
+            raise
+        # the node's error is the run's: a failing commit must not replace it
+        log.error("run %s: its files were not committed: %s: %s", run_id,
+                  type(e).__name__, e)
+        commit = None
+    metrics = metrics_of(outcome.finals, config.data.get("metrics"))
+    summary = None
+    try:  # evaluators' own errors are values; this guards the run against the rest
+        case_scores, summary = score_run(evaluators, config.data, store.threads(run_id),
+                                         out_dir.joinpath, job.launch_dir)
+        store.add_evaluation(run_id, "run", config.eval_key, config.compare, case_scores,
+                             summary)
+    except Exception as e:
+        log.error("run %s: not scored (`wtb evaluate %s` scores it again): %s: %s", run_id,
+                  run_id[:8], type(e).__name__, e)
+    if outcome.failure is not None:
+        name, exc, tb = outcome.failure
+        error = f"{type(exc).__name__}: {exc}"
+        status = "failed"
+        store.finish_run(run_id, status, commit, metrics, error, f"case {name}:\n{tb}")
+    else:
+        status, error = ("paused" if "paused" in outcome.statuses else "completed"), None
+        store.finish_run(run_id, status, commit, metrics)
     return {"run_id": run_id, "status": status, "commit": commit, "error": error,
             "metrics": metrics, "scores": summary and summary["scores"]}

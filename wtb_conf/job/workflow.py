@@ -47,7 +47,10 @@ class WorkflowError(ValueError):
 
 def check_workflow(workflow: Any) -> WorkflowConfig:
     """`workflow` (a mapping or an OmegaConf container) validated whole; WorkflowError names
-    every key at fault and what would be valid."""
+    every key at fault and what would be valid. A model is taken as it is: the job's
+    admission checked it."""
+    if isinstance(workflow, WorkflowConfig):
+        return workflow
     return check(WorkflowConfig, workflow, "workflow", error=WorkflowError)
 
 

@@ -15,6 +15,7 @@ import os
 
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
+from wtb_conf.storage import StorageSpec
 from wtb_conf.store.errors import (
     ObjectCorrupted,
     ObjectNotFound,
@@ -140,6 +141,11 @@ def open_store(
             raise StoreError(f"cannot read the store {where}: {e.orig}") from None
         raise StoreError(cannot_write(where, e.orig)) from None
     return Store(engine, blob_root, inline_max, readonly)
+
+
+def store_at(spec: StorageSpec, readonly: bool = False) -> Store:
+    """The store a storage spec (wtb_conf.storage) names: how the bench opens it."""
+    return open_store(spec.db_url, spec.blob_root, spec.inline_max, readonly)
 
 
 def _postgres_error(where: str, e: DBAPIError, readonly: bool) -> str:
