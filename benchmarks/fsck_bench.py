@@ -34,6 +34,7 @@ from pathlib import Path
 from langgraph.checkpoint.sqlite import SqliteSaver
 from sqlalchemy import text
 
+from wtb_conf.job.checkpointer import Checkpoints
 from wtb_conf.store import DEFAULT_INLINE_MAX, fsck, open_store
 from wtb_conf.store.objects import executemany, now_iso
 
@@ -169,7 +170,7 @@ def main() -> None:
         for _ in range(args.repeat):
             with open_store(str(root / "wtb.db"), root / "blobs", readonly=True) as store:
                 wall, cpu = time.perf_counter(), time.process_time()
-                report = fsck.check(store, root / "checkpoints.db")
+                report = fsck.check(store, Checkpoints(root / "checkpoints.db"))
                 keep(best, "fsck.check()", time.perf_counter() - wall, time.process_time() - cpu)
         assert report is not None and report.clean, report and report.problems[:5]
         print("checked:", ", ".join(f"{k}={v}" for k, v in report.checked.items()))

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 
-from wtb_conf.cli import parser
+from wtb_conf.cli import wtb
 from wtb_conf.job.workflow import KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,9 +17,8 @@ CLI_MD = (ROOT / "docs/cli.md").read_text()
 CONFIG_MD = (ROOT / "docs/config.md").read_text()
 
 
-def subcommands() -> dict[str, argparse.ArgumentParser]:
-    action = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(action.choices)
+def subcommands() -> dict[str, click.Command]:
+    return dict(wtb.commands)
 
 
 def section(md: str, heading: str) -> str:
@@ -31,8 +30,8 @@ def section(md: str, heading: str) -> str:
 @pytest.mark.parametrize("name", sorted(subcommands()))
 def test_every_wtb_command_and_flag_is_documented(name):
     text = section(CLI_MD, f"wtb {name}")
-    for action in subcommands()[name]._actions:
-        for flag in action.option_strings:
+    for param in subcommands()[name].params:  # (click keeps -h/--help out of params)
+        for flag in param.opts + param.secondary_opts if isinstance(param, click.Option) else []:
             if flag not in ("-h", "--help"):
                 assert flag in text, f"wtb {name} {flag} is not in docs/cli.md"
 

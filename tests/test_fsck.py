@@ -15,7 +15,9 @@ from conftest import copy_project, run_bench, sha, write
 from langgraph.checkpoint.sqlite import SqliteSaver
 from sqlalchemy import text
 
-from wtb_conf.cli import main, parser
+from wtb_conf.cli import main
+from wtb_conf.cli import wtb as wtb_cli
+from wtb_conf.job.checkpointer import Checkpoints
 from wtb_conf.store import fsck, liveness, open_store
 
 BIG = b"big " * 600  # above the fixture's inline_max: a blob file
@@ -79,7 +81,7 @@ class World:
         return self.blobs / "objects" / blob[:2] / blob[2:]
 
     def check(self) -> fsck.Report:
-        return fsck.check(self.store, self.cps)
+        return fsck.check(self.store, Checkpoints(self.cps))
 
 
 @pytest.fixture
@@ -344,12 +346,11 @@ def test_cli_exit_codes_json_and_repair(world, capsys):
 
 
 def test_cli_is_read_only_without_repair_and_usage_errors_exit_2():
-    assert parser().parse_args(["fsck"]).readonly is True
-    args = parser().parse_args(["fsck", "--repair"])
-    assert args.readonly is False and args.repair is True
-    with pytest.raises(SystemExit) as e:
-        main(["fsck", "--bogus"])
-    assert e.value.code == 2
+    fsck = wtb_cli.commands["fsck"]
+    assert fsck.opens_readonly(fsck.make_context("fsck", []).params) is True
+    params = fsck.make_context("fsck", ["--repair"]).params
+    assert fsck.opens_readonly(params) is False and params["repair"] is True
+    assert main(["fsck", "--bogus"]) == 2
 
 
 @pytest.mark.slow

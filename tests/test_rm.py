@@ -175,6 +175,7 @@ def test_rm_refuses_a_running_run(project):
 CRASH = """
 import os, sys
 import wtb_conf.store.gc as gc
+from wtb_conf.job.checkpointer import Checkpoints
 where = sys.argv[1]
 if where == "in_transaction":
     real = gc._delete
@@ -183,7 +184,7 @@ if where == "in_transaction":
         os._exit(9)  # killed with every row deleted, before the commit
     gc._delete = _delete
 else:
-    gc._delete_threads = lambda *a: os._exit(9)  # killed after the commit
+    Checkpoints.delete_threads = lambda *a: os._exit(9)  # killed after the commit
 from wtb_conf.cli import main
 main(["rm", sys.argv[2]])
 """

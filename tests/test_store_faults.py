@@ -20,6 +20,7 @@ from conftest import copy_project, run_bench, sha, write
 from sqlalchemy import event, text
 
 from wtb_conf.cli import main
+from wtb_conf.job.checkpointer import Checkpoints
 from wtb_conf.store import ObjectCorrupted, StoreError, UnsafePath, engine, fsck, open_store
 from wtb_conf.store import files as files_mod
 from wtb_conf.store.engine import storage_fault
@@ -278,7 +279,7 @@ def test_a_malformed_checkpoints_file_is_reported_not_raised(tmp_path):
     cps = tmp_path / "checkpoints.db"
     cps.write_bytes(b"SQLite format 3\0" + os.urandom(4000))
     with open_store(str(tmp_path / "wtb.db"), tmp_path / "blobs") as store:
-        report = fsck.check(store, cps)
+        report = fsck.check(store, Checkpoints(cps))
     assert [p.kind for p in report.problems] == ["malformed_db"]
     assert str(cps) in report.problems[0].message
     with pytest.raises(sqlite3.DatabaseError):  # (what the check reads is indeed damaged)

@@ -3,14 +3,11 @@ notes about runs whose process died."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from wtb_conf.storage import is_postgres, libpq_url
 from wtb_conf.store import Store, StoreError
 
 
@@ -69,11 +66,3 @@ def run_or_sweep(store: Store, ref: str) -> tuple[str, str]:
         raise StoreError(f"{ref!r} names both a run and a sweep: give more characters")
     raise StoreError(f"{ref!r} is neither a run nor a sweep ({error})")
 
-
-def checkpoints_of(args: argparse.Namespace) -> str:
-    """LangGraph's checkpointer the store's links point into: --checkpoints, else as the
-    packaged storage groups put it (storage=postgres: in the store's database)."""
-    if args.checkpoints is not None:
-        return args.checkpoints
-    return os.environ.get("WTB_CHECKPOINTS") or (
-        libpq_url(args.db) if is_postgres(args.db) else "data/checkpoints.db")

@@ -16,7 +16,6 @@ which may be someone else's.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -25,11 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from wtb_conf.config.values import id_override
-from wtb_conf.job.admission import CONTINUES_ENV
+import click
+
+from wtb_conf.cli.options import overrides_argument, store_command
 from wtb_conf.store import ObjectNotFound, Store, StoreError
 
-PACKAGED = Path(__file__).parent / "conf" / "config.yaml"
+PACKAGED = Path(__file__).parent.parent / "conf" / "config.yaml"
 # The sweep callback (wtb_conf.driver.callback) writes its new sweep's id to the file this names.
 REPLAY_EVENT = "replay"
 
@@ -213,15 +213,26 @@ def _with_checkpoints(store: Store, run_id: str) -> str:
     return run_id
 
 
-def cmd_resume(store: Store, args: argparse.Namespace) -> int:
-    """A new run that continues RUN from each case's newest checkpoint."""
+@store_command("resume", "continue a paused (or failed) run in a new run")
+@click.argument("run")
+@click.option("--set", "items", multiple=True, metavar="KEY=VALUE",
+              help="change a state field before continuing (repeatable); VALUE is YAML")
+@overrides_argument
+def cmd_resume(store: Store, run: str, items: tuple[str, ...],
+               overrides: tuple[str, ...]) -> int:
+    """A new run that continues RUN from each case's newest checkpoint.
+
+    RUN: run id, unique prefix, or 'last'. OVERRIDE...: more Hydra overrides for the new
+    run, e.g. hydra/launcher=basic"""
     import yaml
     from omegaconf import OmegaConf
 
-    run = store.run(store.resolve("runs", args.run))
+    from wtb_conf.config.values import id_override  # (Hydra's import cost: not every wtb's)
+
+    run = store.run(store.resolve("runs", run))
     state = OmegaConf.select(OmegaConf.create(run["config_yaml"]), "workflow.state") or {}
     sets = {}
-    for item in args.set or []:
+    for item in items:
         key, eq, value = item.partition("=")
         if not eq or (state and key not in state):
             raise StoreError(f"--set {item!r}: expected KEY=VALUE with KEY one of the state "
@@ -238,32 +249,56 @@ def cmd_resume(store: Store, args: argparse.Namespace) -> int:
         )
     # --set values go in the replayed config, not on Hydra's command line, where a comma
     # would make a sweep of them.
-    return _replay(store, run["run_id"], [id_override("fork.run", run["run_id"]), *args.overrides],
+    return _replay(store, run["run_id"], [id_override("fork.run", run["run_id"]), *overrides],
                    "resume", fork={"set": sets} if sets else {})
 
 
-def cmd_rollback(store: Store, args: argparse.Namespace) -> int:
-    """A new run, paused, whose state and files are RUN's at the checkpoint."""
-    run_id = _with_checkpoints(store, store.resolve("runs", args.run))
-    cp = store.checkpoint(run_id, args.checkpoint)
+@store_command("rollback", "a new paused run with a run's state and files at one of its "
+                           "checkpoints")
+@click.argument("run")
+@click.option("--checkpoint", required=True,
+              help="checkpoint id (or unique prefix) of one of its cases")
+@overrides_argument
+def cmd_rollback(store: Store, run: str, checkpoint: str, overrides: tuple[str, ...]) -> int:
+    """A new run, paused, whose state and files are RUN's at the checkpoint.
+
+    RUN: run id, unique prefix, or 'last'. OVERRIDE...: more Hydra overrides for the new
+    run, e.g. hydra/launcher=basic"""
+    from wtb_conf.config.values import id_override
+
+    run_id = _with_checkpoints(store, store.resolve("runs", run))
+    cp = store.checkpoint(run_id, checkpoint)
     fork = [id_override("fork.run", run_id), f"+fork.checkpoint={cp['checkpoint_id']}",
             "+fork.pause=true"]
-    return _replay(store, run_id, [*fork, *args.overrides], "rollback", fork={})
+    return _replay(store, run_id, [*fork, *overrides], "rollback", fork={})
 
 
-def cmd_rerun(store: Store, args: argparse.Namespace) -> int:
+@store_command("rerun", "rerun one run from its stored config, or a sweep's failed and "
+                        "interrupted jobs")
+@click.argument("run", required=False)
+@click.option("--failed", metavar="SWEEP",
+              help="a sweep id (or prefix), or 'last': its command runs again, and the jobs "
+                   "that completed are reported as cached")
+@overrides_argument
+def cmd_rerun(store: Store, run: str | None, failed: str | None,
+              overrides: tuple[str, ...]) -> int:
     """`wtb rerun RUN`: one run again from its stored config, bypassing the job cache.
-    `wtb rerun --failed SWEEP`: a sweep's command again; jobs that completed are cache hits."""
-    if (args.run is None) == (args.failed is None):
+    `wtb rerun --failed SWEEP`: a sweep's command again; jobs that completed are cache hits.
+
+    RUN: run id, unique prefix, or 'last'. OVERRIDE...: more Hydra overrides for the new
+    run, e.g. hydra/launcher=basic"""
+    from wtb_conf.job.admission import CONTINUES_ENV
+
+    if (run is None) == (failed is None):
         raise StoreError("give one run to rerun (wtb rerun RUN) or one sweep to finish "
                          "(wtb rerun --failed SWEEP)")
-    if args.run is not None:
-        return _replay(store, store.resolve("runs", args.run), ["rerun=true", *args.overrides],
+    if run is not None:
+        return _replay(store, store.resolve("runs", run), ["rerun=true", *overrides],
                        "rerun", inputs=True)
-    if args.overrides:
+    if overrides:
         raise StoreError(f"--failed reruns the sweep's own command; extra overrides "
-                         f"{' '.join(args.overrides)} would make it another sweep")
-    sweep_id = store.resolve("sweeps", args.failed)
+                         f"{' '.join(overrides)} would make it another sweep")
+    sweep_id = store.resolve("sweeps", failed)
     sweep = store.sweep(sweep_id)
     record = replay_of(store, sweep_id)
     if record is not None:
@@ -312,3 +347,6 @@ def _rerun_replay(store: Store, sweep: dict[str, Any], record: dict[str, Any]) -
         print(f"rerunning {what}, {len(failed)} failed or interrupted runs, in {cwd} with its "
               f"stored config: python -m wtb_conf {' '.join(argv)}", flush=True)
         return _report(store, _launch(store, {**record, "rerun_of": sweep_id}, argv, Path(tmp)))
+
+
+COMMANDS = (cmd_rerun, cmd_resume, cmd_rollback)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict
 from pathlib import Path
 
+import click
+
 from wtb_conf.cli import output
-from wtb_conf.cli.common import checkpoints_of, print_json, run_or_sweep
+from wtb_conf.cli.common import print_json, run_or_sweep
+from wtb_conf.cli.options import (
+    checkpoints_of,
+    checkpoints_option,
+    dry_run_option,
+    json_option,
+    store_at,
+    store_command,
+)
+from wtb_conf.job.checkpointer import Checkpoints
 from wtb_conf.store import Store, gc
 
 # What the packaged storage=default keeps in its directory (data/): anything else there is a
@@ -38,42 +48,71 @@ def mixed_note(db: str) -> str | None:
             "storage.blob_root, storage.checkpoints)")
 
 
-def cmd_fsck(store: Store, args: argparse.Namespace) -> int:
+# fsck --repair writes: only then is the store opened for writing
+@store_command("fsck", "check the store is whole: objects, links, statuses, orphans "
+                       "(read-only unless --repair)",
+               readonly=lambda params: not params["repair"], notes=False)
+@checkpoints_option
+@click.option("--repair", is_flag=True,
+              help="remove orphans and mark runs a dead process left running failed")
+@json_option
+def cmd_fsck(store: Store, checkpoints: str | None, repair: bool, as_json: bool) -> int:
     from wtb_conf.store import fsck
 
-    checkpoints = checkpoints_of(args)
+    db = store_at().db
+    checkpoints = Checkpoints(checkpoints_of(checkpoints, db))
     report = fsck.check(store, checkpoints)
     found = done = None
-    if args.repair:
+    if repair:
         done = fsck.repair(store, report)
         found, report = report, fsck.check(store, checkpoints)  # what is left
-    if note := mixed_note(args.db):
+    if note := mixed_note(db):
         report.notes.append(note)
-    if args.json:
+    if as_json:
         print_json(report.as_dict() | {"repaired": asdict(done) if done else None})
     else:
         output.print_fsck(report, found, done)
     return 0 if report.clean else 1
 
 
-def cmd_rm(store: Store, args: argparse.Namespace) -> int:
+# --dry-run changes nothing: the store is opened read-only
+@store_command("rm", "remove runs and sweeps, and the commits, blobs and LangGraph checkpoints "
+                     "only they needed", readonly=lambda params: params["dry_run"])
+@click.argument("refs", nargs=-1, required=True, metavar="RUN|SWEEP...")
+@dry_run_option("list what would be removed; change nothing (opens the store read-only)")
+@checkpoints_option
+@json_option
+def cmd_rm(store: Store, refs: tuple[str, ...], dry_run: bool, checkpoints: str | None,
+           as_json: bool) -> int:
+    """RUN|SWEEP...: run or sweep ids (or unique prefixes), or 'last' (the last sweep)."""
     runs, sweeps = [], []
-    for ref in args.refs:
+    for ref in refs:
         kind, found = run_or_sweep(store, ref)
         (runs if kind == "run" else sweeps).append(found)
-    result = gc.remove(store, runs, sweeps, checkpoints_of(args), dry_run=args.dry_run)
-    if args.json:
-        print_json(gc.as_dict(result) | {"dry_run": args.dry_run})
+    checkpoints = Checkpoints(checkpoints_of(checkpoints, store_at().db))
+    result = gc.remove(store, runs, sweeps, checkpoints, dry_run=dry_run)
+    if as_json:
+        print_json(gc.as_dict(result) | {"dry_run": dry_run})
         return 0
-    output.print_removal(result, args.dry_run)
+    output.print_removal(result, dry_run)
     return 0
 
 
-def cmd_gc(store: Store, args: argparse.Namespace) -> int:
-    result = gc.collect(store, checkpoints_of(args), dry_run=args.dry_run)
-    if args.json:
-        print_json(gc.as_dict(result) | {"dry_run": args.dry_run})
+@store_command("gc", "remove what nothing needs: fsck's orphans and LangGraph threads of runs "
+                     "no longer in the store",
+               readonly=lambda params: params["dry_run"], notes=False)
+@dry_run_option("list what would be removed; change nothing")
+@checkpoints_option
+@json_option
+def cmd_gc(store: Store, dry_run: bool, checkpoints: str | None, as_json: bool) -> int:
+    checkpoints = Checkpoints(checkpoints_of(checkpoints, store_at().db))
+    result = gc.collect(store, checkpoints, dry_run=dry_run)
+    if as_json:
+        print_json(gc.as_dict(result) | {"dry_run": dry_run})
         return 0
-    output.print_collected(result, args.dry_run)
+    output.print_collected(result, dry_run)
     return 0
+
+
+COMMANDS = (cmd_fsck, cmd_rm, cmd_gc)
 

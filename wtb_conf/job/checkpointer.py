@@ -4,7 +4,9 @@ so that a job on any node reaches its checkpoints and none needs a local file.
 
 Each job opens its own (`open_checkpointer`); a fork, rollback or resume copies a checkpoint
 within that one checkpointer (wtb_conf.job.fork), so it must be the one the parent run used.
-`wtb fsck` asks `missing()` which links have no checkpoint, reading only.
+`wtb fsck`, `rm` and `gc` are handed a `Checkpoints(where)` by the CLI: the store's floor
+cannot import this one, so it names the shape it needs (store/checkpoint_store.py) and this
+class has it.
 """
 
 from __future__ import annotations
@@ -224,3 +226,54 @@ def _pg_found(url: str, wanted: set[Key]) -> set[Key]:
             raise CheckpointsError(f"cannot read the checkpointer {describe(url)}: "
                                    f"{_one_line(e)}") from None
     return found
+
+
+class Checkpoints:
+    """LangGraph's checkpointer at `where`, as `wtb fsck`, `rm` and `gc` use it: what the store
+    asks of it (CheckpointStore, in store/checkpoint_store.py), and nothing more."""
+
+    def __init__(self, where: str | os.PathLike) -> None:
+        self.where = where
+
+    def __repr__(self) -> str:
+        return f"Checkpoints({self.describe()!r})"
+
+    def describe(self) -> str:
+        return describe(self.where)
+
+    def missing(self, keys: Iterable[Key]) -> set[Key]:
+        return missing(self.where, keys)
+
+    def integrity_problems(self) -> list[str] | None:
+        """SQLite's integrity_check errors ([] sound, or no file); None on PostgreSQL, which
+        has no such check in its core (wtb_conf.store.integrity says so in a note)."""
+        return None if is_postgres(self.where) else integrity(self.where)
+
+    def thread_ids(self) -> list[str]:
+        """The thread ids it holds, read only (a SQLite file is opened read-only: `wtb gc
+        --dry-run` changes nothing; no file, or no table yet: none)."""
+        from wtb_conf.store.schema import readonly_uri
+
+        query = "SELECT DISTINCT thread_id FROM checkpoints"
+        if is_postgres(self.where):
+            with open_checkpointer(self.where) as saver:
+                return sorted(r["thread_id"] for r in saver.conn.execute(query).fetchall())
+        if not os.path.isfile(self.where):
+            return []
+        con = sqlite3.connect(readonly_uri(Path(self.where).absolute()), uri=True, timeout=60)
+        try:
+            return sorted(r[0] for r in con.execute(query))
+        except sqlite3.OperationalError:  # no table yet: a file no job has written
+            return []
+        finally:
+            con.close()
+
+    def delete_threads(self, threads: list[str]) -> list[str]:
+        """Delete the threads with LangGraph's own API; those it had (all of `threads`, or
+        none when there is no file: none is made)."""
+        if not is_postgres(self.where) and not os.path.isfile(self.where):
+            return []
+        with open_checkpointer(self.where) as saver:
+            for thread in threads:
+                saver.delete_thread(thread)
+        return threads

@@ -18,7 +18,6 @@ written before its row): it is a note, not a problem, and `repair()` leaves it a
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections import defaultdict
@@ -39,6 +38,7 @@ from wtb_conf.store.trees import parse as parse_tree
 
 if TYPE_CHECKING:
     from wtb_conf.store import Store
+    from wtb_conf.store.checkpoint_store import CheckpointStore
 
 GRACE_S = 3600.0  # an orphan file younger than this may belong to a commit in flight
 _IN = 500  # ids per IN (...): well below SQLite's bound-parameter limit
@@ -117,24 +117,24 @@ def _entries(data: bytes) -> list[list]:
     return [[p, *e] for p, e in parse_tree(data).items()]
 
 
-def check(store: Store, checkpoints_path: str | os.PathLike | None,
+def check(store: Store, checkpoints: CheckpointStore | None,
           grace: float = GRACE_S) -> Report:
-    """Check the whole store; `checkpoints_path`: the LangGraph SqliteSaver file its links
-    point into (None: links are checked against commits only)."""
+    """Check the whole store; `checkpoints`: LangGraph's checkpointer its links point into
+    (wtb_conf.job.checkpointer.Checkpoints; None: links are checked against commits only)."""
     report = Report()
-    check_checkpoints_db(checkpoints_path, report)
+    check_checkpoints_db(checkpoints, report)
     if not check_store_db(store, report):
         report.notes.append("the store's database is damaged: its objects, links and statuses "
                             "were not checked")
         return report
     try:
-        return _check(store, checkpoints_path, grace, report)
+        return _check(store, checkpoints, grace, report)
     except StoreMalformed as e:  # a page the integrity check passed, damaged since
         report.add("malformed_db", shown(store.engine), str(e))
         return report
 
 
-def _check(store: Store, checkpoints_path: str | os.PathLike | None, grace: float,
+def _check(store: Store, checkpoints: CheckpointStore | None, grace: float,
            report: Report) -> Report:
     # Files are listed before the snapshot: a commit writes its blob files before its rows,
     # so every row the snapshot holds has its file on disk by then.
@@ -151,7 +151,7 @@ def _check(store: Store, checkpoints_path: str | os.PathLike | None, grace: floa
         finally:
             conn.exec_driver_sql("ROLLBACK")
     # A link is written after its checkpoint: read LangGraph's file after the snapshot.
-    _check_links(links, checkpoints_path, report)
+    _check_links(links, checkpoints, report)
     _check_owners(store, report)
     orphan_rows = set(report.orphans["blobs"])
     for root, path, blob in cache:
@@ -201,23 +201,20 @@ def _check_refs(conn: Connection, report: Report) -> list:
     return links
 
 
-def _check_links(links: list, checkpoints_path: str | os.PathLike | None,
-                 report: Report) -> None:
+def _check_links(links: list, checkpoints: CheckpointStore | None, report: Report) -> None:
     """Every link's (thread, namespace, checkpoint) must be in LangGraph's checkpointer: its
-    SQLite file or its PostgreSQL database (wtb_conf.job.checkpointer reads either, read-only)."""
-    from wtb_conf.job.checkpointer import CheckpointsError, describe, missing
-
+    SQLite file or its PostgreSQL database, read only."""
     if not links:
         return
-    if checkpoints_path is None:
+    if checkpoints is None:
         report.notes.append(f"no LangGraph checkpoints file given: the {len(links)} links "
                             "were checked against commits only")
         return
-    where = describe(checkpoints_path)
+    where = checkpoints.describe()
     try:
-        absent = missing(checkpoints_path, [(link.thread_id, link.checkpoint_ns,
-                                             link.checkpoint_id) for link in links])
-    except CheckpointsError as e:
+        absent = checkpoints.missing([(link.thread_id, link.checkpoint_ns,
+                                       link.checkpoint_id) for link in links])
+    except StoreError as e:  # (the checkpointer's CheckpointsError)
         report.add("checkpoints_file", where, f"{e}: the {len(links)} checkpoint links cannot "
                    "be checked")
         return

@@ -6,7 +6,8 @@ checkpoint links, events, evaluations, and the sweeps named or left empty), the 
 they named (their final, step and inputs commits, with the ancestors nothing else needs),
 and the blob rows (with their stat cache rows) that only those commits reached. Then, the
 database committed, it unlinks those blobs' files and deletes the runs' LangGraph threads
-with the checkpointer's own `delete_thread`. A crash before the commit changes nothing; one
+with the checkpointer's own `delete_thread` (the caller hands in the checkpointer:
+store/checkpoint_store.py). A crash before the commit changes nothing; one
 after it leaves the store consistent (nothing names what is gone): at worst blob files no
 row names (`orphan_file`) and LangGraph threads of no run, which `collect()` removes.
 
@@ -18,11 +19,9 @@ that anything names: a commit is a record (you may commit with the Python API).
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, text
@@ -35,6 +34,7 @@ from wtb_conf.store.schema import lock, read_conn
 
 if TYPE_CHECKING:
     from wtb_conf.store import Store
+    from wtb_conf.store.checkpoint_store import CheckpointStore
 
 _BLOB_NAME = re.compile(r"[0-9a-f]{64}")
 # a case thread's id, as wtb_conf.job.task names it: RUN_ID/CASE
@@ -183,7 +183,7 @@ def _delete(conn: Connection, plan: Removal) -> None:
 
 
 def remove(store: Store, run_ids: Iterable[str], sweep_ids: Iterable[str],
-           checkpoints: str | os.PathLike | None, dry_run: bool = False) -> Removal:
+           checkpoints: CheckpointStore | None, dry_run: bool = False) -> Removal:
     """Remove runs, sweeps (with their runs) and what only they needed; `checkpoints`: the
     LangGraph checkpointer their threads are in (None: leave them). `dry_run`: what would go,
     read in one snapshot, nothing changed (the store may be read-only)."""
@@ -209,43 +209,8 @@ def remove(store: Store, run_ids: Iterable[str], sweep_ids: Iterable[str],
     for path in plan.files:  # their rows are gone for good
         store.blobs.remove(path)
     if checkpoints is not None and plan.threads:
-        plan.checkpoint_threads = _delete_threads(checkpoints, plan.threads)
+        plan.checkpoint_threads = checkpoints.delete_threads(plan.threads)
     return plan
-
-
-def _delete_threads(checkpoints: str | os.PathLike, threads: list[str]) -> list[str]:
-    """Delete LangGraph's threads with its own API; those it had (all of `threads`)."""
-    from wtb_conf.job.checkpointer import is_postgres, open_checkpointer
-
-    if not is_postgres(checkpoints) and not os.path.isfile(checkpoints):
-        return []  # (no file: nothing to delete, and none is made)
-    with open_checkpointer(checkpoints) as saver:
-        for thread in threads:
-            saver.delete_thread(thread)
-    return threads
-
-
-def _checkpoint_threads(checkpoints: str | os.PathLike) -> list[str]:
-    """The thread ids LangGraph's checkpointer holds, read only (a SQLite file is opened
-    read-only: `wtb gc --dry-run` changes nothing)."""
-    import sqlite3
-
-    from wtb_conf.job.checkpointer import is_postgres, open_checkpointer
-    from wtb_conf.store.schema import readonly_uri
-
-    query = "SELECT DISTINCT thread_id FROM checkpoints"
-    if is_postgres(checkpoints):
-        with open_checkpointer(checkpoints) as saver:
-            return sorted(r["thread_id"] for r in saver.conn.execute(query).fetchall())
-    if not os.path.isfile(checkpoints):
-        return []
-    con = sqlite3.connect(readonly_uri(Path(checkpoints).absolute()), uri=True, timeout=60)
-    try:
-        return sorted(r[0] for r in con.execute(query))
-    except sqlite3.OperationalError:  # no table yet: a file no job has written
-        return []
-    finally:
-        con.close()
 
 
 @dataclass
@@ -257,7 +222,7 @@ class Collected:
     skipped: list[str] = field(default_factory=list)
 
 
-def collect(store: Store, checkpoints: str | os.PathLike | None,
+def collect(store: Store, checkpoints: CheckpointStore | None,
             dry_run: bool = False) -> Collected:
     """`wtb gc`: remove what nothing needs: the orphans `wtb fsck` finds (as `--repair` does,
     with its cautions) and LangGraph threads of runs that are no longer in the store."""
@@ -272,7 +237,7 @@ def collect(store: Store, checkpoints: str | os.PathLike | None,
                 done.skipped.append(f"LangGraph threads left alone: {', '.join(busy)} is "
                                     "running")
             else:
-                found = [t for t in _checkpoint_threads(checkpoints) if _THREAD_ID.fullmatch(t)]
+                found = [t for t in checkpoints.thread_ids() if _THREAD_ID.fullmatch(t)]
                 runs = {m.group(1) for t in found if (m := _THREAD_ID.fullmatch(t))}
                 known = {r[0] for r in _select(conn, "SELECT id FROM runs WHERE id IN :ids",
                                                runs)}
@@ -289,7 +254,7 @@ def collect(store: Store, checkpoints: str | os.PathLike | None,
                 done.skipped.append(f"LangGraph threads left alone: {', '.join(busy)} is "
                                     "running")
                 return done
-        done.checkpoint_threads = _delete_threads(checkpoints, stray)
+        done.checkpoint_threads = checkpoints.delete_threads(stray)
     return done
 
 

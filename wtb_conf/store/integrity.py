@@ -10,7 +10,6 @@ and says so in a note: that check is the server administrator's (pg_amcheck).
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from wtb_conf.store.engine import check_errors, read_conn, shown
@@ -18,6 +17,7 @@ from wtb_conf.store.errors import StoreError
 
 if TYPE_CHECKING:
     from wtb_conf.store import Store
+    from wtb_conf.store.checkpoint_store import CheckpointStore
     from wtb_conf.store.fsck import Report
 
 MAX_ERRORS = 20  # integrity_check stops after this many; the first is shown
@@ -48,16 +48,14 @@ def check_store_db(store: Store, report: Report) -> bool:
     return False
 
 
-def check_checkpoints_db(checkpoints_path: str | os.PathLike | None, report: Report) -> None:
+def check_checkpoints_db(checkpoints: CheckpointStore | None, report: Report) -> None:
     """LangGraph's checkpoints file (a missing one is _check_links' problem)."""
-    from wtb_conf.job.checkpointer import describe, integrity, is_postgres
-
-    if checkpoints_path is None:
+    if checkpoints is None:
         return
-    where = describe(checkpoints_path)
-    if is_postgres(checkpoints_path):
+    where = checkpoints.describe()
+    rows = checkpoints.integrity_problems()
+    if rows is None:
         report.notes.append(PG_NOTE.format(what=f"the checkpointer {where}"))
         return
-    rows = integrity(checkpoints_path)
     if rows:
         report.add("malformed_db", where, summary(rows, where))
