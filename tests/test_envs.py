@@ -3,8 +3,10 @@ address) for each job's env and runs that job's actors in it."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from conftest import copy_project, run_bench
 from test_venv_manager import TOKEN, start_server, stop
 
+from wtb_conf.driver.envs import bench_path
 from wtb_conf.store import open_store
 
 EXPECTED = {0: ("0.8.10", "grid"), 1: ("0.9.0", "simple_grid")}  # env=tabulate_08,tabulate_09
@@ -108,3 +111,18 @@ def test_an_env_job_on_a_launcher_without_the_planner_is_refused_not_run_in_the_
     assert [r["status"] for r in runs] == ["failed"]
     assert runs[0]["error"].startswith("WorkflowError: env: this job asks for its own "
                                        "interpreter")
+
+
+def test_an_envs_path_holds_the_whole_bench(tmp_path):
+    """An env's workers import wtb_conf and its plugins from bench_path's directory alone
+    (their interpreter has neither installed): every floor of wtb_conf must be found there."""
+    root = bench_path(tmp_path / "bench")
+    found = subprocess.run(
+        [sys.executable, "-S", "-c", "import importlib.util as u; print(*(u.find_spec(m).origin "
+         "for m in ('wtb_conf.job.task', 'wtb_conf.driver.envs', "
+         "'hydra_plugins.wtb_conf_launcher.plan')))"],
+        env={**os.environ, "PYTHONPATH": str(root)}, cwd=tmp_path, capture_output=True,
+        text=True, check=True)
+    assert found.stdout.split() == [str(root / "wtb_conf/job/task.py"),
+                                    str(root / "wtb_conf/driver/envs.py"),
+                                    str(root / "hydra_plugins/wtb_conf_launcher/plan.py")]

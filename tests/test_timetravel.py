@@ -18,6 +18,7 @@ from conftest import copy_project, run_bench
 
 DEMO = ("-m", "workflow=file_processing")
 DB: dict[Path, str] = {}  # a project on PostgreSQL -> its store URL, for `wtb --db`
+BASE: dict[Path, list[dict]] = {}  # a project -> the runs of its first sweep, in job order
 
 
 def new_project(dest: Path, backend: str, request: pytest.FixtureRequest) -> Path:
@@ -70,12 +71,14 @@ def project(tmp_path_factory, backend, request) -> Path:
     run_bench(project, *DEMO, "variant=drop_invalid,fill_defaults")
     local = {"wtb.db", "checkpoints.db"} & {p.name for p in project.glob("data/*")}
     assert local == (set() if backend == "postgresql" else {"wtb.db", "checkpoints.db"})
+    # read now: a test that replays a run makes a later sweep `last`
+    BASE[project] = json.loads(wtb(project, "runs", "--sweep", "last", "--json").stdout)
     return project
 
 
 @pytest.fixture(scope="module")
 def base(project) -> list[dict]:
-    runs = json.loads(wtb(project, "runs", "--sweep", "last", "--json").stdout)  # job order
+    runs = BASE[project]  # job order
     assert [r["status"] for r in runs] == ["completed", "completed"]
     return runs
 

@@ -220,10 +220,11 @@ def bench_path(root: Path) -> Path:
     state names them all), linked into `root` (new): an env's workers get these on their path
     without this interpreter's site-packages (and its other packages)."""
     import hydra_plugins.wtb_conf_launcher as launcher
+    import wtb_conf
 
     plugins = Path(launcher.__file__).parent.parent
     (root / "hydra_plugins").mkdir(parents=True)
-    (root / "wtb_conf").symlink_to(Path(__file__).parent)
+    (root / "wtb_conf").symlink_to(Path(wtb_conf.__file__).parent)
     for path in sorted(plugins.glob("wtb_*/__init__.py")):
         (root / "hydra_plugins" / path.parent.name).symlink_to(path.parent)
     return root
