@@ -2,7 +2,8 @@
 pydantic model: every bad value is refused the same way, as `<group>.<key path>: <what is
 wrong>; <what would be valid>` (`workflow.edges[1]: 'dubble' is not a node; nodes are [...]`),
 and `wtb schema` writes the JSON Schemas an editor checks the YAML files against
-(wtb_conf.config.jsonschema). The value types and their messages are in wtb_conf.config.values.
+(wtb_conf.config.jsonschema). The value types and their messages are in wtb_conf.config.values,
+the base of the models (Group) and `check` in wtb_conf.config.group.
 
 The models check shapes, types and names within a group. What needs more than the config
 (importing a `_target_`, a run in the store, the driver's Python) stays with the code that
@@ -15,26 +16,18 @@ values, since a variant may add the node an edge names or set the `_target_` its
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar
 
 from omegaconf import OmegaConf
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictBool,
-    ValidationError,
-    ValidationInfo,
-    model_validator,
-)
+from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, ValidationInfo, model_validator
 
+# Group, CallableSpec and check are imported from here too, as they were before they moved
+from wtb_conf.config.group import CallableSpec, Group, check
 from wtb_conf.config.guards import Checkpoints, Seconds, Steps
 from wtb_conf.config.values import (
     ENDS,
-    MISSING,
     REDUCERS,
     STARTS,
     TYPES,
@@ -43,7 +36,6 @@ from wtb_conf.config.values import (
     CheckpointsAt,
     ConfigError,
     DbUrl,
-    DottedPath,
     EvaluatorName,
     IndexUrl,
     Key,
@@ -61,8 +53,6 @@ from wtb_conf.config.values import (
     json_schema,
     mapping,
     one_of,
-    problems,
-    show,
 )
 from wtb_conf.storage import StorageSpec
 from wtb_conf.store.errors import StoreError
@@ -70,66 +60,6 @@ from wtb_conf.store.errors import StoreError
 # The per-run rates a compare.objective may name beside the metrics and evaluators' scores
 # (scoring computes them; compare shows them): here, where compare.objective is checked.
 RATES = ("pass_rate", "success_rate")
-
-
-def _add_required(schema: dict[str, Any], cls: type[Group]) -> None:
-    """The JSON Schema lists the keys `required` names (the validator checks them, so that a
-    partial check can let them be)."""
-    if cls.required:
-        schema["required"] = list(cls.required)
-        for key in cls.required:
-            schema.get("properties", {}).get(key, {}).pop("default", None)
-
-
-class Group(BaseModel):
-    """A mapping of known keys; errors name the key and what would be valid."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_add_required)
-    what: ClassVar[str]  # "unknown key; <what> has ..."
-    shape: ClassVar[str]  # what a valid value looks like as a whole
-    required: ClassVar[dict[str, str]] = {}  # key -> what to give when it is missing
-    hint: ClassVar[str] = ""  # an example, after the list of keys
-
-    @classmethod
-    def keys(cls) -> list[str]:
-        return [f.alias or name for name, f in cls.model_fields.items()]
-
-    @model_validator(mode="before")
-    @classmethod
-    def _keys(cls, data: Any, info: ValidationInfo) -> Any:
-        if not isinstance(data, Mapping):
-            raise fail(f"expected {cls.shape}, got {show(data)}")
-        if cls.model_config.get("extra") == "forbid":
-            known = cls.keys()
-            for key in data:
-                if key not in known:
-                    raise fail(f"unknown key; {cls.what} has {', '.join(known)}"
-                                + (f", e.g. {cls.hint}" if cls.hint else ""), key)
-        for key, why in cls.required.items():
-            if data.get(key) in (None, "") and not is_partial(info):
-                raise fail(f"missing; {why}", key)
-        return data
-
-
-class CallableSpec(Group):
-    """`{_target_: dotted.path, **params}`: the params are passed to the callable."""
-
-    model_config = ConfigDict(extra="allow")
-    shape = "a mapping with a _target_ (a dotted import path)"
-    required = {"_target_": shape}
-    target: DottedPath = Field(None, alias="_target_",
-                               description="dotted import path of the callable")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _keys(cls, data: Any, info: ValidationInfo) -> Any:
-        if not isinstance(data, Mapping) or (data.get("_target_") is None
-                                             and not is_partial(info)):
-            raise fail(f"expected {cls.shape}, got {show(data)}")
-        return data
-
-    def params(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
 
 
 class StateField(Group):
@@ -375,28 +305,6 @@ class FlagsConfig(Group):
 GROUPS: dict[str, type[Group]] = {"workflow": WorkflowConfig, "env": EnvConfig,
                                   "storage": StorageConfig, "fork": ForkConfig,
                                   "compare": CompareConfig}
-M = TypeVar("M", bound=Group)
-
-
-def _without_missing(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _without_missing(v) for k, v in data.items() if v != MISSING}
-    return data
-
-
-def check(model: type[M], data: Any, group: str, *,
-          error: Callable[[str], BaseException] = ConfigError, partial: bool = False) -> M:
-    """`data` (a plain value or an OmegaConf container) validated as `model`; raises
-    `error(message)` naming every key at fault under `group`."""
-    if OmegaConf.is_config(data):
-        data = OmegaConf.to_container(data, resolve=True)
-    if partial:
-        data = _without_missing(data)
-    try:
-        return model.model_validate(data, context={"partial": partial})
-    except ValidationError as e:
-        raise error("\n".join(problems(e, group))) from None
-
 
 def check_config(cfg: Any, whole: Collection[str] = ("storage",)) -> None:
     """The groups present in a sweep's primary config, before any job starts, and its own
