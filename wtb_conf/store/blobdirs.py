@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from wtb_conf.store import files as _files
+from wtb_conf.store import s3_errors
 from wtb_conf.store.errors import StoreError
 from wtb_conf.store.files import TMP_PREFIX, TempBlob
 
@@ -187,12 +188,6 @@ def _modified(info: dict[str, Any]) -> float:
     return time.time()
 
 
-def _no_bucket(e: FileNotFoundError) -> bool:
-    """Whether s3fs raised this for a bucket that does not exist (not for a missing key)."""
-    code = (getattr(e.__cause__, "response", None) or {}).get("Error", {}).get("Code")
-    return code == "NoSuchBucket" or "bucket does not exist" in str(e)
-
-
 def _abandon(f: Any) -> None:
     """Drop an upload without storing it: close() would store what was written so far."""
     with contextlib.suppress(Exception):
@@ -302,7 +297,8 @@ class FsspecBlobDir:
             try:
                 fs.info(bucket)  # HEAD bucket: one request, when a store opens to write
             except FileNotFoundError:
-                raise StoreError(self._no_bucket_message("cannot store blobs")) from None
+                raise StoreError(s3_errors.no_bucket_message(self.root, "cannot store blobs")
+                                 ) from None
 
     def scan(self) -> tuple[dict[str, str], list[str], list[str]]:
         with self._io("cannot list the blobs"):
@@ -338,7 +334,7 @@ class FsspecBlobDir:
         try:
             return self.fs.info(key)
         except FileNotFoundError as e:
-            if _no_bucket(e):
+            if s3_errors.no_bucket(e):
                 raise
             return None
 
@@ -363,44 +359,6 @@ class FsspecBlobDir:
         else:
             self._upload(key, tmp)
 
-    def _endpoint(self) -> str:
-        url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        return f"endpoint {url} (AWS_ENDPOINT_URL)" if url else \
-            "AWS's own endpoint (AWS_ENDPOINT_URL is not set)"
-
-    def _no_bucket_message(self, doing: str) -> str:
-        bucket = self.root[self.root.index("://") + 3:].split("/", 1)[0]
-        return (f"{doing} in {self.root}: the bucket {bucket!r} does not exist at "
-                f"{self._endpoint()}; create it, or set storage.blob_root to a bucket that "
-                "exists")
-
-    @contextlib.contextmanager
-    def _io(self, doing: str) -> Iterator[None]:
-        """Turn what the object store raises into one StoreError naming the blob root and what
-        to do; a missing object stays a FileNotFoundError (objects.py: `... is corrupted`)."""
-        try:
-            yield
-        except FileNotFoundError as e:
-            if _no_bucket(e):
-                raise StoreError(self._no_bucket_message(doing)) from None
-            raise
-        except PermissionError as e:
-            raise StoreError(f"{doing} in {self.root}: access denied ({e}); check the "
-                             "credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or "
-                             "AWS_PROFILE) and the bucket's policy") from None
-        except OSError as e:
-            raise StoreError(f"{doing} in {self.root}: {e}") from None
-        except Exception as e:
-            kinds = {c.__name__ for c in type(e).__mro__}
-            if kinds & {"NoCredentialsError", "PartialCredentialsError"}:
-                raise StoreError(f"{doing} in {self.root}: no credentials for it ({e}); set "
-                                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
-                                 "AWS_PROFILE)") from None
-            if kinds & {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionError",
-                        "ClientConnectorError"}:
-                raise StoreError(f"{doing} in {self.root}: cannot reach the "
-                                 f"{self._endpoint()}: {e}; check the URL and the "
-                                 "network") from None
-            if "BotoCoreError" in kinds or "ClientError" in kinds:
-                raise StoreError(f"{doing} in {self.root}: {e}") from None
-            raise
+    def _io(self, doing: str) -> contextlib.AbstractContextManager[None]:
+        """What the object store raises while `doing`, as a StoreError (s3_errors.py)."""
+        return s3_errors.translated(self.root, doing)

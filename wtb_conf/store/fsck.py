@@ -282,6 +282,23 @@ class Repaired:
     skipped: list[str] = field(default_factory=list)
 
 
+def _not_reached_since(store: Store, conn: Connection, report: Report, blobs: set[str],
+                       done: Repaired) -> set[str]:
+    """The orphan `blobs` that no commit made since the check reaches (what those reach
+    stays); none at all, with a note in `done`, if such a commit's tree cannot be read."""
+    newer = [r for r in conn.execute(text("SELECT id, tree FROM commits"))
+             if r.id not in report.commits]
+    for commit, tree in newer:
+        blobs.discard(tree)
+        try:
+            blobs.difference_update(e.blob for e in parse_tree(store.read_blob(tree)).values())
+        except (StoreError, TreeError):
+            done.skipped.append(f"orphan blobs left alone: commit {commit}, made since "
+                                "the check, has an unreadable tree")
+            blobs = set()
+    return blobs
+
+
 def repair(store: Store, report: Report) -> Repaired:
     """Fail what dead processes left running (`store.reap()`), then remove the orphans
     `report` found, in one write transaction that re-checks each of them under the store's
@@ -310,17 +327,7 @@ def repair(store: Store, report: Report) -> Repaired:
         if busy:
             done.skipped.append(f"orphans left alone: {', '.join(busy)} is still running")
             return done
-        newer = [r for r in conn.execute(text("SELECT id, tree FROM commits"))
-                 if r.id not in report.commits]
-        for commit, tree in newer:  # committed since the check: what they reach stays
-            blobs.discard(tree)
-            try:
-                blobs.difference_update(e.blob for e in parse_tree(store.read_blob(tree)).values())
-            except (StoreError, TreeError):
-                done.skipped.append(f"orphan blobs left alone: commit {commit}, made since "
-                                    "the check, has an unreadable tree")
-                blobs = set()
-        ids = sorted(blobs)
+        ids = sorted(_not_reached_since(store, conn, report, blobs, done))
         # the cache first: its rows name blobs (a foreign key), and a cached blob is reused
         if orphans["stat_cache"]:
             conn.execute(text("DELETE FROM stat_cache WHERE root = :r AND path = :p"),

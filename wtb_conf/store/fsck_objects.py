@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Row, text
 
 from wtb_conf.store.errors import ObjectCorrupted
 from wtb_conf.store.trees import Entry, TreeError, parse, unsafe
@@ -83,6 +83,24 @@ class _Trees:
 def check_objects(store: Store, conn: Connection, report: Report) -> set[str]:
     """Commits, trees and blobs; records the blobs no commit reaches. Returns the ids a blob
     file may have without being an orphan: every blob row, and every blob a commit reaches."""
+    commits, tree_of = _read_commits(conn, report)
+    trees = _Trees(tree_of)
+    gone: dict[str, str] = {}  # blob (or tree) -> why it is missing
+    blob_ids, file_rows, sizes = _read_blob_rows(conn, report, trees)
+    _check_blob_files(store, trees, file_rows, sizes, gone)
+    trees.sizes_agree({b: s for b, s in sizes.items() if b not in trees.bad})
+    gone.update((t, "it is not in the store") for t in tree_of.keys() - blob_ids)
+    _report_trees(report, commits, trees, gone)
+    gone.update((b, "it is not in the store") for b in trees.reached.keys() - blob_ids)
+    _report_blobs(report, trees, gone, blob_ids, file_rows)
+    report.checked.update(commits=len(commits), trees=len(tree_of), blobs=len(blob_ids),
+                          blob_files=len(file_rows))
+    return blob_ids | trees.reached.keys() | tree_of.keys()
+
+
+def _read_commits(conn: Connection, report: Report) -> tuple[list[Row], dict[str, str]]:
+    """The commits rows whose id is text (a problem for each other one), and tree -> the first
+    commit that has it; a problem for each parent that is not in the store."""
     commits = []
     for row in conn.execute(text("SELECT id, tree, parent FROM commits")):
         if isinstance(row.id, str):
@@ -97,14 +115,18 @@ def check_objects(store: Store, conn: Connection, report: Report) -> set[str]:
         if c.parent is not None and c.parent not in report.commits:
             report.add("missing_commit", c.id, f"commit {c.id} names parent {_name(c.parent)}, "
                        "which is not in the store")
-    trees = _Trees(tree_of)
-    bad = trees.bad
-    gone: dict[str, str] = {}  # blob (or tree) -> why it is missing
+    return commits, tree_of
 
-    # One pass over the blobs table: inline blobs re-hashed, inline trees read as they come.
+
+def _read_blob_rows(conn: Connection, report: Report, trees: _Trees
+                    ) -> tuple[set[str], dict[str, int], dict[str, int]]:
+    """One pass over the blobs table: inline blobs re-hashed, inline trees read as they come.
+    Returns the blob ids, blob -> size of the blobs stored as files, and blob -> size of the
+    rows whose size is a byte count."""
+    bad, tree_of = trees.bad, trees.tree_of
     blob_ids: set[str] = set()
-    file_rows: dict[str, int] = {}  # blob -> size, of the blobs stored as files
-    sizes: dict[str, int] = {}  # blob -> its size, of the rows whose size is a byte count
+    file_rows: dict[str, int] = {}
+    sizes: dict[str, int] = {}
     for bid, size, data in conn.execute(text("SELECT id, size, data FROM blobs")):
         if not isinstance(bid, str):
             report.add("corrupt_row", repr(bid), f"a blobs row has the id {bid!r} "
@@ -125,15 +147,22 @@ def check_objects(store: Store, conn: Connection, report: Report) -> set[str]:
             bad[bid] = f"its bytes hash to {digest}"
         elif bid in sizes and len(data) != size:
             bad[bid] = f"it holds {len(data)} bytes, its row says {size}"
-    for tree in tree_of.keys() & file_rows.keys():  # trees too big to be inline
+    return blob_ids, file_rows, sizes
+
+
+def _check_blob_files(store: Store, trees: _Trees, file_rows: dict[str, int],
+                      sizes: dict[str, int], gone: dict[str, str]) -> None:
+    """The blob files: the trees too big to be inline read (before the rest: what they reach
+    is then known), then each file a commit reaches re-hashed, streamed, once."""
+    bad = trees.bad
+    for tree in trees.tree_of.keys() & file_rows.keys():
         try:
             trees.walk(tree, b"".join(store.blobs.chunks(tree)))
         except FileNotFoundError:
             gone[tree] = f"its file {store._blob_path(tree)} is missing"
         except ObjectCorrupted as e:  # an id that is no digest names no file
             bad[tree] = str(e)
-    reached = trees.reached
-    for bid in reached.keys() & file_rows.keys():  # each file once, streamed
+    for bid in trees.reached.keys() & file_rows.keys():
         try:
             digest, size = store.blobs.digest(bid)
         except FileNotFoundError:
@@ -146,10 +175,13 @@ def check_objects(store: Store, conn: Connection, report: Report) -> set[str]:
             bad[bid] = f"its bytes hash to {digest}"
         elif bid in sizes and size != file_rows[bid]:
             bad[bid] = f"its file holds {size} bytes, its row says {file_rows[bid]}"
-    trees.sizes_agree({b: s for b, s in sizes.items() if b not in bad})
-    gone.update((t, "it is not in the store") for t in tree_of.keys() - blob_ids)
+
+
+def _report_trees(report: Report, commits: list[Row], trees: _Trees,
+                  gone: dict[str, str]) -> None:
+    """A problem for each commit whose tree is missing, corrupt or unsafe to restore."""
     for c in commits:
-        if why := gone.get(c.tree) or bad.get(c.tree):
+        if why := gone.get(c.tree) or trees.bad.get(c.tree):
             what = "missing" if c.tree in gone else "corrupt"
             report.add(f"{what}_tree", c.id, f"commit {c.id}: its tree {_name(c.tree)} is {what}: "
                        f"{why}")
@@ -157,16 +189,18 @@ def check_objects(store: Store, conn: Connection, report: Report) -> set[str]:
             report.add("unsafe_tree", c.id, f"commit {c.id}: its tree {c.tree} cannot be "
                        f"restored: {why}")
 
-    gone.update((b, "it is not in the store") for b in reached.keys() - blob_ids)
+
+def _report_blobs(report: Report, trees: _Trees, gone: dict[str, str], blob_ids: set[str],
+                  file_rows: dict[str, int]) -> None:
+    """A problem for each blob a commit reaches that is missing or corrupted (in the order
+    they were reached), and for each orphan: a blob no commit reaches (report.orphans)."""
+    reached, bad = trees.reached, trees.bad
     for bid in sorted(reached.keys() & (gone.keys() | bad.keys()), key=reached.__getitem__):
         what = "missing" if bid in gone else "corrupted"
         report.add(f"{what[:7]}_blob", bid, f"blob {bid} (file {reached[bid][1]} of commit "
                    f"{reached[bid][0]}) is {what}: {gone.get(bid) or bad[bid]}")
-    orphans = sorted(blob_ids - reached.keys() - tree_of.keys())
+    orphans = sorted(blob_ids - reached.keys() - trees.tree_of.keys())
     report.orphans["blobs"] = orphans
     for bid in orphans:
         where = "its file" if bid in file_rows else "inline"
         report.add("orphan_blob", bid, f"blob {bid} ({where}) is reached by no commit")
-    report.checked.update(commits=len(commits), trees=len(tree_of), blobs=len(blob_ids),
-                          blob_files=len(file_rows))
-    return blob_ids | reached.keys() | tree_of.keys()

@@ -8,14 +8,14 @@ A tree is the JSON manifest of a directory (path -> blob, size, mode), stored as
 identical trees are stored once; a symlink is an entry whose blob is its target and whose mode
 is git's 0o120000. A commit names a tree, a parent and a message; its id is the digest of those
 three, so the same files committed the same way give the same id anywhere. Big files are
-streamed in chunks both ways (files.py), never held in memory whole.
+streamed in chunks both ways (files.py), never held in memory whole; dir_scan.py reads the
+directory a commit is made of.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Engine, bindparam, text
 
 from wtb_conf.store import files as _files
 from wtb_conf.store.blobdirs import BlobDir, LocalBlobDir, open_blob_dir
+from wtb_conf.store.dir_scan import Scan, scan_dir
 from wtb_conf.store.engine import executemany
 from wtb_conf.store.errors import ObjectCorrupted, ObjectNotFound, StoreError, StoreFull
 from wtb_conf.store.files import TempBlob, no_room, safe_target  # noqa: F401 (tests)
@@ -34,8 +35,6 @@ from wtb_conf.store.schema import lock, read_conn
 from wtb_conf.store.trees import LINK_MODE, PERM_BITS, TREE_FORMAT, Entry, TreeError  # noqa: F401 (TREE_FORMAT: re-exported)
 from wtb_conf.store.trees import encode as encode_tree
 from wtb_conf.store.trees import parse as parse_tree
-
-log = logging.getLogger(__name__)
 
 _CHUNK = 500  # ids per IN (...) query, well below SQLite's bound-parameter limit
 
@@ -211,7 +210,45 @@ class ObjectStore:
         root = str(Path(path).resolve())
         if not os.path.isdir(root):
             raise FileNotFoundError(f"cannot commit {root}: not a directory")
-        stats = CommitStats()
+        cache = self._stat_cache_of(root)
+        scan = scan_dir(root, None if files is None else set(files), cache, self.inline_max,
+                        self.blobs, self._place)
+        stats = CommitStats(files=len(scan.entries), hashed=scan.hashed)
+        tree_bytes = encode_tree(scan.entries)
+        tree_id = hashlib.sha256(tree_bytes).hexdigest()
+        scan.small[tree_id] = tree_bytes
+        commit_id = hashlib.sha256(
+            json.dumps([tree_id, parent, message], separators=(",", ":")).encode()
+        ).hexdigest()
+        racy_after = self._fs_now(root)
+        rows = self._stage_durably(scan)
+        _fault and _fault("blobs_staged")
+        stats.new_blobs = len(rows)
+        # Cached paths no longer regular files here (links are never cached).
+        entries, files = scan.entries, scan.files
+        gone = [p for p in cache if (p not in entries or entries[p].mode == LINK_MODE)
+                and (files is None or p in files)]
+        if not rows and not scan.fresh and not gone:  # nothing new: no write transaction
+            with read_conn(self.engine) as conn:
+                known = self._has_commit(conn, commit_id)
+            if known:
+                self._stat_memo[root] = cache
+                self.last_commit = stats
+                return commit_id
+        commit = {"id": commit_id, "tree": tree_id, "parent": parent, "message": message}
+        try:
+            with self.engine.begin() as conn:
+                cache = self._write_commit(conn, scan, rows, commit, cache, racy_after, gone)
+        except StoreFull as e:  # (engine.py's message; the transaction rolled back)
+            raise StoreFull(f"cannot commit {root}: {e}") from e
+        _fault and _fault("committed")
+        self._stat_memo[root] = cache
+        self.last_commit = stats
+        return commit_id
+
+    def _stat_cache_of(self, root: str) -> dict[str, tuple]:
+        """The stat cache of `root`: path -> (size, mtime_ns, ctime_ns, ino, blob); read from
+        the table once, then kept (see _stat_memo)."""
         cache = self._stat_memo.get(root)
         if cache is None:
             with read_conn(self.engine) as conn:
@@ -223,104 +260,56 @@ class ObjectStore:
                     {"root": root},
                 )
                 cache = {r[0]: tuple(r[1:]) for r in rows}  # plain tuples: this is the hot loop
-        entries: dict[str, Entry] = {}
-        small: dict[str, bytes] = {}  # blob id -> bytes: small files, link targets, the tree
-        big: dict[str, int] = {}  # blob id -> size: streamed into their blob files already
-        dirs: set[Path | None] = set()  # where blob files were renamed: fsynced before the rows
-        fresh: list[tuple[str, os.stat_result, str]] = []  # hashed files to cache
-        blobs, objects = self.blobs, self.blobs.objects
-        if files is not None:  # (commit_source: no path named may lead outside root)
-            files = set(files)
-            found = [(rel, os.lstat(_files.commit_source(root, rel))) for rel in sorted(files)]
-        for rel, st in found if files is not None else _files.walk(root):
-            if stat.S_ISLNK(st.st_mode):  # stored as a link, never followed (like git)
-                if (target := _files.read_link(os.path.join(root, rel))) is not None:
-                    small[blob_id := hashlib.sha256(target).hexdigest()] = target
-                    entries[rel] = Entry(blob_id, len(target), LINK_MODE)
-                continue
-            c = cache.get(rel)
-            if c is not None and c[:4] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
-                entries[rel] = Entry(c[4], c[0], st.st_mode & PERM_BITS)
-                continue
-            full = os.path.join(root, rel)  # (not before: this is the hot loop)
-            if not stat.S_ISREG(st.st_mode):  # (named in `files`; the walk skips them)
-                log.warning("%s is not a regular file or symlink; not committed", full)
-                continue
-            if (got := _files.read_file(full, st, self.inline_max, blobs)) is None:
-                continue  # vanished: logged
-            data, after = got
-            stats.hashed += 1
-            if isinstance(data, TempBlob):  # big: streamed into a temp blob file
-                big[blob_id := self._place(data, full, dirs)] = size = data.size
-            else:
-                small[blob_id := hashlib.sha256(data).hexdigest()] = data
-                size = len(data)
-            entries[rel] = Entry(blob_id, size, st.st_mode & PERM_BITS)  # (no setuid)
-            if _files.same_stat(st, after):  # not written to while we read it
-                fresh.append((rel, after, blob_id))
-        stats.files = len(entries)
-        tree_bytes = encode_tree(entries)
-        tree_id = hashlib.sha256(tree_bytes).hexdigest()
-        small[tree_id] = tree_bytes
-        commit_id = hashlib.sha256(
-            json.dumps([tree_id, parent, message], separators=(",", ":")).encode()
-        ).hexdigest()
-        racy_after = self._fs_now(root)
+        return cache
+
+    def _stage_durably(self, scan: Scan) -> list[dict]:
+        """The rows of the scan's blobs not stored yet (_stage_blobs), once every directory a
+        blob file was renamed into is fsynced: a row never names a file a crash can lose."""
         try:
-            rows = self._stage_blobs(small, big, dirs)
-            for d in dirs - {None}:
+            rows = self._stage_blobs(scan.small, scan.big, scan.dirs)
+            for d in scan.dirs - {None}:
                 _files.fsync_dir(d)
         except OSError as e:
-            what = "its tree (or a link's target)"
-            if err := no_room(e, f"cannot commit {root}: writing {what} into {objects} failed"):
+            what, objects = "its tree (or a link's target)", self.blobs.objects
+            if err := no_room(e, f"cannot commit {scan.root}: writing {what} into {objects} "
+                                 "failed"):
                 raise err from e
             raise
-        _fault and _fault("blobs_staged")
-        stats.new_blobs = len(rows)
-        # Cached paths no longer regular files here (links are never cached).
-        gone = [p for p in cache if (p not in entries or entries[p].mode == LINK_MODE)
-                and (files is None or p in files)]
-        if not rows and not fresh and not gone:  # nothing new: no write transaction
-            with read_conn(self.engine) as conn:
-                if self._has_commit(conn, commit_id):
-                    self._stat_memo[root] = cache
-                    self.last_commit = stats
-                    return commit_id
-        try:
-            with self.engine.begin() as conn:
-                # PostgreSQL (no-ops on SQLite's one write lock): repair waits for commits,
-                # commits of one directory (its stat cache rows) take turns.
-                lock(conn, "blobs", shared=True)
-                lock(conn, f"stat_cache:{root}")
-                if parent is not None and not self._has_commit(conn, parent):
-                    raise ObjectNotFound(f"parent commit {parent} is not in the store")
-                # The blobs found stored before this transaction must still be: `wtb fsck
-                # --repair` removes a row no commit reaches, as these were until now.
-                staged = {r["id"] for r in rows}
-                known = [b for b in (*small, *big) if b not in staged]
-                if gone_blobs := set(known) - self._existing_blobs(conn, known):
-                    raise StoreError(f"cannot commit {root}: {len(gone_blobs)} of its blobs "
-                                     "were removed while it was committed (by `wtb fsck "
-                                     "--repair`?); commit it again")
-                executemany(conn, "blobs", rows, "ON CONFLICT (id) DO NOTHING")
-                conn.execute(
-                    text(
-                        "INSERT INTO commits (id, tree, parent, message, created_at) "
-                        "VALUES (:id, :tree, :parent, :message, :at) "
-                        "ON CONFLICT (id) DO NOTHING"
-                    ),
-                    {"id": commit_id, "tree": tree_id, "parent": parent, "message": message,
-                     "at": now_iso()},
-                )
-                cache = self._update_stat_cache(conn, root, cache, entries, fresh, racy_after,
-                                                files, gone)
-                _fault and _fault("in_transaction")
-        except StoreFull as e:  # (engine.py's message; the transaction rolled back)
-            raise StoreFull(f"cannot commit {root}: {e}") from e
-        _fault and _fault("committed")
-        self._stat_memo[root] = cache
-        self.last_commit = stats
-        return commit_id
+        return rows
+
+    def _write_commit(self, conn: Connection, scan: Scan, rows: list[dict], commit: dict,
+                      cache: dict, racy_after: int, gone: list[str]) -> dict:
+        """The commit's write transaction, in its order: the locks, the checks that its parent
+        and the blobs it reuses are stored, the blob rows, the commit row (`commit`: its id,
+        tree, parent and message), the stat cache. Returns the root's new stat cache."""
+        root = scan.root
+        # PostgreSQL (no-ops on SQLite's one write lock): repair waits for commits,
+        # commits of one directory (its stat cache rows) take turns.
+        lock(conn, "blobs", shared=True)
+        lock(conn, f"stat_cache:{root}")
+        if commit["parent"] is not None and not self._has_commit(conn, commit["parent"]):
+            raise ObjectNotFound(f"parent commit {commit['parent']} is not in the store")
+        # The blobs found stored before this transaction must still be: `wtb fsck
+        # --repair` removes a row no commit reaches, as these were until now.
+        staged = {r["id"] for r in rows}
+        known = [b for b in (*scan.small, *scan.big) if b not in staged]
+        if gone_blobs := set(known) - self._existing_blobs(conn, known):
+            raise StoreError(f"cannot commit {root}: {len(gone_blobs)} of its blobs "
+                             "were removed while it was committed (by `wtb fsck "
+                             "--repair`?); commit it again")
+        executemany(conn, "blobs", rows, "ON CONFLICT (id) DO NOTHING")
+        conn.execute(
+            text(
+                "INSERT INTO commits (id, tree, parent, message, created_at) "
+                "VALUES (:id, :tree, :parent, :message, :at) "
+                "ON CONFLICT (id) DO NOTHING"
+            ),
+            {**commit, "at": now_iso()},
+        )
+        cache = self._update_stat_cache(conn, root, cache, scan.entries, scan.fresh,
+                                        racy_after, scan.files, gone)
+        _fault and _fault("in_transaction")
+        return cache
 
     def _place(self, tmp: TempBlob, path: str, dirs: set[Path | None]) -> str:
         """Rename a streamed file's temp blob under its hash; return the hash."""
