@@ -9,7 +9,7 @@ different choice of checkpoint. The `fork:` config keys are documented in docs/c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +123,38 @@ def _first_run(thread: dict[str, Any], links: list[dict[str, Any]], node: str,
     return None
 
 
+# thread id -> (its run, the thread, its links in step order)
+_Records = dict[str, tuple[str, dict[str, Any], list[dict[str, Any]]]]
+
+
+def _where_it_ran(records: _Records, read_thread: Callable[[str], None], run_id: str, case: str,
+                  node: str, thread_id: str
+                  ) -> tuple[str, dict[str, Any], list[dict[str, Any]], str | None]:
+    """The thread in which case `case` ran `node` itself: up the `parent_thread`s from
+    `thread_id` while the thread inherited `node` (reading each with `read_thread` into
+    `records`). Returns its run, the thread, its links, and the checkpoint the child was
+    copied from (None: `node` was not inherited, all the thread's links count)."""
+    source, thread, links = records[thread_id]
+    upto, seen = None, {thread_id}
+    while node in thread["inherited"]:  # it did not run here: up to where it ran
+        parent = thread["parent_thread"]
+        if parent:
+            read_thread(parent)
+        if not parent or parent not in records or parent in seen:
+            where = ("a checkpoint the store does not name" if not parent
+                     else f"thread {parent}, which this store does not hold"
+                     if parent not in records else f"thread {parent}, in a loop of threads")
+            raise ForkError(
+                f"fork.after: case {case!r} of run {run_id[:8]} inherited node {node!r} "
+                f"from {where}; fork one of the run's own checkpoints instead: "
+                f"{id_override('fork.run', run_id[:8], typed=True)} +fork.checkpoint=CP "
+                f"(`wtb show {run_id[:8]}`)")
+        seen.add(parent)
+        upto = thread["parent_checkpoint"]
+        source, thread, links = records[parent]
+    return source, thread, links, upto
+
+
 def _after(store: Store, run_id: str, node: str) -> dict[str, ForkPoint]:
     """`fork.after`: each case's checkpoint right after `node` first ran.
 
@@ -132,8 +164,7 @@ def _after(store: Store, run_id: str, node: str) -> dict[str, ForkPoint]:
     it was copied from (`parent_thread`, at or before `parent_checkpoint`), or further up if
     that thread inherited `node` too. It is the exact state `node` left, so the fork starts
     there; only when the store does not hold it is this an error, naming the run to look at."""
-    # thread id -> (its run, the thread, its links in step order)
-    records: dict[str, tuple[str, dict[str, Any], list[dict[str, Any]]]] = {}
+    records: _Records = {}
 
     def read(run: str) -> None:  # a run's threads and links at once: cases share ancestors
         links = store.checkpoints(run)
@@ -154,24 +185,8 @@ def _after(store: Store, run_id: str, node: str) -> dict[str, ForkPoint]:
                    if r == run_id and links)
     chosen: dict[str, ForkPoint] = {}
     for case, thread_id in named:
-        source, thread, links = records[thread_id]
-        upto, seen = None, {thread_id}
-        while node in thread["inherited"]:  # it did not run here: up to where it ran
-            parent = thread["parent_thread"]
-            if parent:
-                read_thread(parent)
-            if not parent or parent not in records or parent in seen:
-                where = ("a checkpoint the store does not name" if not parent
-                         else f"thread {parent}, which this store does not hold"
-                         if parent not in records else f"thread {parent}, in a loop of threads")
-                raise ForkError(
-                    f"fork.after: case {case!r} of run {run_id[:8]} inherited node {node!r} "
-                    f"from {where}; fork one of the run's own checkpoints instead: "
-                    f"{id_override('fork.run', run_id[:8], typed=True)} +fork.checkpoint=CP "
-                    f"(`wtb show {run_id[:8]}`)")
-            seen.add(parent)
-            upto = thread["parent_checkpoint"]
-            source, thread, links = records[parent]
+        source, thread, links, upto = _where_it_ran(records, read_thread, run_id, case, node,
+                                                    thread_id)
         point = _first_run(thread, links, node, upto)
         if point is not None:
             chosen[case] = point
