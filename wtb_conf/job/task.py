@@ -18,7 +18,7 @@ import logging
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +281,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     job = handoff()
     if isinstance(job, Admission):
+        # where run_job put the job here: on a node with a disk of its own (shared_disk=false)
+        # that is the node's dir, not the one the planner saw in the driver
+        job = replace(job, job_dir=Path(HydraConfig.get().runtime.output_dir))
         store = store_at(job.storage)
     else:
         job, store = admit(cfg, HydraConfig.get())
