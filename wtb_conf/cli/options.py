@@ -119,12 +119,8 @@ def _on_store(fn: Callable, params: dict[str, Any]) -> Any:
                       "or pass --db")
     readonly = command.opens_readonly(params)
     with open_store(where.db, where.blobs, readonly=readonly) as store:
-        if not command.notes:  # they report them; a repair records them
-            pass
-        elif readonly:
-            note_lost(store)
-        else:
-            reap(store)
+        if command.notes:  # (fsck and gc report dead runs themselves; a repair records them)
+            note_lost(store) if readonly else reap(store)
         return fn(store, **params)
 
 
