@@ -38,14 +38,17 @@ def serve(args: argparse.Namespace) -> None:
         while not rest.started:  # so the line below only appears once both listen
             threading.Event().wait(0.02)
         rest_port = rest.servers[0].sockets[0].getsockname()[1]
-    # One machine-readable line: whoever started us (e.g. wtb_conf's launcher) reads the ports.
-    print(f"venv_manager listening grpc={args.host}:{grpc_port}"
-          + (f" rest={args.host}:{rest_port}" if rest else "") + f" data={store.root}"
-          + (f" token_file={token_file}" if token_file else ""), flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # SIGTERM raises KeyboardInterrupt, set before the line below: whoever reads it may stop
+    # us at once. (An Event set from the handler could land while the main thread was just
+    # entering its wait, and the wake-up was lost: a stop that hung.)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        stop.wait()
+        # One machine-readable line: whoever started us (e.g. wtb_conf's launcher) reads the
+        # ports.
+        print(f"venv_manager listening grpc={args.host}:{grpc_port}"
+              + (f" rest={args.host}:{rest_port}" if rest else "") + f" data={store.root}"
+              + (f" token_file={token_file}" if token_file else ""), flush=True)
+        threading.Event().wait()
     except KeyboardInterrupt:
         pass
     if rest:
