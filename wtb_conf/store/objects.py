@@ -194,7 +194,7 @@ class ObjectStore:
         stored: dict[str, bool] = {}
         with read_conn(self.engine) as conn:
             for i in range(0, len(ids), _CHUNK):
-                stored.update(conn.execute(query, {"ids": ids[i:i + _CHUNK]}).tuples().all())
+                stored.update(conn.execute(query, {"ids": ids[i:i + _CHUNK]}).all())
         return [b for b in ids if b not in stored or (stored[b] and not self.blobs.exists(b))]
 
     def commit_dir(
