@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("bench", help="a script of benchmarks/, e.g. store_bench.py")
     ap.add_argument("args", nargs=argparse.REMAINDER, help="the bench's own arguments")
     args = ap.parse_args()
+    if args.runs < 1:
+        ap.error(f"--runs {args.runs}: at least 1 alternating run is needed")
     for _ in range(args.runs):
         before = run(args.python, args.before.resolve(), args.bench, args.args)
         after = run(sys.executable, ROOT, args.bench, args.args)
