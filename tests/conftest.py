@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import warm
 from pgserver import PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,14 +48,29 @@ def ray_auth():
             os.environ[key] = value
 
 
-def run_bench(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """`python -m wtb_conf ARGS` in cwd, the way a user runs it."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "wtb_conf", *args], cwd=cwd, capture_output=True, text=True,
-        timeout=600,
-    )
+def run_bench(cwd: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
+              timeout: float = 600, cold: bool = False) -> subprocess.CompletedProcess:
+    """`python -m wtb_conf ARGS` in cwd, the way a user runs it, in a process of its own
+    forked warm (tests/warm.py), or with COLD in a new interpreter (the new user's path);
+    CHECK: exit 0 or fail with its output."""
+    if cold:
+        proc = subprocess.run([sys.executable, "-m", "wtb_conf", *args], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    else:
+        proc = warm.run("wtb_conf", args, cwd, env=env, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def wtb(cwd: Path, *args: str, code: int | None = 0, env: dict[str, str] | None = None,
+        timeout: float = 600) -> subprocess.CompletedProcess:
+    """`wtb ARGS` in cwd, in a process of its own forked warm; CODE: the exit it must end with
+    (None: any)."""
+    proc = warm.run("wtb_conf.cli", args, cwd, env=env, timeout=timeout)
+    if code is not None and proc.returncode != code:
+        raise AssertionError(f"`wtb {' '.join(args)}` exited {proc.returncode}, not {code}\n"
+                             f"{proc.stdout}\n{proc.stderr}")
     return proc
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import s3server
-from conftest import copy_project, run_bench, sha, write
+from conftest import copy_project, run_bench, sha, write, wtb
 
 from wtb_conf.cli import main
 from wtb_conf.store import ObjectCorrupted, StoreError, fsck, open_store
@@ -367,22 +367,17 @@ def test_the_demo_sweep_with_every_blob_in_s3(s3, tmp_path):
     keys = s3.keys()
     assert keys and all(k.startswith("blobs/objects/") for k in keys)
     assert not (project / "data/blobs").exists() and not list(project.rglob("s3:*"))
-    wtb = [sys.executable, "-m", "wtb_conf.cli", "--blobs", s3.url]
     with open_store(str(project / "data/wtb.db"), s3.url, readonly=True) as store:
         runs = store.runs(store.last_sweep())
         assert len(runs) == 4 and {r["status"] for r in runs} == {"completed"}
         trees = {r["run_id"]: store.tree(r["commit"]) for r in runs}
     for run in runs:
         dest = tmp_path / "restored" / run["run_id"]
-        proc = subprocess.run([*wtb, "restore", run["run_id"], "--to", str(dest)], cwd=project,
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
+        wtb(project, "--blobs", s3.url, "restore", run["run_id"], "--to", str(dest))
         job_out = Path(run["job_dir"]) / "out"
         assert sorted(trees[run["run_id"]]) == sorted(snapshot(dest))
         assert snapshot(dest) == {rel: (job_out / rel).read_bytes() for rel in snapshot(dest)}
         # every one of its blobs is an object in the bucket
         assert {s3.key(e.blob) for e in trees[run["run_id"]].values()} <= set(keys)
-    proc = subprocess.run([*wtb, "fsck"], cwd=project, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0 and proc.stdout.rstrip().endswith("clean"), \
-        proc.stdout + proc.stderr
+    proc = wtb(project, "--blobs", s3.url, "fsck")
+    assert proc.stdout.rstrip().endswith("clean"), proc.stdout + proc.stderr

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import copy_project, run_bench
+from conftest import copy_project, run_bench, wtb
 
 from wtb_conf.store import open_store
 
@@ -95,9 +95,7 @@ def test_rerun_failed_reruns_only_the_failed_jobs(flaky):
                      check=False)
     assert proc.returncode != 0 and "1 of 2 jobs failed" in proc.stderr
     (flaky / "fail").unlink()
-    rerun = subprocess.run([sys.executable, "-m", "wtb_conf.cli", "rerun", "--failed", "last"],
-                           cwd=flaky, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
+    rerun = wtb(flaky, "rerun", "--failed", "last")
     assert "rerunning sweep" in rerun.stdout
     last = sweeps(flaky)[-1]
     assert [(r["overrides"][1], r["status"]) for r in last] == [
@@ -159,6 +157,4 @@ def test_a_cache_hit_whose_files_lost_a_blob_runs_again(tmp_path):
     assert "not a cache hit" in proc.stderr + proc.stdout
     with open_store(str(project / "data/wtb.db"), project / "data/blobs") as store:
         assert not store.missing_blobs(first[0]["commit"])
-    fsck = subprocess.run([sys.executable, "-m", "wtb_conf.cli", "fsck"], cwd=project,
-                          capture_output=True, text=True)
-    assert fsck.returncode == 0, fsck.stdout + fsck.stderr  # the rerun stored the blob again
+    wtb(project, "fsck")  # exit 0: the rerun stored the blob again

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import copy_project, run_bench
+from conftest import wtb as wtb_in
 
 from wtb_conf.cli import main
 from wtb_conf.cli.output import clip_json
@@ -115,7 +116,7 @@ def test_missing_store_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 def test_console_script_runs(demo):
     proc = subprocess.run([sys.executable, "-m", "wtb_conf.cli", "runs", "--json"], cwd=demo,
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True, check=True)  # a new interpreter
     assert len(json.loads(proc.stdout)) == 4
 
 
@@ -205,10 +206,7 @@ def test_the_readme_tour_examples_change_what_the_user_sees(tmp_path):
     run_bench(project, "-m", "+experiment=demo")
 
     def wtb_(*args: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "wtb_conf.cli", *args], cwd=project,
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc
+        return wtb_in(project, *args)
 
     def total_ok() -> dict[int, float]:
         rows = json.loads(wtb_("compare", "--json").stdout)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import conftest
 import pytest
 from conftest import copy_project, run_bench, sha, write
 from langgraph.checkpoint.sqlite import SqliteSaver
@@ -358,14 +357,9 @@ def test_a_real_sweep_is_clean(tmp_path):
     project = copy_project(tmp_path)
     run_bench(project, "-m", "workflow=file_processing", "variant=drop_invalid",
               "hydra/launcher=basic")
-    cli = [sys.executable, "-m", "wtb_conf.cli", "fsck"]
-    proc = subprocess.run(cli, cwd=project, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.rstrip().endswith("clean")
-    proc = subprocess.run([*cli, "--json"], cwd=project, capture_output=True, text=True,
-                          timeout=120)
-    doc = json.loads(proc.stdout)
-    assert proc.returncode == 0 and doc["clean"] and doc["problems"] == []
+    assert conftest.wtb(project, "fsck").stdout.rstrip().endswith("clean")
+    doc = json.loads(conftest.wtb(project, "fsck", "--json").stdout)
+    assert doc["clean"] and doc["problems"] == []
     assert doc["checked"]["links"] > 0 and doc["checked"]["runs"] == 1
 
 

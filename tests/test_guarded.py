@@ -22,10 +22,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
+import conftest
 import pytest
 from conftest import run_bench
 from hydra.core.hydra_config import HydraConfig
@@ -110,10 +110,7 @@ def project(tmp_path: Path) -> Path:
 
 
 def wtb(project: Path, *args: str) -> object:
-    proc = subprocess.run([sys.executable, "-m", "wtb_conf.cli", *args, "--json"], cwd=project,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return json.loads(conftest.wtb(project, *args, "--json").stdout)
 
 
 def sweep(project: Path, *markers: str) -> tuple[subprocess.CompletedProcess, dict]:

@@ -9,9 +9,9 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
+import conftest
 import pytest
 from conftest import copy_project, run_bench
 from langgraph.errors import GraphRecursionError
@@ -48,15 +48,13 @@ cases:
 
 
 def wtb(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "wtb_conf.cli", *args], cwd=project,
-                          capture_output=True, text=True, timeout=300)
+    return conftest.wtb(project, *args, code=None)
 
 
 def sweep(project: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "wtb_conf", "-m", *args], cwd=project,
-                          capture_output=True, text=True, timeout=600, env=env)
+    return run_bench(project, "-m", *args, env=env, check=False)
 
 
 def runs(project: Path) -> list[dict]:

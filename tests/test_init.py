@@ -26,7 +26,7 @@ def test_init_makes_a_project_that_sweeps(tmp_path):
     assert sorted(str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()) == [
         "conf/workflow/hello.yaml", "hello_nodes.py", "inputs/world.txt"]
     assert "run it: cd hello && python -m wtb_conf -m workflow=hello" in proc.stdout
-    run_bench(project, "-m", "workflow=hello")
+    run_bench(project, "-m", "workflow=hello", cold=True)
     runs = json.loads(wtb(project, "runs", "--json").stdout)
     assert [r["status"] for r in runs] == ["completed"]
     shown = json.loads(wtb(project, "show", "last", "--json").stdout)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
+import conftest
 import pytest
 from conftest import run_bench
 
@@ -18,10 +18,7 @@ from wtb_conf.store import open_store
 
 
 def wtb(project: Path, *args: str, code: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "wtb_conf.cli", *args], cwd=project,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
+    return conftest.wtb(project, *args, code=code, timeout=300)
 
 
 def compare_json(project: Path, *args: str) -> list[dict]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import copy_project, run_bench
+from conftest import copy_project, run_bench, wtb
 from raycluster import RayCluster
 
 from wtb_conf.store import open_store
@@ -154,9 +154,8 @@ def test_a_sweep_with_two_envs_runs_across_the_nodes_into_one_store(cluster, tmp
     for run in runs:
         out = tmp_path / run["run_id"]
         values = dict(a.split("=", 1) for a in store_args)
-        subprocess.run([sys.executable, "-m", "wtb_conf.cli", "--db", values["storage.db_url"],
-                        "--blobs", values["storage.blob_root"], "restore", run["run_id"],
-                        "--to", str(out)], check=True, capture_output=True, text=True)
+        wtb(tmp_path, "--db", values["storage.db_url"], "--blobs", values["storage.blob_root"],
+            "restore", run["run_id"], "--to", str(out))
         written = Path(run["job_dir"]) / "out"
         expected = {p.relative_to(written): p.read_bytes()
                     for p in written.rglob("*") if p.is_file()}

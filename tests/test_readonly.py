@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import conftest
 import pytest
 
 from wtb_conf.store import StoreError, open_store
@@ -23,6 +24,8 @@ READERS = [
 
 
 def wtb(cwd: Path, *args: str, wrap: list[str] = ()) -> subprocess.CompletedProcess:
+    if not wrap:
+        return conftest.wtb(cwd, *args, code=None, timeout=120)
     return subprocess.run([*wrap, sys.executable, "-m", "wtb_conf.cli", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=120)
 

@@ -14,6 +14,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import conftest
 import pytest
 from conftest import run_bench
 
@@ -57,10 +58,7 @@ def gate(tmp_path) -> Path:
 
 
 def wtb(project: Path, *args: str, code: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "wtb_conf.cli", *args], cwd=project,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
+    return conftest.wtb(project, *args, code=code)
 
 
 def reported(stdout: str) -> list[str]:

@@ -4,13 +4,11 @@ opens it from file://, and the test reads, clicks and measures what is on the pa
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import run_bench
+from conftest import run_bench, wtb
 
 from wtb_conf.results import compare
 from wtb_conf.results import report as report_module
@@ -41,9 +39,7 @@ def browser():
 
 def report(project: Path, out: Path, *sweeps: str) -> str:
     """`wtb report` in the project directory, as a user runs it; the HTML it wrote."""
-    proc = subprocess.run([sys.executable, "-m", "wtb_conf.cli", "report", *sweeps, "--out",
-                           str(out)], cwd=project, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = wtb(project, "report", *sweeps, "--out", str(out))
     assert f"wrote {out}" in proc.stdout
     assert not list(out.parent.glob(f".{out.name}.*"))  # the temporary file was renamed
     return out.read_text()

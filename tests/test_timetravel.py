@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
+import conftest
 import pytest
 import yaml
 from conftest import copy_project, run_bench
@@ -38,11 +38,7 @@ def new_project(dest: Path, backend: str, request: pytest.FixtureRequest) -> Pat
 
 def wtb(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     db = ["--db", DB[project]] if project in DB else []
-    proc = subprocess.run([sys.executable, "-m", "wtb_conf.cli", *db, *args], cwd=project,
-                          capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return conftest.wtb(project, *db, *args, code=0 if check else None)
 
 
 def show(project: Path, run: str) -> dict:

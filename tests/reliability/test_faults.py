@@ -18,6 +18,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import conftest
 import pytest
 from conftest import run_bench
 
@@ -58,8 +59,7 @@ def project(tmp_path: Path) -> Path:
 
 
 def wtb(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "wtb_conf.cli", *args], cwd=project,
-                          capture_output=True, text=True, timeout=300)
+    return conftest.wtb(project, *args, code=None, timeout=300)
 
 
 def runs(project: Path) -> list[dict]:
@@ -202,7 +202,7 @@ def test_a_job_that_ends_its_own_process_is_failed_once_with_the_exit_code(proje
     b = [r for r in runs(project) if tag(r) == "b"]
     assert len(b) == 1, "an exit the job chose itself is not retried"
     assert b[0]["status"] == "failed" and "exited with code 3" in b[0]["error"]
-    assert "2 of 3 jobs completed" in proc.stdout
+    assert "2 of 3 jobs completed" in proc.stdout, proc.stdout + proc.stderr
     assert_nothing_lost(project)
 
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_bench
 from test_faults import assert_nothing_lost, runs, tag, wait_for, wtb
 
 WORKFLOW = """
@@ -107,9 +108,7 @@ def assert_one_line(out: str, sweep: subprocess.Popen) -> str:
 
 
 def finish(project: Path, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "wtb_conf", "-m", "workflow=fault", *args],
-                          cwd=project, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_bench(project, "-m", "workflow=fault", *args, timeout=300)
     assert "4 of 4 jobs completed" in proc.stdout
     return proc
 
@@ -193,8 +192,7 @@ def test_wtb_rerun_failed_after_ctrl_c_with_rerun_true_runs_only_the_missing_job
 
 def test_a_node_that_ends_its_process_gives_the_summary_and_no_traceback(project):
     (project / "exit-b").touch()
-    proc = subprocess.run([sys.executable, "-m", "wtb_conf", "-m", "workflow=fault", TAGS],
-                          cwd=project, capture_output=True, text=True, timeout=300)
+    proc = run_bench(project, "-m", "workflow=fault", TAGS, check=False, timeout=300)
     assert proc.returncode == 1
     assert "3 of 4 jobs completed" in proc.stdout, proc.stdout + proc.stderr
     assert "exited with code 3" in proc.stderr
