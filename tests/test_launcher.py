@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import warm
 from conftest import copy_project, run_bench
 from hydra.core.plugins import Plugins
 from hydra.core.singleton import Singleton
@@ -124,11 +125,11 @@ def test_a_planner_s_done_jobs_and_env_vars_reach_hydra(tmp_path):
 
 def crash_sweep(tmp_path: Path, *overrides: str, xs: str = "0,1,2,3",
                 extra: list[str] | None = None, env: dict[str, str] | None = None):
-    return subprocess.run(
-        [sys.executable, str(APP), "-m", "hydra/launcher=wtb_ray", f"+x={xs}", "+bad=2",
-         *(extra or []), f"hydra.sweep.dir={tmp_path}/sweep", "hydra.launcher.progress=false",
-         *overrides],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    return warm.run(
+        str(APP), ["-m", "hydra/launcher=wtb_ray", f"+x={xs}", "+bad=2", *(extra or []),
+                   f"hydra.sweep.dir={tmp_path}/sweep", "hydra.launcher.progress=false",
+                   *overrides],
+        tmp_path, timeout=300,
         env={**(env or os.environ), "PYTHONPATH": str(HERE)},  # ChainPlanner
     )
 
@@ -280,12 +281,12 @@ def test_on_a_fresh_local_ray_a_dead_actor_is_replaced_and_ray_is_stopped(tmp_pa
 def test_twenty_jobs_run_at_once_on_two_cores(tmp_path):
     """Jobs that wait (an LLM call) need no core: num_cpus=0.1 runs 20 at once. Each job
     waits until all 20 have started; with fewer at once they would time out instead."""
-    proc = subprocess.run(
-        [sys.executable, str(APP), "-m", "hydra/launcher=wtb_ray", "+x=range(0,20)",
-         "+mode=barrier", "+parties=20", f"+marker={tmp_path}/barrier",
-         f"hydra.sweep.dir={tmp_path}/sweep", "hydra.launcher.progress=false",
-         "hydra.launcher.num_cpus=0.1", "hydra.launcher.timeout_s=120"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = warm.run(
+        str(APP), ["-m", "hydra/launcher=wtb_ray", "+x=range(0,20)", "+mode=barrier",
+                   "+parties=20", f"+marker={tmp_path}/barrier",
+                   f"hydra.sweep.dir={tmp_path}/sweep", "hydra.launcher.progress=false",
+                   "hydra.launcher.num_cpus=0.1", "hydra.launcher.timeout_s=120"],
+        tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert done_jobs(tmp_path) == list(range(20))
     pids = {p.read_text() for p in (tmp_path / "sweep").glob("*/done-*")}

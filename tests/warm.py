@@ -78,11 +78,12 @@ def run(module: str, args: list[str] | tuple[str, ...], cwd: Path, *,
         env: dict[str, str] | None = None, timeout: float = 600,
         input: str | None = None) -> subprocess.CompletedProcess:
     """Like `subprocess.run([python, -m, MODULE, *ARGS], cwd=CWD, capture_output=True,
-    text=True, timeout=TIMEOUT)`."""
+    text=True, timeout=TIMEOUT)`; MODULE may be a script's path (`python SCRIPT ARGS`)."""
     global _server
     if _server is None or not _server.alive():
         _server = _Server()
-    cmd = [sys.executable, "-m", module, *args]
+    script = module.endswith(".py")
+    cmd = [sys.executable, *([] if script else ["-m"]), module, *args]
     with tempfile.TemporaryDirectory(prefix="warm-") as tmp:
         paths = {name: os.path.join(tmp, name) for name in ("stdin", "stdout", "stderr")}
         Path(paths["stdin"]).write_text(input or "")
@@ -120,12 +121,17 @@ def _child(request: dict, base_path: list[str], keep: set[int]) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
-    sys.path[:] = [request["cwd"], *extra, *base_path]
-    sys.argv = [request["module"], *request["args"]]
+    module = request["module"]
+    script = os.path.abspath(module) if module.endswith(".py") else None
+    sys.path[:] = [os.path.dirname(script) if script else request["cwd"], *extra, *base_path]
+    sys.argv = [script or module, *request["args"]]
     atexit._clear()
     code = 0
     try:
-        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+        if script:
+            runpy.run_path(script, run_name="__main__")
+        else:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             code = e.code or 0
