@@ -15,20 +15,6 @@ import warm
 from pgserver import PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_SCOPES = {"module", "class", "package"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under `-n N --dist loadgroup`, a module whose tests share a module-scoped fixture (a
-    sweep, a Ray cluster) runs whole on one worker, so that fixture is built once, not once
-    per worker: the same cost as a serial run, and its tests in file order as before."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None or item.get_closest_marker("xdist_group"):
-            continue
-        if any(d.scope in SHARED_SCOPES for defs in info.name2fixturedefs.values() for d in defs):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(scope="session", autouse=True)

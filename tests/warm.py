@@ -75,8 +75,7 @@ _server: _Server | None = None
 
 
 def run(module: str, args: list[str] | tuple[str, ...], cwd: Path, *,
-        env: dict[str, str] | None = None, timeout: float = 600,
-        input: str | None = None) -> subprocess.CompletedProcess:
+        env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Like `subprocess.run([python, -m, MODULE, *ARGS], cwd=CWD, capture_output=True,
     text=True, timeout=TIMEOUT)`; MODULE may be a script's path (`python SCRIPT ARGS`)."""
     global _server
@@ -85,8 +84,8 @@ def run(module: str, args: list[str] | tuple[str, ...], cwd: Path, *,
     script = module.endswith(".py")
     cmd = [sys.executable, *([] if script else ["-m"]), module, *args]
     with tempfile.TemporaryDirectory(prefix="warm-") as tmp:
-        paths = {name: os.path.join(tmp, name) for name in ("stdin", "stdout", "stderr")}
-        Path(paths["stdin"]).write_text(input or "")
+        paths = {"stdin": os.devnull,
+                 **{name: os.path.join(tmp, name) for name in ("stdout", "stderr")}}
         request = {"module": module, "args": list(args), "cwd": str(Path(cwd).resolve()),
                    "env": dict(os.environ if env is None else env), **paths}
         code, timed_out = _server.run(request, timeout)
