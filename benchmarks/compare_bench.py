@@ -69,6 +69,7 @@ class _Recorder:
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
+        self.dialect = engine.dialect  # what the Store's methods ask a connection for
         self.batches: dict[str, list[dict[str, Any]]] = {}
 
     @contextlib.contextmanager
@@ -280,7 +281,7 @@ def _in_process(db: Path, blobs: Path, sweeps: list[str], flags: list[str],
                 repeat: int, slow: float) -> dict[str, float]:
     """cmd_compare's work in this process, its parts timed apart: the store's three queries
     (with decoding), compare.rows() (which runs them again), the output to a string."""
-    from wtb_conf import cli
+    from wtb_conf.cli.common import print_json
     from wtb_conf.results import compare
 
     cases = "--cases" in flags
@@ -300,7 +301,7 @@ def _in_process(db: Path, blobs: Path, sweeps: list[str], flags: list[str],
         t5 = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
             if "--json" in flags:
-                cli._print_json(rows)
+                print_json(rows)
             elif "--csv" in flags:
                 print(compare.to_csv(rows), end="")
             else:

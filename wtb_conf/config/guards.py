@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from langgraph.errors import GraphRecursionError
 from pydantic import BeforeValidator
 
 from wtb_conf.config.values import fail, json_schema, show
@@ -116,6 +115,10 @@ class Guards:
     def explain(self, error: BaseException, case: str) -> BaseException:
         """LangGraph's GraphRecursionError as the bench's own failure, naming the case and
         the key; any other error as it is."""
+        # here, not at the top: the config floor is read by `wtb compare` too, which should not
+        # pay LangGraph's ~0.5 s import; a job that gets here has imported it already
+        from langgraph.errors import GraphRecursionError
+
         if not isinstance(error, GraphRecursionError):
             return error
         return RecursionLimit(
