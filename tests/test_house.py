@@ -8,6 +8,8 @@ line or the line above it (its decorators included): the reason is then in the c
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -224,3 +226,13 @@ def _body(n: int) -> str:
 )
 def test_a_long_module_or_function_is_named(tmp_path, source, expected):
     assert size_violations(_tree(tmp_path, {"wtb_conf/x.py": source})) == expected
+
+
+def test_a_command_that_reads_the_store_does_not_import_langgraph():
+    """`wtb compare`, `wtb runs`, ... read the config floor (its models) but run no graph:
+    LangGraph's import alone was ~0.5 s of a 0.8 s `wtb compare` (benchmarks/compare_bench.py)."""
+    code = ("import sys, wtb_conf.cli, wtb_conf.results.compare, wtb_conf.results.report; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'langgraph'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout
