@@ -35,7 +35,6 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-import warm
 from conftest import ROOT, copy_project, run_bench, wtb
 
 from venv_manager.proto import venv_manager_pb2 as pb
@@ -434,20 +433,17 @@ def needs_read_only_mounts() -> None:
         pytest.skip(message)
 
 
-def command(row_argv: tuple[str, ...], project: Path, readonly: bool) -> list[str]:
-    kind, *args = row_argv
-    argv = [sys.executable, "-m", "wtb_conf", *args] if kind == "bench" else [*wtb_argv(), *args]
-    return [*READ_ONLY, str(project / "data"), *argv] if readonly else argv
-
-
 def invoke(row_argv: tuple[str, ...], project: Path, readonly: bool
            ) -> subprocess.CompletedProcess:
-    """A row's command; forked warm unless it needs a mount namespace of its own."""
-    if readonly:
-        return run(command(row_argv, project, readonly), project)
+    """A row's command: in a new process under a read-only mount of data/ (a namespace of its
+    own), else forked warm like every other test's."""
     kind, *args = row_argv
-    return warm.run("wtb_conf" if kind == "bench" else "wtb_conf.cli", args, project,
-                    env=env_with_flows(), timeout=300)
+    if readonly:
+        argv = [sys.executable, "-m", "wtb_conf"] if kind == "bench" else wtb_argv()
+        return run([*READ_ONLY, str(project / "data"), *argv, *args], project)
+    if kind == "bench":
+        return run_bench(project, *args, check=False, env=env_with_flows(), timeout=300)
+    return wtb(project, *args, code=None, env=env_with_flows(), timeout=300)
 
 
 def env_with_flows() -> dict[str, str]:
