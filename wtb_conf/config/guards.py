@@ -30,7 +30,7 @@ CASE_TIMEOUT_S = 3600.0
 MAX_CHECKPOINTS = 10_000
 
 
-def _whole(least: int, default: int) -> Any:
+def whole_number(least: int, default: int) -> Any:
     def check(value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise fail(f"{show(value)} is not an integer >= {least}; give one, e.g. {default} "
@@ -47,9 +47,9 @@ def _seconds(value: Any) -> Any:
 
 
 # the types of the keys in wtb_conf.config.models.WorkflowConfig
-Steps = Annotated[int, BeforeValidator(_whole(1, RECURSION_LIMIT)),
+Steps = Annotated[int, BeforeValidator(whole_number(1, RECURSION_LIMIT)),
                   json_schema(type="integer", minimum=1)]
-Checkpoints = Annotated[int, BeforeValidator(_whole(1, MAX_CHECKPOINTS)),
+Checkpoints = Annotated[int, BeforeValidator(whole_number(1, MAX_CHECKPOINTS)),
                         json_schema(type="integer", minimum=1)]
 Seconds = Annotated[float, BeforeValidator(_seconds),
                     json_schema(type="number", exclusiveMinimum=0)]

@@ -25,7 +25,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, ValidationI
 
 # Group, CallableSpec and check are imported from here too, as they were before they moved
 from wtb_conf.config.group import CallableSpec, Group, check
-from wtb_conf.config.guards import Checkpoints, Seconds, Steps
+from wtb_conf.config.guards import Checkpoints, Seconds, Steps, whole_number
 from wtb_conf.config.values import (
     ENDS,
     REDUCERS,
@@ -60,6 +60,9 @@ from wtb_conf.store.errors import StoreError
 # The per-run rates a compare.objective may name beside the metrics and evaluators' scores
 # (scoring computes them; compare shows them): here, where compare.objective is checked.
 RATES = ("pass_rate", "success_rate")
+# How many times each case runs (wtb_conf.job.cases); 1 is a run as it was before trials.
+Trials = Annotated[int, BeforeValidator(whole_number(1, 1)),
+                   json_schema(type="integer", minimum=1)]
 
 
 class StateField(Group):
@@ -133,7 +136,7 @@ class WorkflowConfig(ScoringConfig):
     order: ClassVar[tuple[str, ...]] = (
         "name", "description", "state", "nodes", "edges", "routes", "cases", "metrics",
         "factory", "interrupt_before", "interrupt_after", "evaluators", "expected",
-        "recursion_limit", "case_timeout_s", "max_checkpoints")
+        "recursion_limit", "case_timeout_s", "max_checkpoints", "trials")
     name: Text | None = Field(None, description="a label for the workflow")
     description: Text | None = Field(None, description="free text")
     state: mapping(dict[Key, StateSpec], "FIELD: TYPE or FIELD: {type: TYPE, reducer: "
@@ -158,6 +161,8 @@ class WorkflowConfig(ScoringConfig):
         None, description="seconds a case may run, checked after each step (default 3600)")
     max_checkpoints: Checkpoints | None = Field(
         None, description="checkpoints a run (all its cases) may store (default 10000)")
+    trials: Trials | None = Field(
+        None, description="times each case runs, each trial its own thread (default 1)")
 
     @classmethod
     def keys(cls) -> list[str]:  # in the order docs/config.md has them
@@ -300,6 +305,8 @@ class FlagsConfig(Group):
         False, description="true: run every job, even one that completed before")
     share_prefixes: Annotated[StrictBool, expect("true or false")] = Field(
         True, description="false: every job runs all its nodes itself")
+    trials: Trials | None = Field(
+        None, description="times each case runs; null: the workflow's trials, else 1")
 
 
 GROUPS: dict[str, type[Group]] = {"workflow": WorkflowConfig, "env": EnvConfig,

@@ -98,6 +98,7 @@ class JobConfig:
     eval_key: str  # which evaluators score it (wtb_conf.job.scoring)
     rerun: bool
     share_prefixes: bool
+    trials: int  # times each case runs: the top-level `trials`, else the workflow's, else 1
 
 
 def job_config(cfg: DictConfig, launch_dir: Path | None = None) -> JobConfig:
@@ -128,7 +129,7 @@ def job_config(cfg: DictConfig, launch_dir: Path | None = None) -> JobConfig:
     flags = check(FlagsConfig, {k: cfg[k] for k in FlagsConfig.keys() if cfg.get(k) is not None},
                   "")
     return JobConfig(model, data, plain(cfg.get("env")), compare, fork, eval_key(data),
-                     flags.rerun, flags.share_prefixes)
+                     flags.rerun, flags.share_prefixes, flags.trials or model.trials or 1)
 
 
 def check_imports(config: JobConfig) -> tuple[Any, list]:

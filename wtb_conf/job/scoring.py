@@ -27,6 +27,7 @@ from wtb_conf.config.models import RATES, CompareConfig, ScoringConfig, check
 from wtb_conf.job.identity import SCORING_KEYS, json_digest, sources_digest
 from wtb_conf.job.workflow import WorkflowError, _callable
 from wtb_conf.store import Store, StoreError
+from wtb_conf.trials import split_key
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +98,11 @@ def _check(name: str, value: Any) -> dict[str, float | bool]:
 def score_case(evaluators: list[Evaluator], case: str, state: Mapping[str, Any],
                case_dir: Path, launch_dir: Path,
                expected: Mapping[str, Any] | None) -> dict[str, Any]:
-    """{"scores": {NAME[.KEY]: value}, "errors": {NAME: "Type: message"}} for one case."""
+    """{"scores": {NAME[.KEY]: value}, "errors": {NAME: "Type: message"}} for one case
+    (`case`: its key, CASE or CASE/TRIAL)."""
     scores: dict[str, Any] = {}
     errors: dict[str, str] = {}
+    case = split_key(case)[0]  # a trial's key: its case's expected values
     with case_context(case_dir, launch_dir):
         for ev in evaluators:
             kwargs = {}

@@ -6,7 +6,8 @@ and Hydra's runtime config, and everything it produces goes to the store and its
 Layout of a job's outputs (inside Hydra's job dir, e.g. multirun/<date>/<time>/<num>/):
 
     out/<case>/      the working directory of that case's nodes; committed after every
-                     checkpoint and linked to it
+                     checkpoint and linked to it (out/<case>/<trial>/ with trials > 1:
+                     wtb_conf.job.cases)
     out/             committed once at the end: the run's final commit
 """
 
@@ -31,7 +32,6 @@ from wtb_conf import case_context
 from wtb_conf.config.guards import Guards
 from wtb_conf.job.admission import (
     Admission,
-    JobConfig,
     admit,
     cache_hit,
     check_imports,
@@ -41,15 +41,9 @@ from wtb_conf.job.admission import (
     record_failure,
     record_start,
 )
+from wtb_conf.job.cases import Case, cases_of, set_aside
 from wtb_conf.job.checkpointer import describe, open_checkpointer
-from wtb_conf.job.fork import (
-    ForkPoint,
-    base_key,
-    copy_checkpoint,
-    plan,
-    prefix_key,
-    shared_point,
-)
+from wtb_conf.job.fork import copy_checkpoint, prefix_key
 from wtb_conf.job.scoring import metrics_of, score_run
 from wtb_conf.job.workflow import WorkflowError, breakpoints
 from wtb_conf.store import Store, store_at
@@ -68,19 +62,6 @@ def json_values(state: Mapping[str, Any]) -> dict[str, Any]:
         except (TypeError, ValueError):
             continue
     return out
-
-
-@dataclass
-class Case:
-    """One input case of a job, and where its thread starts."""
-
-    name: str
-    inputs: Any
-    dir: Path  # its output dir
-    fork: ForkPoint | None = None  # start from this stored checkpoint instead of `inputs`
-    updates: dict[str, Any] = field(default_factory=dict)  # applied to the state after forking
-    pause: bool = False  # after forking, stop before running anything (rollback)
-    base_key: str | None = None  # shared prefixes: links get prefix keys under this base
 
 
 @dataclass
@@ -193,7 +174,7 @@ def run_case(store: Store, run_id: str, app: Any, case: Case, workflow: Mapping[
         if fork:
             thread.fork(app, config, describe(checkpoints) if checkpoints else "")
             stream_input = None  # continue from the copied checkpoint
-        with case_context(case.dir, launch_dir):
+        with case_context(case.dir, launch_dir, case.trial):
             guards.start(case.name)
             if not case.pause:
                 thread.stream(app, stream_input, config, guards)
@@ -224,54 +205,6 @@ def _node_error(error: BaseException, app: Any, config: dict) -> BaseException:
     got = str(error).splitlines()[0].removeprefix("Expected dict, got ")
     return WorkflowError(f"workflow.nodes.{node}: the node returned {got[:200]}, not a dict: "
                          "a node returns a dict of the state fields it updates (or None)")
-
-
-def case_dir(out_dir: Path, name: Any) -> Path:
-    """out/<case>. A case's name is one directory name, and the last part of its thread id
-    (`RUN/CASE`): '../../x' or 'a/b' would put its files outside the job's out/ directory."""
-    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
-        raise WorkflowError(f"workflow.cases: the case name {name!r} is not a plain directory "
-                            "name; name cases with no '/', '\\' or NUL, and not '.' or '..'")
-    return out_dir / name
-
-
-def _cases(store: Store, job: Admission, config: JobConfig, out_dir: Path) -> list[Case]:
-    """The job's cases: `workflow.cases`, or for a fork the parent's cases at their fork
-    points; with shared prefixes on, a case starts from the deepest stored checkpoint that
-    the same configs produced."""
-    workflow = config.data
-    if config.fork is not None:
-        state = workflow.get("state")
-        fork = plan(store, config.fork, list(state) if isinstance(state, Mapping) else None)
-        out = [Case(name, None, case_dir(out_dir, name), point, fork.updates, fork.pause)
-               for name, point in fork.points.items()]
-        if fork.unstarted_from_input:
-            out += [Case(name, inputs, case_dir(out_dir, name))
-                    for name, inputs in (workflow.get("cases") or {}).items()
-                    if name not in fork.points]
-        return out
-    # A job with breakpoints is not shared: continuing from a stored checkpoint is a resume to
-    # LangGraph, which would run past the breakpoint the other job stopped at.
-    share = config.share_prefixes and not config.rerun and not breakpoints(config.workflow)
-    out = []
-    for name, inputs in workflow["cases"].items():  # (job_config made sure there are some)
-        base = base_key(workflow, [inputs, job.digests["inputs"]], job.digests["env_digest"],
-                        job.digests["code_digest"])
-        point = shared_point(store, base, workflow) if share else None
-        out.append(Case(name, inputs, case_dir(out_dir, name), point, base_key=base))
-    return out
-
-
-def set_aside(out_dir: Path) -> None:
-    """A retry runs in the job dir of the attempt whose process died: that attempt's files
-    (stored up to its last checkpoint) move to out.attempt-N, and every case starts clean."""
-    if not out_dir.exists():
-        return
-    n = 1
-    while (aside := out_dir.with_name(f"{out_dir.name}.attempt-{n}")).exists():
-        n += 1
-    out_dir.rename(aside)
-    log.warning("%s held a dead attempt's files: moved to %s", out_dir, aside.name)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -342,7 +275,7 @@ def _run_cases(store: Store, job: Admission, run_id: str, graph: Any, out_dir: P
     config = job.config
     assert config is not None
     guards = Guards.of(config.data)  # one run's: max_checkpoints counts all its cases
-    cases = _cases(store, job, config, out_dir)
+    cases = cases_of(store, config, job.digests, out_dir)
     where = job.storage.checkpoints
     with open_checkpointer(where) as saver:
         app = graph.compile(checkpointer=saver, **breakpoints(config.workflow))
