@@ -282,7 +282,7 @@ def _in_process(db: Path, blobs: Path, sweeps: list[str], flags: list[str],
     """cmd_compare's work in this process, its parts timed apart: the store's three queries
     (with decoding), compare.rows() (which runs them again), the output to a string."""
     from wtb_conf.cli.common import print_json
-    from wtb_conf.results import compare
+    from wtb_conf.results import compare, table
 
     cases = "--cases" in flags
     figures: dict[str, list[float]] = {}
@@ -303,9 +303,9 @@ def _in_process(db: Path, blobs: Path, sweeps: list[str], flags: list[str],
             if "--json" in flags:
                 print_json(rows)
             elif "--csv" in flags:
-                print(compare.to_csv(rows), end="")
+                print(table.to_csv(rows), end="")
             else:
-                compare.print_rows(rows, "sweep " + ", ".join(s[:8] for s in sweeps), note)
+                table.print_rows(rows, "sweep " + ", ".join(s[:8] for s in sweeps), note)
         t6 = time.perf_counter()
         store.close()
         for name, v in (("open", t1 - t0), ("runs sql", t2 - t1), ("evals sql", t3 - t2),

@@ -8,7 +8,7 @@ import io
 
 import pytest
 
-from wtb_conf.results import compare
+from wtb_conf.results import compare, table
 from wtb_conf.store import StoreError, open_store
 
 
@@ -108,8 +108,8 @@ def test_failures_say_the_case_and_node_in_job_and_case_rows(store):
     rows, _ = compare.rows(store, [sweep], cases=True)
     assert [(r["case"], r["status"], r["failed_node"]) for r in rows] == [
         ("one", "failed", "clean")]
-    assert compare.failure_lines(rows) == [line]
-    assert compare.failure_lines(compare.rows(store, [sweep])[0]) == [line]
+    assert table.failure_lines(rows) == [line]
+    assert table.failure_lines(compare.rows(store, [sweep])[0]) == [line]
 
 
 def test_a_job_that_failed_before_its_cases_keeps_its_row_per_case(store):
@@ -118,9 +118,9 @@ def test_a_job_that_failed_before_its_cases_keeps_its_row_per_case(store):
     store.finish_run(run, "failed", None, {}, "WorkflowError: workflow.nodes.x: bad")
     rows, _ = compare.rows(store, [sweep], cases=True)
     assert [(r["case"], r["status"]) for r in rows] == [(None, "failed")]
-    assert compare.failure_lines(rows) == [
+    assert table.failure_lines(rows) == [
         f"job 0 failed: WorkflowError: workflow.nodes.x: bad — `wtb show {run[:8]}`"]
-    assert "failed" in compare.table_lines(rows, "t")[2]
+    assert "failed" in table.table_lines(rows, "t")[2]
 
 
 def test_a_dict_evaluator_as_objective_names_its_keys(store):
@@ -188,10 +188,10 @@ def test_csv_has_a_column_per_param_number_and_delta(store):
     add_run(store, sweep, 0, ["a=0"], scores={"f1": 0.5})
     rows, _ = compare.rows(store, [sweep])
     compare.add_baseline(rows, rows[:1], by_params=False)
-    table = list(csv.DictReader(io.StringIO(compare.to_csv(rows))))
-    assert table[0]["a"] == "0" and table[0]["f1"] == "0.5" and table[0]["delta.f1"] == "0.0"
-    assert table[0]["success_rate"] == "1.0"  # values as stored, not rounded for a screen
-    assert table[0]["best"] == "True"
+    grid = list(csv.DictReader(io.StringIO(table.to_csv(rows))))
+    assert grid[0]["a"] == "0" and grid[0]["f1"] == "0.5" and grid[0]["delta.f1"] == "0.0"
+    assert grid[0]["success_rate"] == "1.0"  # values as stored, not rounded for a screen
+    assert grid[0]["best"] == "True"
 
 
 def _row(job, params, status="completed", best=False, case=None, score_errors=None, **numbers):
@@ -214,15 +214,15 @@ def _row(job, params, status="completed", best=False, case=None, score_errors=No
      "best: job 0 (run 00000000): m = 0.7 (max)"),
 ])
 def test_the_best_line_names_the_params_that_vary_and_the_value(rows, line):
-    assert compare.best_line(next(r for r in rows if r["best"]), rows) == line
+    assert table.best_line(next(r for r in rows if r["best"]), rows) == line
 
 
 def test_a_table_wider_than_the_terminal_is_cut_into_blocks_led_by_job_and_run():
     rows = [_row(i, {"v": str(i)}, **{f"metric_{k:02d}": 0.5 for k in range(12)})
             for i in range(3)]
-    whole = compare.table_lines(rows, "t")
+    whole = table.table_lines(rows, "t")
     assert len(whole) == 1 + 1 + 3 and max(map(len, whole)) > 80
-    cut = compare.table_lines(rows, "t", width=80)
+    cut = table.table_lines(rows, "t", width=80)
     assert max(map(len, cut)) <= 80
     heads = [line for line in cut if line.startswith("job")]
     assert len(heads) >= 2 and all(h.split()[:2] == ["job", "run"] for h in heads)
@@ -232,6 +232,6 @@ def test_a_table_wider_than_the_terminal_is_cut_into_blocks_led_by_job_and_run()
 
 def test_evaluator_errors_are_listed_even_where_failed_jobs_are_listed_elsewhere(capsys):
     rows = [_row(0, {}, score_errors={"judge": 5}, m=0.5)]
-    compare.print_rows(rows, "t", failures=False)
+    table.print_rows(rows, "t", failures=False)
     out = capsys.readouterr().out
     assert "job 0: evaluator judge failed on 5 case(s) — `wtb show 00000000`" in out

@@ -495,7 +495,7 @@ def test_unknown_top_level_keys_are_named_with_the_valid_ones():
     [line] = top_level_problems(["workflow", "compre"])
     assert line == ("compre: unknown top-level key; the config has the groups workflow, env, "
                     "storage, fork, compare (variant=... and +experiment=... set keys in them) "
-                    "and the switches rerun, share_prefixes")
+                    "and the switches rerun, share_prefixes, trials")
 
 
 @pytest.mark.parametrize(("value", "problem"), [

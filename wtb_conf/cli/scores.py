@@ -24,7 +24,7 @@ from wtb_conf.store import Store, StoreError
 def cmd_compare(store: Store, sweeps: tuple[str, ...], cases: bool, sort: str | None,
                 baseline: str | None, as_json: bool, csv: bool) -> None:
     """SWEEP...: sweep ids (or prefixes), or 'last' (the default)."""
-    from wtb_conf.results import compare
+    from wtb_conf.results import compare, table
 
     sweeps = sweeps_of(store, sweeps)
     rows, note = compare.rows(store, sweeps, cases=cases)
@@ -42,9 +42,9 @@ def cmd_compare(store: Store, sweeps: tuple[str, ...], cases: bool, sort: str | 
     if as_json:
         return print_json(rows)
     if csv:
-        return print(compare.to_csv(rows), end="")
+        return print(table.to_csv(rows), end="")
     title = "sweep " + ", ".join(s[:8] for s in sweeps)
-    compare.print_rows(rows, title + (f" — baseline {baseline}" if baseline else ""), note)
+    table.print_rows(rows, title + (f" — baseline {baseline}" if baseline else ""), note)
 
 
 def _is_override(word: str) -> bool:
@@ -60,7 +60,7 @@ def cmd_evaluate(store: Store, refs: tuple[str, ...]) -> int:
     workflow.evaluators.total_ok.abs_tol=1"""
     from wtb_conf.cli.overrides import check_overrides
     from wtb_conf.job.scoring import evaluate_stored
-    from wtb_conf.results import compare
+    from wtb_conf.results import compare, table
 
     overrides = [w for w in refs if _is_override(w)]
     run_ids, sweeps = [], []
@@ -89,10 +89,10 @@ def cmd_evaluate(store: Store, refs: tuple[str, ...]) -> int:
             failed += 1
             continue
         print(f"wtb: run {run_id[:8]} scored again: " + (", ".join(
-            f"{k}={compare.fmt(v)}" for k, v in summary["scores"].items()) or "no evaluators"))
+            f"{k}={table.fmt(v)}" for k, v in summary["scores"].items()) or "no evaluators"))
     sweeps = list(dict.fromkeys(sweeps))
     rows, note = compare.rows(store, sweeps)
-    compare.print_rows(rows, "sweep " + ", ".join(s[:8] for s in sweeps), note)
+    table.print_rows(rows, "sweep " + ", ".join(s[:8] for s in sweeps), note)
     return 1 if failed else 0
 
 

@@ -28,7 +28,7 @@ from wtb_conf.job import admission, checkpointer
 from wtb_conf.job.admission import CONTINUES_ENV, SWEEP_ENV, storage_of
 from wtb_conf.job.fork import ForkError
 from wtb_conf.job.workflow import WorkflowError
-from wtb_conf.results import compare
+from wtb_conf.results import compare, table
 from wtb_conf.store import StoreError, store_at
 from wtb_conf.store.files import check_room
 from wtb_conf.store.lifecycle import DONE
@@ -323,7 +323,7 @@ class SweepCallback(Callback):
             print(f"interrupted: {done} of {max(jobs, len(runs))} jobs done; run the same "
                   f"command (or `wtb rerun --failed {short}`) to finish", file=sys.stderr)
             return
-        compare.print_rows(rows, f"sweep {short} — `wtb compare {short}`", note,
+        table.print_rows(rows, f"sweep {short} — `wtb compare {short}`", note,
                            failures=False)  # the failed jobs are listed on stderr below
         done = sum(r["status"] in DONE for r in runs)
         cached = sum(r["status"] == "cached" for r in runs)

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wtb_conf.results import charts, compare
+from wtb_conf.results import charts, compare, table
 from wtb_conf.store import Store
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def _environment() -> jinja2.Environment:
         loader=jinja2.PackageLoader("wtb_conf.results", "templates"),
         autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
         trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(ms=_ms, size=_size, short=_short, fmt=compare.fmt, wbr=_wbr)
+    env.filters.update(ms=_ms, size=_size, short=_short, fmt=table.fmt, wbr=_wbr)
     return env
 
 
@@ -107,7 +107,7 @@ def _table(rows: list[dict[str, Any]], params: list[str], numbers: list[str],
         for name in numbers:
             v = compare.value_of(r, name)
             values.append(("" if compare.number(v) is None else repr(compare.number(v)),
-                           compare.fmt(v)))
+                           table.fmt(v)))
         body.append({
             "row": r, "params": [str(r["params"].get(p, "")) for p in params],
             "error": error, "status": r["status"] + brief, "values": values,
@@ -137,7 +137,7 @@ def _problems(rows: list[dict[str, Any]], case_rows: list[dict[str, Any]]) -> li
     by_run: dict[str, list[dict[str, Any]]] = {}
     for c in case_rows:
         by_run.setdefault(c["run_id"], []).append(c)
-    return compare.failure_lines([c for r in rows for c in by_run.get(r["run_id"], [r])])
+    return table.failure_lines([c for r in rows for c in by_run.get(r["run_id"], [r])])
 
 
 def _failed_jobs(rows: list[dict[str, Any]], threads: dict[str, list[dict[str, Any]]],
@@ -193,7 +193,7 @@ def _headline(rows: list[dict[str, Any]], sweep_ids: list[str], params: list[str
     if best is not None:
         chosen = " ".join(f"{k}={best['params'][k]}" for k in params if k in best["params"])
         sub += (f"; best: ★ job {best['job_num']} (run {_short(best['run_id'])}) {chosen} = "
-                f"{compare.fmt(compare.value_of(best, best['objective']))}")
+                f"{table.fmt(compare.value_of(best, best['objective']))}")
     return heading, sub + (f"; {note}" if note else "")
 
 
