@@ -40,7 +40,7 @@ def cmd_compare(store: Store, sweeps: tuple[str, ...], cases: bool, sort: str | 
     if sort:
         rows = compare.sort_rows(rows, sort)
     if as_json:
-        return print_json(rows)
+        return print_json([{k: v for k, v in r.items() if k != "_values"} for r in rows])
     if csv:
         return print(table.to_csv(rows), end="")
     title = "sweep " + ", ".join(s[:8] for s in sweeps)

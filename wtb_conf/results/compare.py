@@ -2,8 +2,10 @@
 
 One row per job (the newest run of each job number of each sweep: a retried job counts
 once), or per job and case. A row's `params` are the job's overrides as a dict; tables show
-only the params that vary across the rows. `best` marks the completed job with the best value
-of `compare.objective` (docs/compare.md). Rows are plain dicts: the documented JSON.
+only the params that vary across the rows. A job row's `stats` describe each metric and score
+over its cases x trials (wtb_conf.results.stats); `best` marks the job that is ahead on
+`compare.objective` by a paired test (wtb_conf.results.judge, docs/compare.md). Rows are plain
+dicts: the documented JSON (`_values`, the raw values the statistics came from, stays out).
 """
 
 from __future__ import annotations
@@ -14,8 +16,13 @@ from datetime import datetime
 from typing import Any
 
 from wtb_conf.config.models import RATES
+from wtb_conf.results import stats
+from wtb_conf.results.judge import judge
 from wtb_conf.store import Store, StoreError
-from wtb_conf.store.lifecycle import DONE
+from wtb_conf.trials import split_key
+
+# what a job row has and its per-case rows do not: the statistics over its cases
+PER_JOB = ("_values", "stats", "vs_next")
 
 
 def params_of(overrides: Iterable[str]) -> dict[str, str]:
@@ -72,22 +79,59 @@ def rows(store: Store, sweep_ids: list[str],
     latest: dict[tuple[str, int], dict[str, Any]] = {}
     for run in store.compare_runs(sweep_ids):  # oldest first: a retry replaces its job's run
         latest[(run["sweep_id"], run["job_num"])] = run
-    evaluations = store.latest_evaluations(sweep_ids, cases=cases)
+    evaluations = store.latest_evaluations(sweep_ids)
     order = {s: i for i, s in enumerate(sweep_ids)}
     out = [_row(run, evaluations.get(run["run_id"]))
            for _, run in sorted(latest.items(), key=lambda kv: (order[kv[0][0]], kv[0][1]))]
-    note = mark_best(out)
-    if cases:
-        runs = {run["run_id"]: run for run in latest.values()}
-        out = _case_rows(store, sweep_ids, out, runs, evaluations)
-    elif any(r["status"] == "failed" for r in out):  # where each failed job failed
-        failed: dict[str, list[dict[str, Any]]] = {}
+    failed: dict[str, list[dict[str, Any]]] = {}
+    if any(r["status"] == "failed" for r in out):  # where each failed job failed
         for t in store.compare_cases(sweep_ids, failed_only=True):
             failed.setdefault(t["run_id"], []).append(t)
-        for r in out:
+    for r in out:
+        _add_stats(r, latest[(r["sweep_id"], r["job_num"])], evaluations.get(r["run_id"]),
+                   failed.get(r["run_id"], []))
+    note = judge(out)
+    if cases:
+        runs = {run["run_id"]: run for run in latest.values()}
+        return _case_rows(store, sweep_ids, out, runs, evaluations), note
+    for r in out:
+        if r["status"] == "failed":
             r["failed_cases"] = [{k: t[k] for k in ("case", "failed_node", "error")}
                                  for t in failed.get(r["run_id"], [])]
     return out, note
+
+
+def unit_values(run: dict[str, Any], evaluation: dict[str, Any] | None,
+                failed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{name: {key: value}}: every metric and score of each thread (`CASE` or
+    `CASE/TRIAL`) of a run, its pass rate (the share of its checks that passed) and whether
+    it completed (success_rate): the values the statistics are made of."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in run["metrics"].items():
+        key, slash, metric = name.rpartition("/")
+        if slash:
+            out.setdefault(metric, {})[key] = value
+    success = out.setdefault("success_rate", {})
+    for key, case in ((evaluation or {}).get("cases") or {}).items():
+        checks = []
+        for name, value in case["scores"].items():
+            out.setdefault(name, {})[key] = value
+            if isinstance(value, bool):
+                checks.append(value)
+        if checks:
+            out.setdefault("pass_rate", {})[key] = sum(checks) / len(checks)
+        success[key] = True
+    for t in failed:
+        success[t["case"]] = False
+    return {name: values for name, values in out.items() if values}
+
+
+def _add_stats(row: dict[str, Any], run: dict[str, Any], evaluation: dict[str, Any] | None,
+               failed: list[dict[str, Any]]) -> None:
+    row["_values"] = values = unit_values(run, evaluation, failed)
+    row["stats"] = {name: d for name, v in values.items() if (d := stats.describe(v))}
+    # a failed job's values are over the cases that completed: shown, never ranked
+    row["partial"] = row["status"] == "failed" and bool(values)
 
 
 def _case_rows(store: Store, sweep_ids: list[str], jobs: list[dict[str, Any]],
@@ -108,12 +152,14 @@ def _case_rows(store: Store, sweep_ids: list[str], jobs: list[dict[str, Any]],
         metrics = runs[job["run_id"]]["metrics"]
         found = threads.get(source, [])
         if not found:  # it failed before any case started: the job's own row says why
-            out.append({**job, "case": None, "failed_node": None})
+            out.append({**{k: v for k, v in job.items() if k not in PER_JOB}, "case": None,
+                        "trial": None, "failed_node": None})
         for t in found:
             prefix = f"{t['case']}/"
             out.append({
-                **job,
-                "case": t["case"], "status": "cached" if job["cached_from"] else t["status"],
+                **{k: v for k, v in job.items() if k not in PER_JOB},
+                "case": t["case"], "trial": split_key(t["case"])[1],
+                "status": "cached" if job["cached_from"] else t["status"],
                 "error": t["error"], "failed_node": t["failed_node"],
                 "metrics": {k[len(prefix):]: v for k, v in metrics.items()
                             if k.startswith(prefix)},
@@ -122,29 +168,6 @@ def _case_rows(store: Store, sweep_ids: list[str], jobs: list[dict[str, Any]],
                 "pass_rate": None, "success_rate": None,
             })
     return out
-
-
-def mark_best(rows: list[dict[str, Any]]) -> str | None:
-    """Mark the completed row with the best objective value; a note when none can be."""
-    objectives = {(r["objective"], r["mode"]) for r in rows if r["objective"]}
-    if not objectives:
-        return None
-    if len(objectives) > 1:
-        return ("no best job: the rows have different objectives "
-                f"({', '.join(sorted(f'{o} ({m})' for o, m in objectives))})")
-    (objective, mode), = objectives
-    scored = [(v, i) for i, r in enumerate(rows)
-              if r["status"] in DONE and (v := number(value_of(r, objective))) is not None]
-    if not scored:
-        keys = sorted({k for r in rows for k in r["scores"] if k.startswith(objective + ".")})
-        return (f"no best job: no completed job has a value for {objective}"
-                + (f"; its evaluator returns a dict: name one of {', '.join(keys)}"
-                   if keys else ""))
-    sign = 1 if mode == "max" else -1
-    # ties go to the first job, so the same store always names the same best job
-    _, best = max(scored, key=lambda vi: (sign * vi[0], -vi[1]))
-    rows[best]["best"] = True
-    return None
 
 
 def add_baseline(rows: list[dict[str, Any]], baseline: list[dict[str, Any]],

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from wtb_conf.results.compare import numeric_columns, short_names, value_of, varying_params
+from wtb_conf.results.judge import best_text
 
 
 def fmt(value: Any) -> str:
@@ -39,8 +40,8 @@ def table_lines(rows: list[dict[str, Any]], title: str, color: bool = False,
              *(str(r["params"].get(p, "")) for p in params),
              *([r["case"] or ""] if cases else []),
              r["status"], "" if r["duration_s"] is None else f"{r['duration_s']:.1f}s",
-             *(fmt(value_of(r, n)) + _delta(r, n) for n in numbers),
-             "★ best" if r["best"] else ""] for r in rows]
+             *(_cell(r, n) for n in numbers),
+             "★ best" if r["best"] else "≈ tied" if r.get("tied") else ""] for r in rows]
     head = [labels.get(c, c) for c in cols]
     widths = [max([len(h), *(len(b[i]) for b in body)]) for i, h in enumerate(head)]
     out = [title]
@@ -75,9 +76,24 @@ def _blocks(widths: list[int], keys: int, width: int | None) -> list[list[int]]:
     return blocks
 
 
-def _delta(row: dict[str, Any], name: str) -> str:
+def _cell(row: dict[str, Any], name: str) -> str:
+    """`0.83±0.04 (+0.02*)`: the value, the half-width of its 95% interval when the job has
+    several values of it (a pass rate's: `0.85 [0.64, 0.95]`), the difference to the baseline (`*`: significant after Holm);
+    `~0.8`: a failed job's value over the cases that completed."""
+    value = value_of(row, name)
+    if value is None:
+        return ""
+    text = ("~" if row.get("partial") else "") + fmt(value)
+    described = row.get("stats", {}).get(name) or {}
+    ci = described.get("ci")
+    if ci and ci[1] > ci[0] and name != "success_rate":  # (a completed job's is 1: no news)
+        text += (f"±{(ci[1] - ci[0]) / 2:.2g}" if described["method"] == "t"
+                 else f" [{ci[0]:.2g}, {ci[1]:.2g}]")  # Wilson's is not symmetric
     d = row.get("delta", {}).get(name)
-    return "" if d is None else f" ({d:+.3g})"
+    if d is not None:
+        test = row.get("vs_baseline", {}).get(name) or {}
+        text += f" ({d:+.3g}{'*' if test.get('significant') else ''})"
+    return text
 
 
 def failure_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -113,7 +129,8 @@ def best_line(best: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                       if k in best["params"])
     value = fmt(value_of(best, best["objective"]))
     return (f"best: job {best['job_num']} (run {best['run_id'][:8]})"
-            f"{' ' + params if params else ''}: {best['objective']} = {value} ({best['mode']})")
+            f"{' ' + params if params else ''}: {best['objective']} = {value} ({best['mode']})"
+            + best_text(best))
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -136,6 +153,17 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def legend(rows: list[dict[str, Any]]) -> list[str]:
+    """What the marks in the table mean, for the marks it has."""
+    out = []
+    if any(r.get("partial") for r in rows):
+        out.append("~: a failed job's value over the cases that completed (never ranked)")
+    if any(r.get("vs_baseline") for r in rows):
+        out.append("(+d): the difference to the baseline on the same (case, trial) pairs; *: "
+                   "significant after Holm's correction")
+    return out
+
+
 def print_rows(rows: list[dict[str, Any]], title: str, note: str | None = None,
                failures: bool = True) -> None:
     """The comparison table, then the best job and (`failures`) why jobs failed, on stdout."""
@@ -147,6 +175,7 @@ def print_rows(rows: list[dict[str, Any]], title: str, note: str | None = None,
         lines.append(best_line(best, rows))
     if note:
         lines.append(note)
+    lines += legend(rows)
     # the sweep lists failed jobs itself (on stderr), but not what evaluators could not score
     lines += failure_lines(rows) if failures else evaluator_error_lines(rows)
     sys.stdout.write("\n".join(lines) + "\n")
