@@ -47,22 +47,3 @@ def sweeps_of(store: Store, refs: Sequence[str]) -> list[str]:
     """Sweep ids from ids, prefixes or `last` (no refs: the last sweep)."""
     out = [store.resolve("sweeps", ref) for ref in refs or ["last"]]
     return list(dict.fromkeys(out))
-
-
-def run_or_sweep(store: Store, ref: str) -> tuple[str, str]:
-    """("run", id) or ("sweep", id) for an id or prefix that names one of them; `last` is
-    the last sweep."""
-    if ref == "last":
-        return "sweep", store.last_sweep()
-    found = []
-    for kind in ("runs", "sweeps"):
-        try:
-            found.append((kind[:-1], store.resolve(kind, ref)))
-        except StoreError as e:
-            error = e
-    if len(found) == 1:
-        return found[0]
-    if found:
-        raise StoreError(f"{ref!r} names both a run and a sweep: give more characters")
-    raise StoreError(f"{ref!r} is neither a run nor a sweep ({error})")
-

@@ -7,44 +7,65 @@ from pathlib import Path
 
 import click
 
-from wtb_conf.cli.common import print_json, run_or_sweep, sweeps_of
+from wtb_conf.cli.common import print_json, sweeps_of
 from wtb_conf.cli.options import json_option, not_with, store_command
 from wtb_conf.store import Store, StoreError
 
+FORMATS = ("table", "json", "csv", "junit", "markdown")
 
-@store_command("compare", "one row per job: varying params, status, metrics, scores, the best "
-                          "job (read-only)", readonly=True)
+
+@store_command("compare", "one row per job: varying params, status, metrics and scores with "
+                          "their intervals, the best job, gates (read-only)", readonly=True)
 @click.argument("sweeps", nargs=-1, metavar="[SWEEP]...")
-@click.option("--cases", is_flag=True, help="one row per job and case")
+@click.option("--cases", is_flag=True, help="one row per job and case (and trial)")
 @click.option("--sort", metavar="KEY", help="sort by a column (-KEY: descending)")
-@click.option("--baseline", metavar="RUN|SWEEP",
-              help="add each number's difference to this run, or to the same job of this sweep")
+@click.option("--baseline", metavar="REF",
+              help="test every job against this one: a job number, 'KEY=VALUE ...' (the job "
+                   "with those params), a run id, or a sweep id (the same job of it); "
+                   "default: compare.baseline")
+@click.option("--fail-if", "fail_if", multiple=True, metavar="GATE",
+              help="exit 1 when a job fails the gate, e.g. 'kept.f1 < baseline - 0.02' "
+                   "(repeatable; default: compare.gates)")
+@click.option("--gate-on", type=click.Choice(["interval", "mean"]), default="interval",
+              show_default=True,
+              help="interval: a gate fails only when the whole 95%% interval is past it")
+@click.option("--format", "form", type=click.Choice(FORMATS), default="table",
+              show_default=True, help="how to print it")
 @json_option
-@click.option("--csv", is_flag=True, callback=not_with("as_json"), help="print it as CSV")
+@click.option("--csv", is_flag=True, callback=not_with("as_json"), help="--format csv")
 def cmd_compare(store: Store, sweeps: tuple[str, ...], cases: bool, sort: str | None,
-                baseline: str | None, as_json: bool, csv: bool) -> None:
-    """SWEEP...: sweep ids (or prefixes), or 'last' (the default)."""
-    from wtb_conf.results import compare, table
+                baseline: str | None, fail_if: tuple[str, ...], gate_on: str, form: str,
+                as_json: bool, csv: bool) -> int:
+    """SWEEP...: sweep ids (or prefixes), or 'last' (the default). Exits 1 when a gate
+    fails."""
+    from wtb_conf.config.gates import GateError
+    from wtb_conf.results import compare, formats, gates, table
 
+    form = "json" if as_json else "csv" if csv else form
     sweeps = sweeps_of(store, sweeps)
-    rows, note = compare.rows(store, sweeps, cases=cases)
-    if baseline:
-        kind, ref = run_or_sweep(store, baseline)
-        sweep = store.run(ref)["sweep_id"] if kind == "run" else ref
-        base = [r for r in compare.rows(store, [sweep], cases=cases)[0]
-                if kind == "sweep" or r["run_id"] == ref]
-        if not base:
-            raise StoreError(f"--baseline {baseline}: run {ref[:8]} is not the newest run "
-                             "of its job; name that one")
-        compare.add_baseline(rows, base, by_params=kind == "sweep")
-    if sort:
-        rows = compare.sort_rows(rows, sort)
-    if as_json:
-        return print_json([{k: v for k, v in r.items() if k != "_values"} for r in rows])
-    if csv:
-        return print(table.to_csv(rows), end="")
-    title = "sweep " + ", ".join(s[:8] for s in sweeps)
-    table.print_rows(rows, title + (f" — baseline {baseline}" if baseline else ""), note)
+    try:
+        judged = gates.judged(store, sweeps, cases=cases or form == "junit",
+                              baseline=baseline, fail_if=fail_if, on=gate_on)
+    except GateError as e:
+        raise StoreError(str(e)) from None
+    rows = compare.sort_rows(judged.rows, sort) if sort else judged.rows
+    failed = 1 if any(g["failed"] for g in judged.gates) else 0
+    title = "sweep " + ", ".join(s[:8] for s in sweeps) + (
+        f" — baseline {judged.baseline}" if judged.baseline else "")
+    if form == "json":
+        print_json([{k: v for k, v in r.items() if k != "_values"} for r in rows])
+    elif form == "csv":
+        print(table.to_csv(rows), end="")
+    elif form == "junit":
+        print(formats.junit(rows, judged.gates, title), end="")
+    elif form == "markdown":
+        print(formats.markdown(judged.jobs if not cases else rows, title, judged.note,
+                               gates.lines(judged.gates)), end="")
+    else:
+        table.print_rows(rows, title, judged.note)
+        if judged.gates:
+            print("\n".join(gates.lines(judged.gates)))
+    return failed
 
 
 def _is_override(word: str) -> bool:
@@ -65,7 +86,7 @@ def cmd_evaluate(store: Store, refs: tuple[str, ...]) -> int:
     overrides = [w for w in refs if _is_override(w)]
     run_ids, sweeps = [], []
     for ref in [w for w in refs if not _is_override(w)] or ["last"]:
-        kind, found = run_or_sweep(store, ref)
+        kind, found = store.run_or_sweep(ref)
         if kind == "run":
             run_ids.append(found)
             sweeps.append(store.run(found)["sweep_id"])

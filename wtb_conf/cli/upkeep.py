@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from wtb_conf.cli import output
-from wtb_conf.cli.common import print_json, run_or_sweep
+from wtb_conf.cli.common import print_json
 from wtb_conf.cli.options import (
     checkpoints_of,
     checkpoints_option,
@@ -87,7 +87,7 @@ def cmd_rm(store: Store, refs: tuple[str, ...], dry_run: bool, checkpoints: str 
     """RUN|SWEEP...: run or sweep ids (or unique prefixes), or 'last' (the last sweep)."""
     runs, sweeps = [], []
     for ref in refs:
-        kind, found = run_or_sweep(store, ref)
+        kind, found = store.run_or_sweep(ref)
         (runs if kind == "run" else sweeps).append(found)
     checkpoints = Checkpoints(checkpoints_of(checkpoints, store_at().db))
     result = gc.remove(store, runs, sweeps, checkpoints, dry_run=dry_run)

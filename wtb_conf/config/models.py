@@ -288,11 +288,16 @@ class CompareConfig(Group):
     """`compare:` which job of a sweep is best."""
 
     what = "compare"
-    shape = "a mapping {objective: NAME, mode: max | min}"
+    shape = "a mapping {objective: NAME, mode: max | min, baseline: JOB, gates: [GATE, ...]}"
     objective: Annotated[str, expect("the name of a metric, a score, success_rate or "
                                       "pass_rate")] | None = Field(
         None, description="the number that ranks jobs: a metric, a score or a rate")
     mode: one_of("max", "min") = Field("max", description="max or min")
+    baseline: Annotated[str | int, expect("a job number, KEY=VALUE ... (the job with those "
+                                          "params), or a run or sweep id")] | None = Field(
+        None, description="what `wtb compare` tests every job against (--baseline)")
+    gates: Annotated[list[str], expect('a list of gates, e.g. ["kept.f1 < baseline - 0.02"]')] \
+        | None = Field(None, description="`wtb compare` exits non-zero when one fails (--fail-if)")
 
 
 class FlagsConfig(Group):

@@ -28,7 +28,8 @@ from wtb_conf.job import admission, checkpointer
 from wtb_conf.job.admission import CONTINUES_ENV, SWEEP_ENV, storage_of
 from wtb_conf.job.fork import ForkError
 from wtb_conf.job.workflow import WorkflowError
-from wtb_conf.results import compare, table
+from wtb_conf.config.gates import GateError
+from wtb_conf.results import gates, table
 from wtb_conf.store import StoreError, store_at
 from wtb_conf.store.files import check_room
 from wtb_conf.store.lifecycle import DONE
@@ -313,8 +314,12 @@ class SweepCallback(Callback):
             _ended = self.sweep_id
             # a job retried after its actor died has several runs: the last one counts
             runs = list({r["job_num"]: r for r in store.runs(self.sweep_id)}.values())
-            if not interrupted:
-                rows, note = compare.rows(store, [self.sweep_id])
+            if not interrupted:  # wtb compare's table, with the experiment's baseline and gates
+                try:
+                    judged = gates.judged(store, [self.sweep_id])
+                except (GateError, StoreError) as e:
+                    log.warning("the sweep's compare settings: %s", e)
+                    judged = gates.judged(store, [self.sweep_id], configured=False)
         short = self.sweep_id[:8]
         if status == "failed":
             exit_status = 1
@@ -323,8 +328,10 @@ class SweepCallback(Callback):
             print(f"interrupted: {done} of {max(jobs, len(runs))} jobs done; run the same "
                   f"command (or `wtb rerun --failed {short}`) to finish", file=sys.stderr)
             return
-        table.print_rows(rows, f"sweep {short} — `wtb compare {short}`", note,
-                           failures=False)  # the failed jobs are listed on stderr below
+        table.print_rows(judged.rows, f"sweep {short} — `wtb compare {short}`", judged.note,
+                         failures=False)  # the failed jobs are listed on stderr below
+        if judged.gates:
+            print("\n".join(gates.lines(judged.gates)))
         done = sum(r["status"] in DONE for r in runs)
         cached = sum(r["status"] == "cached" for r in runs)
         paused = sum(r["status"] == "paused" for r in runs)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from wtb_conf import case_context
+from wtb_conf.config import gates
 from wtb_conf.config.models import RATES, CompareConfig, ScoringConfig, check
 from wtb_conf.job.identity import SCORING_KEYS, json_digest, sources_digest
 from wtb_conf.job.workflow import WorkflowError, _callable
@@ -55,18 +56,26 @@ def evaluators_of(workflow: Any) -> list[Evaluator]:
 
 
 def check_compare(compare: Any, workflow: Mapping[str, Any]) -> dict[str, Any]:
-    """`compare: {objective, mode}`, checked against the workflow's metrics and evaluators."""
+    """`compare: {objective, mode, baseline, gates}`, its names checked against the
+    workflow's metrics and evaluators."""
     compare = check(CompareConfig, compare or {}, "compare", error=WorkflowError).model_dump()
-    objective = compare["objective"]
-    if objective is None:
-        return compare
     metrics = list(workflow.get("metrics") or {})
     scores = list(workflow.get("evaluators") or {})
-    if not (objective in metrics or objective in RATES or objective.split(".")[0] in scores):
-        raise WorkflowError(
-            f"compare.objective: {objective!r} is not a metric or a score of this workflow; "
-            f"valid: {', '.join([*metrics, *scores, *RATES])} (or NAME.KEY of an evaluator "
-            "that returns a dict)")
+
+    def known(name: str, where: str) -> None:
+        if not (name in metrics or name in RATES or name.split(".")[0] in scores):
+            raise WorkflowError(
+                f"{where}: {name!r} is not a metric or a score of this workflow; valid: "
+                f"{', '.join([*metrics, *scores, *RATES])} (or NAME.KEY of an evaluator that "
+                "returns a dict)")
+
+    if compare["objective"] is not None:
+        known(compare["objective"], "compare.objective")
+    for i, text in enumerate(compare["gates"] or []):
+        try:
+            known(gates.parse(text, f"compare.gates[{i}]").name, f"compare.gates[{i}] {text!r}")
+        except gates.GateError as e:
+            raise WorkflowError(str(e)) from None
     return compare
 
 

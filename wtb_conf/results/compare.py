@@ -54,6 +54,8 @@ def _row(run: dict[str, Any], evaluation: dict[str, Any] | None) -> dict[str, An
         "pass_rate": summary.get("pass_rate"), "success_rate": summary.get("success_rate"),
         "objective": (evaluation or {}).get("compare", {}).get("objective"),
         "mode": (evaluation or {}).get("compare", {}).get("mode", "max"),
+        "baseline": (evaluation or {}).get("compare", {}).get("baseline"),
+        "gate_texts": (evaluation or {}).get("compare", {}).get("gates") or [],
         "error": run["error"], "commit": run["commit"], "cached_from": run["cached_from"],
         "parent_run": run["parent_run"], "best": False,
     }
@@ -174,20 +176,79 @@ def add_baseline(rows: list[dict[str, Any]], baseline: list[dict[str, Any]],
                  by_params: bool) -> None:
     """`delta` per row: each numeric metric, score and rate minus the baseline's. The
     baseline is one run's rows (`by_params` false: every row against it) or a sweep's
-    (matched by params); per case rows are matched case to case."""
+    (matched by params); per case rows are matched case to case. A job row also gets
+    `vs_baseline`: per name, the paired test on the (case, trial) pairs both have, its
+    Holm-adjusted p over every test of the table (`p_holm`) and `significant`."""
 
     def key(row: dict[str, Any]) -> tuple[str, Any]:
         return (json.dumps(row["params"], sort_keys=True) if by_params else "",
                 row.get("case"))
 
     bases = {key(b): b for b in baseline}
+    tests = []
     for row in rows:
         base = bases.get(key(row))
-        row["delta"] = {} if base is None else {
+        row["delta"] = {} if base is None or base["run_id"] == row["run_id"] else {
             name: v - b for name in numeric_columns([row, base])
             if (v := number(value_of(row, name))) is not None
             and (b := number(value_of(base, name))) is not None}
         row["baseline_run"] = base and base["run_id"]
+        if "_values" not in row:
+            continue
+        row["vs_baseline"] = {}
+        if base is None or base["run_id"] == row["run_id"]:
+            continue
+        for name, values in row["_values"].items():
+            test = stats.paired(values, base["_values"].get(name, {}))
+            if test is not None:
+                row["vs_baseline"][name] = test
+                tests.append(test)
+    for test, p in zip(tests, stats.holm([t["p"] for t in tests]), strict=True):
+        test.update(p_holm=p, significant=p < stats.ALPHA)
+
+
+def baseline_rows(store: Store, rows: list[dict[str, Any]], ref: str,
+                  cases: bool = False) -> tuple[list[dict[str, Any]], bool]:
+    """The rows `--baseline REF` (or compare.baseline) names, and whether they are matched
+    by params: a job number of the table, `KEY=VALUE ...` (the one job with those params), a
+    run id or a sweep id (its jobs, matched to these by params)."""
+    words = ref.split()
+    if ref.isdigit() or all("=" in w for w in words):
+        if ref.isdigit():
+            found = [r for r in rows if r["job_num"] == int(ref)]
+        else:
+            found = [r for r in rows if all(_param(r, *w.split("=", 1)) for w in words)]
+        if len(found) != 1:
+            raise StoreError(_no_single(ref, found, rows))
+        return [r for r in rows if r["run_id"] == found[0]["run_id"]], False
+    kind, found_id = store.run_or_sweep(ref)
+    sweep = store.run(found_id)["sweep_id"] if kind == "run" else found_id
+    base = [r for r in rows(store, [sweep], cases)[0]
+            if kind == "sweep" or r["run_id"] == found_id]
+    if not base:
+        raise StoreError(f"baseline {ref}: run {found_id[:8]} is not the newest run of its job; "
+                         "name that one")
+    return base, kind == "sweep"
+
+
+def _param(row: dict[str, Any], key: str, value: str) -> bool:
+    labels = short_names(list(row["params"]))
+    return any(v == value and key in (k, labels[k]) for k, v in row["params"].items())
+
+
+def _no_single(ref: str, found: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+    jobs = sorted({r["job_num"] for r in found})
+    if ref.isdigit():
+        return (f"baseline {ref}: {'no job' if not jobs else f'{len(jobs)} sweeps have a job'} "
+                f"{ref}; valid: a job number of the table "
+                f"({', '.join(str(r['job_num']) for r in rows)}) or a run id")
+    if not found:
+        params = varying_params(rows)
+        valid = "; ".join(f"{k}: {', '.join(sorted({str(r['params'].get(k)) for r in rows}))}"
+                          for k in params) or "no param varies"
+        return f"baseline {ref}: no job has those params; valid values: {valid}"
+    return (f"baseline {ref}: {len(found)} jobs ({', '.join(map(str, jobs))}) have those "
+            "params; add another KEY=VALUE to pick one, or give a job number")
 
 
 def numeric_columns(rows: list[dict[str, Any]]) -> list[str]:

@@ -40,8 +40,8 @@ def table_lines(rows: list[dict[str, Any]], title: str, color: bool = False,
              *(str(r["params"].get(p, "")) for p in params),
              *([r["case"] or ""] if cases else []),
              r["status"], "" if r["duration_s"] is None else f"{r['duration_s']:.1f}s",
-             *(_cell(r, n) for n in numbers),
-             "★ best" if r["best"] else "≈ tied" if r.get("tied") else ""] for r in rows]
+             *(cell(r, n) for n in numbers),
+             mark(r)] for r in rows]
     head = [labels.get(c, c) for c in cols]
     widths = [max([len(h), *(len(b[i]) for b in body)]) for i, h in enumerate(head)]
     out = [title]
@@ -76,10 +76,18 @@ def _blocks(widths: list[int], keys: int, width: int | None) -> list[list[int]]:
     return blocks
 
 
-def _cell(row: dict[str, Any], name: str) -> str:
+def mark(row: dict[str, Any]) -> str:
+    """The best column: ★ best, ≈ tied (with the best, by the tests), the baseline."""
+    marks = ["★ best" if row["best"] else "≈ tied" if row.get("tied") else "",
+             "baseline" if row.get("baseline_run") == row["run_id"] else ""]
+    return " ".join(m for m in marks if m)
+
+
+def cell(row: dict[str, Any], name: str) -> str:
     """`0.83±0.04 (+0.02*)`: the value, the half-width of its 95% interval when the job has
-    several values of it (a pass rate's: `0.85 [0.64, 0.95]`), the difference to the baseline (`*`: significant after Holm);
-    `~0.8`: a failed job's value over the cases that completed."""
+    several values of it (a pass rate's: `0.85 [0.64, 0.95]`), the difference to the
+    baseline (`*`: significant after Holm); `~0.8`: a failed job's value over the cases
+    that completed."""
     value = value_of(row, name)
     if value is None:
         return ""

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, text
 
-from wtb_conf.store.errors import ObjectNotFound
+from wtb_conf.store.errors import ObjectNotFound, StoreError
 from wtb_conf.store.objects import now_iso
 from wtb_conf.store.record_types import (
     SETTLED,
@@ -285,6 +285,23 @@ class RunRecords:
         if len(rows) > 1:
             raise ObjectNotFound(f"{ref!r} matches several {table}: give more characters")
         return rows[0].id
+
+    def run_or_sweep(self, ref: str) -> tuple[str, str]:
+        """("run", id) or ("sweep", id) for an id or prefix that names one of them; `last` is
+        the last sweep."""
+        if ref == "last":
+            return "sweep", self.last_sweep()
+        found = []
+        for kind in ("runs", "sweeps"):
+            try:
+                found.append((kind[:-1], self.resolve(kind, ref)))
+            except StoreError as e:
+                error = e
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise StoreError(f"{ref!r} names both a run and a sweep: give more characters")
+        raise StoreError(f"{ref!r} is neither a run nor a sweep ({error})")
 
     def run(self, run_id: str) -> RunDetail:
         with read_conn(self.engine) as conn:
