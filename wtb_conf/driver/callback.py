@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from wtb_conf.config.checks import clip_message, top_level_problems
+from wtb_conf.config.gates import GateError
 from wtb_conf.config.models import GROUPS, check_config
 from wtb_conf.config.values import ConfigError
 from wtb_conf.driver import interrupts, preflight
@@ -28,7 +29,6 @@ from wtb_conf.job import admission, checkpointer
 from wtb_conf.job.admission import CONTINUES_ENV, SWEEP_ENV, storage_of
 from wtb_conf.job.fork import ForkError
 from wtb_conf.job.workflow import WorkflowError
-from wtb_conf.config.gates import GateError
 from wtb_conf.results import gates, table
 from wtb_conf.store import StoreError, store_at
 from wtb_conf.store.files import check_room
