@@ -19,16 +19,22 @@ def store(tmp_path):
 
 
 def add_run(store, sweep, job, overrides, status="completed", scores=None, metrics=None,
-            objective="f1", mode="max", error=None):
+            objective="f1", mode="max", error=None, cases=("one",)):
+    """A run of `cases`, each scored `scores` (a numeric score shifted by +0.01 per case
+    after the first, so that jobs differ by the same amount on every case)."""
     run = store.start_run(sweep, job, overrides, "wf", "{}", "d", "/tmp/job")
-    store.start_thread(run, f"{run}/one", "one")
-    store.finish_thread(f"{run}/one", "failed" if error else "completed", {}, None,
-                        error=error, failed_node="clean" if error else None)
+    per_case = {}
+    for i, case in enumerate(cases):
+        store.start_thread(run, f"{run}/{case}", case)
+        store.finish_thread(f"{run}/{case}", "failed" if error else "completed", {}, None,
+                            error=error, failed_node="clean" if error else None)
+        per_case[case] = {"scores": {k: v if isinstance(v, bool) else v + 0.01 * i
+                                     for k, v in (scores or {}).items()}, "errors": {}}
     store.finish_run(run, status, None, metrics or {}, error)
     summary = {"scores": scores or {}, "kinds": {}, "errors": {}, "pass_rate": None,
-               "success_rate": 0.0 if error else 1.0, "cases": 1}
-    store.add_evaluation(run, "run", "k", {"objective": objective, "mode": mode},
-                         {"one": {"scores": scores or {}, "errors": {}}}, summary)
+               "success_rate": 0.0 if error else 1.0, "cases": len(cases)}
+    store.add_evaluation(run, "run", "k", {"objective": objective, "mode": mode}, per_case,
+                         summary)
     return run
 
 
@@ -60,10 +66,12 @@ def test_short_names_are_unique_suffixes(keys, labels):
     assert compare.short_names(keys) == labels
 
 
-BEST = [  # (scores per job, statuses, mode, objective, best job, note)
+TIED = ("no best job on f1: job 0 is tied with job 1 (top two: +0 [+0, +0], p = 1 (paired-t, "
+        "3 pairs)); the pairs show no difference at all")
+BEST = [  # (scores per job, statuses, mode, objective, best job, note); 3 cases each
     ([0.5, 0.9, 0.7], None, "max", "f1", 1, None),
     ([0.5, 0.9, 0.7], None, "min", "f1", 0, None),
-    ([0.9, 0.9, 0.7], None, "max", "f1", 0, None),  # a tie goes to the first job
+    ([0.9, 0.9, 0.7], None, "max", "f1", None, TIED),  # equal on every case: no best
     ([0.5, 0.9, 0.7], ["completed", "failed", "cached"], "max", "f1", 2, None),
     ([0.5, 0.9], None, "max", "acc", None, "no best job: no completed job has a value for acc"),
     ([0.5, 0.9], None, "max", None, None, None),
@@ -75,7 +83,8 @@ def test_the_best_completed_job(store, values, statuses, mode, objective, best, 
     sweep = store.create_sweep([])
     for i, v in enumerate(values):
         status = (statuses or ["completed"] * len(values))[i]
-        add_run(store, sweep, i, [f"v={i}"], status, {"f1": v}, objective=objective, mode=mode)
+        add_run(store, sweep, i, [f"v={i}"], status, {"f1": v}, objective=objective, mode=mode,
+                cases=("a", "b", "c"))
     rows, why = compare.rows(store, [sweep])
     assert [r["job_num"] for r in rows if r["best"]] == ([] if best is None else [best])
     assert why == note
@@ -186,12 +195,14 @@ def test_baseline_run_and_sweep(store):
 def test_csv_has_a_column_per_param_number_and_delta(store):
     sweep = store.create_sweep([])
     add_run(store, sweep, 0, ["a=0"], scores={"f1": 0.5})
+    add_run(store, sweep, 1, ["a=1"], scores={"f1": 0.75})
     rows, _ = compare.rows(store, [sweep])
     compare.add_baseline(rows, rows[:1], by_params=False)
     grid = list(csv.DictReader(io.StringIO(table.to_csv(rows))))
-    assert grid[0]["a"] == "0" and grid[0]["f1"] == "0.5" and grid[0]["delta.f1"] == "0.0"
+    assert grid[0]["a"] == "0" and grid[0]["f1"] == "0.5" and grid[0]["delta.f1"] == ""
+    assert grid[1]["delta.f1"] == "0.25"  # (the baseline's own row has no difference)
     assert grid[0]["success_rate"] == "1.0"  # values as stored, not rounded for a screen
-    assert grid[0]["best"] == "True"
+    assert grid[0]["best"] == grid[1]["best"] == "False"  # one case each: too few pairs
 
 
 def _row(job, params, status="completed", best=False, case=None, score_errors=None, **numbers):

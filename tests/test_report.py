@@ -80,17 +80,16 @@ def test_demo_report_in_a_browser(demo, tmp_path, browser):
 
     page, requests = open_page(browser, out)
     assert requests == [out.as_uri()]  # nothing fetched: no CDN, no fonts, no scripts
-    best = next(r for r in rows if r["best"])
+    objective = rows[0]["objective"]
     title = page.title()
-    assert sweep[:8] in title and best["objective"] in title and best["run_id"][:8] in title
+    # two cases run once: no difference a paired test calls real, so no best job (test_judge)
+    assert sweep[:8] in title and f"no best job on {objective}" in title
 
     assert page.locator("#comparison tbody tr").count() == len(rows) == 4
     assert job_order(page) == [0, 1, 2, 3]
-    star = page.locator("#comparison tbody tr", has_text="★")
-    assert star.count() == 1 and star.first.get_attribute("data-run") == best["run_id"]
+    assert page.locator("#comparison tbody tr", has_text="★").count() == 0
 
     # sort by the objective: ascending, ties in job order; a second click reverses
-    objective = best["objective"]
     ascending = [r["job_num"] for r in sorted(rows, key=lambda r: compare.value_of(r, objective))]
     assert ascending != [0, 1, 2, 3]
     header = page.locator(f'#comparison th[title="{objective}"]')

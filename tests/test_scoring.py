@@ -127,16 +127,25 @@ def test_bad_evaluator_configs_name_the_key(wf, message):
     assert str(info.value).startswith(message)
 
 
+UNSET = {"baseline": None, "gates": None}
 COMPARE = [
-    ({}, {"objective": None, "mode": "max"}, None),
-    ({"objective": "rows", "mode": "min"}, {"objective": "rows", "mode": "min"}, None),
-    ({"objective": "kept.f1"}, {"objective": "kept.f1", "mode": "max"}, None),
-    ({"objective": "success_rate"}, {"objective": "success_rate", "mode": "max"}, None),
-    ({"objective": "pass_rate"}, {"objective": "pass_rate", "mode": "max"}, None),
+    ({}, {"objective": None, "mode": "max", **UNSET}, None),
+    ({"objective": "rows", "mode": "min"}, {"objective": "rows", "mode": "min", **UNSET}, None),
+    ({"objective": "kept.f1"}, {"objective": "kept.f1", "mode": "max", **UNSET}, None),
+    ({"objective": "success_rate"}, {"objective": "success_rate", "mode": "max", **UNSET}, None),
+    ({"objective": "pass_rate"}, {"objective": "pass_rate", "mode": "max", **UNSET}, None),
+    ({"baseline": "variant=a", "gates": ["kept.f1 < baseline - 0.02", "rows >= 10"]},
+     {"objective": None, "mode": "max", "baseline": "variant=a",
+      "gates": ["kept.f1 < baseline - 0.02", "rows >= 10"]}, None),
     ({"mode": "best"}, None, "compare.mode: 'best' is not one of max, min"),
-    ({"goal": "x"}, None, "compare.goal: unknown key; compare has objective, mode"),
+    ({"goal": "x"}, None, "compare.goal: unknown key; compare has objective, mode, baseline, "
+                          "gates"),
     ({"objective": "acc"}, None, "compare.objective: 'acc' is not a metric or a score of this "
                                  "workflow; valid: rows, kept, pass_rate, success_rate"),
+    ({"gates": ["acc < 0.5"]}, None, "compare.gates[0] 'acc < 0.5': 'acc' is not a metric or a "
+                                     "score of this workflow; valid: rows, kept"),
+    ({"gates": ["kept.f1 <"]}, None, "compare.gates[0] 'kept.f1 <': write NAME OP VALUE"),
+    ({"gates": "kept.f1 < 1"}, None, "compare.gates: expected a list of gates"),
 ]
 
 

@@ -53,7 +53,7 @@ DEMO = ("-m", "+experiment=demo")  # 4 jobs: 2 variants x 2 thresholds
     ((*DEMO, "+compre.objective=kept.f1"),
      "compre: unknown top-level key; the config has the groups workflow, env, storage, fork, "
      "compare (variant=... and +experiment=... set keys in them) and the switches rerun, "
-     "share_prefixes"),
+     "share_prefixes, trials"),
     ((*DEMO, "workflow.routes.validate.router.max_invalid=abc"),
      "workflow.routes.validate.router.max_invalid: 'abc' is not a float "
      "(experiments.file_processing.nodes.quality_gate takes max_invalid: float)"),
@@ -76,8 +76,19 @@ DEMO = ("-m", "+experiment=demo")  # 4 jobs: 2 variants x 2 thresholds
     ((*DEMO, "variant=drop_invalid,nope"),
      "2 of 4 jobs [job 2 (variant=nope workflow.routes.validate.router.max_invalid=0.1); job 3 "
      "(variant=nope workflow.routes.validate.router.max_invalid=0.3)]: In 'config': Could not "
-     "find 'variant/nope'; Available options in 'variant': drop_invalid, fill_defaults, "
-     "strict_amounts"),
+     "find 'variant/nope'; Available options in 'variant': agent_cite, agent_friendly, "
+     "agent_terse, drop_invalid, fill_defaults, strict_amounts"),
+    ((*DEMO, "trials=0"), "trials: 0 is not an integer >= 1; give one, e.g. 1 (the default)"),
+    ((*DEMO, "trials=-1"), "trials: -1 is not an integer >= 1; give one, e.g. 1 (the default)"),
+    ((*DEMO, "trials=ten"),
+     "trials: 'ten' is not an integer >= 1; give one, e.g. 1 (the default)"),
+    ((*DEMO, "+workflow.trials=0"),
+     "workflow.trials: 0 is not an integer >= 1; give one, e.g. 1 (the default)"),
+    ((*DEMO, 'compare.gates=["acc < baseline"]'),
+     "compare.gates[0] 'acc < baseline': 'acc' is not a metric or a score of this "
+     "workflow; valid: rows_in, rows_out, invalid_ratio, total_amount, kept, total_ok, "
+     "report_written, pass_rate, success_rate (or NAME.KEY of an evaluator that returns a "
+     "dict)"),
     # a job in its own interpreter: its targets are not imported here, the rest is checked
     (("-m", "workflow=file_processing", "env=tabulate_09", "+workflow.metrics.typo=n_tokenz"),
      "workflow.metrics.typo: 'n_tokenz' names no state field; the state has input_csv, rows, "
@@ -87,7 +98,7 @@ DEMO = ("-m", "+experiment=demo")  # 4 jobs: 2 variants x 2 thresholds
     (("workflow=file_processing", "+compre.objective=kept.f1"),
      "compre: unknown top-level key; the config has the groups workflow, env, storage, fork, "
      "compare (variant=... and +experiment=... set keys in them) and the switches rerun, "
-     "share_prefixes"),
+     "share_prefixes, trials"),
 ])
 def test_a_bad_job_refuses_the_sweep_before_anything_is_written(tmp_path, args, message):
     """Each recorded 4 failed runs and a failed sweep (or ran, or recorded None) before."""

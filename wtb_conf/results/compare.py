@@ -22,7 +22,7 @@ from wtb_conf.store import Store, StoreError
 from wtb_conf.trials import split_key
 
 # what a job row has and its per-case rows do not: the statistics over its cases
-PER_JOB = ("_values", "stats", "vs_next")
+PER_JOB = ("_values", "stats", "vs_next", "trials")
 
 
 def params_of(overrides: Iterable[str]) -> dict[str, str]:
@@ -132,6 +132,8 @@ def _add_stats(row: dict[str, Any], run: dict[str, Any], evaluation: dict[str, A
                failed: list[dict[str, Any]]) -> None:
     row["_values"] = values = unit_values(run, evaluation, failed)
     row["stats"] = {name: d for name, v in values.items() if (d := stats.describe(v))}
+    threads = values.get("success_rate", {})
+    row["trials"] = max((split_key(k)[1] + 1 for k in threads), default=1)
     # a failed job's values are over the cases that completed: shown, never ranked
     row["partial"] = row["status"] == "failed" and bool(values)
 
@@ -207,7 +209,7 @@ def add_baseline(rows: list[dict[str, Any]], baseline: list[dict[str, Any]],
         test.update(p_holm=p, significant=p < stats.ALPHA)
 
 
-def baseline_rows(store: Store, rows: list[dict[str, Any]], ref: str,
+def baseline_rows(store: Store, jobs: list[dict[str, Any]], ref: str,
                   cases: bool = False) -> tuple[list[dict[str, Any]], bool]:
     """The rows `--baseline REF` (or compare.baseline) names, and whether they are matched
     by params: a job number of the table, `KEY=VALUE ...` (the one job with those params), a
@@ -215,12 +217,12 @@ def baseline_rows(store: Store, rows: list[dict[str, Any]], ref: str,
     words = ref.split()
     if ref.isdigit() or all("=" in w for w in words):
         if ref.isdigit():
-            found = [r for r in rows if r["job_num"] == int(ref)]
+            found = [r for r in jobs if r["job_num"] == int(ref)]
         else:
-            found = [r for r in rows if all(_param(r, *w.split("=", 1)) for w in words)]
+            found = [r for r in jobs if all(_param(r, *w.split("=", 1)) for w in words)]
         if len(found) != 1:
-            raise StoreError(_no_single(ref, found, rows))
-        return [r for r in rows if r["run_id"] == found[0]["run_id"]], False
+            raise StoreError(_no_single(ref, found, jobs))
+        return [r for r in jobs if r["run_id"] == found[0]["run_id"]], False
     kind, found_id = store.run_or_sweep(ref)
     sweep = store.run(found_id)["sweep_id"] if kind == "run" else found_id
     base = [r for r in rows(store, [sweep], cases)[0]

@@ -84,8 +84,8 @@ def mark(row: dict[str, Any]) -> str:
 
 
 def cell(row: dict[str, Any], name: str) -> str:
-    """`0.83±0.04 (+0.02*)`: the value, the half-width of its 95% interval when the job has
-    several values of it (a pass rate's: `0.85 [0.64, 0.95]`), the difference to the
+    """`0.83±0.04 (+0.02*)`: the value, the half-width of its 95% interval when the job ran
+    several trials (a pass rate's: `0.85 [0.64, 0.95]`), the difference to the
     baseline (`*`: significant after Holm); `~0.8`: a failed job's value over the cases
     that completed."""
     value = value_of(row, name)
@@ -94,7 +94,9 @@ def cell(row: dict[str, Any], name: str) -> str:
     text = ("~" if row.get("partial") else "") + fmt(value)
     described = row.get("stats", {}).get(name) or {}
     ci = described.get("ci")
-    if ci and ci[1] > ci[0] and name != "success_rate":  # (a completed job's is 1: no news)
+    # an interval over cases run once would mostly show how the cases differ: only trials
+    # make it the noise of a job (the JSON has it either way); a complete job's success is 1
+    if ci and ci[1] > ci[0] and row.get("trials", 1) > 1 and name != "success_rate":
         text += (f"±{(ci[1] - ci[0]) / 2:.2g}" if described["method"] == "t"
                  else f" [{ci[0]:.2g}, {ci[1]:.2g}]")  # Wilson's is not symmetric
     d = row.get("delta", {}).get(name)
