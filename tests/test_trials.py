@@ -1,0 +1,184 @@
+"""Trials end to end, on the shipped demo (+experiment=support_agent: a support agent whose
+fake model answers differently per trial; two prompts equally good, one better): threads and
+dirs per trial, extending trials runs only the new ones, a rerun of a trial gives the same
+commit, and `wtb compare`'s statistics agree with scipy run on the raw scores."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from conftest import copy_project, run_bench, wtb
+from scipy import stats as sp
+
+from wtb_conf.store import open_store
+
+pytestmark = pytest.mark.slow
+CASES = ("returns", "shipping", "warranty", "cancel", "exchange")
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory) -> Path:
+    """The demo as shipped: 3 prompts x 5 questions x 10 trials. Tests that add sweeps do
+    it in a copy (`own`)."""
+    project = copy_project(tmp_path_factory.mktemp("agent"))
+    proc = run_bench(project, "-m", "+experiment=support_agent")
+    (project / "sweep.out").write_text(proc.stdout)
+    return project
+
+
+@pytest.fixture
+def own(agent, tmp_path) -> Path:
+    return Path(shutil.copytree(agent, tmp_path / "agent"))
+
+
+def compare_json(project: Path, *args: str) -> list[dict]:
+    return json.loads(wtb(project, "compare", *args, "--json").stdout)
+
+
+def store_of(project: Path):
+    return open_store(str(project / "data/wtb.db"), project / "data/blobs", readonly=True)
+
+
+def test_each_trial_is_its_own_thread_dir_and_seed(agent):
+    rows = compare_json(agent)
+    assert [r["params"]["variant"] for r in rows] == ["agent_terse", "agent_friendly",
+                                                      "agent_cite"]
+    with store_of(agent) as store:
+        threads = store.threads(rows[0]["run_id"])
+        job_dir = Path(store.run(rows[0]["run_id"])["job_dir"])
+    assert sorted(t["thread_id"] for t in threads) == sorted(
+        f"{rows[0]['run_id']}/{case}/{trial}" for case in CASES for trial in range(10))
+    assert {t["status"] for t in threads} == {"completed"}
+    assert (job_dir / "out/returns/7/answer.md").is_file()
+    assert rows[0]["trials"] == 10 and rows[0]["stats"]["correct"]["n"] == 50
+
+
+def by_key(case_rows: list[dict], run_id: str, name: str) -> dict[str, bool]:
+    return {r["case"]: r["scores"][name] for r in case_rows if r["run_id"] == run_id}
+
+
+def test_the_statistics_are_scipys_on_the_raw_scores(agent):
+    rows = compare_json(agent)  # (compare.baseline: variant=agent_terse, from the experiment)
+    raw = compare_json(agent, "--cases")
+    terse, friendly, cite = rows
+    values = {r["run_id"]: by_key(raw, r["run_id"], "correct") for r in rows}
+    for row in rows:
+        passed = list(values[row["run_id"]].values())
+        ci = sp.binomtest(sum(passed), len(passed)).proportion_ci(0.95, method="wilson")
+        described = row["stats"]["correct"]
+        assert described["mean"] == pytest.approx(sum(passed) / 50)
+        assert described["ci"] == pytest.approx([ci.low, ci.high])
+        words = [r["metrics"]["words"] for r in raw if r["run_id"] == row["run_id"]]
+        low, high = sp.t.interval(0.95, 49, loc=sum(words) / 50, scale=sp.sem(words))
+        assert row["stats"]["words"]["ci"] == pytest.approx([low, high])
+
+    def mcnemar(a: dict, b: dict) -> float:
+        only_a = sum(a[k] and not b[k] for k in a)
+        only_b = sum(b[k] and not a[k] for k in a)
+        return sp.binomtest(only_a, only_a + only_b, 0.5).pvalue
+
+    # every job against the terse baseline, Holm over the table's tests
+    p = {r["run_id"]: mcnemar(values[r["run_id"]], values[terse["run_id"]])
+         for r in (friendly, cite)}
+    for row in (friendly, cite):
+        assert row["vs_baseline"]["correct"]["p"] == pytest.approx(p[row["run_id"]])
+    # friendly is ahead of terse by its mean, but not by a test: the bench says so
+    assert friendly["stats"]["correct"]["mean"] > terse["stats"]["correct"]["mean"]
+    assert not friendly["vs_baseline"]["correct"]["significant"]
+    assert cite["vs_baseline"]["correct"]["significant"]
+    # cite is best: ahead of the runner-up (friendly) by McNemar's test
+    assert [r["best"] for r in rows] == [False, False, True]
+    assert cite["vs_next"]["run_id"] == friendly["run_id"]
+    assert cite["vs_next"]["p"] == pytest.approx(mcnemar(values[cite["run_id"]],
+                                                         values[friendly["run_id"]]))
+    out = (agent / "sweep.out").read_text()
+    assert "best: job 2 (run " in out and "ahead of the next by +" in out
+
+
+def test_the_best_by_mean_that_no_test_backs_is_not_best(own):
+    # the two equally good prompts alone (cache hits: nothing runs)
+    proc = run_bench(own, "-m", "workflow=support_agent",
+                     "variant=agent_terse,agent_friendly", "compare.objective=correct")
+    assert "2 of 2 jobs completed (2 cached)" in proc.stdout
+    rows = compare_json(own)
+    assert rows[1]["stats"]["correct"]["mean"] > rows[0]["stats"]["correct"]["mean"]
+    assert not any(r["best"] for r in rows) and all(r["tied"] for r in rows)
+    assert rows[1]["vs_next"]["p"] >= 0.05 and rows[1]["vs_next"]["more_trials"] >= 1
+    text = wtb(own, "compare").stdout
+    assert "no best job on correct: job 1 is tied with job 0 (top two: +" in text
+    assert "more trial(s) per case would tell the top two apart" in text
+
+
+def test_gates_and_ci_formats(agent):
+    sweep = compare_json(agent)[0]["sweep_id"]
+    held = wtb(agent, "compare", sweep, "--fail-if", "correct < baseline - 0.05")
+    assert 'gate "correct < baseline - 0.05" held on 2 job(s)' in held.stdout
+    # on the means friendly is above terse: a gate that asks for +0.2 fails it
+    failed = wtb(agent, "compare", sweep, "--fail-if", "correct < baseline + 0.2",
+                 "--gate-on", "mean", code=1)
+    assert 'gate "correct < baseline + 0.2" failed on job 1 (run ' in failed.stdout
+    xml = wtb(agent, "compare", sweep, "--format", "junit").stdout
+    suite = ET.fromstring(xml)
+    assert suite.tag == "testsuite" and int(suite.get("tests")) == 3 * 50
+    assert len(suite.findall("testcase")) == 150
+    wrong = [c for c in suite.findall("testcase") if c.find("failure") is not None]
+    assert int(suite.get("failures")) == len(wrong) and wrong
+    assert wrong[0].find("failure").get("message") == "correct is false"
+    md = wtb(agent, "compare", sweep, "--format", "markdown").stdout
+    assert md.startswith(f"### sweep {sweep[:8]} — baseline variant=agent_terse\n")
+    assert "**Best:** job 2 variant=agent_cite: correct = " in md
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--baseline", "variant=nope"),
+     "wtb: error: baseline variant=nope: no job has those params; valid values: variant: "
+     "agent_cite, agent_friendly, agent_terse"),
+    (("--baseline", "9"),
+     "wtb: error: baseline 9: no job 9; valid: a job number of the table (0, 1, 2) or a run id"),
+    (("--baseline", "experiment=support_agent"),
+     "wtb: error: baseline experiment=support_agent: 3 jobs (0, 1, 2) have those params; add "
+     "another KEY=VALUE to pick one, or give a job number"),
+    (("--fail-if", "accuracy < baseline"),
+     "wtb: error: --fail-if 'accuracy < baseline': 'accuracy' is not a metric, score or rate "
+     "of these jobs; valid: words, correct, pass_rate, success_rate"),
+])
+def test_a_bad_baseline_or_gate_is_one_line(agent, args, message):
+    sweep = compare_json(agent)[0]["sweep_id"]
+    proc = wtb(agent, "compare", sweep, *args, code=1)
+    assert proc.stderr.strip().splitlines() == [message] and proc.stdout == ""
+
+
+def node_events(project: Path, run_id: str) -> list[str]:
+    with store_of(project) as store:
+        return [e["data"]["thread_id"] for e in store.events(run_id) if e["kind"] == "node"]
+
+
+def test_extending_trials_runs_only_the_new_ones_and_a_rerun_gives_the_same_commits(
+        tmp_path):
+    project = copy_project(tmp_path)
+    args = ("-m", "workflow=support_agent", "variant=agent_cite")
+    run_bench(project, *args, "trials=3")
+    [three] = compare_json(project)
+    assert len(node_events(project, three["run_id"])) == 5 * 3 * 2  # lookup and answer
+    run_bench(project, *args, "trials=5")
+    [five] = compare_json(project)
+    ran = node_events(project, five["run_id"])
+    assert len(ran) == 5 * 2 * 2  # trials 3 and 4 only
+    assert {t.rsplit("/", 1)[1] for t in ran} == {"3", "4"}
+    assert five["stats"]["correct"]["n"] == 25
+    with store_of(project) as store:
+        before = {t["case"]: t["commit"] for t in store.threads(five["run_id"])}
+        old = {t["case"]: t["commit"] for t in store.threads(three["run_id"])}
+    assert {k: before[k] for k in old} == old  # the reused trials are the stored ones
+
+    wtb(project, "rerun", five["run_id"])
+    [again] = compare_json(project)
+    assert again["run_id"] != five["run_id"]
+    assert len(node_events(project, again["run_id"])) == 5 * 5 * 2  # all of it ran again
+    with store_of(project) as store:
+        after = {t["case"]: t["commit"] for t in store.threads(again["run_id"])}
+    assert after == before  # each trial drew the same: the same files, the same commits
