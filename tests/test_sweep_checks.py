@@ -34,8 +34,8 @@ def test_running_without_a_workflow_says_which_there_are(tmp_path, where):
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         [line] = proc.stderr.strip().splitlines()
         assert line.startswith("You must specify 'workflow', e.g, workflow=<OPTION>; ")
-        assert ("available options: file_processing, table_report" if where == "project"
-                else "add conf/workflow/NAME.yaml") in line
+        assert ("available options: file_processing, support_agent, table_report"
+                if where == "project" else "add conf/workflow/NAME.yaml") in line
         assert not (project / "data").exists() and not (project / "multirun").exists()
 
 

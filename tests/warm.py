@@ -25,6 +25,7 @@ PRELOAD = (  # what wtb_conf/__main__.py and wtb_conf/cli import; importing them
     "hydra", "omegaconf", "hydra.core.config_store", "wtb_conf.config.checks",
     "wtb_conf.driver.callback", "wtb_conf.driver.interrupts", "wtb_conf.job.task",
     "wtb_conf.cli", "hydra_plugins.wtb_conf_launcher.launcher",
+    "scipy.stats",  # (what `wtb compare` and a sweep's end import when they judge jobs)
 )
 
 
