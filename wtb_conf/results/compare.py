@@ -187,7 +187,7 @@ def add_baseline(rows: list[dict[str, Any]], baseline: list[dict[str, Any]],
                 row.get("case"))
 
     bases = {key(b): b for b in baseline}
-    tests = []
+    asked: list[tuple[dict[str, Any], str, dict[str, Any], dict[str, Any]]] = []
     for row in rows:
         base = bases.get(key(row))
         row["delta"] = {} if base is None or base["run_id"] == row["run_id"] else {
@@ -200,11 +200,14 @@ def add_baseline(rows: list[dict[str, Any]], baseline: list[dict[str, Any]],
         row["vs_baseline"] = {}
         if base is None or base["run_id"] == row["run_id"]:
             continue
-        for name, values in row["_values"].items():
-            test = stats.paired(values, base["_values"].get(name, {}))
-            if test is not None:
-                row["vs_baseline"][name] = test
-                tests.append(test)
+        asked += [(row, name, values, base["_values"].get(name, {}))
+                  for name, values in row["_values"].items()]
+    tests = []
+    for (row, name, _, _), test in zip(asked, stats.paired_many([a[2:] for a in asked]),
+                                       strict=True):
+        if test is not None:
+            row["vs_baseline"][name] = test
+            tests.append(test)
     for test, p in zip(tests, stats.holm([t["p"] for t in tests]), strict=True):
         test.update(p_holm=p, significant=p < stats.ALPHA)
 

@@ -91,7 +91,7 @@ def _tied(objective: str, top: dict[str, Any], others: list[dict[str, Any]]
           ) -> list[dict[str, Any]]:
     """The jobs a Holm-corrected paired test cannot tell from `top` (or has too few pairs)."""
     mine = top["_values"].get(objective, {})
-    tests = [stats.paired(mine, r["_values"].get(objective, {})) for r in others]
+    tests = stats.paired_many([(mine, r["_values"].get(objective, {})) for r in others])
     adjusted = iter(stats.holm([t["p"] for t in tests if t is not None]))
     return [r for r, t in zip(others, tests, strict=True)
             if t is None or next(adjusted) >= stats.ALPHA]
