@@ -163,6 +163,9 @@ def main() -> None:
                          ("wtb compare --baseline 0 --json", ["--baseline", "0", "--json"])):
         seconds = _median_run([*wtb, "compare", sweep, *extra], env, args.repeat, 30)
         print(f"{label:48} {seconds:9.2f}")
+    floor = _median_run([sys.executable, "-c", "import wtb_conf.cli, scipy.stats"], env,
+                        args.repeat, 30)
+    print(f"{'the floor: python + wtb + scipy.stats imports':48} {floor:9.2f}")
     report = root / "report.html"
     t = _median_run([*wtb, "report", sweep, "--out", str(report)], env, 1, 60)
     print(f"{'wtb report':48} {t:9.2f}   {report.stat().st_size / 1e6:.1f} MB")
