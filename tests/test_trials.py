@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import copy_project, run_bench, wtb
 from scipy import stats as sp
+from test_report import assert_self_contained, open_page, report
 
 from wtb_conf.store import open_store
 
@@ -182,3 +183,40 @@ def test_extending_trials_runs_only_the_new_ones_and_a_rerun_gives_the_same_comm
     with store_of(project) as store:
         after = {t["case"]: t["commit"] for t in store.threads(again["run_id"])}
     assert after == before  # each trial drew the same: the same files, the same commits
+
+
+def test_the_reports_case_view_opens_a_cell_on_its_trials_final_state(agent, tmp_path,
+                                                                      browser):
+    rows = compare_json(agent)
+    cite = rows[2]
+    out = tmp_path / "report.html"
+    html = report(agent, out)
+    assert_self_contained(html)
+    with store_of(agent) as store:
+        finals = {t["case"]: t["final_state"] for t in store.threads(cite["run_id"])}
+    for width in (1400, 800):
+        page, requests = open_page(browser, out)
+        page.set_viewport_size({"width": width, "height": 1000})
+        assert requests == [out.as_uri()]
+        # nothing wider than the window: wide tables scroll inside their own box
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        grid = page.locator("#cases-grid")
+        assert grid.locator("tbody tr").count() == len(CASES)
+        assert grid.locator("thead th").all_inner_texts()[1:] == [
+            "#0 agent_terse", "#1 agent_friendly", "#2 agent_cite"]
+        cell = grid.locator("tbody tr", has_text="returns").locator("td").nth(2)
+        assert "correct " in cell.inner_text() and "10 trials" in cell.inner_text()
+        cell.locator("a").click()
+        detail = page.locator(f"#cell-{cite['run_id'][:8]}-returns")
+        assert detail.get_attribute("open") is not None  # the link opened it
+        text = detail.inner_text()
+        assert '"question": "How many days do I have to return an order?"' in text
+        assert '"fact": "30 days"' in text  # expected
+        first = detail.locator(".trial").first.inner_text()
+        key = first.split()[0]
+        assert key.startswith("returns/") and finals[key]["answer"] in first
+        assert "answer.md" in first and "nodes: " in first  # outputs inline, a timeline
+        page.screenshot(path=str(tmp_path / f"cases-{width}.png"))
+        page.close()
+    # the charts: a dot and its interval per job, the baseline dashed
+    assert html.count("<svg") >= 4 and "baseline" in html

@@ -20,9 +20,10 @@ def case_key(case: str, trial: int, trials: int) -> str:
 
 
 def split_key(key: str) -> tuple[str, int]:
-    """`orders/3` -> ("orders", 3); `orders` -> ("orders", 0)."""
-    case, _, trial = key.partition("/")
-    return case, int(trial) if trial.isdigit() else 0
+    """`orders/3` -> ("orders", 3); `orders` -> ("orders", 0) (and a name that is not a
+    key, as a store written by hand may hold, is a case of its own)."""
+    case, _, trial = key.rpartition("/")
+    return (case, int(trial)) if case and trial.isdigit() else (key, 0)
 
 
 def identity(inputs: Any, inputs_commit: str, trial: int) -> list[Any]:

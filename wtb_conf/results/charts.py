@@ -1,4 +1,5 @@
-"""The report's charts: horizontal bar charts drawn by matplotlib, as inline SVG text.
+"""The report's charts, drawn by matplotlib as inline SVG text: per number a dot and its
+95% interval per job, and the node durations as stacked bars.
 
 matplotlib is imported inside the functions: `wtb compare` and the sweep's end table import
 this floor too, and should not pay for it.
@@ -67,24 +68,50 @@ def _bars(ax: Any, lefts: list[float], widths: list[float], colors: Any,
     ax.autoscale_view(scaley=False)
 
 
-def metric_charts(rows: list[dict[str, Any]], labels: list[str], jobs: list[str]) -> list[str]:
-    """One horizontal bar chart per numeric column, the best job's bar highlighted."""
+def interval_charts(rows: list[dict[str, Any]], labels: list[str], jobs: list[str],
+                    ) -> list[str]:
+    """One dot-and-whisker chart per numeric column: each job's mean and its 95% interval
+    (wtb_conf.results.stats), the best job in orange, failed jobs' partial values hollow and
+    red, the baseline's value a dashed line; "lower is better" on a min objective."""
     out = []
-    colors = [BEST_BAR if r["best"] else FAILED_BAR if r["status"] == "failed" else BAR
-              for r in rows]
+    colors = [BEST_BAR if r["best"] else FAILED_BAR if r.get("partial") or r["status"] ==
+              "failed" else BAR for r in rows]
+    base = next((r for r in rows if r.get("baseline_run") == r["run_id"]), None)
     for name in compare.numeric_columns(rows):
-        values = [compare.number(compare.value_of(r, name)) for r in rows]
-        present = [v for v in values if v is not None]
+        points = []
+        for r in rows:
+            described = (r.get("stats") or {}).get(name) or {}
+            value = compare.number(described.get("mean", compare.value_of(r, name)))
+            points.append((value, described.get("ci")))
+        present = [v for v, _ in points if v is not None]
         if not present:  # a metric that is text, not a number
             continue
-        fig, ax = _figure(name, labels, jobs)
-        _bars(ax, [0.0] * len(rows), [v or 0.0 for v in values], colors)
-        lo, hi = min(0.0, *present), max(0.0, *present)
-        pad = 0.2 * ((hi - lo) or 1.0)  # room for the value written after each bar
-        ax.set_xlim(lo - (pad if lo < 0 else 0), hi + pad)
-        for y, v in enumerate(values if len(rows) <= LABEL_MAX else []):
-            ax.text(v or 0.0, y, " n/a " if v is None else f" {v:.4g} ", va="center",
-                    ha="right" if (v or 0) < 0 else "left", fontsize=7, color="#333")
+        lower = any(r["objective"] == name and r["mode"] == "min" for r in rows)
+        ys = [y for y, (v, _) in enumerate(points) if v is not None]
+        partial = [i for i, y in enumerate(ys) if rows[y].get("partial")]
+        reference = compare.number(((base or {}).get("stats") or {}).get(name, {}).get("mean"))
+        legend = bool(partial) or reference is not None
+        fig, ax = _figure(name + (" (lower is better)" if lower else ""), labels, jobs,
+                          1.1 if legend else 0.25)
+        xs = [points[y][0] for y in ys]
+        lows = [(points[y][1] or [x, x])[0] for x, y in zip(xs, ys, strict=True)]
+        highs = [(points[y][1] or [x, x])[1] for x, y in zip(xs, ys, strict=True)]
+        ax.hlines(ys, lows, highs, colors=[colors[y] for y in ys], linewidth=1.4)
+        whole = [i for i in range(len(ys)) if i not in partial]
+        ax.scatter([xs[i] for i in whole], [ys[i] for i in whole], s=18, zorder=3,
+                   c=[colors[ys[i]] for i in whole])
+        if partial:
+            ax.scatter([xs[i] for i in partial], [ys[i] for i in partial], s=18, zorder=3,
+                       facecolors="white", edgecolors=FAILED_BAR, label="partial (failed)")
+        if reference is not None:
+            ax.axvline(reference, color="#555", linestyle="--", linewidth=0.8,
+                       label="baseline")
+        if legend:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+        lo, hi = min(lows), max(highs)
+        pad = 0.08 * ((hi - lo) or abs(hi) or 1.0)
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.grid(axis="x", color="#eee", linewidth=0.6)
         out.append(svg(fig, name))
     return out
 

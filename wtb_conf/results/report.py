@@ -21,8 +21,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wtb_conf.results import charts, compare, table
-from wtb_conf.store import Store
+from wtb_conf.config.gates import GateError
+from wtb_conf.results import cases_view, charts, compare, gates, table
+from wtb_conf.store import Store, StoreError
 
 if TYPE_CHECKING:
     import jinja2
@@ -101,16 +102,17 @@ def _table(rows: list[dict[str, Any]], params: list[str], numbers: list[str],
                                                *numbers, "best"]
     body = []
     for r in rows:
-        error = r["error"] or ""
-        brief = f" ({error[:60]}…)" if len(error) > 60 else f" ({error})" if error else ""
         values = []
         for name in numbers:
             v = compare.value_of(r, name)
             values.append(("" if compare.number(v) is None else repr(compare.number(v)),
-                           table.fmt(v)))
+                           table.cell(r, name)))
+        # the error itself is in the failures section: in the table it would stretch the
+        # status column off the screen
         body.append({
             "row": r, "params": [str(r["params"].get(p, "")) for p in params],
-            "error": error, "status": r["status"] + brief, "values": values,
+            "error": r["error"] or "", "status": r["status"], "values": values,
+            "mark": table.mark(r),
             "cls": "failed" if r["status"] == "failed" else "best" if r["best"] else ""})
     return {"heads": [(h, names.get(h, h)) for h in heads], "rows": body}
 
@@ -199,13 +201,14 @@ def _headline(rows: list[dict[str, Any]], sweep_ids: list[str], params: list[str
 
 def _gather(store: Store, rows: list[dict[str, Any]]) -> tuple[dict, dict, dict, dict]:
     """Per run its cases and node durations, per commit its files, per run that executed
-    (a cache hit ran nothing itself) its node durations: a handful of ~1 ms queries a run."""
+    (a cache hit ran nothing itself) its events: a handful of ~1 ms queries a run."""
     threads, durations, trees, events = {}, {}, {}, {}
     for r in rows:
         source = r["cached_from"] or r["run_id"]
         if source not in events:
-            events[source] = node_durations(store.events(source))
-        threads[r["run_id"]], durations[r["run_id"]] = store.threads(source), events[source]
+            events[source] = store.events(source)
+        threads[r["run_id"]] = store.threads(source)
+        durations[r["run_id"]] = node_durations(events[source])
         if r["commit"] and r["commit"] not in trees:
             trees[r["commit"]] = store.tree(r["commit"])
     return threads, durations, trees, events
@@ -216,7 +219,11 @@ def render(store: Store, sweep_ids: list[str]) -> str:
     import matplotlib
     from markupsafe import Markup
 
-    rows, note = compare.rows(store, sweep_ids)
+    try:  # the rows as `wtb compare` judges them: with the sweeps' compare.baseline
+        judged = gates.judged(store, sweep_ids)
+    except (GateError, StoreError):  # (`wtb compare` says what is wrong with it)
+        judged = gates.judged(store, sweep_ids, configured=False)
+    rows, note = judged.rows, judged.note
     case_rows, _ = compare.rows(store, sweep_ids, cases=True)
     params = compare.varying_params(rows)
     several = len(sweep_ids) > 1
@@ -226,7 +233,7 @@ def render(store: Store, sweep_ids: list[str]) -> str:
     threads, durations, trees, events = _gather(store, rows)
     # svg.fonttype none: labels stay <text>, not paths (smaller, selectable, searchable)
     with matplotlib.rc_context({"svg.fonttype": "none", "font.size": 8}):
-        figures = charts.metric_charts(rows, labels, jobs)
+        figures = charts.interval_charts(rows, labels, jobs)
         stacked = charts.durations_chart([durations[r["run_id"]] for r in rows], labels, jobs)
     heading, sub = _headline(rows, sweep_ids, params, note)
     return _environment().get_template("report.html.j2").render(
@@ -237,7 +244,10 @@ def render(store: Store, sweep_ids: list[str]) -> str:
         table=_table(rows, params, compare.numeric_columns(rows), several),
         charts=[Markup(svg) for svg in figures],  # matplotlib's own, escaped SVG
         stacked=stacked and Markup(stacked), duration_note=DURATION_NOTE,
-        durations=_durations(events), failed_jobs=_failed_jobs(rows, threads, store),
+        durations=_durations({run: node_durations(ev) for run, ev in events.items()}),
+        failed_jobs=_failed_jobs(rows, threads, store), legend=table.legend(rows),
+        cases=cases_view.build(store, rows, case_rows, threads, events, labels),
+        job_labels=labels,
         known={r["run_id"] for r in rows},
         runs=[_run_section(r, label, threads[r["run_id"]], durations[r["run_id"]],
                            trees.get(r["commit"])) for r, label in zip(rows, labels, strict=True)])

@@ -13,3 +13,8 @@ document.querySelectorAll('table.sortable').forEach(table => {
     }).forEach(tr => body.appendChild(tr));
   }));
 });
+// a cell link opens its details; the checkbox shows only the cases with a failure
+function openTarget(){const d=document.getElementById(decodeURIComponent(location.hash.slice(1)));if(d&&d.tagName==="DETAILS"){d.open=true;}}
+window.addEventListener("hashchange",openTarget);openTarget();
+const only=document.getElementById("only-failed");
+if(only){only.addEventListener("change",()=>{for(const tr of document.querySelectorAll("#cases-grid tbody tr")){tr.hidden=only.checked&&!tr.classList.contains("has-failed");}});}
