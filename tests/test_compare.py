@@ -31,7 +31,8 @@ def add_run(store, sweep, job, overrides, status="completed", scores=None, metri
         per_case[case] = {"scores": {k: v if isinstance(v, bool) else v + 0.01 * i
                                      for k, v in (scores or {}).items()}, "errors": {}}
     store.finish_run(run, status, None, metrics or {}, error)
-    summary = {"scores": scores or {}, "kinds": {}, "errors": {}, "pass_rate": None,
+    summary = {"scores": {k: float(v) for k, v in (scores or {}).items()},  # as summarize
+               "kinds": {}, "errors": {}, "pass_rate": None,
                "success_rate": 0.0 if error else 1.0, "cases": len(cases)}
     store.add_evaluation(run, "run", "k", {"objective": objective, "mode": mode}, per_case,
                          summary)
@@ -246,3 +247,31 @@ def test_evaluator_errors_are_listed_even_where_failed_jobs_are_listed_elsewhere
     table.print_rows(rows, "t", failures=False)
     out = capsys.readouterr().out
     assert "job 0: evaluator judge failed on 5 case(s) — `wtb show 00000000`" in out
+
+
+def test_a_failed_jobs_values_are_partial_and_never_ranked(store):
+    sweep = store.create_sweep([])
+    add_run(store, sweep, 0, ["v=0"], scores={"f1": 0.5}, cases=("a", "b", "c"))
+    add_run(store, sweep, 1, ["v=1"], "failed", scores={"f1": 0.9}, cases=("a", "b", "c"),
+            error="ValueError: boom")
+    rows, _ = compare.rows(store, [sweep])
+    assert [r["partial"] for r in rows] == [False, True]
+    assert rows[1]["stats"]["f1"]["mean"] == pytest.approx(0.91)  # over what was scored
+    assert [r["best"] for r in rows] == [True, False]  # the one complete job
+    assert table.cell(rows[1], "f1") == "~0.9"  # (the run's own mean, as scoring wrote it)
+    assert table.legend(rows) == [
+        "~: a failed job's value over the cases that completed (never ranked)"]
+
+
+def test_cells_show_intervals_only_for_jobs_with_trials(store):
+    sweep = store.create_sweep([])
+    keys = tuple(f"{c}/{t}" for c in ("a", "b") for t in range(3))
+    add_run(store, sweep, 0, ["v=0"], scores={"f1": 0.5, "ok": True}, cases=keys)
+    add_run(store, sweep, 1, ["v=1"], scores={"f1": 0.5}, cases=("a", "b", "c"))
+    rows, _ = compare.rows(store, [sweep])
+    assert rows[0]["trials"] == 3 and rows[1]["trials"] == 1
+    low, high = rows[0]["stats"]["f1"]["ci"]
+    assert table.cell(rows[0], "f1") == f"0.5±{(high - low) / 2:.2g}"
+    wilson = rows[0]["stats"]["ok"]["ci"]
+    assert table.cell(rows[0], "ok") == f"1 [{wilson[0]:.2g}, {wilson[1]:.2g}]"
+    assert table.cell(rows[1], "f1") == "0.5"  # cases run once: no interval

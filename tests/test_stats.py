@@ -11,6 +11,7 @@ from scipy import stats as sp
 
 from wtb_conf.config.gates import Gate, GateError, parse
 from wtb_conf.results import gates, judge, stats
+from wtb_conf.trials import case_key, split_key, trial_of
 
 
 def keyed(values, trials=1):
@@ -218,3 +219,22 @@ def test_gates_on_what_the_jobs_do_not_have_are_refused():
         gates.check([parse("f2 < 0.5")], ["f1", "success_rate"], has_baseline=False)
     with pytest.raises(GateError, match="compares with a baseline, and none is named"):
         gates.check([parse("f1 < baseline")], ["f1"], has_baseline=False)
+
+
+@pytest.mark.parametrize(("key", "split"), [
+    ("orders", ("orders", 0)), ("orders/3", ("orders", 3)), ("orders/12", ("orders", 12)),
+    ("<b>/x", ("<b>/x", 0)),  # not a key: a name of its own
+    ("/3", ("/3", 0)),
+])
+def test_a_threads_key_splits_into_its_case_and_trial(key, split):
+    assert split_key(key) == split
+
+
+def test_trial_keys_and_seeds():
+    assert case_key("orders", 0, 1) == "orders" and case_key("orders", 2, 5) == "orders/2"
+    first = trial_of({"q": "a"}, "", 0)
+    assert first == trial_of({"q": "a"}, "", 0) and first.index == 0  # the same every time
+    seeds = {trial_of({"q": "a"}, "", t).seed for t in range(10)}
+    assert len(seeds) == 10 and all(0 <= s < 2 ** 63 for s in seeds)
+    assert trial_of({"q": "b"}, "", 0).seed != first.seed  # another input, other draws
+    assert trial_of({"q": "a"}, "commit", 0).seed != first.seed  # other input files too

@@ -220,3 +220,23 @@ def test_the_reports_case_view_opens_a_cell_on_its_trials_final_state(agent, tmp
         page.close()
     # the charts: a dot and its interval per job, the baseline dashed
     assert html.count("<svg") >= 4 and "baseline" in html
+
+
+def test_a_fork_after_a_node_forks_each_trial_from_its_own_checkpoint(tmp_path):
+    project = copy_project(tmp_path)
+    args = ("-m", "workflow=support_agent", "variant=agent_cite", "trials=2")
+    run_bench(project, *args)
+    [parent] = compare_json(project)
+    run_bench(project, *args, f"+fork.run={parent['run_id']}", "+fork.after=lookup")
+    [fork] = compare_json(project)
+    with store_of(project) as store:
+        threads = store.threads(fork["run_id"])
+        parents = {t["case"]: t for t in store.threads(parent["run_id"])}
+    assert sorted(t["case"] for t in threads) == sorted(parents)
+    for t in threads:  # trial t of a case from trial t of that case, after lookup
+        assert t["parent_thread"] == parents[t["case"]]["thread_id"]
+        assert t["inherited"] == ["lookup"]
+    assert len(node_events(project, fork["run_id"])) == 5 * 2  # answer only
+    # the same draws again: answer ran under the same seed in the same trial
+    assert {t["case"]: t["final_state"] for t in threads} == {
+        k: t["final_state"] for k, t in parents.items()}
