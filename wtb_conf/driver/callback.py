@@ -328,8 +328,8 @@ class SweepCallback(Callback):
             print(f"interrupted: {done} of {max(jobs, len(runs))} jobs done; run the same "
                   f"command (or `wtb rerun --failed {short}`) to finish", file=sys.stderr)
             return
-        table.print_rows(judged.rows, f"sweep {short} — `wtb compare {short}`", judged.note,
-                         failures=False)  # the failed jobs are listed on stderr below
+        # wtb compare's table, with its lines on failures and evaluator errors
+        table.print_rows(judged.rows, f"sweep {short} — `wtb compare {short}`", judged.note)
         if judged.gates:
             print("\n".join(gates.lines(judged.gates)))
         done = sum(r["status"] in DONE for r in runs)
@@ -340,13 +340,10 @@ class SweepCallback(Callback):
               + (f", {paused} paused (`wtb resume RUN` continues)" if paused else "")
               + f"; `wtb report {short}` writes an HTML report")
         failed = [r for r in runs if r["status"] == "failed"]
-        if failed:
-            lines = [
-                f"  job {r['job_num']} ({' '.join(r['overrides']) or 'no overrides'}): "
-                f"{r['error']} — `wtb show {r['run_id'][:8]}`"
-                for r in failed
-            ]
-            print(f"{len(failed)} of {len(runs)} jobs failed:", *lines, sep="\n", file=sys.stderr)
+        if failed:  # (which and why: the lines under the table)
+            print(f"{len(failed)} of {len(runs)} jobs failed: " + "; ".join(
+                f"job {r['job_num']} ({' '.join(r['overrides']) or 'no overrides'})"
+                for r in failed), file=sys.stderr)
             exit_status = 1
         if len(runs) < jobs:  # the store could not take their failure (the log says why)
             print(f"{jobs - len(runs)} of {jobs} jobs have no run record: they failed before "
