@@ -193,9 +193,9 @@ def test_user_project_with_a_failing_variant(user_project):
     proc = run_bench(user_project, "-m", "workflow=mine", "variant=a,b", check=False)
     assert proc.returncode != 0
     assert "1 of 2 jobs failed" in proc.stderr
-    assert "1 of 2 jobs failed: job 1 (workflow=mine variant=b)" in proc.stderr
-    # why, under the table, as `wtb compare` says it
-    assert "RuntimeError: the b variant always fails — `wtb show " in proc.stdout
+    # why, as `wtb compare` says it under its table (the table names job 1's variant=b)
+    assert "RuntimeError: the b variant always fails — `wtb show " in proc.stderr
+    assert "  job 1 case " in proc.stderr and "variant=b" in proc.stdout
     with store_of(user_project) as store:
         a, b = store.runs(store.last_sweep())
         assert a["status"] == "completed"

@@ -145,8 +145,8 @@ def test_a_failing_case_keeps_its_error_whatever_fails_after_it(project, markers
                                                                  bad_error, committed):
     proc, run = sweep(project, *markers)
     assert proc.returncode != 0, proc.stdout + proc.stderr
-    assert "1 of 1 jobs failed: job 0 (workflow=guarded" in proc.stderr
-    assert f"{error} — `wtb show {run['run_id'][:8]}`" in proc.stdout  # under the table
+    assert "1 of 1 jobs failed:\n  job 0 " in proc.stderr
+    assert f"{error} — `wtb show {run['run_id'][:8]}`" in proc.stderr
     assert run["status"] == "failed"
     assert run["error"] == error
     # the traceback is the failing case's, and says which case it was

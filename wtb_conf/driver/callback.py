@@ -328,8 +328,9 @@ class SweepCallback(Callback):
             print(f"interrupted: {done} of {max(jobs, len(runs))} jobs done; run the same "
                   f"command (or `wtb rerun --failed {short}`) to finish", file=sys.stderr)
             return
-        # wtb compare's table, with its lines on failures and evaluator errors
-        table.print_rows(judged.rows, f"sweep {short} — `wtb compare {short}`", judged.note)
+        # wtb compare's table; its lines on failed jobs follow on stderr, below
+        table.print_rows(judged.rows, f"sweep {short} — `wtb compare {short}`", judged.note,
+                         failures=False)
         if judged.gates:
             print("\n".join(gates.lines(judged.gates)))
         done = sum(r["status"] in DONE for r in runs)
@@ -340,10 +341,10 @@ class SweepCallback(Callback):
               + (f", {paused} paused (`wtb resume RUN` continues)" if paused else "")
               + f"; `wtb report {short}` writes an HTML report")
         failed = [r for r in runs if r["status"] == "failed"]
-        if failed:  # (which and why: the lines under the table)
-            print(f"{len(failed)} of {len(runs)} jobs failed: " + "; ".join(
-                f"job {r['job_num']} ({' '.join(r['overrides']) or 'no overrides'})"
-                for r in failed), file=sys.stderr)
+        if failed:  # wtb compare's failure lines: each failed case, its node and error
+            lines = table.job_failure_lines([r for r in judged.rows if r["status"] == "failed"])
+            print(f"{len(failed)} of {len(runs)} jobs failed:", *(f"  {line}" for line in lines),
+                  sep="\n", file=sys.stderr)
             exit_status = 1
         if len(runs) < jobs:  # the store could not take their failure (the log says why)
             print(f"{jobs - len(runs)} of {jobs} jobs have no run record: they failed before "

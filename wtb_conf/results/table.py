@@ -108,6 +108,11 @@ def cell(row: dict[str, Any], name: str) -> str:
 
 def failure_lines(rows: list[dict[str, Any]]) -> list[str]:
     """One line per failed row (and per evaluator error): why, where, and what to look at."""
+    return job_failure_lines(rows) + evaluator_error_lines(rows)
+
+
+def job_failure_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per failed case of a row, or per failed row that has none."""
     lines = []
     for r in rows:
         where = f"job {r['job_num']}" + (f" case {r['case']}" if r.get("case") else "")
@@ -118,7 +123,7 @@ def failure_lines(rows: list[dict[str, Any]]) -> list[str]:
         if r["status"] == "failed" and not r.get("failed_cases"):
             node = f" in node {r['failed_node']}" if r.get("failed_node") else ""
             lines.append(f"{where} failed{node}: {r['error']}{show}")
-    return lines + evaluator_error_lines(rows)
+    return lines
 
 
 def evaluator_error_lines(rows: list[dict[str, Any]]) -> list[str]:
