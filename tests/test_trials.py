@@ -188,3 +188,15 @@ def test_the_reports_case_view_opens_a_cell_on_its_trials_final_state(agent, tmp
         page.close()
     # the charts: a dot and its interval per job, the baseline dashed
     assert html.count("<svg") >= 4 and "baseline" in html
+
+
+def test_a_configured_baseline_the_sweep_lacks_is_a_note_not_an_error(own):
+    # one of the experiment's jobs alone (a cache hit): its compare.baseline names no job here
+    run_bench(own, "-m", "+experiment=support_agent", "variant=agent_cite")
+    proc = wtb(own, "compare")
+    assert ("compare.baseline variant=agent_terse: no job has those params; valid values: no "
+            "param varies: compared without a baseline (--baseline names one)") in proc.stdout
+    assert "best: job 0 (run " in proc.stdout
+    # named on the command line, the same is an error
+    proc = wtb(own, "compare", "--baseline", "variant=agent_terse", code=1)
+    assert proc.stderr.startswith("wtb: error: baseline variant=agent_terse: no job has")

@@ -18,7 +18,7 @@ from typing import Any
 
 from wtb_conf.config.gates import OPS, Gate, GateError, parse
 from wtb_conf.results import compare
-from wtb_conf.store import Store
+from wtb_conf.store import Store, StoreError
 
 
 def check(gates: list[Gate], names: list[str], has_baseline: bool, where: str = "--fail-if",
@@ -116,23 +116,39 @@ def judged(store: Store, sweeps: list[str], cases: bool = False, baseline: str |
            ) -> Judged:
     """The comparison of these sweeps against `baseline` (default, if `configured`: their
     compare.baseline), with the gates `fail_if` (default: their compare.gates). Raises
-    GateError or StoreError naming the option or key at fault, before anything is printed."""
+    GateError or StoreError naming the option at fault, before anything is printed. A
+    configured baseline that names no job of these sweeps (a sweep of some of the
+    experiment's jobs) is a note, not an error: the jobs are compared without one, and the
+    configured gates that need it are left out."""
     rows, note = compare.rows(store, sweeps, cases=cases)
     jobs = compare.rows(store, sweeps)[0] if cases else rows
+    notes = [note] if note else []
     where = "--fail-if"
     if configured and not fail_if and (texts := _common(jobs, "gate_texts")):
         fail_if, where = texts, "compare.gates"
-    if configured and baseline is None and (ref := _common(jobs, "baseline")) is not None:
-        baseline = str(ref)
     parsed = [parse(text, f"{where}[{i}]" if where == "compare.gates" else where)
               for i, text in enumerate(fail_if)]
-    check(parsed, compare.numeric_columns(jobs), baseline is not None, where)
+    base: list[dict[str, Any]] = []
+    by_params = False
     if baseline is not None:
         base, by_params = compare.baseline_rows(store, jobs, baseline)
+    elif configured and (ref := _common(jobs, "baseline")) is not None:
+        try:
+            base, by_params = compare.baseline_rows(store, jobs, str(ref))
+            baseline = str(ref)
+        except StoreError as e:
+            notes.append(f"compare.{e}: compared without a baseline (--baseline names one)")
+    if baseline is None and where == "compare.gates":
+        skipped = [g.text for g in parsed if g.baseline]
+        parsed = [g for g in parsed if not g.baseline]
+        if skipped:
+            notes.append(f"compare.gates {', '.join(skipped)}: left out, with no baseline")
+    check(parsed, compare.numeric_columns(jobs), baseline is not None, where)
+    if baseline is not None:
         compare.add_baseline(jobs, base, by_params)
         if cases:  # the baseline's case rows, matched case to case
             ids = {b["run_id"] for b in base}
             theirs = compare.rows(store, sorted({b["sweep_id"] for b in base}), cases=True)[0]
             compare.add_baseline(rows, [r for r in theirs if by_params or r["run_id"] in ids],
                                  by_params)
-    return Judged(rows, note, jobs, evaluate(parsed, jobs, on), baseline)
+    return Judged(rows, "\n".join(notes) or None, jobs, evaluate(parsed, jobs, on), baseline)
