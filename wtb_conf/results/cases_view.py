@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -64,19 +64,25 @@ def _texts(store: Store, commit: str | None) -> dict[str, str]:
     return out
 
 
-def _timeline(events: list[dict[str, Any]]) -> dict[str, list[tuple[str, float]]]:
-    """Per thread, its nodes in order with the seconds since the thread's previous event."""
+def node_calls(events: list[dict[str, Any]]) -> Iterator[tuple[str, str, float]]:
+    """(thread, node, seconds) per `node` event: the time since the thread's previous event
+    (the approximation the report's DURATION_NOTE explains)."""
     last: dict[str, datetime] = {}
-    out: dict[str, list[tuple[str, float]]] = {}
     for event in events:
         thread = event["data"].get("thread_id")
         if not thread:
             continue
         at = datetime.fromisoformat(event["at"])
         if event["kind"] == "node" and thread in last:
-            out.setdefault(thread, []).append((event["data"]["node"],
-                                               (at - last[thread]).total_seconds()))
+            yield thread, event["data"]["node"], (at - last[thread]).total_seconds()
         last[thread] = at
+
+
+def _timeline(events: list[dict[str, Any]]) -> dict[str, list[tuple[str, float]]]:
+    """Per thread, its nodes in order with their seconds."""
+    out: dict[str, list[tuple[str, float]]] = {}
+    for thread, node, seconds in node_calls(events):
+        out.setdefault(thread, []).append((node, seconds))
     return out
 
 

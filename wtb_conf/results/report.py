@@ -17,7 +17,6 @@ import os
 import statistics
 import tempfile
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,19 +77,10 @@ def _label(row: dict[str, Any], params: list[str], several: bool) -> str:
 
 
 def node_durations(events: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """Seconds per node call, by node: each `node` event minus the previous event of the
-    same thread (the approximation DURATION_NOTE explains)."""
-    last: dict[str, datetime] = {}
+    """Seconds per node call, by node (cases_view.node_calls)."""
     out: dict[str, list[float]] = {}
-    for event in events:
-        thread = event["data"].get("thread_id")
-        if not thread:
-            continue
-        at = datetime.fromisoformat(event["at"])
-        if event["kind"] == "node" and thread in last:
-            out.setdefault(event["data"]["node"], []).append(
-                (at - last[thread]).total_seconds())
-        last[thread] = at
+    for _, node, seconds in cases_view.node_calls(events):
+        out.setdefault(node, []).append(seconds)
     return out
 
 
