@@ -80,7 +80,10 @@ def judge(rows: list[dict[str, Any]]) -> str | None:
         return (f"no best job on {objective}: {_job(top)} and {_job(second)} share fewer than 2 "
                 "(case, trial) pairs, too few to tell them apart; run more trials (trials=N)")
     more = top["vs_next"]["more_trials"]
-    estimate = ("; the pairs show no difference at all" if more is None else
+    same = test["ci"] == [0.0, 0.0]
+    estimate = ("; the pairs show no difference at all" if more is None and same else
+                "; their differences average 0: more trials would not tell them apart"
+                if more is None else
                 f"; about {more} more trial(s) per case would tell the top two apart at that "
                 "difference (an estimate: docs/compare.md)")
     return (f"no best job on {objective}: {_job(top)} is tied with "
