@@ -21,7 +21,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from wtb_conf.config.checks import clip_message, top_level_problems
-from wtb_conf.config.gates import GateError
 from wtb_conf.config.models import GROUPS, check_config
 from wtb_conf.config.values import ConfigError
 from wtb_conf.driver import interrupts, preflight
@@ -315,11 +314,7 @@ class SweepCallback(Callback):
             # a job retried after its actor died has several runs: the last one counts
             runs = list({r["job_num"]: r for r in store.runs(self.sweep_id)}.values())
             if not interrupted:  # wtb compare's table, with the experiment's baseline and gates
-                try:
-                    judged = gates.judged(store, [self.sweep_id])
-                except (GateError, StoreError) as e:
-                    log.warning("the sweep's compare settings: %s", e)
-                    judged = gates.judged(store, [self.sweep_id], configured=False)
+                judged = gates.judged(store, [self.sweep_id])
         short = self.sweep_id[:8]
         if status == "failed":
             exit_status = 1

@@ -30,7 +30,7 @@ class Case:
     name: str  # its key: CASE, or CASE/TRIAL when the job has trials > 1
     inputs: Any
     dir: Path  # its output dir
-    trial: Trial = Trial(0, 0)
+    trial: Trial  # its index and seed (wtb_conf.trial())
     fork: ForkPoint | None = None  # start from this stored checkpoint instead of `inputs`
     updates: dict[str, Any] = field(default_factory=dict)  # applied to the state after forking
     pause: bool = False  # after forking, stop before running anything (rollback)

@@ -76,8 +76,16 @@ def number(value: Any) -> float | None:
 
 def rows(store: Store, sweep_ids: list[str],
          cases: bool = False) -> tuple[list[dict[str, Any]], str | None]:
-    """The comparison rows of these sweeps, in sweep and job order, with `best` marked, and a
-    note when no best job can be named although an objective is set."""
+    """The comparison rows of these sweeps (`cases`: per job and case), in sweep and job
+    order, with `best` marked, and a note when no best job can be named although an
+    objective is set."""
+    jobs, case_rows, note = rows_and_cases(store, sweep_ids, cases)
+    return (case_rows if cases else jobs), note
+
+
+def rows_and_cases(store: Store, sweep_ids: list[str], cases: bool = True,
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
+    """The job rows, their per-case rows (with `cases`; else []) and the note, made once."""
     latest: dict[tuple[str, int], dict[str, Any]] = {}
     for run in store.compare_runs(sweep_ids):  # oldest first: a retry replaces its job's run
         latest[(run["sweep_id"], run["job_num"])] = run
@@ -93,14 +101,15 @@ def rows(store: Store, sweep_ids: list[str],
         _add_stats(r, latest[(r["sweep_id"], r["job_num"])], evaluations.get(r["run_id"]),
                    failed.get(r["run_id"], []))
     note = judge(out)
+    case_rows = []
     if cases:
         runs = {run["run_id"]: run for run in latest.values()}
-        return _case_rows(store, sweep_ids, out, runs, evaluations), note
-    for r in out:
+        case_rows = _case_rows(store, sweep_ids, out, runs, evaluations)
+    for r in out:  # (after the case rows, which have their own failures)
         if r["status"] == "failed":
             r["failed_cases"] = [{k: t[k] for k in ("case", "failed_node", "error")}
                                  for t in failed.get(r["run_id"], [])]
-    return out, note
+    return out, case_rows, note
 
 
 def unit_values(run: dict[str, Any], evaluation: dict[str, Any] | None,

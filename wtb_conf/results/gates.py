@@ -112,43 +112,58 @@ def _common(rows: list[dict[str, Any]], key: str) -> Any:
 
 
 def judged(store: Store, sweeps: list[str], cases: bool = False, baseline: str | None = None,
-           fail_if: Sequence[str] = (), on: str = "interval", configured: bool = True,
-           ) -> Judged:
-    """The comparison of these sweeps against `baseline` (default, if `configured`: their
-    compare.baseline), with the gates `fail_if` (default: their compare.gates). Raises
-    GateError or StoreError naming the option at fault, before anything is printed. A
-    configured baseline that names no job of these sweeps (a sweep of some of the
-    experiment's jobs) is a note, not an error: the jobs are compared without one, and the
-    configured gates that need it are left out."""
-    rows, note = compare.rows(store, sweeps, cases=cases)
-    jobs = compare.rows(store, sweeps)[0] if cases else rows
+           fail_if: Sequence[str] = (), on: str = "interval") -> Judged:
+    """The comparison of these sweeps against `baseline` (default: their compare.baseline),
+    with the gates `fail_if` (default: their compare.gates). A `baseline` or `fail_if` given
+    that cannot be used raises GateError or StoreError naming it, before anything is
+    printed. The configured ones never do: one that names no job or metric of these sweeps
+    (a sweep of some of the experiment's jobs) is a note, and the jobs are compared without
+    it (and without the configured gates that need a baseline)."""
+    jobs, case_rows, note = compare.rows_and_cases(store, sweeps, cases)
     notes = [note] if note else []
-    where = "--fail-if"
-    if configured and not fail_if and (texts := _common(jobs, "gate_texts")):
-        fail_if, where = texts, "compare.gates"
-    parsed = [parse(text, f"{where}[{i}]" if where == "compare.gates" else where)
-              for i, text in enumerate(fail_if)]
+    if fail_if:
+        parsed = [parse(text) for text in fail_if]
+    else:
+        parsed = _configured_gates(jobs, notes)
     base: list[dict[str, Any]] = []
     by_params = False
     if baseline is not None:
         base, by_params = compare.baseline_rows(store, jobs, baseline)
-    elif configured and (ref := _common(jobs, "baseline")) is not None:
+    elif (ref := _common(jobs, "baseline")) is not None:
         try:
             base, by_params = compare.baseline_rows(store, jobs, str(ref))
             baseline = str(ref)
         except StoreError as e:
             notes.append(f"compare.{e}: compared without a baseline (--baseline names one)")
-    if baseline is None and where == "compare.gates":
-        skipped = [g.text for g in parsed if g.baseline]
-        parsed = [g for g in parsed if not g.baseline]
-        if skipped:
+    if baseline is None and not fail_if:
+        if skipped := [g.text for g in parsed if g.baseline]:
+            parsed = [g for g in parsed if not g.baseline]
             notes.append(f"compare.gates {', '.join(skipped)}: left out, with no baseline")
-    check(parsed, compare.numeric_columns(jobs), baseline is not None, where)
+    check(parsed, compare.numeric_columns(jobs), baseline is not None)
     if baseline is not None:
         compare.add_baseline(jobs, base, by_params)
         if cases:  # the baseline's case rows, matched case to case
             ids = {b["run_id"] for b in base}
-            theirs = compare.rows(store, sorted({b["sweep_id"] for b in base}), cases=True)[0]
-            compare.add_baseline(rows, [r for r in theirs if by_params or r["run_id"] in ids],
+            theirs = sorted({b["sweep_id"] for b in base})
+            pool = case_rows if set(theirs) <= set(sweeps) else compare.rows(
+                store, theirs, cases=True)[0]
+            compare.add_baseline(case_rows, [r for r in pool if (r["sweep_id"] in theirs
+                                                                 if by_params else
+                                                                 r["run_id"] in ids)],
                                  by_params)
-    return Judged(rows, "\n".join(notes) or None, jobs, evaluate(parsed, jobs, on), baseline)
+    return Judged(case_rows if cases else jobs, "\n".join(notes) or None, jobs,
+                  evaluate(parsed, jobs, on), baseline)
+
+
+def _configured_gates(jobs: list[dict[str, Any]], notes: list[str]) -> list[Gate]:
+    """The sweeps' compare.gates (checked before they ran; a stored run may predate that):
+    one that does not read, or names what these jobs lack, is a note and left out."""
+    out = []
+    for i, text in enumerate(_common(jobs, "gate_texts") or []):
+        try:
+            gate = parse(text, f"compare.gates[{i}]")
+            check([gate], compare.numeric_columns(jobs), True, f"compare.gates[{i}]")
+            out.append(gate)
+        except GateError as e:
+            notes.append(f"{e}: left out")
+    return out

@@ -20,9 +20,8 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wtb_conf.config.gates import GateError
 from wtb_conf.results import cases_view, charts, compare, gates, table
-from wtb_conf.store import Store, StoreError
+from wtb_conf.store import Store
 
 if TYPE_CHECKING:
     import jinja2
@@ -209,12 +208,9 @@ def render(store: Store, sweep_ids: list[str]) -> str:
     import matplotlib
     from markupsafe import Markup
 
-    try:  # the rows as `wtb compare` judges them: with the sweeps' compare.baseline
-        judged = gates.judged(store, sweep_ids)
-    except (GateError, StoreError):  # (`wtb compare` says what is wrong with it)
-        judged = gates.judged(store, sweep_ids, configured=False)
-    rows, note = judged.rows, judged.note
-    case_rows, _ = compare.rows(store, sweep_ids, cases=True)
+    # the rows as `wtb compare --cases` judges them: with the sweeps' compare.baseline
+    judged = gates.judged(store, sweep_ids, cases=True)
+    rows, case_rows, note = judged.jobs, judged.rows, judged.note
     params = compare.varying_params(rows)
     several = len(sweep_ids) > 1
     labels = [_label(r, params, several) for r in rows]
